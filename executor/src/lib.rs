@@ -1,0 +1,28 @@
+//! Gridbook executor: runs market workloads with ONNX Runtime.
+//!
+//! Code map:
+//! * [`runtime`] — loads ONNX Runtime (`ORT_DYLIB_PATH`), picks the execution provider (CPU, or
+//!   CUDA with `error_on_failure`), caches one session per model hash.
+//! * [`models`] — models addressed by sha256; verification before loading.
+//! * [`workload`] — the `Workload` trait and `run_items` (inputs → outputs + commitment).
+//! * [`embed`], [`terrain`], [`sd`] — the workloads.
+//! * [`commitment`] — per-item hashes, Merkle root, manifest.
+//! * [`local`] — local mode: JSONL in, JSONL (+ PNG files) out, error file, commitment file.
+//! * [`bench`] — throughput benchmark against the Python `onnxruntime` baseline.
+//!
+//! Invariant: nothing here talks to the network; the market agent (later) feeds `run_items`.
+
+pub mod bench;
+pub mod commitment;
+pub mod embed;
+pub mod error;
+pub mod local;
+pub mod models;
+pub mod png;
+pub mod rng;
+pub mod runtime;
+pub mod sd;
+pub mod terrain;
+pub mod workload;
+
+pub use error::{ExecutorError, Result};

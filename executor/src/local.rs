@@ -1,0 +1,227 @@
+//! Local mode: a JSONL file in, output files out, no market.
+//!
+//! For `--output out.jsonl` the runner writes:
+//! * `out.jsonl` — one line per successful item, in input order: `{"custom_id": .., <fields>}`;
+//!   renders add `"file"` (PNG path relative to the output's folder) and `"sha256"`.
+//! * `out.files/` — the PNG files of renders, named after the custom_id (sanitised; a short
+//!   hash of the id is appended when sanitising changed it).
+//! * `out.errors.jsonl` — one line per failed line or item:
+//!   `{"line": n, "custom_id": .. or null, "field": .. or null, "message": ..}`. A bad line never
+//!   stops the good ones.
+//! * `out.commitment.json` — `{"manifest": .., "commitment": ..}` (see [`crate::commitment`]).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::commitment::{Commitment, Manifest};
+use crate::error::{ExecutorError, Result};
+use crate::workload::{FieldError, Workload, run_items};
+
+/// Longest accepted input line (bytes); longer lines are rejected as errors.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// A rejected input line or failed item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LineError {
+    pub line: usize,
+    pub custom_id: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// A parsed input file: good items (with their line numbers) and rejected lines.
+pub struct Parsed<T> {
+    pub items: Vec<(usize, String, T)>,
+    pub errors: Vec<LineError>,
+}
+
+/// Parses JSONL text: every line independently; blank lines are skipped.
+pub fn parse_jsonl<W: Workload>(workload: &W, reader: impl BufRead) -> Parsed<W::Input> {
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (idx, line) in reader.split(b'\n').enumerate() {
+        let line_no = idx + 1;
+        let err = |custom_id: Option<String>, e: FieldError| LineError { line: line_no, custom_id, field: Some(e.field), message: e.message };
+        let bytes = match line {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("read error: {e}") });
+                break;
+            }
+        };
+        if bytes.len() > MAX_LINE_BYTES {
+            errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("line longer than {MAX_LINE_BYTES} bytes") });
+            continue;
+        }
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t.trim(),
+            Err(_) => {
+                errors.push(LineError { line: line_no, custom_id: None, field: None, message: "not valid UTF-8".into() });
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let mut obj: Map<String, Value> = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => {
+                errors.push(LineError { line: line_no, custom_id: None, field: None, message: "expected a JSON object".into() });
+                continue;
+            }
+            Err(e) => {
+                errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("invalid JSON: {e}") });
+                continue;
+            }
+        };
+        let custom_id = match obj.remove("custom_id") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
+            Some(Value::String(_)) => {
+                errors.push(err(None, FieldError::new("custom_id", "must be 1 to 256 bytes")));
+                continue;
+            }
+            Some(_) => {
+                errors.push(err(None, FieldError::new("custom_id", "expected a string")));
+                continue;
+            }
+            None => {
+                errors.push(err(None, FieldError::new("custom_id", "missing")));
+                continue;
+            }
+        };
+        if !seen.insert(custom_id.clone()) {
+            errors.push(err(Some(custom_id), FieldError::new("custom_id", "duplicate custom_id")));
+            continue;
+        }
+        match workload.parse(&custom_id, &obj) {
+            Ok(input) => items.push((line_no, custom_id, input)),
+            Err(e) => errors.push(err(Some(custom_id), e)),
+        }
+    }
+    Parsed { items, errors }
+}
+
+/// Where local mode writes its files.
+#[derive(Debug, Clone)]
+pub struct OutputPaths {
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    pub commitment: PathBuf,
+    pub files_dir: PathBuf,
+}
+
+impl OutputPaths {
+    pub fn for_output(output: &Path) -> Self {
+        let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let dir = output.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self {
+            output: output.to_owned(),
+            errors: dir.join(format!("{stem}.errors.jsonl")),
+            commitment: dir.join(format!("{stem}.commitment.json")),
+            files_dir: dir.join(format!("{stem}.files")),
+        }
+    }
+}
+
+/// Summary of a local run.
+#[derive(Debug)]
+pub struct LocalReport {
+    pub paths: OutputPaths,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub commitment: Commitment,
+    pub manifest: Manifest,
+    pub elapsed: std::time::Duration,
+}
+
+/// File name for an artifact: the custom_id if it is already safe, else sanitised + short hash.
+pub fn artifact_name(custom_id: &str, ext: &str) -> String {
+    let safe: String = custom_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .take(100)
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe == custom_id && !safe.is_empty() {
+        format!("{safe}.{ext}")
+    } else {
+        let h = hex::encode(&crate::commitment::sha256(custom_id.as_bytes())[..4]);
+        format!("{safe}-{h}.{ext}")
+    }
+}
+
+/// Runs a JSONL file through a workload and writes the output, error and commitment files.
+pub fn run_file<W: Workload>(
+    workload: &mut W,
+    input: &Path,
+    output: &Path,
+    progress: &dyn Fn(u64),
+    on_total: &dyn Fn(u64),
+) -> Result<LocalReport> {
+    let started = std::time::Instant::now();
+    let f = std::fs::File::open(input).map_err(|e| ExecutorError::io(input, e))?;
+    let parsed = parse_jsonl(workload, std::io::BufReader::new(f));
+    let mut errors = parsed.errors;
+    on_total(parsed.items.len() as u64);
+    tracing::info!(workload = workload.id(), items = parsed.items.len(), rejected = errors.len(), input = %input.display(), "input parsed");
+
+    let lines: Vec<usize> = parsed.items.iter().map(|(l, _, _)| *l).collect();
+    let items: Vec<(String, W::Input)> = parsed.items.into_iter().map(|(_, id, x)| (id, x)).collect();
+    let result = run_items(workload, items, progress)?;
+
+    let paths = OutputPaths::for_output(output);
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ExecutorError::io(dir, e))?;
+    }
+    let out_file = std::fs::File::create(output).map_err(|e| ExecutorError::io(output, e))?;
+    let mut out = BufWriter::new(out_file);
+    let mut succeeded = 0;
+    for ((custom_id, res), line) in result.outputs.into_iter().zip(lines) {
+        match res {
+            Ok(item) => {
+                let mut rec = Map::new();
+                rec.insert("custom_id".into(), Value::String(custom_id.clone()));
+                if let Some(bytes) = &item.artifact {
+                    std::fs::create_dir_all(&paths.files_dir).map_err(|e| ExecutorError::io(&paths.files_dir, e))?;
+                    let name = artifact_name(&custom_id, "png");
+                    let path = paths.files_dir.join(&name);
+                    std::fs::write(&path, bytes).map_err(|e| ExecutorError::io(&path, e))?;
+                    let dir_name = paths.files_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    rec.insert("file".into(), Value::String(format!("{dir_name}/{name}")));
+                }
+                rec.insert("sha256".into(), Value::String(hex::encode(item.hash)));
+                rec.extend(item.record);
+                serde_json::to_writer(&mut out, &rec).map_err(|e| ExecutorError::io(output, e.into()))?;
+                out.write_all(b"\n").map_err(|e| ExecutorError::io(output, e))?;
+                succeeded += 1;
+            }
+            Err(message) => errors.push(LineError { line, custom_id: Some(custom_id), field: None, message }),
+        }
+    }
+    out.flush().map_err(|e| ExecutorError::io(output, e))?;
+
+    errors.sort_by_key(|e| e.line);
+    let mut ef = BufWriter::new(std::fs::File::create(&paths.errors).map_err(|e| ExecutorError::io(&paths.errors, e))?);
+    for e in &errors {
+        serde_json::to_writer(&mut ef, e).map_err(|er| ExecutorError::io(&paths.errors, er.into()))?;
+        ef.write_all(b"\n").map_err(|er| ExecutorError::io(&paths.errors, er))?;
+    }
+    ef.flush().map_err(|e| ExecutorError::io(&paths.errors, e))?;
+
+    let doc = serde_json::json!({ "manifest": result.manifest, "commitment": result.commitment });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| ExecutorError::io(&paths.commitment, e.into()))?;
+    std::fs::write(&paths.commitment, text + "\n").map_err(|e| ExecutorError::io(&paths.commitment, e))?;
+
+    Ok(LocalReport {
+        paths,
+        succeeded,
+        failed: errors.len(),
+        commitment: result.commitment,
+        manifest: result.manifest,
+        elapsed: started.elapsed(),
+    })
+}

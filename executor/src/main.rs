@@ -1,0 +1,3 @@
+//! executor
+
+fn main() {}

