@@ -268,7 +268,7 @@ impl Project {
         let exe = dir.join(bin);
         Ok(if is_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
+            c.args(["-u", "postgres", "--"]).arg(exe).current_dir("/");
             c
         } else {
             Command::new(exe)

@@ -631,6 +631,10 @@ impl OrderBook {
                     stop = Some(Stop::Done);
                     break;
                 }
+                if t.budget.is_some_and(|b| b < price) {
+                    stop = Some(Stop::Budget); // not one more lot at this or any worse price
+                    break;
+                }
                 s = next;
             }
             let next_lvl = self.ladder(opp).next_worse(i);

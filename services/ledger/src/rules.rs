@@ -27,9 +27,6 @@ pub struct PendingState {
 fn add(a: Amount, b: Amount) -> Result<Amount> {
     a.checked_add(b).ok_or(LedgerError::Overflow)
 }
-fn sub(a: Amount, b: Amount) -> Result<Amount> {
-    a.checked_sub(b).ok_or(LedgerError::Overflow)
-}
 
 /// Checks an account's flags against its balances.
 pub fn check_limits(id: AccountId, a: &AccountState) -> Result<()> {

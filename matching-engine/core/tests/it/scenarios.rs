@@ -9,7 +9,7 @@
 //! - `> t=TIME KIND key=value ...` a command; KIND is place/cancel/amend/expire, the keys are
 //!   the JSON fields (`acct` may stand for `account`; a bare word such as `post_only` means
 //!   `true`; `tif=gtd@500` is GTD expiring at 500). `seq` is the line's command number.
-//!   `seq=N` sets it explicitly (to test out-of-sequence input).
+//!   `seq=N` overrides it for that line only (to test out-of-sequence input).
 //! - `  KIND key=value ...` (indented) an expected event, fields as in the JSON event.
 //! - `! check` asserts the book's internal invariants; `! l2` / `! l3` print the views as
 //!   expected lines (`  l2 bid price=.. qty=.. orders=..`).
@@ -26,7 +26,7 @@ fn scalar(v: &str) -> Value {
     }
 }
 
-fn parse_command(line: &str, seq: &mut u64, lineno: usize) -> Command {
+fn parse_command(line: &str, mut seq: u64, lineno: usize) -> Command {
     let mut toks = line.split_whitespace();
     let mut time = None;
     let mut kind = None;
@@ -35,7 +35,7 @@ fn parse_command(line: &str, seq: &mut u64, lineno: usize) -> Command {
         if let Some(t) = tok.strip_prefix("t=") {
             time = Some(t.parse::<u64>().expect("t= number"));
         } else if let Some(s) = tok.strip_prefix("seq=") {
-            *seq = s.parse::<u64>().expect("seq= number");
+            seq = s.parse::<u64>().expect("seq= number");
         } else {
             kind = Some(tok.to_string());
             break;
@@ -58,7 +58,7 @@ fn parse_command(line: &str, seq: &mut u64, lineno: usize) -> Command {
     }
     let kind = kind.unwrap_or_else(|| panic!("line {lineno}: no command kind"));
     let mut obj = Map::new();
-    obj.insert("seq".into(), Value::from(*seq));
+    obj.insert("seq".into(), Value::from(seq));
     obj.insert("time".into(), Value::from(time.unwrap_or_else(|| panic!("line {lineno}: no t="))));
     obj.insert(kind, Value::Object(fields));
     serde_json::from_value(Value::Object(obj)).unwrap_or_else(|e| panic!("line {lineno}: {e}"))
@@ -98,13 +98,16 @@ fn run_script(text: &str) -> String {
             }
             continue;
         }
+        if !(line.starts_with('>') || line.starts_with('!')) {
+            continue;
+        }
         let book = book.get_or_insert_with(|| {
             let c: MarketConfig = serde_json::from_value(cfg.clone()).expect("config");
             OrderBook::new(c).expect("valid config")
         });
         if let Some(cmd) = line.strip_prefix('>') {
             seq += 1;
-            let cmd = parse_command(cmd, &mut seq, lineno);
+            let cmd = parse_command(cmd, seq, lineno);
             events.clear();
             book.apply(&cmd, &mut events);
             for e in &events {

@@ -80,7 +80,7 @@ enum Op {
 
 fn op(a: &Args, start: DateTime<Utc>, w: u32, seq: u64) -> Op {
     let mut r = Rng::new(a.seed, w, seq);
-    let mut pick2 = |r: &mut Rng| {
+    let pick2 = |r: &mut Rng| {
         let x = r.below(a.accounts as u64) as u32;
         let y = (x + 1 + r.below(a.accounts as u64 - 1) as u32) % a.accounts;
         (account(x), account(y))
