@@ -1,3 +1,235 @@
-//! executor
+//! `executor` CLI: local runs and benchmarks. The logic lives in the library.
 
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use executor::embed::{Batching, EmbedConfig, EmbedWorkload, Embedder};
+use executor::models::{ModelsDir, pinned};
+use executor::runtime::{Provider, Runtime, RuntimeConfig};
+use executor::sd::{SdPipeline, SdWorkload};
+use executor::terrain::{TerrainConfig, TerrainRenderer, TerrainWorkload};
+use executor::workload::Workload;
+use executor::{bench, local};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "executor", version, about = "Gridbook provider executor (ONNX Runtime workloads)")]
+struct Cli {
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
+    #[arg(long, global = true)]
+    ort_dylib: Option<PathBuf>,
+    /// Models directory (default: $GRIDBOOK_MODELS_DIR).
+    #[arg(long, global = true)]
+    models_dir: Option<PathBuf>,
+    /// Execution provider: cpu, cuda or cuda:<device id>. CUDA never falls back to the CPU.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// CUDA memory arena limit in MiB.
+    #[arg(long, global = true)]
+    gpu_mem_limit_mib: Option<usize>,
+    /// Intra-op threads per session (0 = one per physical core).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    /// EMBED-MINILM-L6
+    Embed,
+    /// RENDER-TERRAIN-128
+    Terrain,
+    /// RENDER-SD15-512 (needs --sd-model-dir)
+    Sd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a JSONL file locally and write the output, errors and commitment files.
+    Run {
+        #[arg(long, value_enum)]
+        workload: Kind,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Embeddings: padded tokens per model call.
+        #[arg(long, default_value_t = 4096)]
+        max_batch_tokens: usize,
+        /// Embeddings: inputs per model call.
+        #[arg(long, default_value_t = 64)]
+        max_batch_size: usize,
+        /// Terrain: images per model call (1 keeps each render independent of its batch).
+        #[arg(long, default_value_t = 1)]
+        render_batch: usize,
+        /// SD: model directory (SD 1.5 ONNX export layout + tokenizer.json + gridbook-sd.json).
+        #[arg(long)]
+        sd_model_dir: Option<PathBuf>,
+    },
+    /// Measure throughput per workload (and the Python onnxruntime baseline for embeddings).
+    Bench {
+        /// Sentences in the generated corpus.
+        #[arg(long, default_value_t = 1024)]
+        sentences: usize,
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        #[arg(long, default_value_t = 20261126)]
+        seed: u64,
+        /// Python interpreter with onnxruntime (see executor/bench/requirements.txt).
+        #[arg(long, default_value = ".gridbook/venv/bin/python")]
+        python: PathBuf,
+        #[arg(long, default_value = "executor/bench/ort_baseline.py")]
+        baseline_script: PathBuf,
+        /// Skip the Python baseline.
+        #[arg(long)]
+        no_baseline: bool,
+        /// Terrain images to render (0 = skip).
+        #[arg(long, default_value_t = 8)]
+        terrain_images: usize,
+        #[arg(long, default_value_t = 4096)]
+        max_batch_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        max_batch_size: usize,
+    },
+    /// Load the runtime and the models, verify their hashes and print the node's set-up.
+    Info,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut provider: Provider = cli.device.parse()?;
+    if let (Provider::Cuda { memory_limit, .. }, Some(mib)) = (&mut provider, cli.gpu_mem_limit_mib) {
+        *memory_limit = Some(mib << 20);
+    }
+    let rt = Runtime::new(RuntimeConfig { dylib_path: cli.ort_dylib.clone(), provider, intra_threads: cli.threads })
+        .context("starting ONNX Runtime")?;
+    let models = || -> anyhow::Result<ModelsDir> {
+        Ok(match &cli.models_dir {
+            Some(d) => ModelsDir::new(d),
+            None => ModelsDir::from_env()?,
+        })
+    };
+    match cli.command {
+        Cmd::Run { workload, input, output, max_batch_tokens, max_batch_size, render_batch, sd_model_dir } => match workload {
+            Kind::Embed => {
+                let cfg = EmbedConfig { batching: Batching::TokenBudget { max_batch_tokens, max_batch_size }, ..EmbedConfig::default() };
+                let mut w = EmbedWorkload { embedder: Embedder::load(&rt, &models()?, cfg)? };
+                run_local(&mut w, &input, &output)
+            }
+            Kind::Terrain => {
+                let cfg = TerrainConfig { batch_size: render_batch, ..TerrainConfig::default() };
+                let mut w = TerrainWorkload { renderer: TerrainRenderer::load(&rt, &models()?, cfg)? };
+                run_local(&mut w, &input, &output)
+            }
+            Kind::Sd => {
+                let Some(dir) = sd_model_dir else { bail!("--sd-model-dir is required for --workload sd") };
+                let mut w = SdWorkload { pipeline: SdPipeline::load(&rt, &dir)? };
+                run_local(&mut w, &input, &output)
+            }
+        },
+        Cmd::Bench { sentences, repeats, seed, python, baseline_script, no_baseline, terrain_images, max_batch_tokens, max_batch_size } => {
+            let models = models()?;
+            let threads = if cli.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cli.threads };
+            let embedder = Embedder::load(&rt, &models, EmbedConfig::default())?;
+            let texts = bench::corpus(sentences, seed);
+            let corpus_path = std::env::temp_dir().join(format!("gridbook-bench-corpus-{seed}-{sentences}.jsonl"));
+            bench::write_corpus(&corpus_path, &texts)?;
+            println!("EMBED-MINILM-L6: {sentences} sentences (seed {seed}), {threads} intra-op threads, ORT {} {}", rt.ort_version(), rt.provider().label());
+            let mut figs = Vec::new();
+            let budget = Batching::TokenBudget { max_batch_tokens, max_batch_size };
+            let spin = spinner("rust: token budget");
+            figs.push(bench::measure_embed(&embedder, &texts, budget, &format!("token-budget {max_batch_tokens}/{max_batch_size}"), repeats)?);
+            spin.set_message("rust: sorted batches of 32");
+            figs.push(bench::measure_embed(&embedder, &texts, Batching::Fixed { size: 32, sorted: true }, "sorted32", repeats)?);
+            spin.set_message("rust: input-order batches of 32");
+            figs.push(bench::measure_embed(&embedder, &texts, Batching::Fixed { size: 32, sorted: false }, "naive32", repeats)?);
+            if !no_baseline {
+                spin.set_message("python onnxruntime baseline");
+                let b = bench::Baseline {
+                    python,
+                    script: baseline_script,
+                    model: models.model_dir("minilm-l6").join("model.onnx"),
+                    tokenizer: models.model_dir("minilm-l6").join("tokenizer.json"),
+                    threads,
+                    batch: 32,
+                    repeats,
+                    max_len: embedder.config().max_seq_len,
+                };
+                figs.extend(bench::run_baseline(&b, &corpus_path)?);
+            }
+            spin.finish_and_clear();
+            print!("{}", bench::format_table(&figs));
+            let get = |side: &str, mode: &str| figs.iter().find(|f| f.side == side && f.mode == mode).map(|f| f.sentences_per_s);
+            if let (Some(py_naive), Some(py_sorted)) = (get("python", "naive32"), get("python", "sorted32")) {
+                let ours = figs[0].sentences_per_s;
+                println!("ratio rust token-budget / python naive32  = {:.2}x  (target >= 1.3x)", ours / py_naive);
+                println!("ratio rust token-budget / python sorted32 = {:.2}x", ours / py_sorted);
+                if let Some(rs) = get("rust", "sorted32") {
+                    println!("ratio rust sorted32 / python sorted32     = {:.2}x  (equal batches, target >= 1.0x)", rs / py_sorted);
+                }
+                if let Some(rn) = get("rust", "naive32") {
+                    println!("ratio rust naive32 / python naive32       = {:.2}x  (equal batches)", rn / py_naive);
+                }
+            }
+            if terrain_images > 0 {
+                let r = TerrainRenderer::load(&rt, &models, TerrainConfig::default())?;
+                r.render(&[(0, Some(50))], &|_| {})?; // warm-up
+                let reqs: Vec<(u64, Option<u64>)> = (0..terrain_images as u64).map(|s| (s, Some(1 + s % 100))).collect();
+                let t0 = std::time::Instant::now();
+                r.render(&reqs, &|_| {})?;
+                let secs = t0.elapsed().as_secs_f64();
+                println!("RENDER-TERRAIN-128: {terrain_images} images in {secs:.2} s = {:.2} images/s (batch 1, incl. PNG encoding)", terrain_images as f64 / secs);
+            }
+            Ok(())
+        }
+        Cmd::Info => {
+            println!("ONNX Runtime {} ({})", rt.ort_version(), rt.provider().ort_name());
+            if let Some(g) = rt.gpu_name() {
+                println!("GPU: {g}");
+            }
+            let models = models()?;
+            for (name, sha) in [("minilm-l6", pinned::MINILM_L6_INT8), ("terrain-128", pinned::TERRAIN_128)] {
+                let spec = models.spec(name, sha)?;
+                match executor::models::verify(&spec) {
+                    Ok(h) => println!("{name}: ok sha256 {h}"),
+                    Err(e) => println!("{name}: {e}"),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn spinner(msg: &'static str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_message(msg);
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
+fn run_local<W: Workload>(w: &mut W, input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    let pb = ProgressBar::new(0);
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} items {per_sec} eta {eta}")?.progress_chars("=> "));
+    pb.set_message(w.id());
+    let report = local::run_file(w, input, output, &|n| pb.inc(n), &|total| pb.set_length(total))
+        .with_context(|| format!("running {} on {}", w.id(), input.display()))?;
+    pb.finish_and_clear();
+    println!(
+        "{}: {} ok, {} failed in {:.2} s; merkle root {}",
+        report.manifest.workload,
+        report.succeeded,
+        report.failed,
+        report.elapsed.as_secs_f64(),
+        report.commitment.merkle_root
+    );
+    println!("output: {}", report.paths.output.display());
+    println!("errors: {}", report.paths.errors.display());
+    println!("commitment: {}", report.paths.commitment.display());
+    Ok(())
+}

@@ -149,19 +149,24 @@ fn global_env(dylib: &Path) -> Result<Arc<GlobalEnv>> {
         .with_telemetry(false)
         .build()
         .map_err(|e| ExecutorError::OrtLoad { path: dylib.to_owned(), message: e.to_string() })?;
-    let version = ort_version_from_info(ort::info());
+    let version = ort_version(dylib, ort::info());
     tracing::info!(dylib = %dylib.display(), ort.version = %version, "ONNX Runtime loaded");
     let g = Arc::new(GlobalEnv { env, dylib: dylib.to_owned(), version });
     *guard = Some(g.clone());
     Ok(g)
 }
 
-/// Extracts `1.31.1` from ORT's build info (`git-branch=rel-1.31.1, ...`); the whole string otherwise.
-pub fn ort_version_from_info(info: &str) -> String {
-    info.split([',', ' '])
-        .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| info.trim().to_owned())
+/// The ONNX Runtime version: from the library's real file name (`libonnxruntime.so.1.31.1`, as
+/// the wheels ship it), else from the build info (`git-branch=rel-1.31.1`), else the build info.
+pub fn ort_version(dylib: &Path, info: &str) -> String {
+    let real = std::fs::canonicalize(dylib).unwrap_or_else(|_| dylib.to_owned());
+    let from_name = real.file_name().and_then(|n| n.to_str()).and_then(|n| {
+        let v = n.split_once(".so.").map(|(_, v)| v)?;
+        (v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok())).then(|| v.to_owned())
+    });
+    from_name
+        .or_else(|| info.split([',', ' ']).find_map(|p| p.trim().strip_prefix("git-branch=rel-")).map(str::to_owned))
+        .unwrap_or_else(|| format!("unknown ({})", info.trim()))
 }
 
 /// A loaded, verified model session. `run` takes `&mut self`, so callers lock it for a batch.
@@ -171,7 +176,8 @@ pub type SharedSession = Arc<Mutex<Session>>;
 pub struct Runtime {
     env: Arc<GlobalEnv>,
     config: RuntimeConfig,
-    sessions: Mutex<HashMap<Sha256Hex, SharedSession>>,
+    /// Keyed by (expected hash, file path): a session is only reused for the file it was verified from.
+    sessions: Mutex<HashMap<(Sha256Hex, PathBuf), SharedSession>>,
     gpu_name: Option<String>,
 }
 
@@ -213,27 +219,26 @@ impl Runtime {
     }
 
     fn ep_error(&self, e: impl std::fmt::Display) -> ExecutorError {
-        match self.config.provider {
-            Provider::Cpu => ExecutorError::ExecutionProvider { provider: "CPUExecutionProvider".into(), message: e.to_string() },
-            Provider::Cuda { .. } => ExecutorError::ExecutionProvider { provider: "CUDAExecutionProvider".into(), message: e.to_string() },
-        }
+        let message = e.to_string().trim_end_matches('.').to_owned();
+        ExecutorError::ExecutionProvider { provider: self.config.provider.ort_name().to_owned(), message }
     }
 
     fn builder(&self) -> Result<SessionBuilder> {
         let mut b = Session::builder(&self.env.env)?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(ort::Error::from)?
+            .map_err(ort::Error::<()>::from)?
             .with_inter_threads(1)
-            .map_err(ort::Error::from)?;
+            .map_err(ort::Error::<()>::from)?;
         if self.config.intra_threads > 0 {
-            b = b.with_intra_threads(self.config.intra_threads).map_err(ort::Error::from)?;
+            b = b.with_intra_threads(self.config.intra_threads).map_err(ort::Error::<()>::from)?;
         }
-        b.with_execution_providers([self.config.provider.dispatch()]).map_err(|e| self.ep_error(ort::Error::from(e)))
+        b.with_execution_providers([self.config.provider.dispatch()]).map_err(|e| self.ep_error(ort::Error::<()>::from(e)))
     }
 
     /// Verifies the model's sha256, then returns the cached session or builds one.
     pub fn session(&self, spec: &ModelSpec) -> Result<SharedSession> {
-        if let Some(s) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.sha256) {
+        let key = (spec.sha256.clone(), spec.path.clone());
+        if let Some(s) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(s.clone());
         }
         let hash = models::verify(spec)?;
@@ -244,7 +249,7 @@ impl Runtime {
         })?;
         tracing::info!(model = %spec.name, sha256 = %hash, ms = started.elapsed().as_millis() as u64, "session ready");
         let shared = Arc::new(Mutex::new(session));
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, shared.clone());
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, shared.clone());
         Ok(shared)
     }
 

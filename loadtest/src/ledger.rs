@@ -30,6 +30,11 @@ pub struct Args {
     /// Transfers per transaction in the batch scenarios.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// PostgreSQL `synchronous_commit` for the measured sessions. `on` (the default) is what the
+    /// ledger runs with; `off` shows how much of the time is the commit's WAL flush (diagnostic only:
+    /// a crash could lose the last acknowledged transfers).
+    #[arg(long, default_value = "on")]
+    synchronous_commit: String,
     /// Keep the database afterwards.
     #[arg(long)]
     keep: bool,
@@ -80,6 +85,8 @@ fn scenario(url: &str, a: &Args, accounts: &[AccountId], batch: usize) -> anyhow
             .map(|w| {
                 s.spawn(move || -> anyhow::Result<(u64, u64, Histogram<u64>)> {
                     let mut c = gridbook_ledger::connect(url)?;
+                    let sync = if a.synchronous_commit == "off" { "off" } else { "on" };
+                    diesel::sql_query(format!("SET synchronous_commit = {sync}")).execute(&mut c)?;
                     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
                     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                     let (mut done, mut errors) = (0u64, 0u64);
@@ -131,8 +138,8 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         let spread = setup(&url, a.accounts, "spread")?;
         let hot = setup(&url, a.hot, "hot")?;
         println!(
-            "ledger load test: {} workers, {} s per scenario, {} spread accounts, {} hot accounts, batch {}",
-            a.workers, a.seconds, a.accounts, a.hot, a.batch
+            "ledger load test: {} workers, {} s per scenario, {} spread accounts, {} hot accounts, batch {}, synchronous_commit {}",
+            a.workers, a.seconds, a.accounts, a.hot, a.batch, a.synchronous_commit
         );
         println!("{:<26} {:>12} {:>10} {:>11} {:>11} {:>8}", "scenario", "transfers/s", "tx/s", "p50 (µs)", "p99 (µs)", "errors");
         for (label, accts, batch) in [

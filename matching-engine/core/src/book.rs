@@ -28,6 +28,17 @@ struct Slot {
     stp: Option<StpMode>,
 }
 
+/// The fields of an order an amend needs (copied out of the slab).
+struct AmendFrom {
+    id: OrderId,
+    account: AccountId,
+    owner: OwnerId,
+    side: Side,
+    price: Price,
+    qty: Qty,
+    stp: Option<StpMode>,
+}
+
 /// The incoming (taking) side of a match.
 struct Taker {
     id: OrderId,
@@ -143,6 +154,16 @@ impl OrderBook {
         self.index.is_empty()
     }
 
+    /// The `seq` of the last command applied (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The `time` of the last command applied.
+    pub fn last_time(&self) -> u64 {
+        self.last_time
+    }
+
     /// The next event sequence number this book will assign.
     pub fn next_event_seq(&self) -> u64 {
         self.next_event_seq
@@ -197,6 +218,7 @@ impl OrderBook {
             priority: o.priority,
             tif: o.tif,
             post_only: o.post_only,
+            stp: o.stp,
         }
     }
 
@@ -261,7 +283,7 @@ impl OrderBook {
                     next: NIL,
                     side,
                     post_only: o.post_only,
-                    stp: None,
+                    stp: o.stp,
                 });
                 b.link(s);
                 b.index.insert(o.id, s);
@@ -323,7 +345,7 @@ impl OrderBook {
                     post_only: p.post_only,
                     stp: p.stp,
                 });
-                self.rest(s, out);
+                self.rest(s, true, out);
                 return;
             }
             Stop::NoMore | Stop::Done => CancelReason::Unfilled,
@@ -428,7 +450,10 @@ impl OrderBook {
                 return;
             }
         };
-        let o = self.slots[s as usize].clone();
+        let o = {
+            let o = &self.slots[s as usize];
+            AmendFrom { id: o.id, account: o.account, owner: o.owner, side: o.side, price: o.price, qty: o.qty, stp: o.stp }
+        };
         let new_qty = a.qty.unwrap_or(o.qty);
         let new_price = a.price.unwrap_or(o.price);
         if new_price == o.price {
@@ -446,7 +471,7 @@ impl OrderBook {
                 self.unlink(s);
                 self.slots[s as usize].qty = new_qty;
                 self.emit(out, EventKind::Amended { id: a.id, price: o.price, qty: new_qty, kept_priority: false });
-                self.rest(s, out);
+                self.rest(s, false, out);
             }
             return;
         }
@@ -474,7 +499,7 @@ impl OrderBook {
                 let slot = &mut self.slots[s as usize];
                 slot.price = new_price;
                 slot.qty = t.qty;
-                self.rest(s, out);
+                self.rest(s, false, out);
                 return;
             }
             Stop::SelfTrade => CancelReason::SelfTrade,
@@ -759,16 +784,19 @@ impl OrderBook {
         }
     }
 
-    /// Gives slot `s` a fresh priority, appends it to its level, indexes it, emits the delta.
-    fn rest(&mut self, s: u32, out: &mut Vec<Event>) {
+    /// Gives slot `s` a fresh priority, appends it to its level, indexes it (when `new`: an
+    /// amended order is indexed already), emits the delta.
+    fn rest(&mut self, s: u32, new: bool, out: &mut Vec<Event>) {
         let o = &mut self.slots[s as usize];
         o.priority = self.next_priority;
         self.next_priority += 1;
         let (id, side, price, tif) = (o.id, o.side, o.price, o.tif);
         self.link(s);
-        self.index.insert(id, s);
-        if let TimeInForce::Gtd { expires_at } = tif {
-            self.expiries.insert((expires_at, id), s);
+        if new {
+            self.index.insert(id, s);
+            if let TimeInForce::Gtd { expires_at } = tif {
+                self.expiries.insert((expires_at, id), s);
+            }
         }
         self.delta(side, price, out);
     }

@@ -105,7 +105,8 @@ pub struct MarketConfig {
     pub min_price: Price,
     /// Highest valid limit price, in ticks; `max_price - min_price < MAX_PRICE_RANGE`.
     pub max_price: Price,
-    /// Largest quantity of one order or amend, in lots.
+    /// Largest quantity of one order or amend, in lots (≤ 2^32 − 1, so that level totals of
+    /// up to `max_orders` ≤ 2^31 orders fit in a u64).
     pub max_qty: Qty,
     /// Protocol fee in basis points of the notional, reported on each fill.
     pub fee_bps: u32,
@@ -155,7 +156,7 @@ pub enum ConfigError {
     PriceBounds,
     #[error("price range max_price - min_price + 1 exceeds {MAX_PRICE_RANGE}")]
     PriceRange,
-    #[error("max_qty must be >= 1")]
+    #[error("max_qty must be between 1 and 2^32 - 1")]
     MaxQty,
     #[error("fee_bps must be <= 10000")]
     Fee,
@@ -173,7 +174,7 @@ impl MarketConfig {
         if self.max_price - self.min_price >= MAX_PRICE_RANGE {
             return Err(ConfigError::PriceRange);
         }
-        if self.max_qty == 0 {
+        if self.max_qty == 0 || self.max_qty > u32::MAX as u64 {
             return Err(ConfigError::MaxQty);
         }
         if self.fee_bps > 10_000 {
@@ -400,6 +401,9 @@ pub struct RestingOrder {
     pub tif: TimeInForce,
     #[serde(default, skip_serializing_if = "is_false")]
     pub post_only: bool,
+    /// The order's own STP mode (used when an amend makes it a taker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stp: Option<StpMode>,
 }
 
 /// One price level (L2 view).

@@ -277,10 +277,20 @@ fn load_related(
     ids: &[uuid::Uuid],
     pending_ids: &[uuid::Uuid],
 ) -> Result<(BTreeMap<TransferId, Transfer>, BTreeSet<TransferId>)> {
-    let rows: Vec<TransferRow> = ledger_transfers::table
-        .filter(ledger_transfers::id.eq_any(ids).or(ledger_transfers::pending_id.assume_not_null().eq_any(pending_ids)))
-        .select(TransferRow::as_select())
-        .load(conn)?;
+    // Two index look-ups (an `OR` of both would make PostgreSQL scan the table).
+    let mut rows: Vec<TransferRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        ledger_transfers::table.filter(ledger_transfers::id.eq_any(ids)).select(TransferRow::as_select()).load(conn)?
+    };
+    if !pending_ids.is_empty() {
+        rows.extend(
+            ledger_transfers::table
+                .filter(ledger_transfers::pending_id.assume_not_null().eq_any(pending_ids))
+                .select(TransferRow::as_select())
+                .load(conn)?,
+        );
+    }
     let mut by_id = BTreeMap::new();
     let mut resolved = BTreeSet::new();
     for r in rows {
@@ -321,10 +331,12 @@ fn create_transfers_once(conn: &mut PgConnection, reqs: &[NewTransfer]) -> Resul
     let mut ids: Vec<uuid::Uuid> = reqs.iter().map(|r| r.id.0).collect();
     let pending_ids: Vec<uuid::Uuid> = reqs.iter().filter_map(|r| r.pending_id()).map(|p| p.0).collect();
     ids.extend(&pending_ids);
-    let (stored, _) = load_related(conn, &ids, &[])?;
+    // Before locking, read what decides which accounts to lock: the pending transfers resolved
+    // here (immutable rows). Plain transfers skip this round trip.
+    let (stored, _) = if pending_ids.is_empty() { Default::default() } else { load_related(conn, &ids, &[])? };
 
     // Every request already stored: an idempotent retry, no locks needed.
-    if reqs.iter().all(|r| stored.contains_key(&r.id)) {
+    if !stored.is_empty() && reqs.iter().all(|r| stored.contains_key(&r.id)) {
         let mut no_accounts = BTreeMap::new();
         let mut pendings = pendings_of(reqs, &stored, &BTreeSet::new());
         return rules::apply_batch(reqs, &stored, &mut no_accounts, &mut pendings, now())

@@ -25,6 +25,10 @@ pub mod subjects {
     pub fn node_heartbeat(node: &str) -> String {
         format!("node.{node}.heartbeat")
     }
+    /// Request/reply: candles and 24 h figures of one market.
+    pub fn market_stats(market: &str) -> String {
+        format!("api.market.{market}.stats")
+    }
     /// Results of one job's assignments.
     pub fn job_result(job: &str) -> String {
         format!("job.{job}.result")
@@ -42,6 +46,82 @@ pub mod streams {
     pub const SNAPSHOTS_BUCKET: &str = "gridbook_snapshots";
     /// Object store bucket for job input and output files, keyed by sha256.
     pub const FILES_BUCKET: &str = "gridbook_files";
+}
+
+/// NATS header names Gridbook sets.
+pub mod headers {
+    /// Deduplication id JetStream honours within the stream's duplicate window.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// On an event frame: the sequence of its last event (for cheap recovery look-ups).
+    pub const LAST_SEQ: &str = "Gridbook-Last-Seq";
+}
+
+/// Messages on `market.<market>.*`.
+pub mod market {
+    use matching_core::{Event, Level, Price, Qty};
+    use serde::{Deserialize, Serialize};
+
+    /// What a client publishes on `market.<market>.cmd`: the command without its `seq` and
+    /// `time`, which the engine takes from the JetStream stream sequence and timestamp (ms).
+    /// Set `Nats-Msg-Id` to a unique id per command (the order id for a place).
+    pub type CommandMsg = matching_core::CommandKind;
+
+    /// All events of one command, published as one message on `market.<market>.evt` with
+    /// `Nats-Msg-Id = <market>.<first>`. Event sequences are gapless per market: a frame's
+    /// `first` is the previous frame's `last + 1`, which is how a client detects a gap.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct EventFrame {
+        pub market: String,
+        /// JetStream sequence of the command in the commands stream.
+        pub cmd: u64,
+        /// Command time, milliseconds since the Unix epoch.
+        pub time: u64,
+        pub first: u64,
+        pub last: u64,
+        pub events: Vec<Event>,
+        /// Best bid and offer after the command.
+        pub best_bid: Option<Price>,
+        pub best_ask: Option<Price>,
+    }
+
+    /// Reply to `api.market.<market>.snapshot`: the L2 book after event `seq`. Apply frames with
+    /// `first > seq` on top of it.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct L2Snapshot {
+        pub market: String,
+        pub seq: u64,
+        /// Best first.
+        pub bids: Vec<Level>,
+        /// Best first.
+        pub asks: Vec<Level>,
+    }
+
+    /// One minute of trades. Prices in ticks, volume in lots.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Candle {
+        /// Start of the minute, ms since the Unix epoch.
+        pub start: u64,
+        pub open: Price,
+        pub high: Price,
+        pub low: Price,
+        pub close: Price,
+        pub volume: Qty,
+        pub trades: u64,
+    }
+
+    /// Reply to `api.market.<market>.stats`: the last 24 h as of event `seq`.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MarketStats {
+        pub market: String,
+        pub seq: u64,
+        pub last_price: Option<Price>,
+        pub volume_24h: Qty,
+        pub trades_24h: u64,
+        pub high_24h: Option<Price>,
+        pub low_24h: Option<Price>,
+        /// Oldest first, at most 1,440.
+        pub candles: Vec<Candle>,
+    }
 }
 
 /// Validates a market symbol for use in a subject: upper-case letters, digits and `-`, at most

@@ -90,31 +90,45 @@ fn op(a: &Args, start: DateTime<Utc>, w: u32, seq: u64) -> Op {
     Op::Batch(match kind {
         0..40 => {
             let (x, y) = pick2(&mut r);
-            vec![NewTransfer::posted(t, x, y, 1 + r.below(3_000) as i64, "bank_transfer")]
+            vec![NewTransfer::posted(t, x, y, 1 + r.below(800) as i64, "bank_transfer")]
         }
         40..60 => {
             let (x, y) = pick2(&mut r);
             let expires = (r.below(3) == 0).then(|| start + chrono::Duration::milliseconds(500 + r.below(15_000) as i64));
-            vec![NewTransfer::pending(t, x, y, 1 + r.below(3_000) as i64, expires, "bank_hold")]
+            vec![NewTransfer::pending(t, x, y, 1 + r.below(800) as i64, expires, "bank_hold")]
         }
         60..75 => {
-            let back = 1 + r.below(8);
-            let pending = tid(a.seed, w, seq.saturating_sub(back), "t");
-            let amount = (r.below(2) == 0).then(|| 1 + r.below(1_500) as i64);
+            let pending = tid(a.seed, w, recent_hold(a, w, seq, r.below(3)), "t");
+            let amount = (r.below(2) == 0).then(|| 1 + r.below(600) as i64);
             vec![NewTransfer::post(t, pending, amount, "bank_post")]
         }
         75..85 => {
-            let back = 1 + r.below(8);
-            vec![NewTransfer::void(t, tid(a.seed, w, seq.saturating_sub(back), "t"), "bank_void")]
+            vec![NewTransfer::void(t, tid(a.seed, w, recent_hold(a, w, seq, r.below(3)), "t"), "bank_void")]
         }
         85..95 => (0..3)
             .map(|i| {
                 let (x, y) = pick2(&mut r);
-                NewTransfer::posted(tid(a.seed, w, seq, &format!("l{i}")), x, y, 1 + r.below(4_000) as i64, "bank_linked")
+                NewTransfer::posted(tid(a.seed, w, seq, &format!("l{i}")), x, y, 1 + r.below(1_000) as i64, "bank_linked")
             })
             .collect(),
         _ => return Op::Sweep,
     })
+}
+
+/// The `skip`-th most recent earlier operation of this worker that created a hold (so posts and
+/// voids mostly hit real pending transfers; some still race or find them resolved).
+fn recent_hold(a: &Args, w: u32, seq: u64, skip: u64) -> u64 {
+    let mut found = 0;
+    for back in 1..=24 {
+        let Some(s) = seq.checked_sub(back) else { break };
+        if (40..60).contains(&Rng::new(a.seed, w, s).below(100)) {
+            if found == skip {
+                return s;
+            }
+            found += 1;
+        }
+    }
+    seq.saturating_sub(1)
 }
 
 fn setup(conn: &mut PgConnection, a: &Args) -> anyhow::Result<DateTime<Utc>> {
@@ -122,6 +136,7 @@ fn setup(conn: &mut PgConnection, a: &Args) -> anyhow::Result<DateTime<Utc>> {
         "CREATE TABLE IF NOT EXISTS bank_meta (id int PRIMARY KEY, start_at timestamptz NOT NULL)",
         "CREATE TABLE IF NOT EXISTS bank_journal (worker int, seq bigint, outcome jsonb NOT NULL, PRIMARY KEY (worker, seq))",
         "CREATE TABLE IF NOT EXISTS bank_failures (at timestamptz DEFAULT now(), detail text NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS bank_rechecks (worker int NOT NULL, n bigint NOT NULL)",
         "INSERT INTO bank_meta VALUES (1, date_trunc('milliseconds', now())) ON CONFLICT DO NOTHING",
     ] {
         diesel::sql_query(stmt).execute(conn)?;
@@ -171,6 +186,7 @@ fn recheck(conn: &mut PgConnection, a: &Args, start: DateTime<Utc>, w: u32, row:
         Ok(ts) if serde_json::to_value(&ts)? == *original => {}
         other => fail(conn, format!("worker {w} seq {}: retry returned {other:?}, original {original}", row.seq)),
     }
+    diesel::sql_query("INSERT INTO bank_rechecks VALUES ($1, 1)").bind::<diesel::sql_types::Integer, _>(w as i32).execute(conn)?;
     Ok(true)
 }
 

@@ -11,7 +11,7 @@ struct Name {
 fn objects(c: &mut diesel::PgConnection) -> Vec<Name> {
     diesel::sql_query(
         "SELECT relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'public' AND relname <> '__diesel_schema_migrations'
+         WHERE n.nspname = 'public' AND left(relname::text, 8) <> '__diesel'
          UNION ALL SELECT proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
          ORDER BY 1",
     )

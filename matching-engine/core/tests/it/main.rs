@@ -1,0 +1,4 @@
+//! The one integration-test binary of `matching-core`.
+
+mod props;
+mod scenarios;

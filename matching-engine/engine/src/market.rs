@@ -1,0 +1,344 @@
+//! One market's single writer: commands in from JetStream, events out to JetStream.
+//!
+//! Recovery and live processing are one path. On start the task loads the market's latest
+//! engine snapshot (book, the last command stream sequence it covers, recent order ids,
+//! candles), reads the last event frame already in the events stream (`published`), and
+//! (re)creates its durable pull consumer starting right after the snapshot. Every command is
+//! applied in stream order; a frame whose events are already published (`last <= published`) is
+//! not published again, so `kill -9` at any moment neither loses an accepted command nor
+//! duplicates an event. A command is acked (ack-all) only after its frame's publish ack.
+//!
+//! Determinism: `seq` = the command's stream sequence, `time` = its stream timestamp in ms
+//! (never earlier than the previous command's), so a replay from the stream yields the same
+//! events byte for byte.
+
+use std::{collections::{HashSet, VecDeque}, time::Duration};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    context::Publish,
+    object_store::ObjectStore,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use gridbook_wire::{
+    headers,
+    market::{EventFrame, L2Snapshot},
+    streams, subjects,
+};
+use matching_core::{Command, CommandKind, Event, MarketConfig, OrderBook, OrderId, Side, Snapshot};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tracing::{debug, info, warn};
+
+use crate::{settings::EngineSettings, stats::Stats};
+
+/// What the engine stores per market in the snapshot object store.
+#[derive(Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub book: Snapshot,
+    /// Stream sequence of the last command applied to `book`.
+    pub applied: u64,
+    /// Recently placed order ids, oldest first (engine-level idempotency beyond the stream's
+    /// duplicate window).
+    pub recent: Vec<u64>,
+    pub stats: Stats,
+}
+
+/// Order ids placed recently, bounded; never iterated except to write a snapshot (in order).
+struct RecentIds {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize, ids: Vec<u64>) -> Self {
+        let mut r = RecentIds { order: VecDeque::new(), set: HashSet::new(), cap };
+        for id in ids {
+            r.insert(id);
+        }
+        r
+    }
+    /// True the first time an id is seen.
+    fn insert(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// The pure part of the market task: applies commands, builds frames. No I/O.
+pub struct MarketState {
+    market: String,
+    pub book: OrderBook,
+    pub applied: u64,
+    pub last_time: u64,
+    recent: RecentIds,
+    pub stats: Stats,
+    events: Vec<Event>,
+}
+
+/// What became of one command message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Already applied (redelivery): ack only.
+    Duplicate,
+    /// Could not be decoded, or a place whose order id was seen before: logged, acked.
+    Dropped,
+    /// Applied; the frame is `None` only if the command produced no events.
+    Applied(Option<EventFrame>),
+}
+
+impl MarketState {
+    pub fn new(config: MarketConfig, recent_cap: usize) -> anyhow::Result<Self> {
+        let market = config.market.0.clone();
+        let book = OrderBook::new(config).map_err(|e| anyhow::anyhow!("market {market}: {e}"))?;
+        Ok(Self::from_parts(market, book, 0, 0, RecentIds::new(recent_cap, vec![]), Stats::default()))
+    }
+
+    pub fn restore(snap: EngineSnapshot, config: &MarketConfig, recent_cap: usize) -> anyhow::Result<Self> {
+        if snap.book.config != *config {
+            warn!(market = %config.market.0, "market configuration changed since the snapshot; the snapshot's is kept until the book is empty");
+        }
+        let book = OrderBook::restore(&snap.book).map_err(|e| anyhow::anyhow!("restoring snapshot: {e}"))?;
+        let market = snap.book.config.market.0.clone();
+        Ok(Self::from_parts(
+            market,
+            book,
+            snap.applied,
+            snap.book.last_time,
+            RecentIds::new(recent_cap, snap.recent),
+            snap.stats,
+        ))
+    }
+
+    fn from_parts(market: String, book: OrderBook, applied: u64, last_time: u64, recent: RecentIds, stats: Stats) -> Self {
+        MarketState { market, book, applied, last_time, recent, stats, events: Vec::with_capacity(64) }
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            book: self.book.snapshot(),
+            applied: self.applied,
+            recent: self.recent.order.iter().copied().collect(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// The last event sequence the book has produced.
+    pub fn last_event_seq(&self) -> u64 {
+        self.book.next_event_seq() - 1
+    }
+
+    /// Apply the command stored at `stream_seq`, published at `published_ms`.
+    pub fn apply(&mut self, stream_seq: u64, published_ms: u64, payload: &[u8]) -> Outcome {
+        if stream_seq <= self.applied {
+            return Outcome::Duplicate;
+        }
+        self.applied = stream_seq;
+        let kind: CommandKind = match serde_json::from_slice(payload) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(market = %self.market, stream_seq, error = %e, "undecodable command dropped");
+                return Outcome::Dropped;
+            }
+        };
+        if let CommandKind::Place(p) = &kind
+            && !self.recent.insert(p.id.0)
+        {
+            debug!(market = %self.market, order = p.id.0, "duplicate order id dropped");
+            return Outcome::Dropped;
+        }
+        let time = published_ms.max(self.last_time);
+        self.last_time = time;
+        self.events.clear();
+        self.book.apply(&Command { seq: stream_seq, time, kind }, &mut self.events);
+        self.stats.apply(time, &self.events);
+        let (Some(first), Some(last)) = (self.events.first(), self.events.last()) else {
+            return Outcome::Applied(None);
+        };
+        Outcome::Applied(Some(EventFrame {
+            market: self.market.clone(),
+            cmd: stream_seq,
+            time,
+            first: first.seq,
+            last: last.seq,
+            events: self.events.clone(),
+            best_bid: self.book.best_bid(),
+            best_ask: self.book.best_ask(),
+        }))
+    }
+
+    pub fn l2(&self) -> L2Snapshot {
+        L2Snapshot {
+            market: self.market.clone(),
+            seq: self.last_event_seq(),
+            bids: self.book.depth(Side::Bid, usize::MAX),
+            asks: self.book.depth(Side::Ask, usize::MAX),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn has_order(&self, id: OrderId) -> bool {
+        self.book.order(id).is_some()
+    }
+}
+
+/// Shared NATS handles for all market tasks of one process.
+#[derive(Clone)]
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub snapshots: ObjectStore,
+}
+
+fn consumer_name(market: &str) -> String {
+    format!("engine-{market}")
+}
+
+async fn load_snapshot(nats: &Nats, market: &str) -> anyhow::Result<Option<EngineSnapshot>> {
+    let mut object = match nats.snapshots.get(market).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading the engine snapshot"),
+    };
+    let mut buf = Vec::new();
+    object.read_to_end(&mut buf).await.context("reading the engine snapshot")?;
+    Ok(Some(serde_json::from_slice(&buf).context("decoding the engine snapshot")?))
+}
+
+async fn save_snapshot(nats: &Nats, market: &str, state: &MarketState) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(&state.snapshot())?;
+    nats.snapshots.put(market, &mut bytes.as_slice()).await.context("writing the engine snapshot")?;
+    Ok(())
+}
+
+/// The last event sequence already in the events stream for this market (0 if none).
+async fn last_published(nats: &Nats, market: &str) -> anyhow::Result<u64> {
+    let stream = nats.js.get_stream(streams::EVENTS).await.context("events stream")?;
+    match stream.get_last_raw_message_by_subject(&subjects::market_evt(market)).await {
+        Ok(msg) => {
+            let last = msg.headers.get(headers::LAST_SEQ).map(|v| v.as_str().to_owned());
+            match last.and_then(|v| v.parse().ok()) {
+                Some(seq) => Ok(seq),
+                None => Ok(serde_json::from_slice::<EventFrame>(&msg.payload).context("last event frame")?.last),
+            }
+        }
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(e).context("reading the last event frame"),
+    }
+}
+
+/// Run one market until an error; the caller restarts it (recovery is the same path).
+pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConfig) -> anyhow::Result<()> {
+    let market = config.market.0.clone();
+    let mut state = match load_snapshot(&nats, &market).await? {
+        Some(snap) => MarketState::restore(snap, &config, settings.recent_ids)?,
+        None => MarketState::new(config, settings.recent_ids)?,
+    };
+    let mut published = last_published(&nats, &market).await?;
+    if published < state.last_event_seq() {
+        bail!(
+            "market {market}: events stream ends at {published} but the snapshot is at {}; \
+             the events stream lost data",
+            state.last_event_seq()
+        );
+    }
+    info!(market = %market, applied = state.applied, published, "market recovered; resuming");
+
+    let commands = nats.js.get_stream(streams::COMMANDS).await.context("commands stream")?;
+    let name = consumer_name(&market);
+    let _ = commands.delete_consumer(&name).await; // a fresh consumer = in-order delivery from the snapshot
+    let consumer = commands
+        .create_consumer(pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::market_cmd(&market),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: state.applied + 1 },
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: (settings.batch_max * 8) as i64,
+            ..Default::default()
+        })
+        .await
+        .context("creating the command consumer")?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(settings.batch_max)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .context("pulling commands")?
+        .ready_chunks(settings.batch_max);
+
+    let mut l2_requests = nats.client.subscribe(subjects::market_snapshot(&market)).await?;
+    let mut stats_requests = nats.client.subscribe(subjects::market_stats(&market)).await?;
+    let evt_subject = subjects::market_evt(&market);
+    let mut expected_consumer_seq = 1u64;
+    let mut since_snapshot = 0u64;
+    let mut acks = Vec::with_capacity(settings.batch_max);
+
+    loop {
+        tokio::select! {
+            batch = messages.next() => {
+                let Some(batch) = batch else { bail!("command consumer closed") };
+                let mut last_msg = None;
+                for msg in batch {
+                    let msg = msg.map_err(|e| anyhow::anyhow!("command delivery: {e}"))?;
+                    let info = msg.info().map_err(|e| anyhow::anyhow!("command metadata: {e}"))?;
+                    if info.consumer_sequence != expected_consumer_seq {
+                        bail!("delivery gap: consumer sequence {} after {}", info.consumer_sequence, expected_consumer_seq - 1);
+                    }
+                    expected_consumer_seq += 1;
+                    let published_ms = info.published.timestamp_millis().max(0) as u64;
+                    if let Outcome::Applied(Some(frame)) = state.apply(info.stream_sequence, published_ms, &msg.payload)
+                        && frame.last > published
+                    {
+                        let id = format!("{market}.{}", frame.first);
+                        let last = frame.last;
+                        let payload = Bytes::from(serde_json::to_vec(&frame)?);
+                        let ack = nats.js.send_publish(
+                            evt_subject.clone(),
+                            Publish::build().payload(payload).message_id(id).header(headers::LAST_SEQ, last.to_string()),
+                        ).await.context("publishing events")?;
+                        acks.push((last, ack));
+                    }
+                    since_snapshot += 1;
+                    last_msg = Some(msg);
+                }
+                for (last, ack) in acks.drain(..) {
+                    ack.await.context("event publish not acknowledged")?;
+                    published = published.max(last);
+                }
+                if let Some(msg) = last_msg {
+                    msg.ack().await.map_err(|e| anyhow::anyhow!("acking commands: {e}"))?;
+                }
+                if since_snapshot >= settings.snapshot_every {
+                    save_snapshot(&nats, &market, &state).await?;
+                    since_snapshot = 0;
+                }
+            }
+            Some(req) = l2_requests.next() => {
+                if let Some(reply) = req.reply {
+                    nats.client.publish(reply, serde_json::to_vec(&state.l2())?.into()).await?;
+                }
+            }
+            Some(req) = stats_requests.next() => {
+                if let Some(reply) = req.reply {
+                    let report = state.stats.report(&market, state.last_event_seq(), state.last_time);
+                    nats.client.publish(reply, serde_json::to_vec(&report)?.into()).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The engine over a real nats-server with JetStream (`cargo xtask test` starts it and sets
+//! `GRIDBOOK_NATS_URL`). Each test uses its own market, so tests run in parallel on one server.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    process::{Child, Command as Proc},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    context::Publish,
+};
+use futures::StreamExt;
+use gridbook_wire::{
+    market::{EventFrame, L2Snapshot, MarketStats},
+    streams, subjects,
+};
+use matching_core::{
+    AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook, OrderId, Place,
+    Side, TimeInForce,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn nats_url() -> String {
+    std::env::var("GRIDBOOK_NATS_URL")
+        .expect("GRIDBOOK_NATS_URL is not set: run the tests with `cargo xtask test` (it starts nats-server)")
+}
+
+fn unique_market(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("T-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+fn market_config(market: &str) -> MarketConfig {
+    MarketConfig {
+        market: matching_core::MarketId(market.into()),
+        min_price: 1,
+        max_price: 1_000,
+        max_qty: 1_000,
+        fee_bps: 100,
+        max_orders: 100_000,
+        max_levels: 1_000,
+        ..MarketConfig::default()
+    }
+}
+
+struct Engine {
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Engine {
+    fn start(market: &str, snapshot_every: u64) -> Engine {
+        let dir = std::env::temp_dir().join(format!("gridbook-engine-test-{market}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("engine.toml");
+        let m = market_config(market);
+        std::fs::write(
+            &config,
+            format!(
+                "engine_id = \"test-{market}\"\nsnapshot_every = {snapshot_every}\nbatch_max = 64\n\n[[markets]]\n\
+                 market = \"{market}\"\nmin_price = {}\nmax_price = {}\nmax_qty = {}\nfee_bps = {}\n\
+                 max_orders = {}\nmax_levels = {}\n",
+                m.min_price, m.max_price, m.max_qty, m.fee_bps, m.max_orders, m.max_levels
+            ),
+        )
+        .unwrap();
+        let mut e = Engine { config, child: None };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let child = Proc::new(env!("CARGO_BIN_EXE_matching-engine"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("GRIDBOOK_NATS_URL", nats_url())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("starting matching-engine");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A deterministic random command mix: places (some crossing), cancels, amends, a few
+/// duplicates and one undecodable message.
+fn command_mix(market: &str, n: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n);
+    let mut live: Vec<(u64, u64)> = vec![];
+    for i in 0..n as u64 {
+        let id = i + 1;
+        let roll = rng.random_range(0..100);
+        let kind = if roll < 60 || live.is_empty() {
+            let side = if rng.random_bool(0.5) { Side::Bid } else { Side::Ask };
+            let account = rng.random_range(1..6);
+            let base = if side == Side::Bid { 495 } else { 505 };
+            let price = (base as i64 + rng.random_range(-12..=12)) as u64;
+            let tif = match rng.random_range(0..10) {
+                0 => TimeInForce::Ioc,
+                1 => TimeInForce::Fok,
+                _ => TimeInForce::Gtc,
+            };
+            live.push((id, account));
+            CommandKind::Place(Place {
+                id: OrderId(id),
+                account: AccountId(account),
+                owner: None,
+                side,
+                price: Some(price),
+                qty: rng.random_range(1..20),
+                tif,
+                post_only: false,
+                budget: None,
+                stp: None,
+            })
+        } else if roll < 80 {
+            let (oid, acc) = live.swap_remove(rng.random_range(0..live.len()));
+            CommandKind::Cancel(Cancel { id: OrderId(oid), account: AccountId(acc) })
+        } else {
+            let (oid, acc) = live[rng.random_range(0..live.len())];
+            CommandKind::Amend(Amend {
+                id: OrderId(oid),
+                account: AccountId(acc),
+                price: Some(rng.random_range(490..=510)),
+                qty: Some(rng.random_range(1..20)),
+            })
+        };
+        // message ids are stream-wide: scope them by market
+        let msg_id = format!("{market}.cmd-{i}");
+        out.push((msg_id.clone(), serde_json::to_vec(&kind).unwrap()));
+        if i % 97 == 5 {
+            // the same message resent: JetStream's duplicate window drops it
+            out.push((msg_id, serde_json::to_vec(&kind).unwrap()));
+        }
+        if i % 211 == 7
+            && let CommandKind::Place(_) = kind
+        {
+            // the same place resent under another message id: the engine's own idempotency
+            out.push((format!("{market}.resend-{i}"), serde_json::to_vec(&kind).unwrap()));
+        }
+        if i == n as u64 / 2 {
+            out.push((format!("{market}.garbage"), b"{this is not a command".to_vec()));
+        }
+    }
+    out
+}
+
+async fn publish_all(js: &jetstream::Context, market: &str, cmds: &[(String, Vec<u8>)], pace: Duration) {
+    let subject = subjects::market_cmd(market);
+    for chunk in cmds.chunks(50) {
+        let mut acks = vec![];
+        for (id, payload) in chunk {
+            acks.push(
+                js.send_publish(subject.clone(), Publish::build().payload(payload.clone().into()).message_id(id))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+        tokio::time::sleep(pace).await;
+    }
+}
+
+/// Every message of `subject` in `stream`, in order, read with an ephemeral consumer.
+async fn read_subject(js: &jetstream::Context, stream: &str, subject: &str) -> Vec<jetstream::Message> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let info = stream.get_info().await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject.into(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let last = info.state.last_sequence;
+    let mut out = vec![];
+    let mut messages = consumer.messages().await.unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+        let Ok(Some(msg)) = next else { break };
+        let msg = msg.unwrap();
+        let seq = msg.info().unwrap().stream_sequence;
+        out.push(msg);
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// What a clean, single-process replay of the stored commands produces (the engine's rules:
+/// seq = stream sequence, time = stream time in ms, never decreasing; undecodable messages and
+/// re-used place ids are dropped).
+fn clean_replay(market: &str, commands: &[jetstream::Message]) -> Vec<Event> {
+    let mut book = OrderBook::new(market_config(market)).unwrap();
+    let mut seen = HashSet::new();
+    let (mut last_time, mut out) = (0u64, vec![]);
+    for msg in commands {
+        let info = msg.info().unwrap();
+        let Ok(kind) = serde_json::from_slice::<CommandKind>(&msg.payload) else { continue };
+        if let CommandKind::Place(p) = &kind
+            && !seen.insert(p.id.0)
+        {
+            continue;
+        }
+        last_time = last_time.max(info.published.timestamp_millis() as u64);
+        book.apply(&Command { seq: info.stream_sequence, time: last_time, kind }, &mut out);
+    }
+    out
+}
+
+async fn wait_until_caught_up(js: &jetstream::Context, market: &str, last_cmd: u64, within: Duration) -> EventFrame {
+    let stream = js.get_stream(streams::EVENTS).await.unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(m) = stream.get_last_raw_message_by_subject(&subjects::market_evt(market)).await {
+            let frame: EventFrame = serde_json::from_slice(&m.payload).unwrap();
+            if frame.cmd >= last_cmd {
+                return frame;
+            }
+        }
+        assert!(Instant::now() < deadline, "engine did not catch up with command {last_cmd} in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn last_command_seq(js: &jetstream::Context, market: &str) -> u64 {
+    let stream = js.get_stream(streams::COMMANDS).await.unwrap();
+    let last = stream.get_last_raw_message_by_subject(&subjects::market_cmd(market)).await.unwrap();
+    // the last command may produce no frame only if it was dropped; our mixes end with a place
+    last.sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
+    let market = unique_market("KILL");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut engine = Engine::start(&market, 150);
+    // the engine creates the streams; wait for them
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream(streams::COMMANDS).await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not create its streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut cmds = command_mix(&market, 3_000, 42);
+    // finish with a plain place so the last command always has a frame
+    cmds.push((
+        format!("{market}.final"),
+        serde_json::to_vec(&CommandKind::Place(Place {
+            id: OrderId(10_000_000),
+            account: AccountId(9),
+            owner: None,
+            side: Side::Bid,
+            price: Some(1),
+            qty: 1,
+            tif: TimeInForce::Gtc,
+            post_only: false,
+            budget: None,
+            stp: None,
+        }))
+        .unwrap(),
+    ));
+    let publisher = {
+        let (js, market, cmds) = (js.clone(), market.clone(), cmds.clone());
+        tokio::spawn(async move { publish_all(&js, &market, &cmds, Duration::from_millis(40)).await })
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut kills = 0;
+    while !publisher.is_finished() || kills < 4 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
+        engine.kill9();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        engine.spawn();
+        if kills >= 8 {
+            break;
+        }
+    }
+    publisher.await.unwrap();
+    let last_cmd = last_command_seq(&js, &market).await;
+    wait_until_caught_up(&js, &market, last_cmd, Duration::from_secs(60)).await;
+
+    let frames: Vec<EventFrame> = read_subject(&js, streams::EVENTS, &subjects::market_evt(&market))
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let mut expected_first = 1;
+    for f in &frames {
+        assert_eq!(f.first, expected_first, "event frames have a gap or a duplicate at cmd {}", f.cmd);
+        assert_eq!(f.events.len() as u64, f.last - f.first + 1);
+        expected_first = f.last + 1;
+    }
+    let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
+    let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
+    let replayed = clean_replay(&market, &commands);
+    assert!(kills >= 4, "the engine was killed {kills} times");
+    assert_eq!(published.len(), replayed.len(), "event count differs from a clean replay");
+    assert!(published == replayed, "published events differ from a clean replay");
+    let places = replayed.iter().filter(|e| matches!(e.kind, EventKind::Accepted { .. })).count();
+    let distinct_places = cmds
+        .iter()
+        .filter_map(|(_, p)| match serde_json::from_slice::<CommandKind>(p) {
+            Ok(CommandKind::Place(p)) => Some(p.id),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .len();
+    let rejected_places = replayed
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Rejected { .. }))
+        .count();
+    assert!(places <= distinct_places, "a resent place was placed twice");
+    assert!(places + rejected_places >= distinct_places, "a place was lost");
+    eprintln!("kill -9 x{kills}: {} commands, {} frames, {} events identical to a clean replay", commands.len(), frames.len(), published.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_joining_mid_stream_resynchronises_to_the_engine_book() {
+    let market = unique_market("FEED");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let _engine = Engine::start(&market, 1_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream(streams::COMMANDS).await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not create its streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cmds = command_mix(&market, 2_000, 99);
+    let (first_half, second_half) = cmds.split_at(800);
+    publish_all(&js, &market, first_half, Duration::ZERO).await;
+
+    // join mid-stream: subscribe first, then ask for a snapshot, then apply newer frames
+    let mut live = client.subscribe(subjects::market_evt(&market)).await.unwrap();
+    let publisher = {
+        let (js, market, rest) = (js.clone(), market.clone(), second_half.to_vec());
+        tokio::spawn(async move { publish_all(&js, &market, &rest, Duration::from_millis(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let snap = request_l2(&client, &market).await;
+    let mut book = Ladder::from(&snap);
+    let mut applied_to = snap.seq;
+    publisher.await.unwrap();
+    let last_cmd = last_command_seq(&js, &market).await;
+    let last_frame = wait_until_caught_up(&js, &market, last_cmd, Duration::from_secs(60)).await;
+    while applied_to < last_frame.last {
+        let msg = tokio::time::timeout(Duration::from_secs(10), live.next()).await.expect("frame").unwrap();
+        let frame: EventFrame = serde_json::from_slice(&msg.payload).unwrap();
+        if frame.last <= applied_to {
+            continue; // older than the snapshot
+        }
+        assert_eq!(frame.first, applied_to + 1, "gap in the live feed");
+        book.apply(&frame);
+        applied_to = frame.last;
+    }
+    let end = request_l2(&client, &market).await;
+    assert_eq!(end.seq, applied_to);
+    assert_eq!(book, Ladder::from(&end), "the client's book differs from the engine's");
+    assert!(!end.bids.is_empty() && !end.asks.is_empty());
+
+    let stats: MarketStats = serde_json::from_slice(
+        &client.request(subjects::market_stats(&market), "".into()).await.unwrap().payload,
+    )
+    .unwrap();
+    assert_eq!(stats.seq, end.seq);
+    assert!(stats.volume_24h > 0 && stats.last_price.is_some() && !stats.candles.is_empty());
+}
+
+async fn request_l2(client: &async_nats::Client, market: &str) -> L2Snapshot {
+    let reply = client.request(subjects::market_snapshot(market), "".into()).await.unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// A client-side L2 book: price → (qty, orders) per side.
+#[derive(Debug, PartialEq, Eq)]
+struct Ladder {
+    bids: std::collections::BTreeMap<u64, (u64, u32)>,
+    asks: std::collections::BTreeMap<u64, (u64, u32)>,
+}
+
+impl Ladder {
+    fn from(s: &L2Snapshot) -> Ladder {
+        Ladder {
+            bids: s.bids.iter().map(|l| (l.price, (l.qty, l.orders))).collect(),
+            asks: s.asks.iter().map(|l| (l.price, (l.qty, l.orders))).collect(),
+        }
+    }
+    fn apply(&mut self, f: &EventFrame) {
+        for e in &f.events {
+            if let EventKind::Delta { side, price, qty, orders } = e.kind {
+                let m = if side == Side::Bid { &mut self.bids } else { &mut self.asks };
+                if qty == 0 {
+                    m.remove(&price);
+                } else {
+                    m.insert(price, (qty, orders));
+                }
+            }
+        }
+    }
+}
