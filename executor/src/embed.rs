@@ -34,8 +34,9 @@ pub enum Batching {
 
 impl Default for Batching {
     fn default() -> Self {
-        // Measured on 2 CPU cores: large padded batches are slower per token than ~2-4k (cache).
-        Batching::TokenBudget { max_batch_tokens: 4096, max_batch_size: 64 }
+        // Measured on 2 loaded CPU cores (512 sentences): 1024 → 29.1 sent/s, 2048 → 27.6, 4096 → 25.6;
+        // small batches stay in cache on the CPU. On a GPU raise it (e.g. 16384, as TEI does).
+        Batching::TokenBudget { max_batch_tokens: 1024, max_batch_size: 64 }
     }
 }
 

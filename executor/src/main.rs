@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
         /// Embeddings: padded tokens per model call.
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 1024)]
         max_batch_tokens: usize,
         /// Embeddings: inputs per model call.
         #[arg(long, default_value_t = 64)]
@@ -88,7 +88,7 @@ enum Cmd {
         /// Terrain images to render (0 = skip).
         #[arg(long, default_value_t = 8)]
         terrain_images: usize,
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 1024)]
         max_batch_tokens: usize,
         #[arg(long, default_value_t = 64)]
         max_batch_size: usize,

@@ -59,12 +59,21 @@ fn setup(url: &str, n: usize, tag: &str) -> anyhow::Result<Vec<AccountId>> {
     let mut c = gridbook_ledger::connect(url)?;
     let op = NewAccount::system("USD", AccountCode::Operator);
     store::create_account(&mut c, &op)?;
-    let ids: Vec<AccountId> = (0..n).map(|i| AccountId::derived(&["loadtest", tag, &i.to_string()])).collect();
+    let ids: Vec<AccountId> = (0..n)
+        .map(|i| AccountId::derived(&["loadtest", tag, &i.to_string()]))
+        .collect();
     for chunk in ids.chunks(1_000) {
-        let news: Vec<NewAccount> = chunk.iter().map(|id| NewAccount::new(*id, "USD", AccountCode::Studio)).collect();
+        let news: Vec<NewAccount> = chunk
+            .iter()
+            .map(|id| NewAccount::new(*id, "USD", AccountCode::Studio))
+            .collect();
         store::create_accounts(&mut c, &news)?;
-        let fund: Vec<NewTransfer> =
-            chunk.iter().map(|id| NewTransfer::posted(TransferId::new(), op.id, *id, 1_000_000_000_000, "deposit")).collect();
+        let fund: Vec<NewTransfer> = chunk
+            .iter()
+            .map(|id| {
+                NewTransfer::posted(TransferId::new(), op.id, *id, 1_000_000_000_000, "deposit")
+            })
+            .collect();
         store::create_transfers(&mut c, &fund)?;
     }
     Ok(ids)
@@ -85,16 +94,29 @@ fn scenario(url: &str, a: &Args, accounts: &[AccountId], batch: usize) -> anyhow
             .map(|w| {
                 s.spawn(move || -> anyhow::Result<(u64, u64, Histogram<u64>)> {
                     let mut c = gridbook_ledger::connect(url)?;
-                    let sync = if a.synchronous_commit == "off" { "off" } else { "on" };
-                    diesel::sql_query(format!("SET synchronous_commit = {sync}")).execute(&mut c)?;
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
+                    let sync = if a.synchronous_commit == "off" {
+                        "off"
+                    } else {
+                        "on"
+                    };
+                    diesel::sql_query(format!("SET synchronous_commit = {sync}"))
+                        .execute(&mut c)?;
+                    let mut rng =
+                        Rng(0x9E37_79B9_7F4A_7C15
+                            ^ (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
                     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                     let (mut done, mut errors) = (0u64, 0u64);
                     while start.elapsed() < deadline {
                         let reqs: Vec<NewTransfer> = (0..batch)
                             .map(|_| {
                                 let (x, y) = rng.pair(accounts.len());
-                                NewTransfer::posted(TransferId::new(), accounts[x], accounts[y], 1 + (rng.next() % 1_000) as i64, "loadtest")
+                                NewTransfer::posted(
+                                    TransferId::new(),
+                                    accounts[x],
+                                    accounts[y],
+                                    1 + (rng.next() % 1_000) as i64,
+                                    "loadtest",
+                                )
                             })
                             .collect();
                         let t = Instant::now();
@@ -108,10 +130,20 @@ fn scenario(url: &str, a: &Args, accounts: &[AccountId], batch: usize) -> anyhow
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))).collect()
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
+            .collect()
     });
     let elapsed = start.elapsed();
-    let mut f = Figures { transfers: 0, elapsed, hist: Histogram::new_with_bounds(1, 60_000_000, 3)?, errors: 0 };
+    let mut f = Figures {
+        transfers: 0,
+        elapsed,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        errors: 0,
+    };
     for r in results {
         let (d, e, h) = r?;
         f.transfers += d;
@@ -125,7 +157,10 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
     if a.database_url.is_none() {
         a.database_url = std::env::var("GRIDBOOK_DATABASE_URL").ok();
     }
-    let server = a.database_url.clone().context("--database-url or GRIDBOOK_DATABASE_URL is required")?;
+    let server = a
+        .database_url
+        .clone()
+        .context("--database-url or GRIDBOOK_DATABASE_URL is required")?;
     let name = format!("gridbook_loadtest_{}", uuid_like());
     let url = gridbook_ledger::with_database(&server, &name);
     {
@@ -141,7 +176,10 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
             "ledger load test: {} workers, {} s per scenario, {} spread accounts, {} hot accounts, batch {}, synchronous_commit {}",
             a.workers, a.seconds, a.accounts, a.hot, a.batch, a.synchronous_commit
         );
-        println!("{:<26} {:>12} {:>10} {:>11} {:>11} {:>8}", "scenario", "transfers/s", "tx/s", "p50 (µs)", "p99 (µs)", "errors");
+        println!(
+            "{:<26} {:>12} {:>10} {:>11} {:>11} {:>8}",
+            "scenario", "transfers/s", "tx/s", "p50 (µs)", "p99 (µs)", "errors"
+        );
         for (label, accts, batch) in [
             ("single/tx, spread", &spread, 1),
             ("single/tx, hot", &hot, 1),
@@ -161,18 +199,28 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
             );
         }
         let v = store::check_invariants(&mut c)?;
-        println!("invariants after the run: {}", if v.is_empty() { "all hold".to_string() } else { format!("{v:?}") });
+        println!(
+            "invariants after the run: {}",
+            if v.is_empty() {
+                "all hold".to_string()
+            } else {
+                format!("{v:?}")
+            }
+        );
         anyhow::ensure!(v.is_empty(), "invariants broken");
         Ok(())
     })();
     if !a.keep {
         let mut admin = gridbook_ledger::connect(&server)?;
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin)?;
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)?;
     }
     result
 }
 
 fn uuid_like() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{:x}_{}", t.as_nanos(), std::process::id())
 }

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod book;
+mod engine;
 mod ledger;
 
 #[derive(Parser)]
@@ -17,6 +18,8 @@ struct Cli {
 enum Scenario {
     /// Pure order-book core: exchange-core's mix, against orderbook-rs in the same run.
     Book(book::Args),
+    /// The engine over NATS JetStream: studios and providers trading into 1, 2, 4 markets.
+    Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
     Ledger(ledger::Args),
 }
@@ -24,6 +27,7 @@ enum Scenario {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Book(args) => book::run(args),
+        Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
     }
 }

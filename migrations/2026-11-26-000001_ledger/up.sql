@@ -85,13 +85,17 @@ CREATE TRIGGER ledger_accounts_guard_update BEFORE UPDATE ON ledger_accounts
     EXECUTE FUNCTION ledger_accounts_guard();
 
 -- Apply every inserted transfer of one INSERT statement to the balances in one UPDATE.
-CREATE FUNCTION ledger_apply_transfers() RETURNS trigger LANGUAGE plpgsql AS $$
+-- `enable_seqscan = off`: the transition table has ~100 rows while the tables grow without bound;
+-- without it the planner may hash-join against a full scan of ledger_accounts / ledger_transfers.
+CREATE FUNCTION ledger_apply_transfers() RETURNS trigger LANGUAGE plpgsql
+SET enable_seqscan = off AS $$
 DECLARE
     bad uuid;
 BEGIN
     SELECT n.id INTO bad
-    FROM new_transfers n LEFT JOIN ledger_transfers p ON p.id = n.pending_id
-    WHERE n.pending_id IS NOT NULL AND (
+    FROM (SELECT * FROM new_transfers WHERE pending_id IS NOT NULL) n
+    LEFT JOIN ledger_transfers p ON p.id = n.pending_id
+    WHERE (
         p.id IS NULL OR p.kind <> 'pending'
         OR p.debit_account_id <> n.debit_account_id OR p.credit_account_id <> n.credit_account_id
         OR n.amount > p.amount
@@ -105,9 +109,10 @@ BEGIN
 
     WITH t AS (
         SELECT n.debit_account_id AS d, n.credit_account_id AS c,
-               CASE n.kind WHEN 'pending' THEN n.amount WHEN 'posted' THEN 0 ELSE -p.amount END AS pend,
+               CASE n.kind WHEN 'pending' THEN n.amount WHEN 'posted' THEN 0
+                   ELSE -(SELECT p.amount FROM ledger_transfers p WHERE p.id = n.pending_id) END AS pend,
                CASE WHEN n.kind IN ('posted', 'post') THEN n.amount ELSE 0 END AS post
-        FROM new_transfers n LEFT JOIN ledger_transfers p ON p.id = n.pending_id
+        FROM new_transfers n
     ), s AS (
         SELECT acct, sum(dpend)::bigint AS dpend, sum(dpost)::bigint AS dpost,
                sum(cpend)::bigint AS cpend, sum(cpost)::bigint AS cpost

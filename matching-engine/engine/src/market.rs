@@ -18,17 +18,17 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, pull},
-    context::Publish,
+    message::PublishMessage as Publish,
     object_store::ObjectStore,
 };
 use bytes::Bytes;
 use futures::StreamExt;
 use gridbook_wire::{
     headers,
-    market::{EventFrame, L2Snapshot},
+    market::{EventFrame, L2Snapshot, MAX_COMMANDS_PER_MESSAGE},
     streams, subjects,
 };
-use matching_core::{Command, CommandKind, Event, MarketConfig, OrderBook, OrderId, Side, Snapshot};
+use matching_core::{Command, CommandKind, Event, MarketConfig, OrderBook, Side, Snapshot};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
@@ -77,53 +77,47 @@ impl RecentIds {
     }
 }
 
-/// The pure part of the market task: applies commands, builds frames. No I/O.
+/// The pure part of the market task: applies command messages, builds frames. No I/O.
 pub struct MarketState {
     market: String,
     pub book: OrderBook,
+    /// Stream sequence of the last command message applied.
     pub applied: u64,
-    pub last_time: u64,
     recent: RecentIds,
     pub stats: Stats,
     events: Vec<Event>,
 }
 
 /// What became of one command message.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Already applied (redelivery): ack only.
+    /// Already applied (a redelivery): ack only.
     Duplicate,
-    /// Could not be decoded, or a place whose order id was seen before: logged, acked.
+    /// Could not be decoded: logged, acked, nothing applied.
     Dropped,
-    /// Applied; the frame is `None` only if the command produced no events.
-    Applied(Option<EventFrame>),
+    /// Applied; this many frames were appended (a command that produced no events has none; a
+    /// place whose order id was seen before is dropped without events).
+    Applied(usize),
 }
 
 impl MarketState {
     pub fn new(config: MarketConfig, recent_cap: usize) -> anyhow::Result<Self> {
         let market = config.market.0.clone();
         let book = OrderBook::new(config).map_err(|e| anyhow::anyhow!("market {market}: {e}"))?;
-        Ok(Self::from_parts(market, book, 0, 0, RecentIds::new(recent_cap, vec![]), Stats::default()))
+        Ok(Self::from_parts(market, book, 0, RecentIds::new(recent_cap, vec![]), Stats::default()))
     }
 
     pub fn restore(snap: EngineSnapshot, config: &MarketConfig, recent_cap: usize) -> anyhow::Result<Self> {
         if snap.book.config != *config {
-            warn!(market = %config.market.0, "market configuration changed since the snapshot; the snapshot's is kept until the book is empty");
+            warn!(market = %config.market.0, "market configuration differs from the snapshot's; the snapshot's stays in force (changing a live market's rules needs a migration)");
         }
         let book = OrderBook::restore(&snap.book).map_err(|e| anyhow::anyhow!("restoring snapshot: {e}"))?;
         let market = snap.book.config.market.0.clone();
-        Ok(Self::from_parts(
-            market,
-            book,
-            snap.applied,
-            snap.book.last_time,
-            RecentIds::new(recent_cap, snap.recent),
-            snap.stats,
-        ))
+        Ok(Self::from_parts(market, book, snap.applied, RecentIds::new(recent_cap, snap.recent), snap.stats))
     }
 
-    fn from_parts(market: String, book: OrderBook, applied: u64, last_time: u64, recent: RecentIds, stats: Stats) -> Self {
-        MarketState { market, book, applied, last_time, recent, stats, events: Vec::with_capacity(64) }
+    fn from_parts(market: String, book: OrderBook, applied: u64, recent: RecentIds, stats: Stats) -> Self {
+        MarketState { market, book, applied, recent, stats, events: Vec::with_capacity(64) }
     }
 
     pub fn snapshot(&self) -> EngineSnapshot {
@@ -140,43 +134,48 @@ impl MarketState {
         self.book.next_event_seq() - 1
     }
 
-    /// Apply the command stored at `stream_seq`, published at `published_ms`.
-    pub fn apply(&mut self, stream_seq: u64, published_ms: u64, payload: &[u8]) -> Outcome {
+    /// Apply the message stored at `stream_seq`, published at `published_ms`: one command or an
+    /// array of them. Each command is numbered `book.last_seq() + 1` and timed
+    /// `max(published_ms, book.last_time())`. Frames go to `frames`.
+    pub fn apply(&mut self, stream_seq: u64, published_ms: u64, payload: &[u8], frames: &mut Vec<EventFrame>) -> Outcome {
         if stream_seq <= self.applied {
             return Outcome::Duplicate;
         }
         self.applied = stream_seq;
-        let kind: CommandKind = match serde_json::from_slice(payload) {
-            Ok(k) => k,
+        let commands = match decode_commands(payload) {
+            Ok(c) => c,
             Err(e) => {
-                warn!(market = %self.market, stream_seq, error = %e, "undecodable command dropped");
+                warn!(market = %self.market, stream_seq, error = %e, "undecodable command message dropped");
                 return Outcome::Dropped;
             }
         };
-        if let CommandKind::Place(p) = &kind
-            && !self.recent.insert(p.id.0)
-        {
-            debug!(market = %self.market, order = p.id.0, "duplicate order id dropped");
-            return Outcome::Dropped;
+        let before = frames.len();
+        let time = published_ms.max(self.book.last_time());
+        for kind in commands {
+            if let CommandKind::Place(p) = &kind
+                && !self.recent.insert(p.id.0)
+            {
+                debug!(market = %self.market, order = p.id.0, "duplicate order id dropped");
+                continue;
+            }
+            let cmd = self.book.last_seq() + 1;
+            self.events.clear();
+            self.book.apply(&Command { seq: cmd, time, kind }, &mut self.events);
+            self.stats.apply(time, &self.events);
+            let (Some(first), Some(last)) = (self.events.first(), self.events.last()) else { continue };
+            frames.push(EventFrame {
+                market: self.market.clone(),
+                stream_seq,
+                cmd,
+                time,
+                first: first.seq,
+                last: last.seq,
+                events: self.events.clone(),
+                best_bid: self.book.best_bid(),
+                best_ask: self.book.best_ask(),
+            });
         }
-        let time = published_ms.max(self.last_time);
-        self.last_time = time;
-        self.events.clear();
-        self.book.apply(&Command { seq: stream_seq, time, kind }, &mut self.events);
-        self.stats.apply(time, &self.events);
-        let (Some(first), Some(last)) = (self.events.first(), self.events.last()) else {
-            return Outcome::Applied(None);
-        };
-        Outcome::Applied(Some(EventFrame {
-            market: self.market.clone(),
-            cmd: stream_seq,
-            time,
-            first: first.seq,
-            last: last.seq,
-            events: self.events.clone(),
-            best_bid: self.book.best_bid(),
-            best_ask: self.book.best_ask(),
-        }))
+        Outcome::Applied(frames.len() - before)
     }
 
     pub fn l2(&self) -> L2Snapshot {
@@ -188,10 +187,57 @@ impl MarketState {
         }
     }
 
-    #[allow(dead_code)]
-    pub fn has_order(&self, id: OrderId) -> bool {
-        self.book.order(id).is_some()
+}
+
+/// One command, or a JSON array of at most `MAX_COMMANDS_PER_MESSAGE`.
+pub fn decode_commands(payload: &[u8]) -> anyhow::Result<Vec<CommandKind>> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let commands: Vec<CommandKind> = serde_json::from_slice(payload)?;
+        anyhow::ensure!(
+            commands.len() <= MAX_COMMANDS_PER_MESSAGE,
+            "{} commands in one message; the most is {MAX_COMMANDS_PER_MESSAGE}",
+            commands.len()
+        );
+        Ok(commands)
+    } else {
+        Ok(vec![serde_json::from_slice(payload)?])
     }
+}
+
+/// Event messages stay well under nats-server's payload limit (1 MB by default).
+const MAX_EVENT_MESSAGE_BYTES: usize = 512 * 1024;
+
+struct Chunk {
+    first: u64,
+    last: u64,
+    payload: Bytes,
+}
+
+/// Consecutive frames as JSON arrays of at most `max_bytes` (a single larger frame goes alone).
+fn chunk_frames(frames: &[EventFrame], max_bytes: usize) -> anyhow::Result<Vec<Chunk>> {
+    let mut chunks = vec![];
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut first, mut last) = (0, 0);
+    for f in frames {
+        let json = serde_json::to_vec(f)?;
+        if !buf.is_empty() && buf.len() + json.len() + 2 > max_bytes {
+            buf.push(b']');
+            chunks.push(Chunk { first, last, payload: Bytes::from(std::mem::take(&mut buf)) });
+        }
+        if buf.is_empty() {
+            buf.push(b'[');
+            first = f.first;
+        } else {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&json);
+        last = f.last;
+    }
+    if !buf.is_empty() {
+        buf.push(b']');
+        chunks.push(Chunk { first, last, payload: Bytes::from(buf) });
+    }
+    Ok(chunks)
 }
 
 /// Shared NATS handles for all market tasks of one process.
@@ -231,7 +277,10 @@ async fn last_published(nats: &Nats, market: &str) -> anyhow::Result<u64> {
             let last = msg.headers.get(headers::LAST_SEQ).map(|v| v.as_str().to_owned());
             match last.and_then(|v| v.parse().ok()) {
                 Some(seq) => Ok(seq),
-                None => Ok(serde_json::from_slice::<EventFrame>(&msg.payload).context("last event frame")?.last),
+                None => Ok(serde_json::from_slice::<Vec<EventFrame>>(&msg.payload)
+                    .context("last event message")?
+                    .last()
+                    .map_or(0, |f| f.last)),
             }
         }
         Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
@@ -286,13 +335,14 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
     let evt_subject = subjects::market_evt(&market);
     let mut expected_consumer_seq = 1u64;
     let mut since_snapshot = 0u64;
-    let mut acks = Vec::with_capacity(settings.batch_max);
+    let mut frames = Vec::with_capacity(settings.batch_max);
 
     loop {
         tokio::select! {
             batch = messages.next() => {
                 let Some(batch) = batch else { bail!("command consumer closed") };
                 let mut last_msg = None;
+                frames.clear();
                 for msg in batch {
                     let msg = msg.map_err(|e| anyhow::anyhow!("command delivery: {e}"))?;
                     let info = msg.info().map_err(|e| anyhow::anyhow!("command metadata: {e}"))?;
@@ -301,22 +351,22 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
                     }
                     expected_consumer_seq += 1;
                     let published_ms = info.published.timestamp_millis().max(0) as u64;
-                    if let Outcome::Applied(Some(frame)) = state.apply(info.stream_sequence, published_ms, &msg.payload)
-                        && frame.last > published
-                    {
-                        let id = format!("{market}.{}", frame.first);
-                        let last = frame.last;
-                        let payload = Bytes::from(serde_json::to_vec(&frame)?);
-                        let ack = nats.js.send_publish(
-                            evt_subject.clone(),
-                            Publish::build().payload(payload).message_id(id).header(headers::LAST_SEQ, last.to_string()),
-                        ).await.context("publishing events")?;
-                        acks.push((last, ack));
-                    }
+                    state.apply(info.stream_sequence, published_ms, &msg.payload, &mut frames);
                     since_snapshot += 1;
                     last_msg = Some(msg);
                 }
-                for (last, ack) in acks.drain(..) {
+                // Frames already in the events stream (published before a crash) are not sent again.
+                frames.retain(|f| f.last > published);
+                let mut acks = Vec::new();
+                for chunk in chunk_frames(&frames, MAX_EVENT_MESSAGE_BYTES)? {
+                    let id = format!("{market}.{}", chunk.first);
+                    let ack = nats.js.send_publish(
+                        evt_subject.clone(),
+                        Publish::build().payload(chunk.payload).message_id(id).header(headers::LAST_SEQ, chunk.last.to_string()),
+                    ).await.context("publishing events")?;
+                    acks.push((chunk.last, ack));
+                }
+                for (last, ack) in acks {
                     ack.await.context("event publish not acknowledged")?;
                     published = published.max(last);
                 }
@@ -335,10 +385,102 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
             }
             Some(req) = stats_requests.next() => {
                 if let Some(reply) = req.reply {
-                    let report = state.stats.report(&market, state.last_event_seq(), state.last_time);
+                    let report = state.stats.report(&market, state.last_event_seq(), state.book.last_time());
                     nats.client.publish(reply, serde_json::to_vec(&report)?.into()).await?;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use matching_core::{AccountId, OrderId, Place, TimeInForce};
+
+    fn place(id: u64, side: Side, price: u64) -> CommandKind {
+        CommandKind::Place(Place {
+            id: OrderId(id),
+            account: AccountId(id),
+            owner: None,
+            side,
+            price: Some(price),
+            qty: 1,
+            tif: TimeInForce::Gtc,
+            post_only: false,
+            budget: None,
+            stp: None,
+        })
+    }
+
+    fn state() -> MarketState {
+        MarketState::new(MarketConfig { market: matching_core::MarketId("M".into()), ..MarketConfig::default() }, 2)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_message_may_carry_one_command_or_an_array_numbered_in_order() {
+        let mut s = state();
+        let mut frames = vec![];
+        let one = serde_json::to_vec(&place(1, Side::Bid, 10)).unwrap();
+        assert_eq!(s.apply(5, 1_000, &one, &mut frames), Outcome::Applied(1));
+        let many = serde_json::to_vec(&vec![place(2, Side::Ask, 10), place(3, Side::Bid, 9)]).unwrap();
+        assert_eq!(s.apply(9, 900, &many, &mut frames), Outcome::Applied(2));
+        assert_eq!(frames.iter().map(|f| (f.stream_seq, f.cmd)).collect::<Vec<_>>(), [(5, 1), (9, 2), (9, 3)]);
+        assert_eq!(frames[1].time, 1_000, "time never goes back");
+        for w in frames.windows(2) {
+            assert_eq!(w[1].first, w[0].last + 1, "event sequences are gapless");
+        }
+    }
+
+    #[test]
+    fn redeliveries_garbage_and_resent_places_change_nothing() {
+        let mut s = state();
+        let mut frames = vec![];
+        let p = serde_json::to_vec(&place(1, Side::Bid, 10)).unwrap();
+        s.apply(1, 0, &p, &mut frames);
+        let events = s.last_event_seq();
+        assert_eq!(s.apply(1, 0, &p, &mut frames), Outcome::Duplicate);
+        assert_eq!(s.apply(2, 0, b"{nope", &mut frames), Outcome::Dropped);
+        assert_eq!(s.apply(3, 0, &p, &mut frames), Outcome::Applied(0), "same order id, new message");
+        let too_many = serde_json::to_vec(&vec![place(9, Side::Bid, 1); MAX_COMMANDS_PER_MESSAGE + 1]).unwrap();
+        assert_eq!(s.apply(4, 0, &too_many, &mut frames), Outcome::Dropped);
+        assert_eq!(s.last_event_seq(), events);
+        assert_eq!(s.applied, 4);
+    }
+
+    #[test]
+    fn recent_ids_are_bounded_and_survive_a_snapshot() {
+        let mut s = state();
+        let mut frames = vec![];
+        for id in 1..=3 {
+            s.apply(id, 0, &serde_json::to_vec(&place(id, Side::Bid, 10 + id)).unwrap(), &mut frames);
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.recent, [2, 3], "cap 2 keeps the newest");
+        let cfg = snap.book.config.clone();
+        let mut r = MarketState::restore(snap, &cfg, 2).unwrap();
+        let again = serde_json::to_vec(&place(3, Side::Bid, 1)).unwrap();
+        assert_eq!(r.apply(10, 0, &again, &mut frames), Outcome::Applied(0));
+    }
+
+    #[test]
+    fn frames_are_chunked_under_the_byte_limit_without_splitting_a_frame() {
+        let mut s = state();
+        let mut frames = vec![];
+        for id in 1..=50 {
+            s.apply(id, 0, &serde_json::to_vec(&place(id, Side::Bid, id)).unwrap(), &mut frames);
+        }
+        let chunks = chunk_frames(&frames, 2_000).unwrap();
+        assert!(chunks.len() > 1);
+        let mut next = 1;
+        for c in &chunks {
+            assert!(c.payload.len() <= 2_000 || serde_json::from_slice::<Vec<EventFrame>>(&c.payload).unwrap().len() == 1);
+            let decoded: Vec<EventFrame> = serde_json::from_slice(&c.payload).unwrap();
+            assert_eq!((decoded[0].first, decoded.last().unwrap().last), (c.first, c.last));
+            assert_eq!(c.first, next);
+            next = c.last + 1;
+        }
+        assert_eq!(next, s.last_event_seq() + 1);
     }
 }

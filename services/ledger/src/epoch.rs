@@ -37,7 +37,11 @@ pub struct FixedPrice(pub Decimal);
 
 impl PriceSource for FixedPrice {
     fn price(&self, _epoch: i64) -> Result<TokenPrice> {
-        Ok(TokenPrice { minor_units_per_token: self.0, source: "fixed".into(), observed_at: crate::store::now() })
+        Ok(TokenPrice {
+            minor_units_per_token: self.0,
+            source: "fixed".into(),
+            observed_at: crate::store::now(),
+        })
     }
 }
 
@@ -80,13 +84,22 @@ fn bps_of(amount: Amount, bps: u32) -> Amount {
 }
 
 /// Runs the epoch's buyback-and-burn (idempotent: a second call returns the stored report).
-pub fn buyback_and_burn(conn: &mut PgConnection, epoch: i64, rule: &BuybackRule, prices: &dyn PriceSource) -> Result<BuybackReport> {
+pub fn buyback_and_burn(
+    conn: &mut PgConnection,
+    epoch: i64,
+    rule: &BuybackRule,
+    prices: &dyn PriceSource,
+) -> Result<BuybackReport> {
     if rule.share_bps + rule.rewards_share_bps > 10_000 {
         return Err(LedgerError::Invalid("shares exceed 100%".into()));
     }
     store::with_retry(conn, |c| {
-        let stored: Option<serde_json::Value> =
-            epoch_reports::table.find(epoch).select(epoch_reports::report).for_update().first(c).optional()?;
+        let stored: Option<serde_json::Value> = epoch_reports::table
+            .find(epoch)
+            .select(epoch_reports::report)
+            .for_update()
+            .first(c)
+            .optional()?;
         if let Some(v) = stored {
             return serde_json::from_value(v).map_err(|e| LedgerError::Invalid(e.to_string()));
         }
@@ -110,21 +123,58 @@ pub fn buyback_and_burn(conn: &mut PgConnection, epoch: i64, rule: &BuybackRule,
         if price.minor_units_per_token <= Decimal::ZERO {
             return Err(LedgerError::Invalid("token price must be positive".into()));
         }
-        let scale = Decimal::from(10i64.checked_pow(rule.token_decimals).ok_or(LedgerError::Overflow)?);
-        let tokens = (Decimal::from(spend) * scale / price.minor_units_per_token).floor().to_i64().ok_or(LedgerError::Overflow)?;
+        let scale = Decimal::from(
+            10i64
+                .checked_pow(rule.token_decimals)
+                .ok_or(LedgerError::Overflow)?,
+        );
+        let tokens = (Decimal::from(spend) * scale / price.minor_units_per_token)
+            .floor()
+            .to_i64()
+            .ok_or(LedgerError::Overflow)?;
         let e = epoch.to_string();
         let id = |step: &str| TransferId::derived(&["epoch", &e, step]);
         let mut reqs = Vec::new();
         if spend > 0 {
-            reqs.push(NewTransfer::posted(id("allocate"), fee_account, sys(q, AccountCode::BuybackTreasury), spend, "buyback_allocate"));
-            reqs.push(NewTransfer::posted(id("pay"), sys(q, AccountCode::BuybackTreasury), sys(q, AccountCode::TokenMarket), spend, "buyback_pay"));
+            reqs.push(NewTransfer::posted(
+                id("allocate"),
+                fee_account,
+                sys(q, AccountCode::BuybackTreasury),
+                spend,
+                "buyback_allocate",
+            ));
+            reqs.push(NewTransfer::posted(
+                id("pay"),
+                sys(q, AccountCode::BuybackTreasury),
+                sys(q, AccountCode::TokenMarket),
+                spend,
+                "buyback_pay",
+            ));
         }
         if tokens > 0 {
-            reqs.push(NewTransfer::posted(id("receive"), sys(t, AccountCode::TokenMarket), sys(t, AccountCode::BuybackTreasury), tokens, "buyback_receive"));
-            reqs.push(NewTransfer::posted(id("burn"), sys(t, AccountCode::BuybackTreasury), sys(t, AccountCode::Burned), tokens, "burn"));
+            reqs.push(NewTransfer::posted(
+                id("receive"),
+                sys(t, AccountCode::TokenMarket),
+                sys(t, AccountCode::BuybackTreasury),
+                tokens,
+                "buyback_receive",
+            ));
+            reqs.push(NewTransfer::posted(
+                id("burn"),
+                sys(t, AccountCode::BuybackTreasury),
+                sys(t, AccountCode::Burned),
+                tokens,
+                "burn",
+            ));
         }
         if rewards > 0 {
-            reqs.push(NewTransfer::posted(id("rewards"), fee_account, sys(q, AccountCode::RewardsPool), rewards, "rewards_allocate"));
+            reqs.push(NewTransfer::posted(
+                id("rewards"),
+                fee_account,
+                sys(q, AccountCode::RewardsPool),
+                rewards,
+                "rewards_allocate",
+            ));
         }
         let transfers = store::create_transfers(c, &reqs)?;
         let report = BuybackReport {
@@ -139,9 +189,13 @@ pub fn buyback_and_burn(conn: &mut PgConnection, epoch: i64, rule: &BuybackRule,
             tokens_burned: tokens,
             transfers,
         };
-        let json = serde_json::to_value(&report).map_err(|e| LedgerError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_value(&report).map_err(|e| LedgerError::Invalid(e.to_string()))?;
         diesel::insert_into(epoch_reports::table)
-            .values((epoch_reports::epoch.eq(epoch), epoch_reports::report.eq(json)))
+            .values((
+                epoch_reports::epoch.eq(epoch),
+                epoch_reports::report.eq(json),
+            ))
             .execute(c)?;
         Ok(report)
     })
@@ -155,17 +209,29 @@ pub trait RewardsPolicy {
 }
 
 /// Pays the epoch's rewards from the pool as one linked batch (idempotent by epoch + account).
-pub fn pay_rewards(conn: &mut PgConnection, epoch: i64, ledger: &str, policy: &dyn RewardsPolicy) -> Result<Vec<Transfer>> {
+pub fn pay_rewards(
+    conn: &mut PgConnection,
+    epoch: i64,
+    ledger: &str,
+    policy: &dyn RewardsPolicy,
+) -> Result<Vec<Transfer>> {
     let pool = sys(ledger, AccountCode::RewardsPool);
     store::create_account(conn, &NewAccount::system(ledger, AccountCode::RewardsPool))?;
-    let available = Amount::try_from(store::get_account(conn, pool)?.balances.available()).map_err(|_| LedgerError::Overflow)?;
+    let available = Amount::try_from(store::get_account(conn, pool)?.balances.available())
+        .map_err(|_| LedgerError::Overflow)?;
     let e = epoch.to_string();
     let reqs: Vec<NewTransfer> = policy
         .payouts(epoch, available)?
         .into_iter()
         .filter(|(_, a)| *a > 0)
         .map(|(acct, amount)| {
-            NewTransfer::posted(TransferId::derived(&["rewards", &e, &acct.to_string()]), pool, acct, amount, "rewards_payout")
+            NewTransfer::posted(
+                TransferId::derived(&["rewards", &e, &acct.to_string()]),
+                pool,
+                acct,
+                amount,
+                "rewards_payout",
+            )
         })
         .collect();
     store::create_transfers(conn, &reqs)

@@ -112,7 +112,10 @@ impl LedgerError {
     pub(crate) fn in_batch(index: usize, e: LedgerError) -> Self {
         match e {
             e @ (LedgerError::Database(_) | LedgerError::Conflict) => e,
-            e => LedgerError::InBatch { index, source: Box::new(e) },
+            e => LedgerError::InBatch {
+                index,
+                source: Box::new(e),
+            },
         }
     }
 }

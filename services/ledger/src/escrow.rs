@@ -36,7 +36,10 @@ pub fn ensure_system_accounts(conn: &mut PgConnection, ledger: &str) -> Result<(
         AccountCode::TokenSupply,
         AccountCode::Operator,
     ];
-    let news: Vec<NewAccount> = codes.into_iter().map(|c| NewAccount::system(ledger, c)).collect();
+    let news: Vec<NewAccount> = codes
+        .into_iter()
+        .map(|c| NewAccount::system(ledger, c))
+        .collect();
     store::create_accounts(conn, &news).map(|_| ())
 }
 
@@ -127,7 +130,11 @@ impl AssignmentRow {
                 "held" => AssignmentStatus::Held,
                 "completed" => AssignmentStatus::Completed,
                 "voided" => AssignmentStatus::Voided,
-                s => return Err(LedgerError::Invalid(format!("unknown assignment state {s}"))),
+                s => {
+                    return Err(LedgerError::Invalid(format!(
+                        "unknown assignment state {s}"
+                    )));
+                }
             },
             verified_units: self.verified_units,
         })
@@ -148,8 +155,14 @@ impl AssignmentRow {
 }
 
 fn load_order(conn: &mut PgConnection, order_id: Uuid, lock: bool) -> Result<OrderState> {
-    let q = escrow_orders::table.find(order_id).select(OrderRow::as_select());
-    let row = if lock { q.for_update().first(conn).optional()? } else { q.first(conn).optional()? };
+    let q = escrow_orders::table
+        .find(order_id)
+        .select(OrderRow::as_select());
+    let row = if lock {
+        q.for_update().first(conn).optional()?
+    } else {
+        q.first(conn).optional()?
+    };
     Ok(row.ok_or(LedgerError::OrderNotFound(order_id))?.state())
 }
 
@@ -157,9 +170,19 @@ pub fn get_order(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderState> 
     load_order(conn, order_id, false)
 }
 
-fn load_assignment(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<Option<AssignmentState>> {
-    let q = escrow_assignments::table.find(id).select(AssignmentRow::as_select());
-    let row = if lock { q.for_update().first(conn).optional()? } else { q.first(conn).optional()? };
+fn load_assignment(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<AssignmentState>> {
+    let q = escrow_assignments::table
+        .find(id)
+        .select(AssignmentRow::as_select());
+    let row = if lock {
+        q.for_update().first(conn).optional()?
+    } else {
+        q.first(conn).optional()?
+    };
     row.map(AssignmentRow::state).transpose()
 }
 
@@ -183,9 +206,18 @@ pub fn reserve_bid(conn: &mut PgConnection, bid: &Bid) -> Result<OrderState> {
             limit_price: bid.limit_price,
             fee_bps: bid.fee_bps,
         };
-        if let Some(existing) = escrow_orders::table.find(bid.order_id).select(OrderRow::as_select()).first(c).optional()? {
+        if let Some(existing) = escrow_orders::table
+            .find(bid.order_id)
+            .select(OrderRow::as_select())
+            .first(c)
+            .optional()?
+        {
             let existing = existing.state();
-            return if existing.terms == terms { Ok(existing) } else { Err(LedgerError::OrderExistsWithDifferentContent(bid.order_id)) };
+            return if existing.terms == terms {
+                Ok(existing)
+            } else {
+                Err(LedgerError::OrderExistsWithDifferentContent(bid.order_id))
+            };
         }
         let (state, transfers) = settlement::reserve(terms)?;
         store::create_account(c, &NewAccount::system(&ledger, AccountCode::ProtocolFee))?;
@@ -193,18 +225,31 @@ pub fn reserve_bid(conn: &mut PgConnection, bid: &Bid) -> Result<OrderState> {
         escrow.reference = Some(bid.order_id);
         store::create_account(c, &escrow)?;
         store::create_transfers(c, &transfers)?;
-        diesel::insert_into(escrow_orders::table).values(OrderRow::from_state(&state)).execute(c)?;
+        diesel::insert_into(escrow_orders::table)
+            .values(OrderRow::from_state(&state))
+            .execute(c)?;
         Ok(state)
     })
 }
 
 /// A fill of `qty` units at `trade_price` for `provider`: creates the assignment (id = fill id)
 /// with its holds and releases the price improvement. Idempotent by fill id.
-pub fn on_fill(conn: &mut PgConnection, order_id: Uuid, fill_id: Uuid, provider: AccountId, qty: i64, trade_price: i64) -> Result<AssignmentState> {
+pub fn on_fill(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    fill_id: Uuid,
+    provider: AccountId,
+    qty: i64,
+    trade_price: i64,
+) -> Result<AssignmentState> {
     store::with_retry(conn, |c| {
         let order = load_order(c, order_id, true)?;
         if let Some(a) = load_assignment(c, fill_id, false)? {
-            return if a.order_id == order_id && a.provider_account == provider && a.quantity == qty && a.trade_price == trade_price {
+            return if a.order_id == order_id
+                && a.provider_account == provider
+                && a.quantity == qty
+                && a.trade_price == trade_price
+            {
                 Ok(a)
             } else {
                 Err(LedgerError::AssignmentExistsWithDifferentContent(fill_id))
@@ -212,8 +257,12 @@ pub fn on_fill(conn: &mut PgConnection, order_id: Uuid, fill_id: Uuid, provider:
         }
         let (next, asg, transfers) = settlement::fill(&order, fill_id, provider, qty, trade_price)?;
         store::create_transfers(c, &transfers)?;
-        diesel::update(escrow_orders::table.find(order_id)).set(escrow_orders::quantity_open.eq(next.quantity_open)).execute(c)?;
-        diesel::insert_into(escrow_assignments::table).values(AssignmentRow::from_state(&asg)).execute(c)?;
+        diesel::update(escrow_orders::table.find(order_id))
+            .set(escrow_orders::quantity_open.eq(next.quantity_open))
+            .execute(c)?;
+        diesel::insert_into(escrow_assignments::table)
+            .values(AssignmentRow::from_state(&asg))
+            .execute(c)?;
         Ok(asg)
     })
 }
@@ -221,13 +270,21 @@ pub fn on_fill(conn: &mut PgConnection, order_id: Uuid, fill_id: Uuid, provider:
 fn resolve(
     conn: &mut PgConnection,
     assignment: Uuid,
-    f: impl Fn(&OrderState, &AssignmentState) -> Result<(AssignmentState, Vec<crate::model::NewTransfer>)>,
+    f: impl Fn(
+        &OrderState,
+        &AssignmentState,
+    ) -> Result<(AssignmentState, Vec<crate::model::NewTransfer>)>,
     is_same: impl Fn(&AssignmentState) -> bool,
 ) -> Result<AssignmentState> {
     store::with_retry(conn, |c| {
-        let asg = load_assignment(c, assignment, true)?.ok_or(LedgerError::AssignmentNotFound(assignment))?;
+        let asg = load_assignment(c, assignment, true)?
+            .ok_or(LedgerError::AssignmentNotFound(assignment))?;
         if asg.status != AssignmentStatus::Held {
-            return if is_same(&asg) { Ok(asg) } else { Err(LedgerError::AssignmentAlreadyResolved(assignment)) };
+            return if is_same(&asg) {
+                Ok(asg)
+            } else {
+                Err(LedgerError::AssignmentAlreadyResolved(assignment))
+            };
         }
         let order = load_order(c, asg.order_id, false)?;
         let (next, transfers) = f(&order, &asg)?;
@@ -245,13 +302,21 @@ fn resolve(
 
 /// Verified completion: posts `verified_units × price` to the provider and its fee to the protocol;
 /// the rest returns to the studio. `verified_units = 0` voids. Idempotent.
-pub fn complete(conn: &mut PgConnection, assignment: Uuid, verified_units: i64) -> Result<AssignmentState> {
+pub fn complete(
+    conn: &mut PgConnection,
+    assignment: Uuid,
+    verified_units: i64,
+) -> Result<AssignmentState> {
     resolve(
         conn,
         assignment,
         |o, a| settlement::complete(o, a, verified_units),
         |a| {
-            let want = if verified_units == 0 { AssignmentStatus::Voided } else { AssignmentStatus::Completed };
+            let want = if verified_units == 0 {
+                AssignmentStatus::Voided
+            } else {
+                AssignmentStatus::Completed
+            };
             a.status == want && a.verified_units == Some(verified_units)
         },
     )
@@ -259,22 +324,36 @@ pub fn complete(conn: &mut PgConnection, assignment: Uuid, verified_units: i64) 
 
 /// Failure or timeout: voids the assignment's holds back to the studio. Idempotent.
 pub fn void(conn: &mut PgConnection, assignment: Uuid) -> Result<AssignmentState> {
-    resolve(conn, assignment, settlement::void, |a| a.status == AssignmentStatus::Voided)
+    resolve(conn, assignment, settlement::void, |a| {
+        a.status == AssignmentStatus::Voided
+    })
 }
 
 /// Cancellation or expiry of `qty` unfilled units; `release_id` is the cancel/expiry event and
 /// makes the call idempotent.
-pub fn release_unfilled(conn: &mut PgConnection, order_id: Uuid, release_id: Uuid, qty: i64) -> Result<OrderState> {
+pub fn release_unfilled(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    release_id: Uuid,
+    qty: i64,
+) -> Result<OrderState> {
     store::with_retry(conn, |c| {
         let order = load_order(c, order_id, true)?;
         let tid = TransferId::derived(&["release", &release_id.to_string()]);
         if let Some(t) = store::get_transfer(c, tid)? {
-            let same = t.debit_account == order.terms.escrow_account && settlement::cost(qty, order.unit_reserve).ok() == Some(t.amount);
-            return if same { Ok(order) } else { Err(LedgerError::ExistsWithDifferentContent(tid)) };
+            let same = t.debit_account == order.terms.escrow_account
+                && settlement::cost(qty, order.unit_reserve).ok() == Some(t.amount);
+            return if same {
+                Ok(order)
+            } else {
+                Err(LedgerError::ExistsWithDifferentContent(tid))
+            };
         }
         let (next, transfers) = settlement::release_unfilled(&order, release_id, qty)?;
         store::create_transfers(c, &transfers)?;
-        diesel::update(escrow_orders::table.find(order_id)).set(escrow_orders::quantity_open.eq(next.quantity_open)).execute(c)?;
+        diesel::update(escrow_orders::table.find(order_id))
+            .set(escrow_orders::quantity_open.eq(next.quantity_open))
+            .execute(c)?;
         Ok(next)
     })
 }

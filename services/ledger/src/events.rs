@@ -10,9 +10,16 @@ use crate::schema::{outbox, processed_events};
 
 /// Records that `consumer` processed `event_id`; `true` the first time, `false` for a duplicate
 /// (then roll back or skip the effect).
-pub fn record_processed_event(conn: &mut PgConnection, consumer: &str, event_id: &str) -> Result<bool> {
+pub fn record_processed_event(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool> {
     let n = diesel::insert_into(processed_events::table)
-        .values((processed_events::consumer.eq(consumer), processed_events::event_id.eq(event_id)))
+        .values((
+            processed_events::consumer.eq(consumer),
+            processed_events::event_id.eq(event_id),
+        ))
         .on_conflict_do_nothing()
         .execute(conn)?;
     Ok(n == 1)
@@ -30,10 +37,18 @@ pub struct OutboxMessage {
 }
 
 /// Queues a message in the caller's transaction; returns its id.
-pub fn enqueue_outbox(conn: &mut PgConnection, subject: &str, payload: &serde_json::Value) -> Result<Uuid> {
+pub fn enqueue_outbox(
+    conn: &mut PgConnection,
+    subject: &str,
+    payload: &serde_json::Value,
+) -> Result<Uuid> {
     let id = Uuid::now_v7();
     diesel::insert_into(outbox::table)
-        .values((outbox::id.eq(id), outbox::subject.eq(subject), outbox::payload.eq(payload)))
+        .values((
+            outbox::id.eq(id),
+            outbox::subject.eq(subject),
+            outbox::payload.eq(payload),
+        ))
         .execute(conn)?;
     Ok(id)
 }
@@ -50,7 +65,11 @@ pub fn fetch_unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<Outb
 
 /// Marks messages published (after JetStream acknowledged them); returns how many changed.
 pub fn mark_published(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize> {
-    Ok(diesel::update(outbox::table.filter(outbox::id.eq_any(ids)).filter(outbox::published_at.is_null()))
-        .set(outbox::published_at.eq(diesel::dsl::now))
-        .execute(conn)?)
+    Ok(diesel::update(
+        outbox::table
+            .filter(outbox::id.eq_any(ids))
+            .filter(outbox::published_at.is_null()),
+    )
+    .set(outbox::published_at.eq(diesel::dsl::now))
+    .execute(conn)?)
 }

@@ -37,7 +37,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 
 /// Runs pending migrations (called at start-up). Returns the versions applied.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
-    let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| LedgerError::Migration(e.to_string()))?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| LedgerError::Migration(e.to_string()))?;
     Ok(applied.into_iter().map(|v| v.to_string()).collect())
 }
 
@@ -51,7 +53,10 @@ pub fn with_database(url: &str, name: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|i| scheme_end + i).unwrap_or(base.len());
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
     let mut out = format!("{}/{}", &base[..path_start], name);
     if let Some(q) = query {
         out.push('?');

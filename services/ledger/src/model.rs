@@ -21,10 +21,13 @@ pub fn to_decimal(amount: Amount, scale: u32) -> rust_decimal::Decimal {
 /// Converts a decimal to minor units; refuses fractions of a minor unit and overflow.
 pub fn from_decimal(value: rust_decimal::Decimal, scale: u32) -> Result<Amount> {
     use rust_decimal::prelude::ToPrimitive;
-    let factor = rust_decimal::Decimal::from(10i64.checked_pow(scale).ok_or(LedgerError::Overflow)?);
+    let factor =
+        rust_decimal::Decimal::from(10i64.checked_pow(scale).ok_or(LedgerError::Overflow)?);
     let scaled = value.checked_mul(factor).ok_or(LedgerError::Overflow)?;
     if !scaled.fract().is_zero() {
-        return Err(LedgerError::Invalid(format!("{value} has more than {scale} decimal places")));
+        return Err(LedgerError::Invalid(format!(
+            "{value} has more than {scale} decimal places"
+        )));
     }
     scaled.to_i64().ok_or(LedgerError::Overflow)
 }
@@ -100,10 +103,19 @@ pub struct AccountFlags {
 }
 
 impl AccountFlags {
-    pub const NONE: Self = Self { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: false };
+    pub const NONE: Self = Self {
+        debits_must_not_exceed_credits: false,
+        credits_must_not_exceed_debits: false,
+    };
     /// Holds money for someone: debits (pending + posted) never exceed posted credits.
-    pub const CREDIT_NORMAL: Self = Self { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false };
-    pub const DEBIT_NORMAL: Self = Self { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: true };
+    pub const CREDIT_NORMAL: Self = Self {
+        debits_must_not_exceed_credits: true,
+        credits_must_not_exceed_debits: false,
+    };
+    pub const DEBIT_NORMAL: Self = Self {
+        debits_must_not_exceed_credits: false,
+        credits_must_not_exceed_debits: true,
+    };
 }
 
 /// Pending and posted debits and credits (never negative).
@@ -138,7 +150,13 @@ pub struct NewAccount {
 
 impl NewAccount {
     pub fn new(id: AccountId, ledger: &str, code: AccountCode) -> Self {
-        Self { id, ledger: ledger.to_owned(), code, flags: code.default_flags(), reference: None }
+        Self {
+            id,
+            ledger: ledger.to_owned(),
+            code,
+            flags: code.default_flags(),
+            reference: None,
+        }
     }
     /// The single system account of `code` on `ledger`, with its deterministic id.
     pub fn system(ledger: &str, code: AccountCode) -> Self {
@@ -198,11 +216,25 @@ impl TransferKind {
 /// What a new transfer does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferOp {
-    Posted { debit: AccountId, credit: AccountId, amount: Amount },
-    Pending { debit: AccountId, credit: AccountId, amount: Amount, expires_at: Option<DateTime<Utc>> },
+    Posted {
+        debit: AccountId,
+        credit: AccountId,
+        amount: Amount,
+    },
+    Pending {
+        debit: AccountId,
+        credit: AccountId,
+        amount: Amount,
+        expires_at: Option<DateTime<Utc>>,
+    },
     /// `amount: None` posts the full pending amount.
-    Post { pending: TransferId, amount: Option<Amount> },
-    Void { pending: TransferId },
+    Post {
+        pending: TransferId,
+        amount: Option<Amount>,
+    },
+    Void {
+        pending: TransferId,
+    },
 }
 
 /// A transfer request. Its `id` makes it idempotent: the same id with the same content returns the
@@ -217,8 +249,23 @@ pub struct NewTransfer {
 }
 
 impl NewTransfer {
-    pub fn posted(id: TransferId, debit: AccountId, credit: AccountId, amount: Amount, code: &str) -> Self {
-        Self { id, op: TransferOp::Posted { debit, credit, amount }, code: code.to_owned(), reference: None }
+    pub fn posted(
+        id: TransferId,
+        debit: AccountId,
+        credit: AccountId,
+        amount: Amount,
+        code: &str,
+    ) -> Self {
+        Self {
+            id,
+            op: TransferOp::Posted {
+                debit,
+                credit,
+                amount,
+            },
+            code: code.to_owned(),
+            reference: None,
+        }
     }
     pub fn pending(
         id: TransferId,
@@ -230,13 +277,33 @@ impl NewTransfer {
     ) -> Self {
         // PostgreSQL keeps microseconds: truncate here so a retry compares equal.
         let expires_at = expires_at.map(|t| t.trunc_subsecs(6));
-        Self { id, op: TransferOp::Pending { debit, credit, amount, expires_at }, code: code.to_owned(), reference: None }
+        Self {
+            id,
+            op: TransferOp::Pending {
+                debit,
+                credit,
+                amount,
+                expires_at,
+            },
+            code: code.to_owned(),
+            reference: None,
+        }
     }
     pub fn post(id: TransferId, pending: TransferId, amount: Option<Amount>, code: &str) -> Self {
-        Self { id, op: TransferOp::Post { pending, amount }, code: code.to_owned(), reference: None }
+        Self {
+            id,
+            op: TransferOp::Post { pending, amount },
+            code: code.to_owned(),
+            reference: None,
+        }
     }
     pub fn void(id: TransferId, pending: TransferId, code: &str) -> Self {
-        Self { id, op: TransferOp::Void { pending }, code: code.to_owned(), reference: None }
+        Self {
+            id,
+            op: TransferOp::Void { pending },
+            code: code.to_owned(),
+            reference: None,
+        }
     }
     pub fn with_reference(mut self, reference: Uuid) -> Self {
         self.reference = Some(reference);

@@ -46,12 +46,18 @@ pub fn check_limits(id: AccountId, a: &AccountState) -> Result<()> {
 
 /// The balance effect of one transfer: (pending delta, posted delta), applied to the debit side of
 /// the debit account and the credit side of the credit account alike — so Σ debits = Σ credits.
-pub fn effect(kind: TransferKind, amount: Amount, pending_amount: Option<Amount>) -> Result<(Amount, Amount)> {
+pub fn effect(
+    kind: TransferKind,
+    amount: Amount,
+    pending_amount: Option<Amount>,
+) -> Result<(Amount, Amount)> {
     Ok(match kind {
         TransferKind::Posted => (0, amount),
         TransferKind::Pending => (amount, 0),
         TransferKind::Post => (-pending_amount.ok_or(LedgerError::Overflow)?, amount),
-        TransferKind::Void | TransferKind::Expire => (-pending_amount.ok_or(LedgerError::Overflow)?, 0),
+        TransferKind::Void | TransferKind::Expire => {
+            (-pending_amount.ok_or(LedgerError::Overflow)?, 0)
+        }
     })
 }
 
@@ -67,7 +73,10 @@ pub fn apply(
     now: DateTime<Utc>,
 ) -> Result<Applied> {
     if let Some(t) = existing {
-        let pending_amount = req.pending_id().and_then(|p| pendings.get(&p)).map(|p| p.transfer.amount);
+        let pending_amount = req
+            .pending_id()
+            .and_then(|p| pendings.get(&p))
+            .map(|p| p.transfer.amount);
         return if same_content(t, req, pending_amount) {
             Ok(Applied::Existing(t.clone()))
         } else {
@@ -75,21 +84,50 @@ pub fn apply(
         };
     }
     let (kind, debit, credit, amount, pending_id, expires_at, pending_amount) = match &req.op {
-        TransferOp::Posted { debit, credit, amount } => (TransferKind::Posted, *debit, *credit, *amount, None, None, None),
-        TransferOp::Pending { debit, credit, amount, expires_at } => {
+        TransferOp::Posted {
+            debit,
+            credit,
+            amount,
+        } => (
+            TransferKind::Posted,
+            *debit,
+            *credit,
+            *amount,
+            None,
+            None,
+            None,
+        ),
+        TransferOp::Pending {
+            debit,
+            credit,
+            amount,
+            expires_at,
+        } => {
             if let Some(e) = expires_at
                 && *e <= now
             {
-                return Err(LedgerError::Invalid("pending transfer expires in the past".into()));
+                return Err(LedgerError::Invalid(
+                    "pending transfer expires in the past".into(),
+                ));
             }
-            (TransferKind::Pending, *debit, *credit, *amount, None, *expires_at, None)
+            (
+                TransferKind::Pending,
+                *debit,
+                *credit,
+                *amount,
+                None,
+                *expires_at,
+                None,
+            )
         }
         TransferOp::Post { pending, .. } | TransferOp::Void { pending } => {
             let amount = match &req.op {
                 TransferOp::Post { amount, .. } => *amount,
                 _ => None,
             };
-            let p = pendings.get(pending).ok_or(LedgerError::PendingNotFound(*pending))?;
+            let p = pendings
+                .get(pending)
+                .ok_or(LedgerError::PendingNotFound(*pending))?;
             if p.transfer.kind != TransferKind::Pending {
                 return Err(LedgerError::NotPending(*pending));
             }
@@ -100,20 +138,55 @@ pub fn apply(
             if is_post && p.transfer.expires_at.is_some_and(|e| now > e) {
                 return Err(LedgerError::PendingExpired(*pending));
             }
-            let amount = if is_post { amount.unwrap_or(p.transfer.amount) } else { p.transfer.amount };
+            let amount = if is_post {
+                amount.unwrap_or(p.transfer.amount)
+            } else {
+                p.transfer.amount
+            };
             if amount > p.transfer.amount {
                 return Err(LedgerError::ExceedsPendingAmount);
             }
-            let kind = if is_post { TransferKind::Post } else { TransferKind::Void };
-            (kind, p.transfer.debit_account, p.transfer.credit_account, amount, Some(*pending), None, Some(p.transfer.amount))
+            let kind = if is_post {
+                TransferKind::Post
+            } else {
+                TransferKind::Void
+            };
+            (
+                kind,
+                p.transfer.debit_account,
+                p.transfer.credit_account,
+                amount,
+                Some(*pending),
+                None,
+                Some(p.transfer.amount),
+            )
         }
     };
-    let transfer = build(req.id, kind, debit, credit, amount, pending_id, expires_at, &req.code, req.reference, now, pending_amount, accounts)?;
+    let transfer = build(
+        req.id,
+        kind,
+        debit,
+        credit,
+        amount,
+        pending_id,
+        expires_at,
+        &req.code,
+        req.reference,
+        now,
+        pending_amount,
+        accounts,
+    )?;
     if let Some(p) = pending_id {
         pendings.get_mut(&p).expect("checked above").resolved = true;
     }
     if kind == TransferKind::Pending {
-        pendings.insert(transfer.id, PendingState { transfer: transfer.clone(), resolved: false });
+        pendings.insert(
+            transfer.id,
+            PendingState {
+                transfer: transfer.clone(),
+                resolved: false,
+            },
+        );
     }
     Ok(Applied::Created(transfer))
 }
@@ -126,7 +199,9 @@ pub fn expire(
     pendings: &mut BTreeMap<TransferId, PendingState>,
     now: DateTime<Utc>,
 ) -> Result<Transfer> {
-    let p = pendings.get(&pending).ok_or(LedgerError::PendingNotFound(pending))?;
+    let p = pendings
+        .get(&pending)
+        .ok_or(LedgerError::PendingNotFound(pending))?;
     if p.transfer.kind != TransferKind::Pending {
         return Err(LedgerError::NotPending(pending));
     }
@@ -134,10 +209,25 @@ pub fn expire(
         return Err(LedgerError::PendingAlreadyResolved(pending));
     }
     if p.transfer.expires_at.is_none_or(|e| now < e) {
-        return Err(LedgerError::Invalid("pending transfer has not expired".into()));
+        return Err(LedgerError::Invalid(
+            "pending transfer has not expired".into(),
+        ));
     }
     let pt = p.transfer.clone();
-    let t = build(id, TransferKind::Expire, pt.debit_account, pt.credit_account, pt.amount, Some(pending), None, "expire", pt.reference, now, Some(pt.amount), accounts)?;
+    let t = build(
+        id,
+        TransferKind::Expire,
+        pt.debit_account,
+        pt.credit_account,
+        pt.amount,
+        Some(pending),
+        None,
+        "expire",
+        pt.reference,
+        now,
+        Some(pt.amount),
+        accounts,
+    )?;
     pendings.get_mut(&pending).expect("checked above").resolved = true;
     Ok(t)
 }
@@ -180,11 +270,20 @@ fn build(
     if debit == credit {
         return Err(LedgerError::SameAccount(debit));
     }
-    if code.is_empty() || code.len() > 32 || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        return Err(LedgerError::Invalid(format!("transfer code {code:?} must be snake_case, at most 32 bytes")));
+    if code.is_empty()
+        || code.len() > 32
+        || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return Err(LedgerError::Invalid(format!(
+            "transfer code {code:?} must be snake_case, at most 32 bytes"
+        )));
     }
-    let d = accounts.get(&debit).ok_or(LedgerError::AccountNotFound(debit))?;
-    let c = accounts.get(&credit).ok_or(LedgerError::AccountNotFound(credit))?;
+    let d = accounts
+        .get(&debit)
+        .ok_or(LedgerError::AccountNotFound(debit))?;
+    let c = accounts
+        .get(&credit)
+        .ok_or(LedgerError::AccountNotFound(credit))?;
     if d.ledger != c.ledger {
         return Err(LedgerError::LedgerMismatch);
     }
@@ -225,10 +324,22 @@ pub fn same_content(t: &Transfer, req: &NewTransfer, pending_amount: Option<Amou
         return false;
     }
     match &req.op {
-        TransferOp::Posted { debit, credit, amount } => {
-            t.kind == TransferKind::Posted && t.debit_account == *debit && t.credit_account == *credit && t.amount == *amount
+        TransferOp::Posted {
+            debit,
+            credit,
+            amount,
+        } => {
+            t.kind == TransferKind::Posted
+                && t.debit_account == *debit
+                && t.credit_account == *credit
+                && t.amount == *amount
         }
-        TransferOp::Pending { debit, credit, amount, expires_at } => {
+        TransferOp::Pending {
+            debit,
+            credit,
+            amount,
+            expires_at,
+        } => {
             t.kind == TransferKind::Pending
                 && t.debit_account == *debit
                 && t.credit_account == *credit
@@ -243,7 +354,9 @@ pub fn same_content(t: &Transfer, req: &NewTransfer, pending_amount: Option<Amou
                     None => pending_amount == Some(t.amount),
                 }
         }
-        TransferOp::Void { pending } => t.kind == TransferKind::Void && t.pending_id == Some(*pending),
+        TransferOp::Void { pending } => {
+            t.kind == TransferKind::Void && t.pending_id == Some(*pending)
+        }
     }
 }
 
@@ -261,9 +374,15 @@ pub fn apply_batch(
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in reqs.iter().enumerate() {
         if !seen.insert(r.id) {
-            return Err(LedgerError::in_batch(i, LedgerError::Invalid(format!("transfer id {} twice in one batch", r.id))));
+            return Err(LedgerError::in_batch(
+                i,
+                LedgerError::Invalid(format!("transfer id {} twice in one batch", r.id)),
+            ));
         }
-        out.push(apply(r, existing.get(&r.id), &mut acc, &mut pen, now).map_err(|e| LedgerError::in_batch(i, e))?);
+        out.push(
+            apply(r, existing.get(&r.id), &mut acc, &mut pen, now)
+                .map_err(|e| LedgerError::in_batch(i, e))?,
+        );
     }
     *accounts = acc;
     *pendings = pen;
@@ -280,10 +399,20 @@ pub struct MemLedger {
 
 impl MemLedger {
     pub fn open(&mut self, id: AccountId, ledger: &str, flags: crate::model::AccountFlags) {
-        self.accounts.entry(id).or_insert(AccountState { ledger: ledger.to_owned(), flags, balances: Balances::default() });
+        self.accounts.entry(id).or_insert(AccountState {
+            ledger: ledger.to_owned(),
+            flags,
+            balances: Balances::default(),
+        });
     }
     pub fn execute(&mut self, reqs: &[NewTransfer], now: DateTime<Utc>) -> Result<Vec<Transfer>> {
-        let applied = apply_batch(reqs, &self.transfers, &mut self.accounts, &mut self.pendings, now)?;
+        let applied = apply_batch(
+            reqs,
+            &self.transfers,
+            &mut self.accounts,
+            &mut self.pendings,
+            now,
+        )?;
         Ok(applied
             .into_iter()
             .map(|a| {
@@ -301,7 +430,15 @@ impl MemLedger {
             check_limits(*id, a).map_err(|e| e.to_string())?;
             let s = sums.entry(&a.ledger).or_default();
             let b = &a.balances;
-            for (k, v) in [b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted].into_iter().enumerate() {
+            for (k, v) in [
+                b.debits_pending,
+                b.debits_posted,
+                b.credits_pending,
+                b.credits_posted,
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 if v < 0 {
                     return Err(format!("negative balance field on {id}"));
                 }

@@ -28,13 +28,17 @@ fn narrow(v: i128) -> Result<Amount> {
 
 /// ⌈amount × bps / 10⁴⌉.
 pub fn fee(amount: Amount, fee_bps: u32) -> Result<Amount> {
-    let x = (amount as i128).checked_mul(fee_bps as i128).ok_or(LedgerError::Overflow)?;
+    let x = (amount as i128)
+        .checked_mul(fee_bps as i128)
+        .ok_or(LedgerError::Overflow)?;
     narrow((x + BPS - 1).div_euclid(BPS))
 }
 
 /// What one unit reserves: limit + ⌈limit × fee⌉.
 pub fn unit_reserve(limit_price: Amount, fee_bps: u32) -> Result<Amount> {
-    limit_price.checked_add(fee(limit_price, fee_bps)?).ok_or(LedgerError::Overflow)
+    limit_price
+        .checked_add(fee(limit_price, fee_bps)?)
+        .ok_or(LedgerError::Overflow)
 }
 
 /// `qty × price` with overflow checking.
@@ -107,9 +111,22 @@ pub fn reserve(terms: OrderTerms) -> Result<(OrderState, Vec<NewTransfer>)> {
     let unit = unit_reserve(terms.limit_price, terms.fee_bps)?;
     let amount = cost(terms.quantity, unit)?;
     let o = terms.order_id.to_string();
-    let t = NewTransfer::posted(tid(&["order", &o, "reserve"]), terms.studio_account, terms.escrow_account, amount, "escrow_reserve")
-        .with_reference(terms.order_id);
-    Ok((OrderState { quantity_open: terms.quantity, unit_reserve: unit, terms }, vec![t]))
+    let t = NewTransfer::posted(
+        tid(&["order", &o, "reserve"]),
+        terms.studio_account,
+        terms.escrow_account,
+        amount,
+        "escrow_reserve",
+    )
+    .with_reference(terms.order_id);
+    Ok((
+        OrderState {
+            quantity_open: terms.quantity,
+            unit_reserve: unit,
+            terms,
+        },
+        vec![t],
+    ))
 }
 
 /// A fill of `qty` at `trade_price`: holds for the assignment, the price improvement released.
@@ -127,7 +144,10 @@ pub fn fill(
         return Err(LedgerError::PriceAboveLimit);
     }
     if qty > order.quantity_open {
-        return Err(LedgerError::InsufficientOpenQuantity { open: order.quantity_open, requested: qty });
+        return Err(LedgerError::InsufficientOpenQuantity {
+            open: order.quantity_open,
+            requested: qty,
+        });
     }
     if provider == order.terms.studio_account || provider == order.terms.escrow_account {
         return Err(LedgerError::SameAccount(provider));
@@ -140,16 +160,41 @@ pub fn fill(
     let improvement = reserved - gross - fee_hold;
     debug_assert!(improvement >= 0);
     let provider_hold = tid(&["fill", &f, "provider_hold"]);
-    let mut transfers =
-        vec![NewTransfer::pending(provider_hold, t.escrow_account, provider, gross, None, "escrow_hold_provider").with_reference(fill_id)];
+    let mut transfers = vec![
+        NewTransfer::pending(
+            provider_hold,
+            t.escrow_account,
+            provider,
+            gross,
+            None,
+            "escrow_hold_provider",
+        )
+        .with_reference(fill_id),
+    ];
     let fee_hold_id = (fee_hold > 0).then(|| tid(&["fill", &f, "fee_hold"]));
     if let Some(id) = fee_hold_id {
-        transfers.push(NewTransfer::pending(id, t.escrow_account, t.fee_account, fee_hold, None, "escrow_hold_fee").with_reference(fill_id));
+        transfers.push(
+            NewTransfer::pending(
+                id,
+                t.escrow_account,
+                t.fee_account,
+                fee_hold,
+                None,
+                "escrow_hold_fee",
+            )
+            .with_reference(fill_id),
+        );
     }
     if improvement > 0 {
         transfers.push(
-            NewTransfer::posted(tid(&["fill", &f, "improvement"]), t.escrow_account, t.studio_account, improvement, "escrow_release_improvement")
-                .with_reference(fill_id),
+            NewTransfer::posted(
+                tid(&["fill", &f, "improvement"]),
+                t.escrow_account,
+                t.studio_account,
+                improvement,
+                "escrow_release_improvement",
+            )
+            .with_reference(fill_id),
         );
     }
     let mut next = order.clone();
@@ -170,12 +215,19 @@ pub fn fill(
 
 /// Verified completion of `verified` units (0 ≤ verified ≤ quantity): post provider share and fee,
 /// return the rest to the studio.
-pub fn complete(order: &OrderState, asg: &AssignmentState, verified: i64) -> Result<(AssignmentState, Vec<NewTransfer>)> {
+pub fn complete(
+    order: &OrderState,
+    asg: &AssignmentState,
+    verified: i64,
+) -> Result<(AssignmentState, Vec<NewTransfer>)> {
     if asg.status != AssignmentStatus::Held {
         return Err(LedgerError::AssignmentAlreadyResolved(asg.id));
     }
     if verified < 0 || verified > asg.quantity {
-        return Err(LedgerError::Invalid(format!("verified units {verified} outside 0..={}", asg.quantity)));
+        return Err(LedgerError::Invalid(format!(
+            "verified units {verified} outside 0..={}",
+            asg.quantity
+        )));
     }
     if verified == 0 {
         return void(order, asg);
@@ -186,20 +238,40 @@ pub fn complete(order: &OrderState, asg: &AssignmentState, verified: i64) -> Res
     let fee_held = fee(gross, t.fee_bps)?;
     let pay = cost(verified, asg.trade_price)?;
     let fee_due = fee(pay, t.fee_bps)?;
-    let mut transfers =
-        vec![NewTransfer::post(tid(&["assignment", &a, "post_provider"]), asg.provider_hold, Some(pay), "settle_provider").with_reference(asg.id)];
+    let mut transfers = vec![
+        NewTransfer::post(
+            tid(&["assignment", &a, "post_provider"]),
+            asg.provider_hold,
+            Some(pay),
+            "settle_provider",
+        )
+        .with_reference(asg.id),
+    ];
     if let Some(h) = asg.fee_hold {
         transfers.push(if fee_due > 0 {
-            NewTransfer::post(tid(&["assignment", &a, "post_fee"]), h, Some(fee_due), "settle_fee").with_reference(asg.id)
+            NewTransfer::post(
+                tid(&["assignment", &a, "post_fee"]),
+                h,
+                Some(fee_due),
+                "settle_fee",
+            )
+            .with_reference(asg.id)
         } else {
-            NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "settle_fee_void").with_reference(asg.id)
+            NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "settle_fee_void")
+                .with_reference(asg.id)
         });
     }
     let refund = (gross - pay) + (fee_held - fee_due);
     if refund > 0 {
         transfers.push(
-            NewTransfer::posted(tid(&["assignment", &a, "refund"]), t.escrow_account, t.studio_account, refund, "escrow_refund")
-                .with_reference(asg.id),
+            NewTransfer::posted(
+                tid(&["assignment", &a, "refund"]),
+                t.escrow_account,
+                t.studio_account,
+                refund,
+                "escrow_refund",
+            )
+            .with_reference(asg.id),
         );
     }
     let mut next = asg.clone();
@@ -209,7 +281,10 @@ pub fn complete(order: &OrderState, asg: &AssignmentState, verified: i64) -> Res
 }
 
 /// Failure or timeout: void the holds and return the held amount to the studio.
-pub fn void(order: &OrderState, asg: &AssignmentState) -> Result<(AssignmentState, Vec<NewTransfer>)> {
+pub fn void(
+    order: &OrderState,
+    asg: &AssignmentState,
+) -> Result<(AssignmentState, Vec<NewTransfer>)> {
     if asg.status != AssignmentStatus::Held {
         return Err(LedgerError::AssignmentAlreadyResolved(asg.id));
     }
@@ -217,13 +292,29 @@ pub fn void(order: &OrderState, asg: &AssignmentState) -> Result<(AssignmentStat
     let t = &order.terms;
     let gross = cost(asg.quantity, asg.trade_price)?;
     let fee_held = fee(gross, t.fee_bps)?;
-    let mut transfers = vec![NewTransfer::void(tid(&["assignment", &a, "void_provider"]), asg.provider_hold, "escrow_void").with_reference(asg.id)];
+    let mut transfers = vec![
+        NewTransfer::void(
+            tid(&["assignment", &a, "void_provider"]),
+            asg.provider_hold,
+            "escrow_void",
+        )
+        .with_reference(asg.id),
+    ];
     if let Some(h) = asg.fee_hold {
-        transfers.push(NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "escrow_void").with_reference(asg.id));
+        transfers.push(
+            NewTransfer::void(tid(&["assignment", &a, "void_fee"]), h, "escrow_void")
+                .with_reference(asg.id),
+        );
     }
     transfers.push(
-        NewTransfer::posted(tid(&["assignment", &a, "refund"]), t.escrow_account, t.studio_account, gross + fee_held, "escrow_refund")
-            .with_reference(asg.id),
+        NewTransfer::posted(
+            tid(&["assignment", &a, "refund"]),
+            t.escrow_account,
+            t.studio_account,
+            gross + fee_held,
+            "escrow_refund",
+        )
+        .with_reference(asg.id),
     );
     let mut next = asg.clone();
     next.status = AssignmentStatus::Voided;
@@ -232,19 +323,32 @@ pub fn void(order: &OrderState, asg: &AssignmentState) -> Result<(AssignmentStat
 }
 
 /// Cancellation or expiry of `qty` unfilled units (`release_id`: the cancel/expiry event).
-pub fn release_unfilled(order: &OrderState, release_id: Uuid, qty: i64) -> Result<(OrderState, Vec<NewTransfer>)> {
+pub fn release_unfilled(
+    order: &OrderState,
+    release_id: Uuid,
+    qty: i64,
+) -> Result<(OrderState, Vec<NewTransfer>)> {
     if qty <= 0 {
         return Err(LedgerError::AmountMustBePositive);
     }
     if qty > order.quantity_open {
-        return Err(LedgerError::InsufficientOpenQuantity { open: order.quantity_open, requested: qty });
+        return Err(LedgerError::InsufficientOpenQuantity {
+            open: order.quantity_open,
+            requested: qty,
+        });
     }
     let t = &order.terms;
     let amount = cost(qty, order.unit_reserve)?;
     let r = release_id.to_string();
     let transfers = vec![
-        NewTransfer::posted(tid(&["release", &r]), t.escrow_account, t.studio_account, amount, "escrow_release_unfilled")
-            .with_reference(release_id),
+        NewTransfer::posted(
+            tid(&["release", &r]),
+            t.escrow_account,
+            t.studio_account,
+            amount,
+            "escrow_release_unfilled",
+        )
+        .with_reference(release_id),
     ];
     let mut next = order.clone();
     next.quantity_open -= qty;

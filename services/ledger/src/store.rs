@@ -153,15 +153,20 @@ impl<'a> From<&'a Transfer> for InsertTransfer<'a> {
 fn is_retryable(e: &LedgerError) -> bool {
     match e {
         LedgerError::Database(DieselError::DatabaseError(kind, info)) => {
-            matches!(kind, DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure)
-                || info.message().contains("deadlock detected")
+            matches!(
+                kind,
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure
+            ) || info.message().contains("deadlock detected")
         }
         _ => false,
     }
 }
 
 /// Runs `f` in a (nested) transaction, retrying lost races.
-pub(crate) fn with_retry<T>(conn: &mut PgConnection, mut f: impl FnMut(&mut PgConnection) -> Result<T>) -> Result<T> {
+pub(crate) fn with_retry<T>(
+    conn: &mut PgConnection,
+    mut f: impl FnMut(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
     for attempt in 0.. {
         match conn.transaction(|c| f(c)) {
             Err(e) if is_retryable(&e) => {
@@ -196,21 +201,32 @@ pub fn create_accounts(conn: &mut PgConnection, news: &[NewAccount]) -> Result<V
                     ledger_accounts::id.eq(n.id.0),
                     ledger_accounts::ledger.eq(&n.ledger),
                     ledger_accounts::code.eq(n.code.as_str()),
-                    ledger_accounts::debits_must_not_exceed_credits.eq(n.flags.debits_must_not_exceed_credits),
-                    ledger_accounts::credits_must_not_exceed_debits.eq(n.flags.credits_must_not_exceed_debits),
+                    ledger_accounts::debits_must_not_exceed_credits
+                        .eq(n.flags.debits_must_not_exceed_credits),
+                    ledger_accounts::credits_must_not_exceed_debits
+                        .eq(n.flags.credits_must_not_exceed_debits),
                     ledger_accounts::reference.eq(n.reference),
                 )
             })
             .collect();
         if n_bad_flags(news) {
-            return Err(LedgerError::Invalid("an account cannot have both balance flags".into()));
+            return Err(LedgerError::Invalid(
+                "an account cannot have both balance flags".into(),
+            ));
         }
-        diesel::insert_into(ledger_accounts::table).values(&rows).on_conflict_do_nothing().execute(c)?;
+        diesel::insert_into(ledger_accounts::table)
+            .values(&rows)
+            .on_conflict_do_nothing()
+            .execute(c)?;
         let found = get_accounts(c, &news.iter().map(|n| n.id).collect::<Vec<_>>())?;
         news.iter()
             .map(|n| {
                 let a = found.get(&n.id).ok_or(LedgerError::AccountNotFound(n.id))?;
-                if a.ledger != n.ledger || a.code != n.code || a.flags != n.flags || a.reference != n.reference {
+                if a.ledger != n.ledger
+                    || a.code != n.code
+                    || a.flags != n.flags
+                    || a.reference != n.reference
+                {
                     return Err(LedgerError::AccountExistsWithDifferentContent(n.id));
                 }
                 Ok(a.clone())
@@ -220,7 +236,8 @@ pub fn create_accounts(conn: &mut PgConnection, news: &[NewAccount]) -> Result<V
 }
 
 fn n_bad_flags(news: &[NewAccount]) -> bool {
-    news.iter().any(|n| n.flags.debits_must_not_exceed_credits && n.flags.credits_must_not_exceed_debits)
+    news.iter()
+        .any(|n| n.flags.debits_must_not_exceed_credits && n.flags.credits_must_not_exceed_debits)
 }
 
 pub fn get_account(conn: &mut PgConnection, id: AccountId) -> Result<Account> {
@@ -233,7 +250,10 @@ pub fn get_account(conn: &mut PgConnection, id: AccountId) -> Result<Account> {
         .into_account()
 }
 
-pub fn get_accounts(conn: &mut PgConnection, ids: &[AccountId]) -> Result<BTreeMap<AccountId, Account>> {
+pub fn get_accounts(
+    conn: &mut PgConnection,
+    ids: &[AccountId],
+) -> Result<BTreeMap<AccountId, Account>> {
     let ids: Vec<uuid::Uuid> = ids.iter().map(|i| i.0).collect();
     ledger_accounts::table
         .filter(ledger_accounts::id.eq_any(ids))
@@ -281,12 +301,19 @@ fn load_related(
     let mut rows: Vec<TransferRow> = if ids.is_empty() {
         Vec::new()
     } else {
-        ledger_transfers::table.filter(ledger_transfers::id.eq_any(ids)).select(TransferRow::as_select()).load(conn)?
+        ledger_transfers::table
+            .filter(ledger_transfers::id.eq_any(ids))
+            .select(TransferRow::as_select())
+            .load(conn)?
     };
     if !pending_ids.is_empty() {
         rows.extend(
             ledger_transfers::table
-                .filter(ledger_transfers::pending_id.assume_not_null().eq_any(pending_ids))
+                .filter(
+                    ledger_transfers::pending_id
+                        .assume_not_null()
+                        .eq_any(pending_ids),
+                )
                 .select(TransferRow::as_select())
                 .load(conn)?,
         );
@@ -304,7 +331,10 @@ fn load_related(
 }
 
 /// Locks the accounts in ascending id order and returns their states.
-fn lock_accounts(conn: &mut PgConnection, ids: &BTreeSet<AccountId>) -> Result<BTreeMap<AccountId, AccountState>> {
+fn lock_accounts(
+    conn: &mut PgConnection,
+    ids: &BTreeSet<AccountId>,
+) -> Result<BTreeMap<AccountId, AccountState>> {
     let ids: Vec<uuid::Uuid> = ids.iter().map(|i| i.0).collect();
     let rows: Vec<AccountRow> = ledger_accounts::table
         .filter(ledger_accounts::id.eq_any(ids))
@@ -329,11 +359,19 @@ fn insert(conn: &mut PgConnection, created: &[Transfer]) -> Result<BTreeMap<Tran
 
 fn create_transfers_once(conn: &mut PgConnection, reqs: &[NewTransfer]) -> Result<Vec<Transfer>> {
     let mut ids: Vec<uuid::Uuid> = reqs.iter().map(|r| r.id.0).collect();
-    let pending_ids: Vec<uuid::Uuid> = reqs.iter().filter_map(|r| r.pending_id()).map(|p| p.0).collect();
+    let pending_ids: Vec<uuid::Uuid> = reqs
+        .iter()
+        .filter_map(|r| r.pending_id())
+        .map(|p| p.0)
+        .collect();
     ids.extend(&pending_ids);
     // Before locking, read what decides which accounts to lock: the pending transfers resolved
     // here (immutable rows). Plain transfers skip this round trip.
-    let (stored, _) = if pending_ids.is_empty() { Default::default() } else { load_related(conn, &ids, &[])? };
+    let (stored, _) = if pending_ids.is_empty() {
+        Default::default()
+    } else {
+        load_related(conn, &ids, &[])?
+    };
 
     // Every request already stored: an idempotent retry, no locks needed.
     if !stored.is_empty() && reqs.iter().all(|r| stored.contains_key(&r.id)) {
@@ -348,7 +386,8 @@ fn create_transfers_once(conn: &mut PgConnection, reqs: &[NewTransfer]) -> Resul
     let in_batch: BTreeMap<TransferId, &NewTransfer> = reqs.iter().map(|r| (r.id, r)).collect();
     for r in reqs {
         match &r.op {
-            TransferOp::Posted { debit, credit, .. } | TransferOp::Pending { debit, credit, .. } => {
+            TransferOp::Posted { debit, credit, .. }
+            | TransferOp::Pending { debit, credit, .. } => {
                 accounts.insert(*debit);
                 accounts.insert(*credit);
             }
@@ -356,7 +395,9 @@ fn create_transfers_once(conn: &mut PgConnection, reqs: &[NewTransfer]) -> Resul
                 if let Some(p) = stored.get(pending) {
                     accounts.insert(p.debit_account);
                     accounts.insert(p.credit_account);
-                } else if let Some(TransferOp::Pending { debit, credit, .. }) = in_batch.get(pending).map(|p| &p.op) {
+                } else if let Some(TransferOp::Pending { debit, credit, .. }) =
+                    in_batch.get(pending).map(|p| &p.op)
+                {
                     accounts.insert(*debit);
                     accounts.insert(*credit);
                 }
@@ -370,8 +411,16 @@ fn create_transfers_once(conn: &mut PgConnection, reqs: &[NewTransfer]) -> Resul
     let mut pendings = pendings_of(reqs, &stored, &resolved);
     let now = now();
     let applied = rules::apply_batch(reqs, &stored, &mut states, &mut pendings, now)?;
-    let created: Vec<Transfer> =
-        applied.iter().filter_map(|a| if let Applied::Created(t) = a { Some(t.clone()) } else { None }).collect();
+    let created: Vec<Transfer> = applied
+        .iter()
+        .filter_map(|a| {
+            if let Applied::Created(t) = a {
+                Some(t.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     let seqs = insert(conn, &created)?;
     Ok(applied
         .into_iter()
@@ -393,14 +442,26 @@ fn pendings_of(
     reqs.iter()
         .filter_map(|r| r.pending_id())
         .filter_map(|p| stored.get(&p))
-        .map(|t| (t.id, PendingState { transfer: t.clone(), resolved: resolved.contains(&t.id) }))
+        .map(|t| {
+            (
+                t.id,
+                PendingState {
+                    transfer: t.clone(),
+                    resolved: resolved.contains(&t.id),
+                },
+            )
+        })
         .collect()
 }
 
 /// Expires up to `limit` pending transfers whose timeout is at or before `now`; each expiry is a
 /// transfer with an id derived from the pending id, so concurrent sweepers agree. Returns the
 /// expiries this call created.
-pub fn expire_pending(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<Transfer>> {
+pub fn expire_pending(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Transfer>> {
     let now = now.trunc_subsecs(6);
     let candidates: Vec<TransferRow> = diesel::sql_query(
         "SELECT p.* FROM ledger_transfers p
@@ -414,15 +475,29 @@ pub fn expire_pending(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let candidates: Vec<Transfer> = candidates.into_iter().map(TransferRow::into_transfer).collect::<Result<_>>()?;
+    let candidates: Vec<Transfer> = candidates
+        .into_iter()
+        .map(TransferRow::into_transfer)
+        .collect::<Result<_>>()?;
     with_retry(conn, |c| {
-        let accounts: BTreeSet<AccountId> = candidates.iter().flat_map(|t| [t.debit_account, t.credit_account]).collect();
+        let accounts: BTreeSet<AccountId> = candidates
+            .iter()
+            .flat_map(|t| [t.debit_account, t.credit_account])
+            .collect();
         let mut states = lock_accounts(c, &accounts)?;
         let pids: Vec<uuid::Uuid> = candidates.iter().map(|t| t.id.0).collect();
         let (_, resolved) = load_related(c, &[], &pids)?;
         let mut pendings: BTreeMap<TransferId, PendingState> = candidates
             .iter()
-            .map(|t| (t.id, PendingState { transfer: t.clone(), resolved: resolved.contains(&t.id) }))
+            .map(|t| {
+                (
+                    t.id,
+                    PendingState {
+                        transfer: t.clone(),
+                        resolved: resolved.contains(&t.id),
+                    },
+                )
+            })
             .collect();
         let mut created = Vec::new();
         for p in &candidates {
@@ -462,7 +537,11 @@ pub fn balance_statement(conn: &mut PgConnection, id: AccountId) -> Result<State
     conn.transaction(|c| {
         let account = get_account(c, id)?;
         let last_seq: Option<i64> = ledger_transfers::table
-            .filter(ledger_transfers::debit_account_id.eq(id.0).or(ledger_transfers::credit_account_id.eq(id.0)))
+            .filter(
+                ledger_transfers::debit_account_id
+                    .eq(id.0)
+                    .or(ledger_transfers::credit_account_id.eq(id.0)),
+            )
             .select(diesel::dsl::max(ledger_transfers::seq))
             .first(c)?;
         let b = account.balances;
@@ -478,9 +557,18 @@ pub fn balance_statement(conn: &mut PgConnection, id: AccountId) -> Result<State
 }
 
 /// Transfer history of an account, oldest first, after the `after_seq` cursor (at most `limit`).
-pub fn account_history(conn: &mut PgConnection, id: AccountId, after_seq: Option<i64>, limit: i64) -> Result<Vec<Transfer>> {
+pub fn account_history(
+    conn: &mut PgConnection,
+    id: AccountId,
+    after_seq: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Transfer>> {
     ledger_transfers::table
-        .filter(ledger_transfers::debit_account_id.eq(id.0).or(ledger_transfers::credit_account_id.eq(id.0)))
+        .filter(
+            ledger_transfers::debit_account_id
+                .eq(id.0)
+                .or(ledger_transfers::credit_account_id.eq(id.0)),
+        )
         .filter(ledger_transfers::seq.gt(after_seq.unwrap_or(0)))
         .order(ledger_transfers::seq.asc())
         .limit(limit.clamp(1, 1000))

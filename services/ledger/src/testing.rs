@@ -29,7 +29,11 @@ fn migrations_fingerprint() -> String {
         if let Ok(rd) = std::fs::read_dir(&d) {
             for e in rd.flatten() {
                 let p = e.path();
-                if p.is_dir() { stack.push(p) } else { files.push(p) }
+                if p.is_dir() {
+                    stack.push(p)
+                } else {
+                    files.push(p)
+                }
             }
         }
     }
@@ -37,7 +41,11 @@ fn migrations_fingerprint() -> String {
     // FNV-1a over names and contents.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
-        for b in f.to_string_lossy().bytes().chain(std::fs::read(&f).unwrap_or_default()) {
+        for b in f
+            .to_string_lossy()
+            .bytes()
+            .chain(std::fs::read(&f).unwrap_or_default())
+        {
             h ^= b as u64;
             h = h.wrapping_mul(0x100_0000_01b3);
         }
@@ -68,18 +76,32 @@ pub fn template() -> String {
     let url = server_url();
     let name = format!("gridbook_tpl_{}", migrations_fingerprint());
     let mut conn = admin(&url);
-    diesel::sql_query(format!("SELECT pg_advisory_lock({LOCK_KEY})")).execute(&mut conn).expect("advisory lock");
+    diesel::sql_query(format!("SELECT pg_advisory_lock({LOCK_KEY})"))
+        .execute(&mut conn)
+        .expect("advisory lock");
     if !exists(&mut conn, &name) {
         let building = format!("{name}_building");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")).execute(&mut conn).expect("drop");
-        diesel::sql_query(format!("CREATE DATABASE \"{building}\"")).execute(&mut conn).expect("create template");
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+        ))
+        .execute(&mut conn)
+        .expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE \"{building}\""))
+            .execute(&mut conn)
+            .expect("create template");
         {
             let mut t = admin(&with_database(&url, &building));
             crate::run_migrations(&mut t).expect("migrate template");
         }
-        diesel::sql_query(format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")).execute(&mut conn).expect("rename template");
+        diesel::sql_query(format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .execute(&mut conn)
+        .expect("rename template");
     }
-    diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK_KEY})")).execute(&mut conn).expect("advisory unlock");
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK_KEY})"))
+        .execute(&mut conn)
+        .expect("advisory unlock");
     name
 }
 
@@ -149,7 +171,11 @@ impl Default for TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut c) = PgConnection::establish(&self.server) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).execute(&mut c);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut c);
         }
     }
 }

@@ -61,18 +61,26 @@ pub mod market {
     use matching_core::{Event, Level, Price, Qty};
     use serde::{Deserialize, Serialize};
 
-    /// What a client publishes on `market.<market>.cmd`: the command without its `seq` and
-    /// `time`, which the engine takes from the JetStream stream sequence and timestamp (ms).
-    /// Set `Nats-Msg-Id` to a unique id per command (the order id for a place).
+    /// What a client publishes on `market.<market>.cmd`: one command, or a JSON array of at
+    /// most [`MAX_COMMANDS_PER_MESSAGE`] commands (one JetStream write, and so one fsync, for
+    /// many commands). Commands carry no `seq` or `time`: the engine numbers them per market in
+    /// stream order and takes the time from the JetStream timestamp (ms). Set `Nats-Msg-Id` to
+    /// a unique id per message; the engine also drops a place whose order id it has seen.
     pub type CommandMsg = matching_core::CommandKind;
 
-    /// All events of one command, published as one message on `market.<market>.evt` with
-    /// `Nats-Msg-Id = <market>.<first>`. Event sequences are gapless per market: a frame's
+    /// The most commands one message on `market.<market>.cmd` may carry.
+    pub const MAX_COMMANDS_PER_MESSAGE: usize = 4_096;
+
+    /// All events of one command. The engine publishes frames on `market.<market>.evt` as a
+    /// JSON array ([`EventMessage`]) per message, with `Nats-Msg-Id = <market>.<first event
+    /// seq>` and header `Gridbook-Last-Seq`. Event sequences are gapless per market: a frame's
     /// `first` is the previous frame's `last + 1`, which is how a client detects a gap.
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct EventFrame {
         pub market: String,
-        /// JetStream sequence of the command in the commands stream.
+        /// JetStream sequence of the message that carried the command.
+        pub stream_seq: u64,
+        /// The command's number in this market (the `cmd` of its events).
         pub cmd: u64,
         /// Command time, milliseconds since the Unix epoch.
         pub time: u64,
@@ -83,6 +91,9 @@ pub mod market {
         pub best_bid: Option<Price>,
         pub best_ask: Option<Price>,
     }
+
+    /// One message on `market.<market>.evt`: consecutive frames, oldest first.
+    pub type EventMessage = Vec<EventFrame>;
 
     /// Reply to `api.market.<market>.snapshot`: the L2 book after event `seq`. Apply frames with
     /// `first > seq` on top of it.

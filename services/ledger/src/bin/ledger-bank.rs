@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use gridbook_ledger::{AccountCode, AccountFlags, AccountId, LedgerError, NewAccount, NewTransfer, TransferId, store};
+use gridbook_ledger::{
+    AccountCode, AccountFlags, AccountId, LedgerError, NewAccount, NewTransfer, TransferId, store,
+};
 
 const LEDGER: &str = "BANK";
 pub const FUNDING: i64 = 10_000;
@@ -26,7 +28,13 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { url: String::new(), workers: 4, ops: 400, seed: 7, accounts: 8 };
+    let mut a = Args {
+        url: String::new(),
+        workers: 4,
+        ops: 400,
+        seed: 7,
+        accounts: 8,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -70,7 +78,13 @@ pub fn operator() -> AccountId {
     AccountId::derived(&["bank", "operator"])
 }
 fn tid(seed: u64, w: u32, seq: u64, part: &str) -> TransferId {
-    TransferId::derived(&["bank", &seed.to_string(), &w.to_string(), &seq.to_string(), part])
+    TransferId::derived(&[
+        "bank",
+        &seed.to_string(),
+        &w.to_string(),
+        &seq.to_string(),
+        part,
+    ])
 }
 
 enum Op {
@@ -90,12 +104,26 @@ fn op(a: &Args, start: DateTime<Utc>, w: u32, seq: u64) -> Op {
     Op::Batch(match kind {
         0..40 => {
             let (x, y) = pick2(&mut r);
-            vec![NewTransfer::posted(t, x, y, 1 + r.below(800) as i64, "bank_transfer")]
+            vec![NewTransfer::posted(
+                t,
+                x,
+                y,
+                1 + r.below(800) as i64,
+                "bank_transfer",
+            )]
         }
         40..60 => {
             let (x, y) = pick2(&mut r);
-            let expires = (r.below(3) == 0).then(|| start + chrono::Duration::milliseconds(500 + r.below(15_000) as i64));
-            vec![NewTransfer::pending(t, x, y, 1 + r.below(800) as i64, expires, "bank_hold")]
+            let expires = (r.below(3) == 0)
+                .then(|| start + chrono::Duration::milliseconds(500 + r.below(15_000) as i64));
+            vec![NewTransfer::pending(
+                t,
+                x,
+                y,
+                1 + r.below(800) as i64,
+                expires,
+                "bank_hold",
+            )]
         }
         60..75 => {
             let pending = tid(a.seed, w, recent_hold(a, w, seq, r.below(3)), "t");
@@ -103,12 +131,22 @@ fn op(a: &Args, start: DateTime<Utc>, w: u32, seq: u64) -> Op {
             vec![NewTransfer::post(t, pending, amount, "bank_post")]
         }
         75..85 => {
-            vec![NewTransfer::void(t, tid(a.seed, w, recent_hold(a, w, seq, r.below(3)), "t"), "bank_void")]
+            vec![NewTransfer::void(
+                t,
+                tid(a.seed, w, recent_hold(a, w, seq, r.below(3)), "t"),
+                "bank_void",
+            )]
         }
         85..95 => (0..3)
             .map(|i| {
                 let (x, y) = pick2(&mut r);
-                NewTransfer::posted(tid(a.seed, w, seq, &format!("l{i}")), x, y, 1 + r.below(1_000) as i64, "bank_linked")
+                NewTransfer::posted(
+                    tid(a.seed, w, seq, &format!("l{i}")),
+                    x,
+                    y,
+                    1 + r.below(1_000) as i64,
+                    "bank_linked",
+                )
             })
             .collect(),
         _ => return Op::Sweep,
@@ -120,7 +158,9 @@ fn op(a: &Args, start: DateTime<Utc>, w: u32, seq: u64) -> Op {
 fn recent_hold(a: &Args, w: u32, seq: u64, skip: u64) -> u64 {
     let mut found = 0;
     for back in 1..=24 {
-        let Some(s) = seq.checked_sub(back) else { break };
+        let Some(s) = seq.checked_sub(back) else {
+            break;
+        };
         if (40..60).contains(&Rng::new(a.seed, w, s).below(100)) {
             if found == skip {
                 return s;
@@ -146,12 +186,27 @@ fn setup(conn: &mut PgConnection, a: &Args) -> anyhow::Result<DateTime<Utc>> {
         #[diesel(sql_type = diesel::sql_types::Timestamptz)]
         start_at: DateTime<Utc>,
     }
-    let start: Start = diesel::sql_query("SELECT start_at FROM bank_meta WHERE id = 1").get_result(conn)?;
-    let mut news = vec![NewAccount { id: operator(), ledger: LEDGER.into(), code: AccountCode::Operator, flags: AccountFlags::NONE, reference: None }];
+    let start: Start =
+        diesel::sql_query("SELECT start_at FROM bank_meta WHERE id = 1").get_result(conn)?;
+    let mut news = vec![NewAccount {
+        id: operator(),
+        ledger: LEDGER.into(),
+        code: AccountCode::Operator,
+        flags: AccountFlags::NONE,
+        reference: None,
+    }];
     news.extend((0..a.accounts).map(|i| NewAccount::new(account(i), LEDGER, AccountCode::Studio)));
     store::create_accounts(conn, &news)?;
     let funding: Vec<NewTransfer> = (0..a.accounts)
-        .map(|i| NewTransfer::posted(TransferId::derived(&["bank", "fund", &i.to_string()]), operator(), account(i), FUNDING, "deposit"))
+        .map(|i| {
+            NewTransfer::posted(
+                TransferId::derived(&["bank", "fund", &i.to_string()]),
+                operator(),
+                account(i),
+                FUNDING,
+                "deposit",
+            )
+        })
         .collect();
     store::create_transfers(conn, &funding)?;
     Ok(start.start_at)
@@ -175,18 +230,38 @@ fn journal(conn: &mut PgConnection, w: u32, from: i64, to: i64) -> anyhow::Resul
 
 fn fail(conn: &mut PgConnection, detail: String) {
     eprintln!("FAILURE: {detail}");
-    let _ = diesel::sql_query("INSERT INTO bank_failures (detail) VALUES ($1)").bind::<diesel::sql_types::Text, _>(detail).execute(conn);
+    let _ = diesel::sql_query("INSERT INTO bank_failures (detail) VALUES ($1)")
+        .bind::<diesel::sql_types::Text, _>(detail)
+        .execute(conn);
 }
 
 /// Re-sends a committed operation and checks the result is the original one.
-fn recheck(conn: &mut PgConnection, a: &Args, start: DateTime<Utc>, w: u32, row: &JournalRow) -> anyhow::Result<bool> {
-    let Some(original) = row.outcome.get("ok") else { return Ok(false) };
-    let Op::Batch(reqs) = op(a, start, w, row.seq as u64) else { return Ok(false) };
+fn recheck(
+    conn: &mut PgConnection,
+    a: &Args,
+    start: DateTime<Utc>,
+    w: u32,
+    row: &JournalRow,
+) -> anyhow::Result<bool> {
+    let Some(original) = row.outcome.get("ok") else {
+        return Ok(false);
+    };
+    let Op::Batch(reqs) = op(a, start, w, row.seq as u64) else {
+        return Ok(false);
+    };
     match store::create_transfers(conn, &reqs) {
         Ok(ts) if serde_json::to_value(&ts)? == *original => {}
-        other => fail(conn, format!("worker {w} seq {}: retry returned {other:?}, original {original}", row.seq)),
+        other => fail(
+            conn,
+            format!(
+                "worker {w} seq {}: retry returned {other:?}, original {original}",
+                row.seq
+            ),
+        ),
     }
-    diesel::sql_query("INSERT INTO bank_rechecks VALUES ($1, 1)").bind::<diesel::sql_types::Integer, _>(w as i32).execute(conn)?;
+    diesel::sql_query("INSERT INTO bank_rechecks VALUES ($1, 1)")
+        .bind::<diesel::sql_types::Integer, _>(w as i32)
+        .execute(conn)?;
     Ok(true)
 }
 
@@ -222,13 +297,21 @@ fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> 
                         done += 1;
                         // Now and then re-send an earlier committed operation.
                         if seq % 7 == 0 && seq > 20 {
-                            for row in journal(&mut conn, w, seq as i64 - 20, seq as i64)? .iter().take(1) {
+                            for row in journal(&mut conn, w, seq as i64 - 20, seq as i64)?
+                                .iter()
+                                .take(1)
+                            {
                                 rechecked += recheck(&mut conn, a, start, w, row)? as u64;
                             }
                         }
                         continue;
                     }
-                    Err(e @ (LedgerError::Database(_) | LedgerError::Connection(_) | LedgerError::Conflict | LedgerError::Migration(_))) => {
+                    Err(
+                        e @ (LedgerError::Database(_)
+                        | LedgerError::Connection(_)
+                        | LedgerError::Conflict
+                        | LedgerError::Migration(_)),
+                    ) => {
                         return Err(e.into());
                     }
                     Err(e) => serde_json::json!({ "rejected": e.code() }),
@@ -254,8 +337,20 @@ fn main() -> anyhow::Result<()> {
     gridbook_ledger::run_migrations(&mut conn).map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = setup(&mut conn, &a)?;
     let results: Vec<anyhow::Result<(u64, u64)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..a.workers).map(|w| s.spawn({ let a = &a; move || worker(a, start, w) })).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))).collect()
+        let hs: Vec<_> = (0..a.workers)
+            .map(|w| {
+                s.spawn({
+                    let a = &a;
+                    move || worker(a, start, w)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
+            .collect()
     });
     let (mut done, mut rechecked) = (0, 0);
     for r in results {

@@ -23,12 +23,32 @@ fn count(c: &mut diesel::PgConnection, sql: &str) -> i64 {
 fn bank_survives_kill_9() {
     let db = TestDb::new();
     let bin = env!("CARGO_BIN_EXE_ledger-bank");
-    let args = ["--database-url", db.url(), "--workers", "4", "--ops", "2500", "--seed", "11", "--accounts", "6"];
+    let args = [
+        "--database-url",
+        db.url(),
+        "--workers",
+        "4",
+        "--ops",
+        "2500",
+        "--seed",
+        "11",
+        "--accounts",
+        "6",
+    ];
     let started = Instant::now();
     for (i, base) in [700u64, 1_300, 500, 1_900, 900].into_iter().enumerate() {
         // Random-ish kill moments: a fixed base plus clock jitter.
-        let ms = base + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 400);
-        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).spawn().unwrap();
+        let ms = base
+            + (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                % 400);
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -37,22 +57,38 @@ fn bank_survives_kill_9() {
         eprintln!("run {i}: {st:?} after {ms} ms");
     }
     let out = Command::new(bin).args(args).output().unwrap();
-    assert!(out.status.success(), "final run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "final run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("final run: {}", String::from_utf8_lossy(&out.stdout));
     assert!(started.elapsed() < Duration::from_secs(60));
 
     let c = &mut db.conn();
     let failures = count(c, "SELECT count(*) AS n FROM bank_failures");
-    assert_eq!(failures, 0, "an idempotent retry returned something else (see stderr)");
+    assert_eq!(
+        failures, 0,
+        "an idempotent retry returned something else (see stderr)"
+    );
     let rechecked = count(c, "SELECT count(*) AS n FROM bank_rechecks");
-    assert!(rechecked >= 20, "too few retries were checked ({rechecked})");
+    assert!(
+        rechecked >= 20,
+        "too few retries were checked ({rechecked})"
+    );
     eprintln!("{rechecked} idempotent retries returned the original result");
-    assert_eq!(count(c, "SELECT count(*) AS n FROM bank_journal"), 4 * 2_500, "every operation ran");
+    assert_eq!(
+        count(c, "SELECT count(*) AS n FROM bank_journal"),
+        4 * 2_500,
+        "every operation ran"
+    );
     let v = store::check_invariants(c).unwrap();
     assert!(v.is_empty(), "{v:?}");
     // Rust-side checks: Σ of all balances is 0, the users' total is what was deposited, no
     // account without permission is negative, pending debits = pending credits.
-    let ids: Vec<AccountId> = (0..6).map(|i| AccountId::derived(&["bank", "account", &i.to_string()])).collect();
+    let ids: Vec<AccountId> = (0..6)
+        .map(|i| AccountId::derived(&["bank", "account", &i.to_string()]))
+        .collect();
     let op = AccountId::derived(&["bank", "operator"]);
     let mut all = ids.clone();
     all.push(op);
@@ -73,8 +109,14 @@ fn bank_survives_kill_9() {
         #[diesel(sql_type = diesel::sql_types::Jsonb)]
         outcome: serde_json::Value,
     }
-    let rows: Vec<J> = diesel::sql_query("SELECT outcome FROM bank_journal WHERE outcome ? 'ok'").load(c).unwrap();
-    assert!(rows.len() > 2_000, "enough operations succeeded ({})", rows.len());
+    let rows: Vec<J> = diesel::sql_query("SELECT outcome FROM bank_journal WHERE outcome ? 'ok'")
+        .load(c)
+        .unwrap();
+    assert!(
+        rows.len() > 2_000,
+        "enough operations succeeded ({})",
+        rows.len()
+    );
     for r in rows {
         let ts: Vec<Transfer> = serde_json::from_value(r.outcome["ok"].clone()).unwrap();
         for t in ts {

@@ -12,13 +12,22 @@ mod transfers;
 use gridbook_ledger::{AccountCode, AccountId, NewAccount, NewTransfer, TransferId, store};
 
 /// Opens a studio-like account funded with `amount` from the ledger's operator account.
-pub fn funded(conn: &mut diesel::PgConnection, ledger: &str, code: AccountCode, amount: i64) -> AccountId {
+pub fn funded(
+    conn: &mut diesel::PgConnection,
+    ledger: &str,
+    code: AccountCode,
+    amount: i64,
+) -> AccountId {
     let op = NewAccount::system(ledger, AccountCode::Operator);
     store::create_account(conn, &op).unwrap();
     let id = AccountId::new();
     store::create_account(conn, &NewAccount::new(id, ledger, code)).unwrap();
     if amount > 0 {
-        store::create_transfer(conn, &NewTransfer::posted(TransferId::new(), op.id, id, amount, "deposit")).unwrap();
+        store::create_transfer(
+            conn,
+            &NewTransfer::posted(TransferId::new(), op.id, id, amount, "deposit"),
+        )
+        .unwrap();
     }
     id
 }

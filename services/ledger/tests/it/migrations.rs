@@ -28,15 +28,20 @@ fn migrations_up_down_redo() {
     assert!(!applied.is_empty());
     let after_up = objects(c);
     assert!(!after_up.is_empty());
-    c.revert_all_migrations(gridbook_ledger::MIGRATIONS).unwrap();
+    c.revert_all_migrations(gridbook_ledger::MIGRATIONS)
+        .unwrap();
     assert_eq!(objects(c), vec![], "down removes everything up created");
     gridbook_ledger::run_migrations(c).unwrap();
     assert_eq!(objects(c), after_up);
     // redo, one migration at a time from the newest
     for _ in 0..applied.len() {
-        c.revert_last_migration(gridbook_ledger::MIGRATIONS).unwrap();
+        c.revert_last_migration(gridbook_ledger::MIGRATIONS)
+            .unwrap();
     }
     gridbook_ledger::run_migrations(c).unwrap();
     assert_eq!(objects(c), after_up);
-    assert!(gridbook_ledger::run_migrations(c).unwrap().is_empty(), "idempotent at start-up");
+    assert!(
+        gridbook_ledger::run_migrations(c).unwrap().is_empty(),
+        "idempotent at start-up"
+    );
 }

@@ -22,7 +22,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0..5usize, 0..5usize, -5..2_000i64).prop_map(|(a, b, x)| Op::Posted(a, b, x)),
-        (0..5usize, 0..5usize, 1..2_000i64, any::<bool>()).prop_map(|(a, b, x, e)| Op::Pending(a, b, x, e)),
+        (0..5usize, 0..5usize, 1..2_000i64, any::<bool>())
+            .prop_map(|(a, b, x, e)| Op::Pending(a, b, x, e)),
         (0..64usize, proptest::option::of(1..2_000i64)).prop_map(|(i, x)| Op::Post(i, x)),
         (0..64usize).prop_map(Op::Void),
         proptest::collection::vec((0..5usize, 0..5usize, 1..1_500i64), 1..4).prop_map(Op::Batch),
