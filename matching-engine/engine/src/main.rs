@@ -9,6 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod lease;
 mod market;
 mod replay;
 mod run;

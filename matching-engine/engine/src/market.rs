@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
-use crate::{settings::EngineSettings, stats::Stats};
+use crate::{lease::Lease, settings::EngineSettings, stats::Stats};
 
 /// What the engine stores per market in the snapshot object store.
 #[derive(Serialize, Deserialize)]
@@ -246,6 +246,7 @@ pub struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub snapshots: ObjectStore,
+    pub leases: async_nats::jetstream::kv::Store,
 }
 
 fn consumer_name(market: &str) -> String {
@@ -291,6 +292,7 @@ async fn last_published(nats: &Nats, market: &str) -> anyhow::Result<u64> {
 /// Run one market until an error; the caller restarts it (recovery is the same path).
 pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConfig) -> anyhow::Result<()> {
     let market = config.market.0.clone();
+    let mut lease = Lease::acquire(nats.leases.clone(), &market, &settings.engine_id).await?;
     let mut state = match load_snapshot(&nats, &market).await? {
         Some(snap) => MarketState::restore(snap, &config, settings.recent_ids)?,
         None => MarketState::new(config, settings.recent_ids)?,
@@ -336,6 +338,14 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
     let mut expected_consumer_seq = 1u64;
     let mut since_snapshot = 0u64;
     let mut frames = Vec::with_capacity(settings.batch_max);
+    // Renew at a third of the shorter of our TTL and the bucket's (whoever created it set it).
+    let bucket_ttl = nats.leases.status().await.map(|s| s.max_age()).unwrap_or_default();
+    let ttl = match bucket_ttl.is_zero() {
+        true => Duration::from_secs(settings.lease_secs),
+        false => bucket_ttl.min(Duration::from_secs(settings.lease_secs)),
+    };
+    let mut renew = tokio::time::interval(ttl / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -378,6 +388,7 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
                     since_snapshot = 0;
                 }
             }
+            _ = renew.tick() => lease.renew().await?,
             Some(req) = l2_requests.next() => {
                 if let Some(reply) = req.reply {
                     nats.client.publish(reply, serde_json::to_vec(&state.l2())?.into()).await?;

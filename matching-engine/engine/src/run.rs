@@ -50,7 +50,8 @@ pub async fn connect(settings: &EngineSettings) -> anyhow::Result<Nats> {
             .await
             .context("creating the snapshot bucket")?,
     };
-    Ok(Nats { client, js, snapshots })
+    let leases = crate::lease::bucket(&js, Duration::from_secs(settings.lease_secs)).await?;
+    Ok(Nats { client, js, snapshots, leases })
 }
 
 pub async fn run(settings: EngineSettings) -> anyhow::Result<()> {

@@ -21,6 +21,8 @@ pub struct EngineSettings {
     pub recent_ids: usize,
     /// How long the commands and events streams keep messages, in hours.
     pub retention_hours: u64,
+    /// A market's writer lease lapses this many seconds after its holder stopped renewing.
+    pub lease_secs: u64,
 }
 
 impl Default for EngineSettings {
@@ -33,6 +35,7 @@ impl Default for EngineSettings {
             batch_max: 512,
             recent_ids: 100_000,
             retention_hours: 24 * 7,
+            lease_secs: 10,
         }
     }
 }

@@ -54,14 +54,18 @@ struct Engine {
 
 impl Engine {
     fn start(market: &str, snapshot_every: u64) -> Engine {
-        let dir = std::env::temp_dir().join(format!("gridbook-engine-test-{market}"));
+        Engine::start_as(market, snapshot_every, &format!("test-{market}"))
+    }
+
+    fn start_as(market: &str, snapshot_every: u64, engine_id: &str) -> Engine {
+        let dir = std::env::temp_dir().join(format!("gridbook-engine-test-{market}-{engine_id}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("engine.toml");
         let m = market_config(market);
         std::fs::write(
             &config,
             format!(
-                "engine_id = \"test-{market}\"\nsnapshot_every = {snapshot_every}\nbatch_max = 64\n\n[[markets]]\n\
+                "engine_id = \"{engine_id}\"\nsnapshot_every = {snapshot_every}\nbatch_max = 64\nlease_secs = 3\n\n[[markets]]\n\
                  market = \"{market}\"\nmin_price = {}\nmax_price = {}\nmax_qty = {}\nfee_bps = {}\n\
                  max_orders = {}\nmax_levels = {}\n",
                 m.min_price, m.max_price, m.max_qty, m.fee_bps, m.max_orders, m.max_levels
@@ -447,4 +451,44 @@ impl Ladder {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies() {
+    let market = unique_market("LEASE");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client);
+    let mut first = Engine::start_as(&market, 100, "engine-a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream(streams::COMMANDS).await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not create its streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cmds = command_mix(&market, 900, 5);
+    publish_all(&js, &market, &cmds[..300], Duration::ZERO).await;
+    wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
+
+    let _second = Engine::start_as(&market, 100, "engine-b");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_all(&js, &market, &cmds[300..600], Duration::ZERO).await;
+    wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
+
+    first.kill9();
+    publish_all(&js, &market, &cmds[600..], Duration::ZERO).await;
+    // the lease (3 s in this test) lapses, then engine-b recovers and goes on
+    wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
+
+    let frames: Vec<EventFrame> = read_subject(&js, streams::EVENTS, &subjects::market_evt(&market))
+        .await
+        .iter()
+        .flat_map(|m| serde_json::from_slice::<Vec<EventFrame>>(&m.payload).unwrap())
+        .collect();
+    let mut expected_first = 1;
+    for f in &frames {
+        assert_eq!(f.first, expected_first, "two writers, or a gap, at cmd {}", f.cmd);
+        expected_first = f.last + 1;
+    }
+    let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
+    let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
+    assert!(published == clean_replay(&market, &commands), "events differ from a clean replay");
 }
