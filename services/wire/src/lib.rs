@@ -35,6 +35,7 @@ pub mod subjects {
     }
     pub const ALL_MARKET_CMDS: &str = "market.*.cmd";
     pub const ALL_MARKET_EVTS: &str = "market.*.evt";
+    pub const ALL_NODE_ASSIGNS: &str = "node.*.assign";
 }
 
 pub mod streams {
@@ -42,7 +43,9 @@ pub mod streams {
     pub const COMMANDS: &str = "GRIDBOOK_COMMANDS";
     /// Engine events, all markets; kept for replay and audits.
     pub const EVENTS: &str = "GRIDBOOK_EVENTS";
-    /// Key-value bucket holding the engine's latest book snapshot per market.
+    /// Assignments to provider nodes (`node.*.assign`), published from the ledger's outbox.
+    pub const ASSIGNMENTS: &str = "GRIDBOOK_ASSIGNMENTS";
+    /// Object store holding the engine's latest snapshot per market.
     pub const SNAPSHOTS_BUCKET: &str = "gridbook_snapshots";
     /// Object store bucket for job input and output files, keyed by sha256.
     pub const FILES_BUCKET: &str = "gridbook_files";
