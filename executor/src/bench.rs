@@ -199,3 +199,21 @@ pub fn format_table(figs: &[EmbedFigure]) -> String {
     }
     s
 }
+
+/// Collapses per-round figures into one per (side, mode): the round with the median time.
+pub fn median_figures(rounds: &[EmbedFigure]) -> Vec<EmbedFigure> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for f in rounds {
+        let k = (f.side.clone(), f.mode.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(side, mode)| {
+            let mut v: Vec<&EmbedFigure> = rounds.iter().filter(|f| f.side == side && f.mode == mode).collect();
+            v.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+            v[v.len() / 2].clone()
+        })
+        .collect()
+}

@@ -140,34 +140,58 @@ fn main() -> anyhow::Result<()> {
             let texts = bench::corpus(sentences, seed);
             let corpus_path = std::env::temp_dir().join(format!("gridbook-bench-corpus-{seed}-{sentences}.jsonl"));
             bench::write_corpus(&corpus_path, &texts)?;
-            println!("EMBED-MINILM-L6: {sentences} sentences (seed {seed}), {threads} intra-op threads, ORT {} {}", rt.ort_version(), rt.provider().label());
-            let mut figs = Vec::new();
+            println!(
+                "EMBED-MINILM-L6: {sentences} sentences (seed {seed}), {threads} intra-op threads, ORT {} {}, median of {} alternating rounds",
+                rt.ort_version(),
+                rt.provider().label(),
+                repeats.max(1)
+            );
             let budget = Batching::TokenBudget { max_batch_tokens, max_batch_size };
-            let spin = spinner("rust: token budget");
-            figs.push(bench::measure_embed(&embedder, &texts, budget, &format!("token-budget {max_batch_tokens}/{max_batch_size}"), repeats)?);
-            spin.set_message("rust: sorted batches of 32");
-            figs.push(bench::measure_embed(&embedder, &texts, Batching::Fixed { size: 32, sorted: true }, "sorted32", repeats)?);
-            spin.set_message("rust: input-order batches of 32");
-            figs.push(bench::measure_embed(&embedder, &texts, Batching::Fixed { size: 32, sorted: false }, "naive32", repeats)?);
-            if !no_baseline {
-                spin.set_message("python onnxruntime baseline");
-                let b = bench::Baseline {
-                    python,
-                    script: baseline_script,
-                    model: models.model_dir("minilm-l6").join("model.onnx"),
-                    tokenizer: models.model_dir("minilm-l6").join("tokenizer.json"),
-                    threads,
-                    batch: 32,
-                    repeats,
-                    max_len: embedder.config().max_seq_len,
+            let rust_modes: [(Batching, String); 3] = [
+                (budget, format!("token-budget {max_batch_tokens}/{max_batch_size}")),
+                (Batching::Fixed { size: 32, sorted: true }, "sorted32".into()),
+                (Batching::Fixed { size: 32, sorted: false }, "naive32".into()),
+            ];
+            let baseline = bench::Baseline {
+                python,
+                script: baseline_script,
+                model: models.model_dir("minilm-l6").join("model.onnx"),
+                tokenizer: models.model_dir("minilm-l6").join("tokenizer.json"),
+                threads,
+                batch: 32,
+                repeats: 1,
+                max_len: embedder.config().max_seq_len,
+            };
+            // Rounds alternate the order (Rust first, then Python first, ...) so that a change in
+            // machine load hits both sides alike; each figure is the median over rounds.
+            let spin = spinner("benchmarking");
+            let mut rounds: Vec<bench::EmbedFigure> = Vec::new();
+            for round in 0..repeats.max(1) {
+                let rust_round = |rounds: &mut Vec<bench::EmbedFigure>| -> anyhow::Result<()> {
+                    for (b, name) in &rust_modes {
+                        spin.set_message(format!("round {}: rust {name}", round + 1));
+                        rounds.push(bench::measure_embed(&embedder, &texts, *b, name, 1)?);
+                    }
+                    Ok(())
                 };
-                figs.extend(bench::run_baseline(&b, &corpus_path)?);
+                if round % 2 == 1 && !no_baseline {
+                    spin.set_message(format!("round {}: python onnxruntime baseline", round + 1));
+                    rounds.extend(bench::run_baseline(&baseline, &corpus_path)?);
+                    rust_round(&mut rounds)?;
+                } else {
+                    rust_round(&mut rounds)?;
+                    if !no_baseline {
+                        spin.set_message(format!("round {}: python onnxruntime baseline", round + 1));
+                        rounds.extend(bench::run_baseline(&baseline, &corpus_path)?);
+                    }
+                }
             }
+            let figs = bench::median_figures(&rounds);
             spin.finish_and_clear();
             print!("{}", bench::format_table(&figs));
             let get = |side: &str, mode: &str| figs.iter().find(|f| f.side == side && f.mode == mode).map(|f| f.sentences_per_s);
             if let (Some(py_naive), Some(py_sorted)) = (get("python", "naive32"), get("python", "sorted32")) {
-                let ours = figs[0].sentences_per_s;
+                let ours = figs.iter().find(|f| f.side == "rust" && f.mode.starts_with("token-budget")).map_or(0.0, |f| f.sentences_per_s);
                 println!("ratio rust token-budget / python naive32  = {:.2}x  (target >= 1.3x)", ours / py_naive);
                 println!("ratio rust token-budget / python sorted32 = {:.2}x", ours / py_sorted);
                 if let Some(rs) = get("rust", "sorted32") {

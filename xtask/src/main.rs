@@ -436,7 +436,8 @@ impl Project {
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
         println!("xtask: building the marketplace (release)");
         run(self.cargo().args(["build", "--release", "--locked", "-p", "matching-engine"]))?;
-        let bin = self.root.join("target/release/matching-engine");
+        let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
+        let bin = target.join("release/matching-engine");
         let mut engine = self
             .cargo_bin_command(&bin)
             .args(["run", "--config"])
