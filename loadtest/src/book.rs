@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use matching_core::{
-    AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook, OrderId, Place,
-    Side, TimeInForce,
+    AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook,
+    OrderId, Place, Side, TimeInForce,
 };
 
 #[derive(clap::Args)]
@@ -100,15 +100,28 @@ impl Op {
                 side: self.side(),
                 price: Some(self.price as u64),
                 qty: self.qty as u64,
-                tif: if self.kind == Kind::Gtc { TimeInForce::Gtc } else { TimeInForce::Ioc },
+                tif: if self.kind == Kind::Gtc {
+                    TimeInForce::Gtc
+                } else {
+                    TimeInForce::Ioc
+                },
                 post_only: false,
                 budget: None,
                 stp: None,
             }),
             Kind::Cancel => CommandKind::Cancel(Cancel { id, account }),
-            Kind::Move => CommandKind::Amend(Amend { id, account, price: Some(self.price as u64), qty: None }),
+            Kind::Move => CommandKind::Amend(Amend {
+                id,
+                account,
+                price: Some(self.price as u64),
+                qty: None,
+            }),
         };
-        Command { seq, time: seq, kind }
+        Command {
+            seq,
+            time: seq,
+            kind,
+        }
     }
 }
 
@@ -128,7 +141,12 @@ impl Rng {
 }
 
 fn market() -> MarketConfig {
-    MarketConfig { min_price: 1, max_price: 2 * CENTER, max_orders: 1 << 20, ..MarketConfig::default() }
+    MarketConfig {
+        min_price: 1,
+        max_price: 2 * CENTER,
+        max_orders: 1 << 20,
+        ..MarketConfig::default()
+    }
 }
 
 struct Workload {
@@ -176,13 +194,19 @@ fn generate(args: &Args, n: usize) -> anyhow::Result<Workload> {
         book.apply(&op.command(*seq), &mut events);
         for e in &events {
             match e.kind {
-                EventKind::Fill { maker, maker_left: 0, .. } => live.remove(maker.0 as u32),
+                EventKind::Fill {
+                    maker,
+                    maker_left: 0,
+                    ..
+                } => live.remove(maker.0 as u32),
                 EventKind::Cancelled { id, .. } => live.remove(id.0 as u32),
                 _ => {}
             }
         }
         match op.kind {
-            Kind::Gtc if book.order(OrderId(op.id as u64)).is_some() => live.add(op.id, op.bid, op.price),
+            Kind::Gtc if book.order(OrderId(op.id as u64)).is_some() => {
+                live.add(op.id, op.bid, op.price)
+            }
             Kind::Move => {
                 if let Some(&i) = live.pos.get(&op.id) {
                     live.orders[i].2 = op.price;
@@ -203,7 +227,13 @@ fn generate(args: &Args, n: usize) -> anyhow::Result<Workload> {
             let bid = rng.below(2) == 0;
             (bid, own_price(&mut rng, bid))
         };
-        let op = Op { id: next_id, price, qty: 1 + rng.below(100) as u32, kind: Kind::Gtc, bid };
+        let op = Op {
+            id: next_id,
+            price,
+            qty: 1 + rng.below(100) as u32,
+            kind: Kind::Gtc,
+            bid,
+        };
         next_id += 1;
         apply(&mut book, &mut live, op, &mut seq);
         prefill.push(op);
@@ -217,11 +247,21 @@ fn generate(args: &Args, n: usize) -> anyhow::Result<Workload> {
             12..18 => Kind::Cancel,
             _ => Kind::Move,
         };
-        let kind = if live.orders.is_empty() && matches!(kind, Kind::Cancel | Kind::Move) { Kind::Gtc } else { kind };
+        let kind = if live.orders.is_empty() && matches!(kind, Kind::Cancel | Kind::Move) {
+            Kind::Gtc
+        } else {
+            kind
+        };
         let op = match kind {
             Kind::Gtc => {
                 let bid = rng.below(2) == 0;
-                let op = Op { id: next_id, price: own_price(&mut rng, bid), qty: 1 + rng.below(100) as u32, kind, bid };
+                let op = Op {
+                    id: next_id,
+                    price: own_price(&mut rng, bid),
+                    qty: 1 + rng.below(100) as u32,
+                    kind,
+                    bid,
+                };
                 next_id += 1;
                 op
             }
@@ -234,7 +274,13 @@ fn generate(args: &Args, n: usize) -> anyhow::Result<Workload> {
                     None => 1,
                 };
                 let price = if bid { CENTER + half } else { CENTER - half };
-                let op = Op { id: next_id, price: price as u32, qty: qty as u32, kind, bid };
+                let op = Op {
+                    id: next_id,
+                    price: price as u32,
+                    qty: qty as u32,
+                    kind,
+                    bid,
+                };
                 next_id += 1;
                 op
             }
@@ -242,12 +288,22 @@ fn generate(args: &Args, n: usize) -> anyhow::Result<Workload> {
                 let (id, bid, cur) = live.orders[rng.below(live.orders.len() as u64) as usize];
                 let mut price = own_price(&mut rng, bid);
                 if price == cur {
-                    price = if bid { (price - 1).max((CENTER - half) as u32) } else { (price + 1).min((CENTER + half) as u32) };
+                    price = if bid {
+                        (price - 1).max((CENTER - half) as u32)
+                    } else {
+                        (price + 1).min((CENTER + half) as u32)
+                    };
                     if price == cur {
                         price = if bid { cur + 1 } else { cur - 1 };
                     }
                 }
-                Op { id, price, qty: 0, kind, bid }
+                Op {
+                    id,
+                    price,
+                    qty: 0,
+                    kind,
+                    bid,
+                }
             }
         };
         apply(&mut book, &mut live, op, &mut seq);
@@ -283,10 +339,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         counts[KINDS.iter().position(|k| *k == op.kind).unwrap_or(0)] += 1;
     }
     let (book0, _) = fresh_book(&w)?;
-    println!("loadtest book — seed {}, generated in {:.1?}", args.seed, t.elapsed());
+    println!(
+        "loadtest book — seed {}, generated in {:.1?}",
+        args.seed,
+        t.elapsed()
+    );
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("  machine: {cpus} CPUs, load average {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "  machine: {cpus} CPUs, load average {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "  pre-fill: {} resting orders over {} levels (bids {}, asks {})",
         book0.len(),
@@ -315,7 +381,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     black_box(n_events);
     let core_rate = n as f64 / core_s;
     println!();
-    println!("matching-core throughput: {n} ops in {core_s:.3} s = {:.0} ops/s (one thread)", core_rate);
+    println!(
+        "matching-core throughput: {n} ops in {core_s:.3} s = {:.0} ops/s (one thread)",
+        core_rate
+    );
     println!(
         "  {n_events} events; book after: {} orders, {} bid / {} ask levels",
         book.len(),
@@ -377,9 +446,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "orderbook-rs 0.15 throughput: {peer_n} ops = {:.0} ops/s (amend-price = update_order(UpdatePrice), cancel-then-add inside)",
         peer_rate.0
     );
-    println!("  {} of its calls returned an error (e.g. cancel/move of an order it had already filled)", peer_rate.1);
+    println!(
+        "  {} of its calls returned an error (e.g. cancel/move of an order it had already filled)",
+        peer_rate.1
+    );
     println!();
-    println!("ratio matching-core / orderbook-rs: {:.1}x", core_rate / peer_rate.0);
+    println!(
+        "ratio matching-core / orderbook-rs: {:.1}x",
+        core_rate / peer_rate.0
+    );
     Ok(())
 }
 
@@ -408,18 +483,46 @@ fn peer_throughput(w: &Workload, n: usize) -> (f64, usize) {
     let book = DefaultOrderBook::new("BENCH");
     let side = |op: &Op| if op.bid { PSide::Buy } else { PSide::Sell };
     for op in &w.prefill {
-        let _ = book.add_limit_order(Id::from_u64(op.id as u64), op.price as u128, op.qty as u64, side(op), PTif::Gtc, None);
+        let _ = book.add_limit_order(
+            Id::from_u64(op.id as u64),
+            op.price as u128,
+            op.qty as u64,
+            side(op),
+            PTif::Gtc,
+            None,
+        );
     }
     let mut errors = 0usize;
     let start = Instant::now();
     for op in &w.ops[..n] {
         let id = Id::from_u64(op.id as u64);
         let ok = match op.kind {
-            Kind::Gtc => book.add_limit_order(id, op.price as u128, op.qty as u64, side(op), PTif::Gtc, None).is_ok(),
-            Kind::Ioc => book.add_limit_order(id, op.price as u128, op.qty as u64, side(op), PTif::Ioc, None).is_ok(),
+            Kind::Gtc => book
+                .add_limit_order(
+                    id,
+                    op.price as u128,
+                    op.qty as u64,
+                    side(op),
+                    PTif::Gtc,
+                    None,
+                )
+                .is_ok(),
+            Kind::Ioc => book
+                .add_limit_order(
+                    id,
+                    op.price as u128,
+                    op.qty as u64,
+                    side(op),
+                    PTif::Ioc,
+                    None,
+                )
+                .is_ok(),
             Kind::Cancel => book.cancel_order(id).is_ok(),
             Kind::Move => book
-                .update_order(OrderUpdate::UpdatePrice { order_id: id, new_price: Price::new(op.price as u128) })
+                .update_order(OrderUpdate::UpdatePrice {
+                    order_id: id,
+                    new_price: Price::new(op.price as u128),
+                })
                 .is_ok(),
         };
         if !ok {

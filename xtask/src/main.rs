@@ -177,10 +177,6 @@ impl Project {
         if postgres_bin_dir().is_none() {
             missing.push("postgresql");
         }
-        if !Path::new("/usr/include/postgresql/libpq-fe.h").exists() {
-            // diesel links libpq
-            missing.push("libpq-dev");
-        }
         if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
             missing.extend(["python3", "python3-pip", "python3-venv"]);
         }

@@ -95,7 +95,11 @@ impl OrderBook {
             free: Vec::new(),
             index: HashMap::with_capacity_and_hasher(1024, FxBuild::default()),
             expiries: BTreeMap::new(),
-            whale: Whale::new(config.whale_cap_bps, config.whale_window, config.whale_min_volume),
+            whale: Whale::new(
+                config.whale_cap_bps,
+                config.whale_window,
+                config.whale_min_volume,
+            ),
             whale_on: config.whale_enabled(),
             next_event_seq: 1,
             next_priority: 1,
@@ -117,7 +121,13 @@ impl OrderBook {
     pub fn apply(&mut self, cmd: &Command, out: &mut Vec<Event>) {
         self.cmd = cmd.seq;
         if cmd.seq <= self.last_seq || cmd.time < self.last_time {
-            self.emit(out, EventKind::Rejected { id: cmd.kind.order_id(), reason: RejectReason::OutOfSequence });
+            self.emit(
+                out,
+                EventKind::Rejected {
+                    id: cmd.kind.order_id(),
+                    reason: RejectReason::OutOfSequence,
+                },
+            );
             return;
         }
         self.last_seq = cmd.seq;
@@ -179,7 +189,11 @@ impl OrderBook {
                 break;
             }
             let l = &lad.levels[i as usize];
-            v.push(Level { price: self.cfg.min_price + i as u64, qty: l.total, orders: l.count });
+            v.push(Level {
+                price: self.cfg.min_price + i as u64,
+                qty: l.total,
+                orders: l.count,
+            });
             cur = lad.next_worse(i);
         }
         v
@@ -302,7 +316,13 @@ impl OrderBook {
 
     fn place(&mut self, p: &Place, out: &mut Vec<Event>) {
         if let Err(reason) = self.check_place(p) {
-            self.emit(out, EventKind::Rejected { id: Some(p.id), reason });
+            self.emit(
+                out,
+                EventKind::Rejected {
+                    id: Some(p.id),
+                    reason,
+                },
+            );
             return;
         }
         let limit = match (p.price, p.side) {
@@ -321,10 +341,25 @@ impl OrderBook {
             stp: p.stp.unwrap_or(self.cfg.stp),
         };
         if p.tif == TimeInForce::Fok && !self.fok_fillable(&t) {
-            self.emit(out, EventKind::Rejected { id: Some(p.id), reason: RejectReason::FokUnfillable });
+            self.emit(
+                out,
+                EventKind::Rejected {
+                    id: Some(p.id),
+                    reason: RejectReason::FokUnfillable,
+                },
+            );
             return;
         }
-        self.emit(out, EventKind::Accepted { id: p.id, account: p.account, side: p.side, price: p.price, qty: p.qty });
+        self.emit(
+            out,
+            EventKind::Accepted {
+                id: p.id,
+                account: p.account,
+                side: p.side,
+                price: p.price,
+                qty: p.qty,
+            },
+        );
         let stop = self.run_match(&mut t, out);
         if t.qty == 0 {
             return;
@@ -353,7 +388,14 @@ impl OrderBook {
             Stop::Whale => CancelReason::WhaleCap,
             Stop::Budget => CancelReason::Budget,
         };
-        self.emit(out, EventKind::Cancelled { id: p.id, qty: t.qty, reason });
+        self.emit(
+            out,
+            EventKind::Cancelled {
+                id: p.id,
+                qty: t.qty,
+                reason,
+            },
+        );
     }
 
     fn check_place(&self, p: &Place) -> Result<(), RejectReason> {
@@ -365,7 +407,9 @@ impl OrderBook {
             return Err(QuantityOutOfRange);
         }
         match p.price {
-            Some(px) if px < self.cfg.min_price || px > self.cfg.max_price => return Err(PriceOutOfRange),
+            Some(px) if px < self.cfg.min_price || px > self.cfg.max_price => {
+                return Err(PriceOutOfRange);
+            }
             None if p.tif.rests() => return Err(InvalidTimeInForce),
             _ => {}
         }
@@ -420,7 +464,13 @@ impl OrderBook {
         let s = match self.lookup(c.id, c.account) {
             Ok(s) => s,
             Err(reason) => {
-                self.emit(out, EventKind::Rejected { id: Some(c.id), reason });
+                self.emit(
+                    out,
+                    EventKind::Rejected {
+                        id: Some(c.id),
+                        reason,
+                    },
+                );
                 return;
             }
         };
@@ -430,7 +480,14 @@ impl OrderBook {
         };
         self.unlink(s);
         self.release(s);
-        self.emit(out, EventKind::Cancelled { id: c.id, qty, reason: CancelReason::User });
+        self.emit(
+            out,
+            EventKind::Cancelled {
+                id: c.id,
+                qty,
+                reason: CancelReason::User,
+            },
+        );
         self.delta(side, price, out);
     }
 
@@ -446,13 +503,27 @@ impl OrderBook {
         let s = match self.check_amend(a) {
             Ok(s) => s,
             Err(reason) => {
-                self.emit(out, EventKind::Rejected { id: Some(a.id), reason });
+                self.emit(
+                    out,
+                    EventKind::Rejected {
+                        id: Some(a.id),
+                        reason,
+                    },
+                );
                 return;
             }
         };
         let o = {
             let o = &self.slots[s as usize];
-            AmendFrom { id: o.id, account: o.account, owner: o.owner, side: o.side, price: o.price, qty: o.qty, stp: o.stp }
+            AmendFrom {
+                id: o.id,
+                account: o.account,
+                owner: o.owner,
+                side: o.side,
+                price: o.price,
+                qty: o.qty,
+                stp: o.stp,
+            }
         };
         let new_qty = a.qty.unwrap_or(o.qty);
         let new_price = a.price.unwrap_or(o.price);
@@ -462,7 +533,15 @@ impl OrderBook {
                 self.slots[s as usize].qty = new_qty;
                 let i = (o.price - self.cfg.min_price) as usize;
                 self.ladder_mut(o.side).levels[i].total -= o.qty - new_qty;
-                self.emit(out, EventKind::Amended { id: a.id, price: o.price, qty: new_qty, kept_priority: true });
+                self.emit(
+                    out,
+                    EventKind::Amended {
+                        id: a.id,
+                        price: o.price,
+                        qty: new_qty,
+                        kept_priority: true,
+                    },
+                );
                 if new_qty != o.qty {
                     self.delta(o.side, o.price, out);
                 }
@@ -470,14 +549,30 @@ impl OrderBook {
                 // Increase: back of the queue.
                 self.unlink(s);
                 self.slots[s as usize].qty = new_qty;
-                self.emit(out, EventKind::Amended { id: a.id, price: o.price, qty: new_qty, kept_priority: false });
+                self.emit(
+                    out,
+                    EventKind::Amended {
+                        id: a.id,
+                        price: o.price,
+                        qty: new_qty,
+                        kept_priority: false,
+                    },
+                );
                 self.rest(s, false, out);
             }
             return;
         }
         // Price change: leave the old level, match as a taker at the new price, rest the rest.
         self.unlink(s);
-        self.emit(out, EventKind::Amended { id: a.id, price: new_price, qty: new_qty, kept_priority: false });
+        self.emit(
+            out,
+            EventKind::Amended {
+                id: a.id,
+                price: new_price,
+                qty: new_qty,
+                kept_priority: false,
+            },
+        );
         self.delta(o.side, o.price, out);
         let mut t = Taker {
             id: o.id,
@@ -506,7 +601,14 @@ impl OrderBook {
             Stop::Whale => CancelReason::WhaleCap,
         };
         self.release(s);
-        self.emit(out, EventKind::Cancelled { id: o.id, qty: t.qty, reason });
+        self.emit(
+            out,
+            EventKind::Cancelled {
+                id: o.id,
+                qty: t.qty,
+                reason,
+            },
+        );
     }
 
     fn check_amend(&self, a: &Amend) -> Result<u32, RejectReason> {
@@ -573,7 +675,8 @@ impl OrderBook {
             let mut stop = None;
             while s != NIL {
                 let m = &self.slots[s as usize];
-                let (next, m_id, m_account, m_owner, m_qty) = (m.next, m.id, m.account, m.owner, m.qty);
+                let (next, m_id, m_account, m_owner, m_qty) =
+                    (m.next, m.id, m.account, m.owner, m.qty);
                 let mut q = t.qty.min(m_qty);
                 if let Some(b) = t.budget {
                     let afford = b / price;
@@ -583,7 +686,11 @@ impl OrderBook {
                     }
                     q = q.min(afford);
                 }
-                let ask_owner = if t.side == Side::Bid { m_owner } else { t.owner };
+                let ask_owner = if t.side == Side::Bid {
+                    m_owner
+                } else {
+                    t.owner
+                };
                 if self.whale_on {
                     let allow = self.whale.allow(ask_owner, 0, 0);
                     if allow == 0 {
@@ -601,7 +708,14 @@ impl OrderBook {
                         StpMode::CancelOldest => {
                             self.unlink(s);
                             self.release(s);
-                            self.emit(out, EventKind::Cancelled { id: m_id, qty: m_qty, reason: CancelReason::SelfTrade });
+                            self.emit(
+                                out,
+                                EventKind::Cancelled {
+                                    id: m_id,
+                                    qty: m_qty,
+                                    reason: CancelReason::SelfTrade,
+                                },
+                            );
                             touched = true;
                             s = next;
                             continue;
@@ -613,7 +727,14 @@ impl OrderBook {
                         StpMode::CancelBoth => {
                             self.unlink(s);
                             self.release(s);
-                            self.emit(out, EventKind::Cancelled { id: m_id, qty: m_qty, reason: CancelReason::SelfTrade });
+                            self.emit(
+                                out,
+                                EventKind::Cancelled {
+                                    id: m_id,
+                                    qty: m_qty,
+                                    reason: CancelReason::SelfTrade,
+                                },
+                            );
                             touched = true;
                             stop = Some(Stop::SelfTrade);
                             break;
@@ -704,9 +825,17 @@ impl OrderBook {
                     }
                     q = q.min(afford);
                 }
-                let ask_owner = if t.side == Side::Bid { m.owner } else { t.owner };
+                let ask_owner = if t.side == Side::Bid {
+                    m.owner
+                } else {
+                    t.owner
+                };
                 if self.whale_on {
-                    let extra = self.scratch.iter().find(|(o, _)| *o == ask_owner).map_or(0, |x| x.1);
+                    let extra = self
+                        .scratch
+                        .iter()
+                        .find(|(o, _)| *o == ask_owner)
+                        .map_or(0, |x| x.1);
                     let allow = self.whale.allow(ask_owner, extra, extra_total);
                     if allow == 0 {
                         if t.side == Side::Bid {
@@ -748,13 +877,25 @@ impl OrderBook {
     // ---- plumbing -------------------------------------------------------------------------
 
     fn emit(&mut self, out: &mut Vec<Event>, kind: EventKind) {
-        out.push(Event { seq: self.next_event_seq, cmd: self.cmd, kind });
+        out.push(Event {
+            seq: self.next_event_seq,
+            cmd: self.cmd,
+            kind,
+        });
         self.next_event_seq += 1;
     }
 
     fn delta(&mut self, side: Side, price: Price, out: &mut Vec<Event>) {
         let l = self.ladder(side).levels[(price - self.cfg.min_price) as usize];
-        self.emit(out, EventKind::Delta { side, price, qty: l.total, orders: l.count });
+        self.emit(
+            out,
+            EventKind::Delta {
+                side,
+                price,
+                qty: l.total,
+                orders: l.count,
+            },
+        );
     }
 
     fn ladder(&self, side: Side) -> &Ladder {
@@ -804,7 +945,9 @@ impl OrderBook {
     /// Appends slot `s` at the tail of its level.
     fn link(&mut self, s: u32) {
         let min = self.cfg.min_price;
-        let Self { slots, bids, asks, .. } = self;
+        let Self {
+            slots, bids, asks, ..
+        } = self;
         let (side, price, qty) = {
             let o = &slots[s as usize];
             (o.side, o.price, o.qty)
@@ -831,7 +974,9 @@ impl OrderBook {
     /// Removes slot `s` from its level (the slot itself stays allocated and indexed).
     fn unlink(&mut self, s: u32) {
         let min = self.cfg.min_price;
-        let Self { slots, bids, asks, .. } = self;
+        let Self {
+            slots, bids, asks, ..
+        } = self;
         let (side, price, qty, prev, next) = {
             let o = &slots[s as usize];
             (o.side, o.price, o.qty, o.prev, o.next)

@@ -11,7 +11,12 @@ pub(crate) struct LevelSlot {
     pub total: u64,
 }
 
-const EMPTY: LevelSlot = LevelSlot { head: NIL, tail: NIL, count: 0, total: 0 };
+const EMPTY: LevelSlot = LevelSlot {
+    head: NIL,
+    tail: NIL,
+    count: 0,
+    total: 0,
+};
 
 #[derive(Clone, Debug)]
 struct Bitset {
@@ -22,7 +27,10 @@ struct Bitset {
 impl Bitset {
     fn new(n: usize) -> Self {
         let w0 = n.div_ceil(64);
-        Bitset { l0: vec![0; w0], l1: vec![0; w0.div_ceil(64)] }
+        Bitset {
+            l0: vec![0; w0],
+            l1: vec![0; w0.div_ceil(64)],
+        }
     }
     fn set(&mut self, i: usize) {
         let w = i >> 6;
@@ -51,7 +59,11 @@ impl Bitset {
         if j >= self.l1.len() {
             return None;
         }
-        let mut m1 = if w1 & 63 == 0 { self.l1[j] } else { self.l1[j] & (!0u64 << (w1 & 63)) };
+        let mut m1 = if w1 & 63 == 0 {
+            self.l1[j]
+        } else {
+            self.l1[j] & (!0u64 << (w1 & 63))
+        };
         loop {
             if m1 != 0 {
                 let ww = (j << 6) + m1.trailing_zeros() as usize;
@@ -68,7 +80,11 @@ impl Bitset {
     fn prev_le(&self, i: usize) -> Option<usize> {
         let w = i >> 6;
         let b = i & 63;
-        let mask = if b == 63 { !0u64 } else { (1u64 << (b + 1)) - 1 };
+        let mask = if b == 63 {
+            !0u64
+        } else {
+            (1u64 << (b + 1)) - 1
+        };
         let m = self.l0[w] & mask;
         if m != 0 {
             return Some((w << 6) + 63 - m.leading_zeros() as usize);
@@ -79,7 +95,12 @@ impl Bitset {
         let w1 = w - 1;
         let mut j = w1 >> 6;
         let b1 = w1 & 63;
-        let mut m1 = self.l1[j] & if b1 == 63 { !0u64 } else { (1u64 << (b1 + 1)) - 1 };
+        let mut m1 = self.l1[j]
+            & if b1 == 63 {
+                !0u64
+            } else {
+                (1u64 << (b1 + 1)) - 1
+            };
         loop {
             if m1 != 0 {
                 let ww = (j << 6) + 63 - m1.leading_zeros() as usize;
@@ -106,7 +127,13 @@ pub(crate) struct Ladder {
 
 impl Ladder {
     pub fn new(n: usize, is_bid: bool) -> Self {
-        Ladder { levels: vec![EMPTY; n], bits: Bitset::new(n), is_bid, best: None, nonempty: 0 }
+        Ladder {
+            levels: vec![EMPTY; n],
+            bits: Bitset::new(n),
+            is_bid,
+            best: None,
+            nonempty: 0,
+        }
     }
 
     /// Marks level `i` non-empty (call when its count goes 0 → 1).
@@ -136,7 +163,11 @@ impl Ladder {
     /// The next non-empty level worse than `i` (lower for bids, higher for asks).
     pub fn next_worse(&self, i: u32) -> Option<u32> {
         if self.is_bid {
-            if i == 0 { None } else { self.bits.prev_le(i as usize - 1).map(|x| x as u32) }
+            if i == 0 {
+                None
+            } else {
+                self.bits.prev_le(i as usize - 1).map(|x| x as u32)
+            }
         } else {
             self.bits.next_ge(i as usize + 1).map(|x| x as u32)
         }
@@ -155,7 +186,9 @@ mod tests {
         for &m in &marks {
             b.set(m);
         }
-        for probe in [0usize, 1, 6, 63, 64, 65, 4000, 4096, 4097, 99_999, 100_001, 299_999] {
+        for probe in [
+            0usize, 1, 6, 63, 64, 65, 4000, 4096, 4097, 99_999, 100_001, 299_999,
+        ] {
             let ge = marks.iter().copied().find(|&m| m >= probe);
             let le = marks.iter().rev().copied().find(|&m| m <= probe);
             assert_eq!(b.next_ge(probe), ge, "next_ge {probe}");

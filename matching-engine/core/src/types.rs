@@ -323,14 +323,28 @@ pub enum EventKind {
         taker_left: Qty,
     },
     /// `qty` remaining on the order was cancelled.
-    Cancelled { id: OrderId, qty: Qty, reason: CancelReason },
+    Cancelled {
+        id: OrderId,
+        qty: Qty,
+        reason: CancelReason,
+    },
     /// A GTD order reached its expiry; `qty` was still resting.
     Expired { id: OrderId, qty: Qty },
     /// A resting order was amended to (`price`, `qty`).
-    Amended { id: OrderId, price: Price, qty: Qty, kept_priority: bool },
+    Amended {
+        id: OrderId,
+        price: Price,
+        qty: Qty,
+        kept_priority: bool,
+    },
     /// The new state of one price level (what an L2 feed client applies): total quantity and
     /// order count; `qty: 0` removes the level.
-    Delta { side: Side, price: Price, qty: Qty, orders: u32 },
+    Delta {
+        side: Side,
+        price: Price,
+        qty: Qty,
+        orders: u32,
+    },
 }
 
 /// Why a command was rejected. Serialized in snake_case, stable.

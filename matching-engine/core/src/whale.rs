@@ -42,7 +42,12 @@ pub(crate) struct Whale {
 
 impl Whale {
     pub fn new(cap_bps: u32, window: u64, min_volume: u64) -> Self {
-        Whale { cap_bps: cap_bps as u64, window, min_volume, ..Default::default() }
+        Whale {
+            cap_bps: cap_bps as u64,
+            window,
+            min_volume,
+            ..Default::default()
+        }
     }
 
     pub fn evict(&mut self, now: u64) {
@@ -63,7 +68,11 @@ impl Whale {
     pub fn record(&mut self, now: u64, owner: OwnerId, qty: Qty) {
         match self.entries.back_mut() {
             Some(e) if e.time == now && e.owner == owner => e.qty += qty,
-            _ => self.entries.push_back(WindowEntry { time: now, owner, qty }),
+            _ => self.entries.push_back(WindowEntry {
+                time: now,
+                owner,
+                qty,
+            }),
         }
         *self.per_owner.entry(owner).or_insert(0) += qty;
         self.total += qty;
@@ -76,7 +85,11 @@ impl Whale {
         let v = (self.per_owner.get(&owner).copied().unwrap_or(0) + extra_owner) as u128;
         let base = (self.min_volume as u128).saturating_sub(t);
         let cap = self.cap_bps as u128;
-        let capq = if cap * t > 10_000 * v { (cap * t - 10_000 * v) / (10_000 - cap) } else { 0 };
+        let capq = if cap * t > 10_000 * v {
+            (cap * t - 10_000 * v) / (10_000 - cap)
+        } else {
+            0
+        };
         base.max(capq).min(u64::MAX as u128) as u64
     }
 

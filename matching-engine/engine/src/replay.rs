@@ -30,7 +30,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = if args.file.as_os_str() == "-" {
         replay(io::stdin().lock(), &mut out)
     } else {
-        let f = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+        let f = File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
         replay(BufReader::new(f), &mut out)
     };
     out.flush()?;
@@ -53,17 +54,22 @@ pub fn replay(input: impl BufRead, mut out: impl Write) -> anyhow::Result<u64> {
             if book.is_some() {
                 bail!("line {lineno}: the market config must come before the first command");
             }
-            let mut v: serde_json::Value =
-                serde_json::from_str(text).with_context(|| format!("line {lineno}: invalid JSON"))?;
+            let mut v: serde_json::Value = serde_json::from_str(text)
+                .with_context(|| format!("line {lineno}: invalid JSON"))?;
             let cfg: MarketConfig = serde_json::from_value(v["config"].take())
                 .with_context(|| format!("line {lineno}: invalid market config"))?;
-            book = Some(OrderBook::new(cfg).with_context(|| format!("line {lineno}: invalid market config"))?);
+            book = Some(
+                OrderBook::new(cfg)
+                    .with_context(|| format!("line {lineno}: invalid market config"))?,
+            );
             continue;
         }
-        let cmd: Command = serde_json::from_str(text).with_context(|| format!("line {lineno}: invalid command"))?;
+        let cmd: Command = serde_json::from_str(text)
+            .with_context(|| format!("line {lineno}: invalid command"))?;
         let book = match book.as_mut() {
             Some(b) => b,
-            None => book.insert(OrderBook::new(MarketConfig::default()).context("default market config")?),
+            None => book
+                .insert(OrderBook::new(MarketConfig::default()).context("default market config")?),
         };
         events.clear();
         book.apply(&cmd, &mut events);

@@ -5,17 +5,27 @@ use std::path::Path;
 use std::process::Command;
 
 fn data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn replay(file: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_matching-engine")).arg("replay").arg(file).output().expect("run binary")
+    Command::new(env!("CARGO_BIN_EXE_matching-engine"))
+        .arg("replay")
+        .arg(file)
+        .output()
+        .expect("run binary")
 }
 
 #[test]
 fn sample_log_gives_expected_events() {
     let out = replay(&data("sample.jsonl"));
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let actual = String::from_utf8(out.stdout).unwrap();
     let expected_path = data("sample.expected.jsonl");
     if std::env::var_os("UPDATE_EXPECT").is_some() {

@@ -52,21 +52,46 @@ fn decode(r: Raw, seq: &mut u64, time: &mut u64) -> Command {
         2 => Some(StpMode::CancelOldest),
         _ => Some(StpMode::CancelBoth),
     };
-    let price = if r[4] % 89 == 0 { 200 } else { 90 + (r[4] % 21) as u64 };
-    let qty = if r[1] % 97 == 0 { 0 } else { 1 + (r[1] / 40 % 20) as u64 };
+    let price = if r[4] % 89 == 0 {
+        200
+    } else {
+        90 + (r[4] % 21) as u64
+    };
+    let qty = if r[1] % 97 == 0 {
+        0
+    } else {
+        1 + (r[1] / 40 % 20) as u64
+    };
     let kind = match r[0] % 100 {
         0..45 => {
-            let side = if (r[3] >> 1) & 1 == 0 { Side::Bid } else { Side::Ask };
+            let side = if (r[3] >> 1) & 1 == 0 {
+                Side::Bid
+            } else {
+                Side::Ask
+            };
             let market = r[5] % 10 == 0;
             let (tif, post_only) = match r[5] / 10 % 10 {
-                _ if market => (if r[5] % 20 == 0 { TimeInForce::Fok } else { TimeInForce::Ioc }, false),
-                6 => (TimeInForce::Gtd { expires_at: *time + 1 + (r[4] % 20) as u64 }, false),
+                _ if market => (
+                    if r[5] % 20 == 0 {
+                        TimeInForce::Fok
+                    } else {
+                        TimeInForce::Ioc
+                    },
+                    false,
+                ),
+                6 => (
+                    TimeInForce::Gtd {
+                        expires_at: *time + 1 + (r[4] % 20) as u64,
+                    },
+                    false,
+                ),
                 7 => (TimeInForce::Ioc, false),
                 8 => (TimeInForce::Fok, false),
                 9 => (TimeInForce::Gtc, true),
                 _ => (TimeInForce::Gtc, false),
             };
-            let budget = (market && side == Side::Bid && r[2] % 7 != 0).then_some((r[2] % 3000) as u64);
+            let budget =
+                (market && side == Side::Bid && r[2] % 7 != 0).then_some((r[2] % 3000) as u64);
             CommandKind::Place(Place {
                 id,
                 account,
@@ -89,12 +114,18 @@ fn decode(r: Raw, seq: &mut u64, time: &mut u64) -> Command {
         }),
         _ => CommandKind::Expire {},
     };
-    Command { seq: cmd_seq, time: *time, kind }
+    Command {
+        seq: cmd_seq,
+        time: *time,
+        kind,
+    }
 }
 
 fn commands(raws: &[Raw]) -> Vec<Command> {
     let (mut seq, mut time) = (0, 0);
-    raws.iter().map(|r| decode(*r, &mut seq, &mut time)).collect()
+    raws.iter()
+        .map(|r| decode(*r, &mut seq, &mut time))
+        .collect()
 }
 
 /// Quantity bookkeeping rebuilt from events alone.
@@ -110,7 +141,10 @@ struct Ledger {
 
 impl Ledger {
     fn take(&mut self, id: OrderId, q: u64, left: u64) -> Result<(), String> {
-        let r = self.remaining.get_mut(&id).ok_or(format!("fill of unknown {id:?}"))?;
+        let r = self
+            .remaining
+            .get_mut(&id)
+            .ok_or(format!("fill of unknown {id:?}"))?;
         if *r < q || *r - q != left {
             return Err(format!("fill of {id:?}: had {r}, filled {q}, left {left}"));
         }
@@ -125,7 +159,14 @@ impl Ledger {
                     self.placed += qty;
                     self.remaining.insert(id, qty);
                 }
-                EventKind::Fill { maker, taker, qty, maker_left, taker_left, .. } => {
+                EventKind::Fill {
+                    maker,
+                    taker,
+                    qty,
+                    maker_left,
+                    taker_left,
+                    ..
+                } => {
                     if qty == 0 {
                         return Err("empty fill".into());
                     }
@@ -161,7 +202,11 @@ impl Ledger {
 }
 
 fn l3(book: &OrderBook) -> BTreeMap<OrderId, RestingOrder> {
-    book.orders(Side::Bid).into_iter().chain(book.orders(Side::Ask)).map(|o| (o.id, o)).collect()
+    book.orders(Side::Bid)
+        .into_iter()
+        .chain(book.orders(Side::Ask))
+        .map(|o| (o.id, o))
+        .collect()
 }
 
 /// Runs `cmds` checking the per-command invariants; returns the events as JSONL.
@@ -181,7 +226,10 @@ fn run_checked(cfg: &MarketConfig, cmds: &[Command]) -> Result<String, String> {
         }
         for e in &out {
             if e.seq != next_seq || e.cmd != cmd.seq {
-                return Err(ctx(format!("event seq {} / cmd {} unexpected", e.seq, e.cmd)));
+                return Err(ctx(format!(
+                    "event seq {} / cmd {} unexpected",
+                    e.seq, e.cmd
+                )));
             }
             next_seq += 1;
             jsonl += &serde_json::to_string(e).unwrap();
@@ -193,16 +241,29 @@ fn run_checked(cfg: &MarketConfig, cmds: &[Command]) -> Result<String, String> {
         let resting: u64 = after.values().map(|o| o.qty).sum();
         let now: BTreeMap<_, _> = after.iter().map(|(id, o)| (*id, o.qty)).collect();
         if now != ledger.remaining {
-            return Err(ctx(format!("events say {:?}, book has {now:?}", ledger.remaining)));
+            return Err(ctx(format!(
+                "events say {:?}, book has {now:?}",
+                ledger.remaining
+            )));
         }
-        if ledger.placed != 2 * ledger.filled + resting + ledger.cancelled + ledger.expired + ledger.reduced {
+        if ledger.placed
+            != 2 * ledger.filled + resting + ledger.cancelled + ledger.expired + ledger.reduced
+        {
             return Err(ctx("quantity not conserved".into()));
         }
         // Price-time priority of the fills of one taker.
         let mut last: Option<(Side, u64, u64)> = None;
         for e in &out {
-            if let EventKind::Fill { maker, taker_side, price, .. } = e.kind {
-                let m = before.get(&maker).ok_or_else(|| ctx(format!("maker {maker:?} was not resting")))?;
+            if let EventKind::Fill {
+                maker,
+                taker_side,
+                price,
+                ..
+            } = e.kind
+            {
+                let m = before
+                    .get(&maker)
+                    .ok_or_else(|| ctx(format!("maker {maker:?} was not resting")))?;
                 let key = match taker_side {
                     Side::Bid => price,
                     Side::Ask => u64::MAX - price,
@@ -226,7 +287,9 @@ fn events_jsonl(book: &mut OrderBook, cmds: &[Command]) -> String {
     for c in cmds {
         book.apply(c, &mut out);
     }
-    out.iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect()
+    out.iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect()
 }
 
 /// Runs every check; returns the events (JSONL).
@@ -308,9 +371,14 @@ const NEEDLES: [&str; 12] = [
 /// (each with replay and snapshot checks). `GRIDBOOK_FUZZ_COMMANDS` sets the total.
 #[test]
 fn fuzz_random_commands() {
-    let total: usize =
-        std::env::var("GRIDBOOK_FUZZ_COMMANDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let seed: u64 = std::env::var("GRIDBOOK_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let total: usize = std::env::var("GRIDBOOK_FUZZ_COMMANDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let seed: u64 = std::env::var("GRIDBOOK_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let mut rng = SplitMix(seed);
     let mut done = 0;
     let mut round = 0u32;
@@ -320,7 +388,14 @@ fn fuzz_random_commands() {
         let raws: Vec<Raw> = (0..n)
             .map(|_| {
                 let (a, b, c) = (rng.next(), rng.next(), rng.next());
-                [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32, c as u32, (c >> 32) as u32]
+                [
+                    a as u32,
+                    (a >> 32) as u32,
+                    b as u32,
+                    (b >> 32) as u32,
+                    c as u32,
+                    (c >> 32) as u32,
+                ]
             })
             .collect();
         let split = rng.next() as usize;
@@ -346,7 +421,11 @@ fn fuzz_random_commands() {
 #[test]
 fn restore_rejects_bad_snapshots() {
     let cfg = config(0);
-    let cmds = commands(&[[1, 2, 3, 0, 5, 11], [2, 7, 3, 2, 9, 11], [3, 9, 1, 0, 1, 11]]);
+    let cmds = commands(&[
+        [1, 2, 3, 0, 5, 11],
+        [2, 7, 3, 2, 9, 11],
+        [3, 9, 1, 0, 1, 11],
+    ]);
     let mut book = OrderBook::new(cfg).unwrap();
     events_jsonl(&mut book, &cmds);
     let good = book.snapshot();
@@ -369,12 +448,50 @@ fn restore_rejects_bad_snapshots() {
         OrderBook::restore(&s).err()
     };
     let bid_list = |o: RestingOrder| move |s: &mut Snapshot| s.bids = vec![o];
-    assert!(bad(&bid_list(RestingOrder { price: 500, ..order })).is_some(), "price out of range");
-    assert!(bad(&bid_list(RestingOrder { qty: 0, ..order })).is_some(), "empty order");
-    assert!(bad(&bid_list(RestingOrder { side: Side::Ask, ..order })).is_some(), "wrong side");
-    assert!(bad(&bid_list(RestingOrder { tif: TimeInForce::Ioc, ..order })).is_some(), "IOC resting");
-    assert!(bad(&|s| s.bids = vec![order, order]).is_some(), "duplicate id");
-    assert!(bad(&|s| s.bids = vec![order, RestingOrder { id: OrderId(98), price: 101, ..order }]).is_some(), "order");
+    assert!(
+        bad(&bid_list(RestingOrder {
+            price: 500,
+            ..order
+        }))
+        .is_some(),
+        "price out of range"
+    );
+    assert!(
+        bad(&bid_list(RestingOrder { qty: 0, ..order })).is_some(),
+        "empty order"
+    );
+    assert!(
+        bad(&bid_list(RestingOrder {
+            side: Side::Ask,
+            ..order
+        }))
+        .is_some(),
+        "wrong side"
+    );
+    assert!(
+        bad(&bid_list(RestingOrder {
+            tif: TimeInForce::Ioc,
+            ..order
+        }))
+        .is_some(),
+        "IOC resting"
+    );
+    assert!(
+        bad(&|s| s.bids = vec![order, order]).is_some(),
+        "duplicate id"
+    );
+    assert!(
+        bad(&|s| s.bids = vec![
+            order,
+            RestingOrder {
+                id: OrderId(98),
+                price: 101,
+                ..order
+            }
+        ])
+        .is_some(),
+        "order"
+    );
     assert!(bad(&|s| s.config.min_price = 0).is_some(), "config");
     assert!(bad(&bid_list(order)).is_none());
 }

@@ -59,7 +59,10 @@ fn parse_command(line: &str, mut seq: u64, lineno: usize) -> Command {
     let kind = kind.unwrap_or_else(|| panic!("line {lineno}: no command kind"));
     let mut obj = Map::new();
     obj.insert("seq".into(), Value::from(seq));
-    obj.insert("time".into(), Value::from(time.unwrap_or_else(|| panic!("line {lineno}: no t="))));
+    obj.insert(
+        "time".into(),
+        Value::from(time.unwrap_or_else(|| panic!("line {lineno}: no t="))),
+    );
     obj.insert(kind, Value::Object(fields));
     serde_json::from_value(Value::Object(obj)).unwrap_or_else(|e| panic!("line {lineno}: {e}"))
 }
@@ -81,7 +84,11 @@ pub fn render_event(e: &Event) -> String {
 fn run_script(text: &str) -> String {
     let mut out = String::new();
     let mut book: Option<OrderBook> = None;
-    let mut cfg = serde_json::to_value(MarketConfig { max_price: 1000, ..MarketConfig::default() }).unwrap();
+    let mut cfg = serde_json::to_value(MarketConfig {
+        max_price: 1000,
+        ..MarketConfig::default()
+    })
+    .unwrap();
     let mut seq = 0u64;
     let mut events = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -93,7 +100,9 @@ fn run_script(text: &str) -> String {
         out.push('\n');
         if let Some(rest) = line.strip_prefix("config") {
             for kv in rest.split_whitespace() {
-                let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("line {lineno}: key=value"));
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("line {lineno}: key=value"));
                 cfg[k] = scalar(v);
             }
             continue;
@@ -118,13 +127,18 @@ fn run_script(text: &str) -> String {
             }
         } else if let Some(what) = line.strip_prefix('!') {
             match what.trim() {
-                "check" => book.check_invariants().unwrap_or_else(|e| panic!("line {lineno}: {e}")),
+                "check" => book
+                    .check_invariants()
+                    .unwrap_or_else(|e| panic!("line {lineno}: {e}")),
                 "l2" => {
                     for side in [Side::Bid, Side::Ask] {
                         for l in book.depth(side, usize::MAX) {
                             let side = serde_json::to_value(side).unwrap();
                             let side = side.as_str().unwrap();
-                            out.push_str(&format!("  l2 {side} price={} qty={} orders={}\n", l.price, l.qty, l.orders));
+                            out.push_str(&format!(
+                                "  l2 {side} price={} qty={} orders={}\n",
+                                l.price, l.qty, l.orders
+                            ));
                         }
                     }
                 }
@@ -153,12 +167,18 @@ fn run_script(text: &str) -> String {
 #[test]
 fn scenarios() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     let update = std::env::var_os("UPDATE_EXPECT").is_some();
     let mut failed = Vec::new();
     let mut ran = 0;
-    for p in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")) {
+    for p in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+    {
         let text = std::fs::read_to_string(p).unwrap();
         let actual = run_script(&text);
         ran += 1;
@@ -174,11 +194,18 @@ fn scenarios() {
                     }
                 }
                 if text.lines().count() != actual.lines().count() {
-                    eprintln!("  (line counts differ: {} vs {})", text.lines().count(), actual.lines().count());
+                    eprintln!(
+                        "  (line counts differ: {} vs {})",
+                        text.lines().count(),
+                        actual.lines().count()
+                    );
                 }
             }
         }
     }
     assert!(ran >= 5, "scenario files not found in {}", dir.display());
-    assert!(failed.is_empty(), "scenarios differ (UPDATE_EXPECT=1 to rewrite): {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "scenarios differ (UPDATE_EXPECT=1 to rewrite): {failed:?}"
+    );
 }

@@ -148,7 +148,7 @@ fn pending_transfers_expire() {
     let c = &mut db.conn();
     let a = funded(c, "USD", AccountCode::Studio, 1_000);
     let b = funded(c, "USD", AccountCode::Provider, 0);
-    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(1_500);
     let p = store::create_transfer(
         c,
         &NewTransfer::pending(TransferId::new(), a, b, 500, Some(soon), "hold"),
@@ -159,7 +159,7 @@ fn pending_transfers_expire() {
             .unwrap()
             .is_empty()
     );
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    std::thread::sleep(std::time::Duration::from_millis(1_600));
     assert_eq!(
         store::create_transfer(c, &NewTransfer::post(TransferId::new(), p.id, None, "x"))
             .unwrap_err()

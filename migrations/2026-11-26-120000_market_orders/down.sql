@@ -1,0 +1,2 @@
+DROP TABLE market_orders;
+DROP SEQUENCE market_order_ids;

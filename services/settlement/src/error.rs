@@ -1,0 +1,53 @@
+//! Typed errors of the settlement worker.
+
+use gridbook_ledger::LedgerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettlementError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("database connection: {0}")]
+    Connection(#[from] diesel::ConnectionError),
+    #[error("a database task panicked or was cancelled")]
+    TaskFailed,
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("event cannot settle: {0}")]
+    Refused(String),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl SettlementError {
+    pub(crate) fn nats(e: impl std::fmt::Display) -> Self {
+        SettlementError::Nats(e.to_string())
+    }
+
+    /// Worth retrying the whole message (the database or the network, not the event's content).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SettlementError::Ledger(e) => is_transient_ledger(e),
+            SettlementError::Database(_)
+            | SettlementError::Connection(_)
+            | SettlementError::TaskFailed
+            | SettlementError::Nats(_) => true,
+            SettlementError::Encode(_) | SettlementError::Refused(_) => false,
+        }
+    }
+}
+
+/// Ledger errors that say nothing about the event (retry) versus business refusals (the event
+/// cannot settle as it is: log it loudly and move on).
+pub fn is_transient_ledger(e: &LedgerError) -> bool {
+    matches!(
+        e.root(),
+        LedgerError::Database(_)
+            | LedgerError::Connection(_)
+            | LedgerError::Conflict
+            | LedgerError::Migration(_)
+    )
+}
+
+pub type Result<T, E = SettlementError> = std::result::Result<T, E>;

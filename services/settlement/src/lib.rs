@@ -1,0 +1,116 @@
+//! gridbook-settlement: the settlement worker.
+//!
+//! It consumes the engine's event messages (`market.<market>.evt`, stream `GRIDBOOK_EVENTS`)
+//! with a durable pull consumer and settles them exactly once in effect: per message ONE
+//! PostgreSQL transaction holds, for every event with a ledger effect, its `processed_events` row
+//! (`settlement`, `<market>.<event seq>`), the escrow effect and any outbox message; the NATS
+//! message is acked after the commit, so a redelivery finds the events processed and does
+//! nothing. The outbox publisher sends outbox rows to JetStream with `Nats-Msg-Id` = outbox id.
+//!
+//! - `decide`: pure — event + `market_orders` view → [`decide::Effect`] (decisions as data);
+//!   units and the event → ledger mapping are documented there.
+//! - `orders`: the `market_orders` table (engine order id → escrow order, account, node, job).
+//! - `settle`: the database edge — one message, one transaction.
+//! - `worker`: the NATS edge — streams, the consumer loop, the outbox publisher.
+//! - `db`: diesel on tokio's blocking pool.
+//!
+//! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
+//! no escrow: their events are skipped with a debug log and not recorded as processed.
+
+pub mod db;
+pub mod decide;
+pub mod error;
+pub mod orders;
+mod schema;
+pub mod settle;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{error, info};
+
+pub use error::{Result, SettlementError};
+
+/// Typed settings (`gridbook_support::load_config`: defaults, `--config` file, `GRIDBOOK_*`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `GRIDBOOK_DATABASE_URL`. Never logged (it may hold a password).
+    pub database_url: String,
+    /// `GRIDBOOK_NATS_URL`.
+    pub nats_url: String,
+    /// Durable consumer name on `GRIDBOOK_EVENTS`.
+    pub consumer: String,
+    /// Subjects the consumer takes (one market in tests).
+    pub filter_subject: String,
+    /// Messages pulled per request.
+    pub fetch_batch: usize,
+    /// Deliveries of one message before JetStream gives up on it.
+    pub max_deliver: i64,
+    /// Outbox rows per publish round.
+    pub outbox_batch: i64,
+    pub outbox_interval_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            consumer: "settlement".into(),
+            filter_subject: gridbook_wire::subjects::ALL_MARKET_EVTS.into(),
+            fetch_batch: 64,
+            max_deliver: 20,
+            outbox_batch: 256,
+            outbox_interval_ms: 100,
+        }
+    }
+}
+
+/// Runs migrations, ensures the streams, then settles and publishes until the future is
+/// dropped. A failing loop is logged and restarted after a second.
+pub async fn run(settings: Settings) -> Result<()> {
+    let mut db = db::Db::new(&settings.database_url);
+    let applied = db
+        .with(|c| Ok(gridbook_ledger::run_migrations(c)?))
+        .await?;
+    info!(applied = applied.len(), "migrations up to date");
+    let client = async_nats::ConnectOptions::new()
+        .name("settlement-worker")
+        .connect(&settings.nats_url)
+        .await
+        .map_err(SettlementError::nats)?;
+    let js = async_nats::jetstream::new(client);
+    worker::ensure_streams(&js).await?;
+    let wake = Arc::new(Notify::new());
+    let settings = Arc::new(settings);
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = worker::run_consumer(&s, &js, &wake).await {
+                    error!(error = %e, "event consumer failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = worker::run_outbox(&s, &js, &wake).await {
+                    error!(error = %e, "outbox publisher failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    info!(nats = %settings.nats_url, consumer = %settings.consumer, "settlement worker running");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `market_orders`: the engine's order ids (u64) mapped to the marketplace (escrow order, ledger
+//! account, provider node, job). The API inserts rows; the worker reads them and marks bids
+//! accepted.
+
+use diesel::prelude::*;
+use gridbook_ledger::AccountId;
+use matching_core::Side;
+use uuid::Uuid;
+
+use crate::error::{Result, SettlementError};
+use crate::schema::market_orders;
+
+/// One engine order as the marketplace knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarketOrder {
+    pub engine_order_id: u64,
+    pub market: String,
+    pub side: Side,
+    /// Bids: the escrow order id; asks: the marketplace's order id.
+    pub order_id: Uuid,
+    /// Bids: the studio's account; asks: the provider's payout account.
+    pub account_id: AccountId,
+    /// Asks: the node that runs the work.
+    pub node_id: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    /// The event sequence of the engine's `accepted` for this order, once seen.
+    pub accepted_seq: Option<u64>,
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = market_orders)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+struct Row {
+    engine_order_id: i64,
+    market: String,
+    side: String,
+    order_id: Uuid,
+    account_id: Uuid,
+    node_id: Option<Uuid>,
+    job_id: Option<Uuid>,
+    accepted_seq: Option<i64>,
+}
+
+fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::Bid => "bid",
+        Side::Ask => "ask",
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| SettlementError::Refused(format!("{what} {v} exceeds i64")))
+}
+
+impl Row {
+    fn into_order(self) -> Result<MarketOrder> {
+        let bad = |what: &str| SettlementError::Refused(format!("market_orders: bad {what}"));
+        Ok(MarketOrder {
+            engine_order_id: u64::try_from(self.engine_order_id).map_err(|_| bad("id"))?,
+            market: self.market,
+            side: match self.side.as_str() {
+                "bid" => Side::Bid,
+                "ask" => Side::Ask,
+                _ => return Err(bad("side")),
+            },
+            order_id: self.order_id,
+            account_id: AccountId(self.account_id),
+            node_id: self.node_id,
+            job_id: self.job_id,
+            accepted_seq: self.accepted_seq.and_then(|s| u64::try_from(s).ok()),
+        })
+    }
+}
+
+/// The next engine order id (sequence `market_order_ids`).
+pub fn next_engine_order_id(conn: &mut PgConnection) -> Result<u64> {
+    let id: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "nextval('market_order_ids')",
+    ))
+    .get_result(conn)?;
+    Ok(id as u64)
+}
+
+/// Inserts the mapping of one engine order (the API does this in the transaction that reserves
+/// the escrow and queues the order command). Idempotent for an identical row.
+pub fn insert(conn: &mut PgConnection, o: &MarketOrder) -> Result<()> {
+    let row = Row {
+        engine_order_id: to_i64(o.engine_order_id, "engine order id")?,
+        market: o.market.clone(),
+        side: side_str(o.side).to_owned(),
+        order_id: o.order_id,
+        account_id: o.account_id.0,
+        node_id: o.node_id,
+        job_id: o.job_id,
+        accepted_seq: None,
+    };
+    conn.transaction(|c| {
+        let n = diesel::insert_into(market_orders::table)
+            .values(&row)
+            .on_conflict_do_nothing()
+            .execute(c)?;
+        if n == 0 {
+            let existing = get(c, o.engine_order_id)?;
+            let same = existing.as_ref().is_some_and(|e| {
+                MarketOrder {
+                    accepted_seq: None,
+                    ..e.clone()
+                } == MarketOrder {
+                    accepted_seq: None,
+                    ..o.clone()
+                }
+            });
+            if !same {
+                return Err(SettlementError::Refused(format!(
+                    "market order {} exists with different content",
+                    o.engine_order_id
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn get(conn: &mut PgConnection, engine_order_id: u64) -> Result<Option<MarketOrder>> {
+    let Ok(id) = i64::try_from(engine_order_id) else {
+        return Ok(None);
+    };
+    market_orders::table
+        .find(id)
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?
+        .map(Row::into_order)
+        .transpose()
+}
+
+/// The orders of `market` among `ids` (ids beyond i64 cannot be ours and are ignored).
+pub fn load(conn: &mut PgConnection, market: &str, ids: &[u64]) -> Result<Vec<MarketOrder>> {
+    let ids: Vec<i64> = ids.iter().filter_map(|&i| i64::try_from(i).ok()).collect();
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    market_orders::table
+        .filter(market_orders::market.eq(market))
+        .filter(market_orders::engine_order_id.eq_any(ids))
+        .select(Row::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Row::into_order)
+        .collect()
+}
+
+/// Records the engine's `accepted` event for an order (first one wins).
+pub fn mark_accepted(conn: &mut PgConnection, engine_order_id: u64, seq: u64) -> Result<()> {
+    diesel::update(
+        market_orders::table
+            .find(to_i64(engine_order_id, "engine order id")?)
+            .filter(market_orders::accepted_seq.is_null()),
+    )
+    .set(market_orders::accepted_seq.eq(to_i64(seq, "event seq")?))
+    .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The database edge: one event message → one PostgreSQL transaction holding, for every event
+//! with a ledger effect, its `processed_events` row, the escrow effect and the outbox message.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use diesel::prelude::*;
+use gridbook_ledger::{LedgerError, escrow, events};
+use gridbook_wire::{market::EventFrame, subjects};
+use tracing::{debug, error, warn};
+
+use crate::decide::{self, Effect};
+use crate::error::{Result, SettlementError};
+use crate::orders::{self, MarketOrder};
+
+/// What one message did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Events applied to the ledger for the first time.
+    pub applied: usize,
+    /// Events already processed (a redelivery or a republished message).
+    pub duplicates: usize,
+    /// Events that named our orders but could not settle (logged as errors).
+    pub refused: usize,
+    /// Assignments created (and queued to their node).
+    pub assignments: usize,
+}
+
+/// Settles the events of one message in one transaction (committed when this returns `Ok`).
+/// Errors are transient (database, connection): the caller retries the whole message.
+pub fn settle_message(
+    conn: &mut PgConnection,
+    consumer: &str,
+    frames: &[EventFrame],
+) -> Result<Outcome> {
+    conn.transaction(|c| {
+        let mut views = load_views(c, frames)?;
+        let mut out = Outcome::default();
+        for frame in frames {
+            let empty = &mut BTreeMap::new();
+            let view = views.get_mut(&frame.market).unwrap_or(empty);
+            for ev in &frame.events {
+                let Some(effect) = decide::decide(&frame.market, ev, view) else {
+                    continue;
+                };
+                match &effect {
+                    Effect::Skip { why } => {
+                        debug!(market = %frame.market, event.seq = ev.seq, why, "event skipped");
+                        continue;
+                    }
+                    Effect::MarkAccepted { engine_order_id } => {
+                        orders::mark_accepted(c, *engine_order_id, ev.seq)?;
+                        if let Some(o) = view.get_mut(engine_order_id) {
+                            o.accepted_seq = Some(ev.seq);
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                let event_id = decide::event_id(&frame.market, ev.seq);
+                if !events::record_processed_event(c, consumer, &event_id)? {
+                    out.duplicates += 1;
+                    continue;
+                }
+                // A savepoint per event: a refused event leaves no partial effect behind.
+                match c.transaction(|c| apply(c, &effect)) {
+                    Ok(assigned) => {
+                        out.applied += 1;
+                        out.assignments += usize::from(assigned);
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(SettlementError::Ledger(LedgerError::OrderNotFound(order))) => {
+                        out.refused += 1;
+                        warn!(event.id = %event_id, order.id = %order, "bid has no escrow order; event skipped");
+                    }
+                    Err(e) => {
+                        out.refused += 1;
+                        error!(event.id = %event_id, error = %e, ?effect, "event cannot settle; recorded as processed without effect");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The `market_orders` rows the message's events name, per market.
+fn load_views(
+    c: &mut PgConnection,
+    frames: &[EventFrame],
+) -> Result<BTreeMap<String, BTreeMap<u64, MarketOrder>>> {
+    let mut ids: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for f in frames {
+        let set = ids.entry(f.market.as_str()).or_default();
+        for ev in &f.events {
+            set.extend(decide::order_ids(ev));
+        }
+    }
+    let mut views = BTreeMap::new();
+    for (market, ids) in ids {
+        let ids: Vec<u64> = ids.into_iter().collect();
+        let rows = orders::load(c, market, &ids)?;
+        views.insert(
+            market.to_owned(),
+            rows.into_iter().map(|o| (o.engine_order_id, o)).collect(),
+        );
+    }
+    Ok(views)
+}
+
+/// Applies one ledger effect; `true` when it created an assignment.
+fn apply(c: &mut PgConnection, effect: &Effect) -> Result<bool> {
+    match effect {
+        Effect::Skip { .. } | Effect::MarkAccepted { .. } => Ok(false),
+        Effect::Refuse { why } => Err(SettlementError::Refused(why.clone())),
+        Effect::Assign {
+            order_id,
+            provider,
+            assignment: a,
+        } => {
+            // `decide` checked that qty and price fit in i64.
+            escrow::on_fill(
+                c,
+                *order_id,
+                a.assignment_id,
+                *provider,
+                a.qty as i64,
+                a.price as i64,
+            )?;
+            let subject = subjects::node_assign(&a.node_id.to_string());
+            events::enqueue_outbox(c, &subject, &serde_json::to_value(a)?)?;
+            Ok(true)
+        }
+        Effect::Release {
+            order_id,
+            release_id,
+            qty,
+        } => {
+            escrow::release_unfilled(c, *order_id, *release_id, *qty)?;
+            Ok(false)
+        }
+        Effect::ReleaseAllOpen {
+            order_id,
+            release_id,
+        } => {
+            let open = escrow::get_order(c, *order_id)?.quantity_open;
+            if open > 0 {
+                escrow::release_unfilled(c, *order_id, *release_id, open)?;
+            }
+            Ok(false)
+        }
+        Effect::ReleaseDownTo {
+            order_id,
+            release_id,
+            remaining,
+            price,
+        } => {
+            let order = escrow::get_order(c, *order_id)?;
+            let above_limit = i64::try_from(*price).map_or(true, |p| p > order.terms.limit_price);
+            if above_limit || *remaining > order.quantity_open {
+                return Err(SettlementError::Refused(format!(
+                    "amend to {remaining} lots at {price} exceeds the reservation ({} lots at ≤ {}); \
+                     the API must not send such amends",
+                    order.quantity_open, order.terms.limit_price
+                )));
+            }
+            if *remaining < order.quantity_open {
+                escrow::release_unfilled(
+                    c,
+                    *order_id,
+                    *release_id,
+                    order.quantity_open - remaining,
+                )?;
+            }
+            Ok(false)
+        }
+    }
+}
