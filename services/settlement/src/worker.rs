@@ -4,7 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, Context, consumer::pull, context::Publish, stream};
+use async_nats::jetstream::{
+    self, AckKind, Context,
+    consumer::{PullConsumer, pull},
+    message::PublishMessage,
+    stream,
+};
 use futures::StreamExt;
 use gridbook_ledger::events;
 use gridbook_wire::{market::EventMessage, streams, subjects, valid_market_symbol};
@@ -58,7 +63,7 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
         .get_stream(streams::EVENTS)
         .await
         .map_err(SettlementError::nats)?;
-    let consumer: pull::Consumer = events
+    let consumer: PullConsumer = events
         .get_or_create_consumer(
             &settings.consumer,
             pull::Config {
@@ -141,7 +146,7 @@ pub async fn publish_outbox_once(db: &mut Db, js: &Context, batch: i64) -> Resul
     let mut acks = Vec::with_capacity(rows.len());
     for row in &rows {
         let payload = serde_json::to_vec(&row.payload)?;
-        let publish = Publish::build()
+        let publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(row.id.to_string());
         match js.send_publish(row.subject.clone(), publish).await {
