@@ -63,7 +63,7 @@ mod tests {
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     struct Settings {
-        nats_url: String,
+        listen_addr: String,
         engine: Engine,
     }
 
@@ -75,10 +75,10 @@ mod tests {
     #[test]
     fn file_then_environment_layers_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("c.toml", "nats_url = \"nats://file:1\"\n[engine]\nsnapshot_every = 5\n")?;
+            jail.create_file("c.toml", "listen_addr = \"file:1\"\n[engine]\nsnapshot_every = 5\n")?;
             jail.set_env("GRIDBOOK_ENGINE__SNAPSHOT_EVERY", "9");
             let s: Settings = load_config(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(s.nats_url, "nats://file:1");
+            assert_eq!(s.listen_addr, "file:1");
             assert_eq!(s.engine.snapshot_every, 9);
             Ok(())
         });
