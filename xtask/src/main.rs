@@ -419,7 +419,15 @@ impl Project {
     // ---------------------------------------------------------------- commands
 
     fn cargo(&self) -> Command {
-        let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        let mut c = Command::new("cargo");
+        // `cargo run` gave xtask its own package variables; passed on, some build scripts see a
+        // changed environment and rebuild. The nested cargo gets a clean slate.
+        for (k, _) in env::vars_os() {
+            let k = k.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"].iter().any(|p| k.starts_with(p)) {
+                c.env_remove(k.as_ref());
+            }
+        }
         c.current_dir(&self.root).envs(self.env_vars());
         c
     }

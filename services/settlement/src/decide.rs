@@ -149,7 +149,9 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             };
             let Some(a) = orders.get(&ask_id).filter(|o| o.side == Side::Ask) else {
                 return Some(Effect::Refuse {
-                    why: format!("fill of bid {bid_id} against ask {ask_id}, which is not in market_orders"),
+                    why: format!(
+                        "fill of bid {bid_id} against ask {ask_id}, which is not in market_orders"
+                    ),
                 });
             };
             let Some(node_id) = a.node_id else {
@@ -299,16 +301,30 @@ mod tests {
     #[test]
     fn foreign_orders_are_skipped_and_a_foreign_ask_is_refused() {
         let o = orders();
-        assert!(matches!(decide("M", &ev(1, fill(50, 51, Side::Bid)), &o), Some(Effect::Skip { .. })));
-        assert!(matches!(decide("M", &ev(1, fill(50, 1, Side::Bid)), &o), Some(Effect::Refuse { .. })));
-        let delta = EventKind::Delta { side: Side::Bid, price: 1, qty: 1, orders: 1 };
+        assert!(matches!(
+            decide("M", &ev(1, fill(50, 51, Side::Bid)), &o),
+            Some(Effect::Skip { .. })
+        ));
+        assert!(matches!(
+            decide("M", &ev(1, fill(50, 1, Side::Bid)), &o),
+            Some(Effect::Refuse { .. })
+        ));
+        let delta = EventKind::Delta {
+            side: Side::Bid,
+            price: 1,
+            qty: 1,
+            orders: 1,
+        };
         assert_eq!(decide("M", &ev(1, delta), &o), None);
     }
 
     #[test]
     fn rejections_release_only_a_never_accepted_place() {
         let o = orders();
-        let rej = |id, reason| EventKind::Rejected { id: Some(OrderId(id)), reason };
+        let rej = |id, reason| EventKind::Rejected {
+            id: Some(OrderId(id)),
+            reason,
+        };
         assert!(matches!(
             decide("M", &ev(5, rej(3, RejectReason::PriceOutOfRange)), &o),
             Some(Effect::ReleaseAllOpen { .. })
@@ -327,12 +343,26 @@ mod tests {
 
     #[test]
     fn cancels_release_their_quantity() {
-        let c = EventKind::Cancelled { id: OrderId(1), qty: 3, reason: CancelReason::User };
+        let c = EventKind::Cancelled {
+            id: OrderId(1),
+            qty: 3,
+            reason: CancelReason::User,
+        };
         assert_eq!(
             decide("M", &ev(8, c), &orders()),
-            Some(Effect::Release { order_id: Uuid::from_u128(1), release_id: release_id("M", 8), qty: 3 })
+            Some(Effect::Release {
+                order_id: Uuid::from_u128(1),
+                release_id: release_id("M", 8),
+                qty: 3
+            })
         );
-        let c = EventKind::Expired { id: OrderId(2), qty: 3 };
-        assert!(matches!(decide("M", &ev(8, c), &orders()), Some(Effect::Skip { .. })));
+        let c = EventKind::Expired {
+            id: OrderId(2),
+            qty: 3,
+        };
+        assert!(matches!(
+            decide("M", &ev(8, c), &orders()),
+            Some(Effect::Skip { .. })
+        ));
     }
 }

@@ -50,6 +50,8 @@ pub struct Settings {
     pub fetch_batch: usize,
     /// Deliveries of one message before JetStream gives up on it.
     pub max_deliver: i64,
+    /// Seconds before JetStream redelivers a message that was not acked (e.g. after a crash).
+    pub ack_wait_secs: u64,
     /// Outbox rows per publish round.
     pub outbox_batch: i64,
     pub outbox_interval_ms: u64,
@@ -64,6 +66,7 @@ impl Default for Settings {
             filter_subject: gridbook_wire::subjects::ALL_MARKET_EVTS.into(),
             fetch_batch: 64,
             max_deliver: 20,
+            ack_wait_secs: 30,
             outbox_batch: 256,
             outbox_interval_ms: 100,
         }
@@ -74,9 +77,7 @@ impl Default for Settings {
 /// dropped. A failing loop is logged and restarted after a second.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut db = db::Db::new(&settings.database_url);
-    let applied = db
-        .with(|c| Ok(gridbook_ledger::run_migrations(c)?))
-        .await?;
+    let applied = db.with(|c| Ok(gridbook_ledger::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
     let client = async_nats::ConnectOptions::new()
         .name("settlement-worker")

@@ -70,7 +70,7 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
                 durable_name: Some(settings.consumer.clone()),
                 filter_subject: settings.filter_subject.clone(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: Duration::from_secs(settings.ack_wait_secs.max(1)),
                 max_deliver: settings.max_deliver,
                 ..Default::default()
             },
@@ -92,7 +92,12 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
     Err(SettlementError::Nats("event subscription ended".into()))
 }
 
-async fn handle(db: &mut Db, msg: jetstream::Message, max_deliver: i64, wake: &Notify) -> Result<()> {
+async fn handle(
+    db: &mut Db,
+    msg: jetstream::Message,
+    max_deliver: i64,
+    wake: &Notify,
+) -> Result<()> {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let frames = match serde_json::from_slice::<EventMessage>(&msg.payload) {
         Ok(f) if f.iter().all(|f| valid_market_symbol(&f.market)) => f,
