@@ -12,25 +12,172 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::embed::{Batching, Embedder, plan_batches, padding_stats};
+use crate::embed::{Batching, Embedder, padding_stats, plan_batches};
 use crate::error::{ExecutorError, Result};
 use crate::rng::Rng;
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he",
-    "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were", "their", "one",
-    "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would", "who", "so", "no", "market",
-    "price", "order", "render", "model", "image", "terrain", "mountain", "river", "weather", "sunny", "cloud", "compute",
-    "batch", "provider", "studio", "graphics", "network", "latency", "region", "payment", "escrow", "ledger", "token",
-    "embedding", "sentence", "similarity", "search", "query", "document", "customer", "support", "invoice", "shipping",
-    "delivery", "product", "review", "excellent", "terrible", "quickly", "slowly", "yesterday", "tomorrow", "morning",
-    "evening", "stadium", "football", "player", "coach", "season", "championship", "recipe", "chocolate", "kitchen",
-    "garden", "flowers", "children", "school", "teacher", "student", "history", "science", "physics", "chemistry",
-    "biology", "language", "translation", "computer", "keyboard", "screen", "battery", "wireless", "charging", "camera",
-    "photograph", "holiday", "beach", "vacation", "airport", "flight", "delayed", "hotel", "restaurant", "delicious",
-    "unfortunately", "however", "therefore", "because", "although", "interesting", "important", "government", "policy",
-    "economy", "inflation", "interest", "rates", "central", "bank", "announced", "decision", "analysts", "expected",
-    "results", "quarterly", "revenue", "growth", "percent", "company", "employees", "announcement", "technology",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "had",
+    "they",
+    "you",
+    "were",
+    "their",
+    "one",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "market",
+    "price",
+    "order",
+    "render",
+    "model",
+    "image",
+    "terrain",
+    "mountain",
+    "river",
+    "weather",
+    "sunny",
+    "cloud",
+    "compute",
+    "batch",
+    "provider",
+    "studio",
+    "graphics",
+    "network",
+    "latency",
+    "region",
+    "payment",
+    "escrow",
+    "ledger",
+    "token",
+    "embedding",
+    "sentence",
+    "similarity",
+    "search",
+    "query",
+    "document",
+    "customer",
+    "support",
+    "invoice",
+    "shipping",
+    "delivery",
+    "product",
+    "review",
+    "excellent",
+    "terrible",
+    "quickly",
+    "slowly",
+    "yesterday",
+    "tomorrow",
+    "morning",
+    "evening",
+    "stadium",
+    "football",
+    "player",
+    "coach",
+    "season",
+    "championship",
+    "recipe",
+    "chocolate",
+    "kitchen",
+    "garden",
+    "flowers",
+    "children",
+    "school",
+    "teacher",
+    "student",
+    "history",
+    "science",
+    "physics",
+    "chemistry",
+    "biology",
+    "language",
+    "translation",
+    "computer",
+    "keyboard",
+    "screen",
+    "battery",
+    "wireless",
+    "charging",
+    "camera",
+    "photograph",
+    "holiday",
+    "beach",
+    "vacation",
+    "airport",
+    "flight",
+    "delayed",
+    "hotel",
+    "restaurant",
+    "delicious",
+    "unfortunately",
+    "however",
+    "therefore",
+    "because",
+    "although",
+    "interesting",
+    "important",
+    "government",
+    "policy",
+    "economy",
+    "inflation",
+    "interest",
+    "rates",
+    "central",
+    "bank",
+    "announced",
+    "decision",
+    "analysts",
+    "expected",
+    "results",
+    "quarterly",
+    "revenue",
+    "growth",
+    "percent",
+    "company",
+    "employees",
+    "announcement",
+    "technology",
 ];
 
 /// `n` sentences of mixed length (about 55% short, 30% medium, 15% long), deterministic in `seed`.
@@ -39,7 +186,13 @@ pub fn corpus(n: usize, seed: u64) -> Vec<String> {
     (0..n)
         .map(|_| {
             let u = rng.uniform();
-            let (lo, hi): (u64, u64) = if u < 0.55 { (3, 18) } else if u < 0.85 { (18, 60) } else { (60, 200) };
+            let (lo, hi): (u64, u64) = if u < 0.55 {
+                (3, 18)
+            } else if u < 0.85 {
+                (18, 60)
+            } else {
+                (60, 200)
+            };
             let len = (lo + rng.next_u64() % (hi - lo)) as usize;
             let mut s = String::new();
             for k in 0..len {
@@ -83,9 +236,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times tokenise + embed of `texts` with `batching` (median of `repeats`).
-pub fn measure_embed(embedder: &Embedder, texts: &[String], batching: Batching, mode: &str, repeats: usize) -> Result<EmbedFigure> {
+pub fn measure_embed(
+    embedder: &Embedder,
+    texts: &[String],
+    batching: Batching,
+    mode: &str,
+    repeats: usize,
+) -> Result<EmbedFigure> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let lengths: Vec<usize> = embedder.tokenize(&refs)?.iter().map(|e| e.ids.len()).collect();
+    let lengths: Vec<usize> = embedder
+        .tokenize(&refs)?
+        .iter()
+        .map(|e| e.ids.len())
+        .collect();
     let (real, padded) = padding_stats(&lengths, &plan_batches(&lengths, batching));
     let mut times = Vec::new();
     for _ in 0..repeats.max(1) {
@@ -134,7 +297,9 @@ struct PyLine {
 
 /// Writes the corpus as JSONL (`{"custom_id", "input"}`), the file both sides read.
 pub fn write_corpus(path: &Path, texts: &[String]) -> Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| ExecutorError::io(path, e))?);
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| ExecutorError::io(path, e))?,
+    );
     for (i, t) in texts.iter().enumerate() {
         let line = serde_json::json!({"custom_id": format!("c{i}"), "input": t});
         writeln!(f, "{line}").map_err(|e| ExecutorError::io(path, e))?;
@@ -158,18 +323,33 @@ pub fn run_baseline(b: &Baseline, corpus_path: &Path) -> Result<Vec<EmbedFigure>
         .arg(&b.tokenizer)
         .arg("--corpus")
         .arg(corpus_path)
-        .args(["--threads", &b.threads.to_string(), "--batch", &b.batch.to_string()])
-        .args(["--repeats", &b.repeats.to_string(), "--max-len", &b.max_len.to_string()])
+        .args([
+            "--threads",
+            &b.threads.to_string(),
+            "--batch",
+            &b.batch.to_string(),
+        ])
+        .args([
+            "--repeats",
+            &b.repeats.to_string(),
+            "--max-len",
+            &b.max_len.to_string(),
+        ])
         .output()
         .map_err(|e| ExecutorError::Baseline(format!("{}: {e}", b.python.display())))?;
     if !out.status.success() {
-        return Err(ExecutorError::Baseline(format!("exit {}: {}", out.status, String::from_utf8_lossy(&out.stderr))));
+        return Err(ExecutorError::Baseline(format!(
+            "exit {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
-            let p: PyLine = serde_json::from_str(l).map_err(|e| ExecutorError::Baseline(format!("bad output line {l:?}: {e}")))?;
+            let p: PyLine = serde_json::from_str(l)
+                .map_err(|e| ExecutorError::Baseline(format!("bad output line {l:?}: {e}")))?;
             Ok(EmbedFigure {
                 side: "python".into(),
                 mode: format!("{}{}", p.mode, b.batch),
@@ -191,10 +371,19 @@ pub fn format_table(figs: &[EmbedFigure]) -> String {
         "side", "mode", "sent/s", "seconds", "real tok/s", "padding"
     );
     for f in figs {
-        let pad = if f.padded_tokens > 0 { 1.0 - f.real_tokens as f64 / f.padded_tokens as f64 } else { 0.0 };
+        let pad = if f.padded_tokens > 0 {
+            1.0 - f.real_tokens as f64 / f.padded_tokens as f64
+        } else {
+            0.0
+        };
         s += &format!(
             "{:<7} {:<28} {:>10.1} {:>9.2} {:>12.0} {:>8.1}%\n",
-            f.side, f.mode, f.sentences_per_s, f.seconds, f.tokens_per_s, pad * 100.0
+            f.side,
+            f.mode,
+            f.sentences_per_s,
+            f.seconds,
+            f.tokens_per_s,
+            pad * 100.0
         );
     }
     s
@@ -211,7 +400,10 @@ pub fn median_figures(rounds: &[EmbedFigure]) -> Vec<EmbedFigure> {
     }
     keys.into_iter()
         .map(|(side, mode)| {
-            let mut v: Vec<&EmbedFigure> = rounds.iter().filter(|f| f.side == side && f.mode == mode).collect();
+            let mut v: Vec<&EmbedFigure> = rounds
+                .iter()
+                .filter(|f| f.side == side && f.mode == mode)
+                .collect();
             v.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
             v[v.len() / 2].clone()
         })

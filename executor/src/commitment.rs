@@ -57,7 +57,13 @@ pub fn merkle_root(leaves: &[Hash]) -> Hash {
 fn next_level(level: &[Hash]) -> Vec<Hash> {
     level
         .chunks(2)
-        .map(|c| if c.len() == 2 { node_hash(&c[0], &c[1]) } else { c[0] })
+        .map(|c| {
+            if c.len() == 2 {
+                node_hash(&c[0], &c[1])
+            } else {
+                c[0]
+            }
+        })
         .collect()
 }
 
@@ -79,7 +85,10 @@ pub fn merkle_proof(leaves: &[Hash], mut index: usize) -> Option<Vec<ProofStep>>
     while level.len() > 1 {
         let sib = index ^ 1;
         if sib < level.len() {
-            proof.push(ProofStep { sibling: level[sib], sibling_on_left: sib < index });
+            proof.push(ProofStep {
+                sibling: level[sib],
+                sibling_on_left: sib < index,
+            });
         }
         level = next_level(&level);
         index /= 2;
@@ -89,7 +98,11 @@ pub fn merkle_proof(leaves: &[Hash], mut index: usize) -> Option<Vec<ProofStep>>
 
 pub fn verify_proof(leaf: &Hash, proof: &[ProofStep], root: &Hash) -> bool {
     let acc = proof.iter().fold(*leaf, |acc, s| {
-        if s.sibling_on_left { node_hash(&s.sibling, &acc) } else { node_hash(&acc, &s.sibling) }
+        if s.sibling_on_left {
+            node_hash(&s.sibling, &acc)
+        } else {
+            node_hash(&acc, &s.sibling)
+        }
     });
     &acc == root
 }
@@ -119,7 +132,13 @@ impl Commitment {
         Self {
             scheme: SCHEME.to_owned(),
             merkle_root: hex::encode(merkle_root(&leaves)),
-            items: items.iter().map(|(id, h)| ItemCommitment { custom_id: id.clone(), sha256: hex::encode(h) }).collect(),
+            items: items
+                .iter()
+                .map(|(id, h)| ItemCommitment {
+                    custom_id: id.clone(),
+                    sha256: hex::encode(h),
+                })
+                .collect(),
         }
     }
 

@@ -27,7 +27,10 @@ pub const HIDDEN: usize = 384;
 pub enum Batching {
     /// Sort by length (longest first), pack while `count * longest <= max_batch_tokens` and
     /// `count <= max_batch_size`.
-    TokenBudget { max_batch_tokens: usize, max_batch_size: usize },
+    TokenBudget {
+        max_batch_tokens: usize,
+        max_batch_size: usize,
+    },
     /// Fixed-size batches, in input order or sorted by length (for benchmarks and tests).
     Fixed { size: usize, sorted: bool },
 }
@@ -36,7 +39,10 @@ impl Default for Batching {
     fn default() -> Self {
         // Measured on 2 loaded CPU cores (512 sentences): 1024 → 29.1 sent/s, 2048 → 27.6, 4096 → 25.6;
         // small batches stay in cache on the CPU. On a GPU raise it (e.g. 16384, as TEI does).
-        Batching::TokenBudget { max_batch_tokens: 1024, max_batch_size: 64 }
+        Batching::TokenBudget {
+            max_batch_tokens: 1024,
+            max_batch_size: 64,
+        }
     }
 }
 
@@ -50,7 +56,10 @@ pub fn plan_batches(lengths: &[usize], batching: Batching) -> Vec<Vec<usize>> {
             }
             order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
         }
-        Batching::TokenBudget { max_batch_tokens, max_batch_size } => {
+        Batching::TokenBudget {
+            max_batch_tokens,
+            max_batch_size,
+        } => {
             order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
             let mut batches: Vec<Vec<usize>> = Vec::new();
             let mut cur: Vec<usize> = Vec::new();
@@ -58,7 +67,10 @@ pub fn plan_batches(lengths: &[usize], batching: Batching) -> Vec<Vec<usize>> {
             for i in order {
                 let l = lengths[i].max(1);
                 let new_longest = longest.max(l);
-                if !cur.is_empty() && ((cur.len() + 1) * new_longest > max_batch_tokens || cur.len() >= max_batch_size.max(1)) {
+                if !cur.is_empty()
+                    && ((cur.len() + 1) * new_longest > max_batch_tokens
+                        || cur.len() >= max_batch_size.max(1))
+                {
                     batches.push(std::mem::take(&mut cur));
                     longest = 0;
                 }
@@ -76,7 +88,10 @@ pub fn plan_batches(lengths: &[usize], batching: Batching) -> Vec<Vec<usize>> {
 /// Token counts of a planned run: real tokens and padded tokens computed.
 pub fn padding_stats(lengths: &[usize], batches: &[Vec<usize>]) -> (usize, usize) {
     let real = lengths.iter().sum();
-    let padded = batches.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap_or(0)).sum();
+    let padded = batches
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+        .sum();
     (real, padded)
 }
 
@@ -91,7 +106,11 @@ pub struct EmbedConfig {
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { batching: Batching::default(), max_seq_len: 256, model_sha256: pinned::MINILM_L6_INT8.to_owned() }
+        Self {
+            batching: Batching::default(),
+            max_seq_len: 256,
+            model_sha256: pinned::MINILM_L6_INT8.to_owned(),
+        }
     }
 }
 
@@ -122,14 +141,23 @@ impl Embedder {
             let names: Vec<&str> = s.inputs().iter().map(|o| o.name()).collect();
             for want in ["input_ids", "attention_mask", "token_type_ids"] {
                 if !names.contains(&want) {
-                    return Err(ExecutorError::ModelContract { model: spec.name.clone(), message: format!("missing input {want} (has {names:?})") });
+                    return Err(ExecutorError::ModelContract {
+                        model: spec.name.clone(),
+                        message: format!("missing input {want} (has {names:?})"),
+                    });
                 }
             }
             if !s.outputs().iter().any(|o| o.name() == "last_hidden_state") {
-                return Err(ExecutorError::ModelContract { model: spec.name.clone(), message: "missing output last_hidden_state".into() });
+                return Err(ExecutorError::ModelContract {
+                    model: spec.name.clone(),
+                    message: "missing output last_hidden_state".into(),
+                });
             }
         }
-        let tokenizer = load_tokenizer(&models.model_dir(MODEL_DIR).join("tokenizer.json"), config.max_seq_len)?;
+        let tokenizer = load_tokenizer(
+            &models.model_dir(MODEL_DIR).join("tokenizer.json"),
+            config.max_seq_len,
+        )?;
         Ok(Self {
             session,
             tokenizer,
@@ -151,10 +179,13 @@ impl Embedder {
     }
 
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
-        let encs = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ExecutorError::Tokenizer {
-            path: self.spec.path.with_file_name("tokenizer.json"),
-            message: e.to_string(),
-        })?;
+        let encs = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ExecutorError::Tokenizer {
+                path: self.spec.path.with_file_name("tokenizer.json"),
+                message: e.to_string(),
+            })?;
         Ok(encs
             .into_iter()
             .map(|e| Encoded {
@@ -171,7 +202,12 @@ impl Embedder {
     }
 
     /// Embeds pre-tokenised inputs; results in input order.
-    pub fn embed_encoded(&self, enc: &[Encoded], batching: Batching, progress: &dyn Fn(u64)) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_encoded(
+        &self,
+        enc: &[Encoded],
+        batching: Batching,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
         let batches = plan_batches(&lengths, batching);
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); enc.len()];
@@ -208,13 +244,27 @@ impl Embedder {
         let mut session = runtime::lock(&self.session);
         let outputs = session.run(inputs)?;
         let (oshape, hidden) = outputs["last_hidden_state"].try_extract_tensor::<f32>()?;
-        if oshape.len() != 3 || oshape[0] as usize != b || oshape[1] as usize != s || oshape[2] as usize != HIDDEN {
+        if oshape.len() != 3
+            || oshape[0] as usize != b
+            || oshape[1] as usize != s
+            || oshape[2] as usize != HIDDEN
+        {
             return Err(ExecutorError::ModelContract {
                 model: self.spec.name.clone(),
-                message: format!("last_hidden_state has shape {:?}, expected [{b}, {s}, {HIDDEN}]", &**oshape),
+                message: format!(
+                    "last_hidden_state has shape {:?}, expected [{b}, {s}, {HIDDEN}]",
+                    &**oshape
+                ),
             });
         }
-        Ok((0..b).map(|r| mean_pool_normalize(&hidden[r * s * HIDDEN..(r + 1) * s * HIDDEN], &mask[r * s..(r + 1) * s])).collect())
+        Ok((0..b)
+            .map(|r| {
+                mean_pool_normalize(
+                    &hidden[r * s * HIDDEN..(r + 1) * s * HIDDEN],
+                    &mask[r * s..(r + 1) * s],
+                )
+            })
+            .collect())
     }
 }
 
@@ -247,7 +297,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// Loads `tokenizer.json` without its fixed padding (we pad per batch) and truncating to `max_len`.
 pub fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer> {
-    let mut t = Tokenizer::from_file(path).map_err(|e| ExecutorError::Tokenizer { path: path.to_owned(), message: e.to_string() })?;
+    let mut t = Tokenizer::from_file(path).map_err(|e| ExecutorError::Tokenizer {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     t.with_padding(None);
     t.with_truncation(Some(TruncationParams {
         max_length: max_len,
@@ -255,7 +308,10 @@ pub fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer> {
         stride: 0,
         direction: TruncationDirection::Right,
     }))
-    .map_err(|e| ExecutorError::Tokenizer { path: path.to_owned(), message: e.to_string() })?;
+    .map_err(|e| ExecutorError::Tokenizer {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     Ok(t)
 }
 
@@ -274,16 +330,24 @@ impl Workload for EmbedWorkload {
     fn parse(&self, _custom_id: &str, fields: &Map<String, Value>) -> Result<String, FieldError> {
         match field(fields, "input") {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_owned()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Ok(a[0].as_str().unwrap_or_default().to_owned())
+            }
             Some(_) => Err(FieldError::new("input", "expected a string")),
             None => Err(FieldError::new("input", "missing")),
         }
     }
 
-    fn run(&mut self, inputs: &[String], progress: &dyn Fn(u64)) -> Result<Vec<Result<ItemOutput, String>>> {
+    fn run(
+        &mut self,
+        inputs: &[String],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
         let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let enc = self.embedder.tokenize(&texts)?;
-        let vecs = self.embedder.embed_encoded(&enc, self.embedder.config.batching, progress)?;
+        let vecs = self
+            .embedder
+            .embed_encoded(&enc, self.embedder.config.batching, progress)?;
         Ok(vecs
             .into_iter()
             .zip(&enc)
@@ -292,7 +356,11 @@ impl Workload for EmbedWorkload {
                 let mut record = Map::new();
                 record.insert("embedding".into(), serde_json::json!(v));
                 record.insert("tokens".into(), Value::from(e.ids.len()));
-                Ok(ItemOutput { record, hash, artifact: None })
+                Ok(ItemOutput {
+                    record,
+                    hash,
+                    artifact: None,
+                })
             })
             .collect())
     }
@@ -301,7 +369,9 @@ impl Workload for EmbedWorkload {
         let e = &self.embedder;
         Manifest {
             workload: WORKLOAD_ID.into(),
-            models: [("model".to_owned(), e.spec.sha256.to_string())].into_iter().collect(),
+            models: [("model".to_owned(), e.spec.sha256.to_string())]
+                .into_iter()
+                .collect(),
             ort_version: e.ort_version.clone(),
             execution_provider: e.provider.clone(),
             device: e.device.clone(),

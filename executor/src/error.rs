@@ -30,8 +30,14 @@ pub enum ExecutorError {
     #[error("model file {path} not found ({hint})")]
     ModelMissing { path: PathBuf, hint: String },
 
-    #[error("model hash mismatch for {path}: expected sha256 {expected}, found {actual}; refusing to load")]
-    ModelHashMismatch { path: PathBuf, expected: String, actual: String },
+    #[error(
+        "model hash mismatch for {path}: expected sha256 {expected}, found {actual}; refusing to load"
+    )]
+    ModelHashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 
     #[error("invalid sha256 {0:?}: expected 64 lowercase hex digits")]
     InvalidSha256(String),
@@ -46,7 +52,10 @@ pub enum ExecutorError {
     Tokenizer { path: PathBuf, message: String },
 
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("PNG encoding failed: {0}")]
     Png(String),
@@ -60,7 +69,10 @@ pub enum ExecutorError {
 
 impl ExecutorError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -45,22 +45,42 @@ pub fn parse_jsonl<W: Workload>(workload: &W, reader: impl BufRead) -> Parsed<W:
     let mut seen = HashSet::new();
     for (idx, line) in reader.split(b'\n').enumerate() {
         let line_no = idx + 1;
-        let err = |custom_id: Option<String>, e: FieldError| LineError { line: line_no, custom_id, field: Some(e.field), message: e.message };
+        let err = |custom_id: Option<String>, e: FieldError| LineError {
+            line: line_no,
+            custom_id,
+            field: Some(e.field),
+            message: e.message,
+        };
         let bytes = match line {
             Ok(b) => b,
             Err(e) => {
-                errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("read error: {e}") });
+                errors.push(LineError {
+                    line: line_no,
+                    custom_id: None,
+                    field: None,
+                    message: format!("read error: {e}"),
+                });
                 break;
             }
         };
         if bytes.len() > MAX_LINE_BYTES {
-            errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("line longer than {MAX_LINE_BYTES} bytes") });
+            errors.push(LineError {
+                line: line_no,
+                custom_id: None,
+                field: None,
+                message: format!("line longer than {MAX_LINE_BYTES} bytes"),
+            });
             continue;
         }
         let text = match std::str::from_utf8(&bytes) {
             Ok(t) => t.trim(),
             Err(_) => {
-                errors.push(LineError { line: line_no, custom_id: None, field: None, message: "not valid UTF-8".into() });
+                errors.push(LineError {
+                    line: line_no,
+                    custom_id: None,
+                    field: None,
+                    message: "not valid UTF-8".into(),
+                });
                 continue;
             }
         };
@@ -70,18 +90,31 @@ pub fn parse_jsonl<W: Workload>(workload: &W, reader: impl BufRead) -> Parsed<W:
         let mut obj: Map<String, Value> = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(o)) => o,
             Ok(_) => {
-                errors.push(LineError { line: line_no, custom_id: None, field: None, message: "expected a JSON object".into() });
+                errors.push(LineError {
+                    line: line_no,
+                    custom_id: None,
+                    field: None,
+                    message: "expected a JSON object".into(),
+                });
                 continue;
             }
             Err(e) => {
-                errors.push(LineError { line: line_no, custom_id: None, field: None, message: format!("invalid JSON: {e}") });
+                errors.push(LineError {
+                    line: line_no,
+                    custom_id: None,
+                    field: None,
+                    message: format!("invalid JSON: {e}"),
+                });
                 continue;
             }
         };
         let custom_id = match obj.remove("custom_id") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
             Some(Value::String(_)) => {
-                errors.push(err(None, FieldError::new("custom_id", "must be 1 to 256 bytes")));
+                errors.push(err(
+                    None,
+                    FieldError::new("custom_id", "must be 1 to 256 bytes"),
+                ));
                 continue;
             }
             Some(_) => {
@@ -94,7 +127,10 @@ pub fn parse_jsonl<W: Workload>(workload: &W, reader: impl BufRead) -> Parsed<W:
             }
         };
         if !seen.insert(custom_id.clone()) {
-            errors.push(err(Some(custom_id), FieldError::new("custom_id", "duplicate custom_id")));
+            errors.push(err(
+                Some(custom_id),
+                FieldError::new("custom_id", "duplicate custom_id"),
+            ));
             continue;
         }
         match workload.parse(&custom_id, &obj) {
@@ -116,7 +152,10 @@ pub struct OutputPaths {
 
 impl OutputPaths {
     pub fn for_output(output: &Path) -> Self {
-        let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let stem = output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
         let dir = output.parent().map(Path::to_path_buf).unwrap_or_default();
         Self {
             output: output.to_owned(),
@@ -142,7 +181,13 @@ pub struct LocalReport {
 pub fn artifact_name(custom_id: &str, ext: &str) -> String {
     let safe: String = custom_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect();
     let safe = safe.trim_start_matches('.');
@@ -170,7 +215,8 @@ pub fn run_file<W: Workload>(
     tracing::info!(workload = workload.id(), items = parsed.items.len(), rejected = errors.len(), input = %input.display(), "input parsed");
 
     let lines: Vec<usize> = parsed.items.iter().map(|(l, _, _)| *l).collect();
-    let items: Vec<(String, W::Input)> = parsed.items.into_iter().map(|(_, id, x)| (id, x)).collect();
+    let items: Vec<(String, W::Input)> =
+        parsed.items.into_iter().map(|(_, id, x)| (id, x)).collect();
     let result = run_items(workload, items, progress)?;
 
     let paths = OutputPaths::for_output(output);
@@ -186,35 +232,54 @@ pub fn run_file<W: Workload>(
                 let mut rec = Map::new();
                 rec.insert("custom_id".into(), Value::String(custom_id.clone()));
                 if let Some(bytes) = &item.artifact {
-                    std::fs::create_dir_all(&paths.files_dir).map_err(|e| ExecutorError::io(&paths.files_dir, e))?;
+                    std::fs::create_dir_all(&paths.files_dir)
+                        .map_err(|e| ExecutorError::io(&paths.files_dir, e))?;
                     let name = artifact_name(&custom_id, "png");
                     let path = paths.files_dir.join(&name);
                     std::fs::write(&path, bytes).map_err(|e| ExecutorError::io(&path, e))?;
-                    let dir_name = paths.files_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let dir_name = paths
+                        .files_dir
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     rec.insert("file".into(), Value::String(format!("{dir_name}/{name}")));
                 }
                 rec.insert("sha256".into(), Value::String(hex::encode(item.hash)));
                 rec.extend(item.record);
-                serde_json::to_writer(&mut out, &rec).map_err(|e| ExecutorError::io(output, e.into()))?;
-                out.write_all(b"\n").map_err(|e| ExecutorError::io(output, e))?;
+                serde_json::to_writer(&mut out, &rec)
+                    .map_err(|e| ExecutorError::io(output, e.into()))?;
+                out.write_all(b"\n")
+                    .map_err(|e| ExecutorError::io(output, e))?;
                 succeeded += 1;
             }
-            Err(message) => errors.push(LineError { line, custom_id: Some(custom_id), field: None, message }),
+            Err(message) => errors.push(LineError {
+                line,
+                custom_id: Some(custom_id),
+                field: None,
+                message,
+            }),
         }
     }
     out.flush().map_err(|e| ExecutorError::io(output, e))?;
 
     errors.sort_by_key(|e| e.line);
-    let mut ef = BufWriter::new(std::fs::File::create(&paths.errors).map_err(|e| ExecutorError::io(&paths.errors, e))?);
+    let mut ef = BufWriter::new(
+        std::fs::File::create(&paths.errors).map_err(|e| ExecutorError::io(&paths.errors, e))?,
+    );
     for e in &errors {
-        serde_json::to_writer(&mut ef, e).map_err(|er| ExecutorError::io(&paths.errors, er.into()))?;
-        ef.write_all(b"\n").map_err(|er| ExecutorError::io(&paths.errors, er))?;
+        serde_json::to_writer(&mut ef, e)
+            .map_err(|er| ExecutorError::io(&paths.errors, er.into()))?;
+        ef.write_all(b"\n")
+            .map_err(|er| ExecutorError::io(&paths.errors, er))?;
     }
-    ef.flush().map_err(|e| ExecutorError::io(&paths.errors, e))?;
+    ef.flush()
+        .map_err(|e| ExecutorError::io(&paths.errors, e))?;
 
     let doc = serde_json::json!({ "manifest": result.manifest, "commitment": result.commitment });
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| ExecutorError::io(&paths.commitment, e.into()))?;
-    std::fs::write(&paths.commitment, text + "\n").map_err(|e| ExecutorError::io(&paths.commitment, e))?;
+    let text = serde_json::to_string_pretty(&doc)
+        .map_err(|e| ExecutorError::io(&paths.commitment, e.into()))?;
+    std::fs::write(&paths.commitment, text + "\n")
+        .map_err(|e| ExecutorError::io(&paths.commitment, e))?;
 
     Ok(LocalReport {
         paths,

@@ -14,7 +14,11 @@ use executor::{bench, local};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "executor", version, about = "Gridbook provider executor (ONNX Runtime workloads)")]
+#[command(
+    name = "executor",
+    version,
+    about = "Gridbook provider executor (ONNX Runtime workloads)"
+)]
 struct Cli {
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
     #[arg(long, global = true)]
@@ -99,16 +103,23 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let mut provider: Provider = cli.device.parse()?;
-    if let (Provider::Cuda { memory_limit, .. }, Some(mib)) = (&mut provider, cli.gpu_mem_limit_mib) {
+    if let (Provider::Cuda { memory_limit, .. }, Some(mib)) = (&mut provider, cli.gpu_mem_limit_mib)
+    {
         *memory_limit = Some(mib << 20);
     }
-    let rt = Runtime::new(RuntimeConfig { dylib_path: cli.ort_dylib.clone(), provider, intra_threads: cli.threads })
-        .context("starting ONNX Runtime")?;
+    let rt = Runtime::new(RuntimeConfig {
+        dylib_path: cli.ort_dylib.clone(),
+        provider,
+        intra_threads: cli.threads,
+    })
+    .context("starting ONNX Runtime")?;
     let models = || -> anyhow::Result<ModelsDir> {
         Ok(match &cli.models_dir {
             Some(d) => ModelsDir::new(d),
@@ -116,29 +127,71 @@ fn main() -> anyhow::Result<()> {
         })
     };
     match cli.command {
-        Cmd::Run { workload, input, output, max_batch_tokens, max_batch_size, render_batch, sd_model_dir } => match workload {
+        Cmd::Run {
+            workload,
+            input,
+            output,
+            max_batch_tokens,
+            max_batch_size,
+            render_batch,
+            sd_model_dir,
+        } => match workload {
             Kind::Embed => {
-                let cfg = EmbedConfig { batching: Batching::TokenBudget { max_batch_tokens, max_batch_size }, ..EmbedConfig::default() };
-                let mut w = EmbedWorkload { embedder: Embedder::load(&rt, &models()?, cfg)? };
+                let cfg = EmbedConfig {
+                    batching: Batching::TokenBudget {
+                        max_batch_tokens,
+                        max_batch_size,
+                    },
+                    ..EmbedConfig::default()
+                };
+                let mut w = EmbedWorkload {
+                    embedder: Embedder::load(&rt, &models()?, cfg)?,
+                };
                 run_local(&mut w, &input, &output)
             }
             Kind::Terrain => {
-                let cfg = TerrainConfig { batch_size: render_batch, ..TerrainConfig::default() };
-                let mut w = TerrainWorkload { renderer: TerrainRenderer::load(&rt, &models()?, cfg)? };
+                let cfg = TerrainConfig {
+                    batch_size: render_batch,
+                    ..TerrainConfig::default()
+                };
+                let mut w = TerrainWorkload {
+                    renderer: TerrainRenderer::load(&rt, &models()?, cfg)?,
+                };
                 run_local(&mut w, &input, &output)
             }
             Kind::Sd => {
-                let Some(dir) = sd_model_dir else { bail!("--sd-model-dir is required for --workload sd") };
-                let mut w = SdWorkload { pipeline: SdPipeline::load(&rt, &dir)? };
+                let Some(dir) = sd_model_dir else {
+                    bail!("--sd-model-dir is required for --workload sd")
+                };
+                let mut w = SdWorkload {
+                    pipeline: SdPipeline::load(&rt, &dir)?,
+                };
                 run_local(&mut w, &input, &output)
             }
         },
-        Cmd::Bench { sentences, repeats, seed, python, baseline_script, no_baseline, terrain_images, max_batch_tokens, max_batch_size } => {
+        Cmd::Bench {
+            sentences,
+            repeats,
+            seed,
+            python,
+            baseline_script,
+            no_baseline,
+            terrain_images,
+            max_batch_tokens,
+            max_batch_size,
+        } => {
             let models = models()?;
-            let threads = if cli.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cli.threads };
+            let threads = if cli.threads == 0 {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            } else {
+                cli.threads
+            };
             let embedder = Embedder::load(&rt, &models, EmbedConfig::default())?;
             let texts = bench::corpus(sentences, seed);
-            let corpus_path = std::env::temp_dir().join(format!("gridbook-bench-corpus-{seed}-{sentences}.jsonl"));
+            let corpus_path = std::env::temp_dir()
+                .join(format!("gridbook-bench-corpus-{seed}-{sentences}.jsonl"));
             bench::write_corpus(&corpus_path, &texts)?;
             println!(
                 "EMBED-MINILM-L6: {sentences} sentences (seed {seed}), {threads} intra-op threads, ORT {} {}, median of {} alternating rounds",
@@ -146,11 +199,29 @@ fn main() -> anyhow::Result<()> {
                 rt.provider().label(),
                 repeats.max(1)
             );
-            let budget = Batching::TokenBudget { max_batch_tokens, max_batch_size };
+            let budget = Batching::TokenBudget {
+                max_batch_tokens,
+                max_batch_size,
+            };
             let rust_modes: [(Batching, String); 3] = [
-                (budget, format!("token-budget {max_batch_tokens}/{max_batch_size}")),
-                (Batching::Fixed { size: 32, sorted: true }, "sorted32".into()),
-                (Batching::Fixed { size: 32, sorted: false }, "naive32".into()),
+                (
+                    budget,
+                    format!("token-budget {max_batch_tokens}/{max_batch_size}"),
+                ),
+                (
+                    Batching::Fixed {
+                        size: 32,
+                        sorted: true,
+                    },
+                    "sorted32".into(),
+                ),
+                (
+                    Batching::Fixed {
+                        size: 32,
+                        sorted: false,
+                    },
+                    "naive32".into(),
+                ),
             ];
             let baseline = bench::Baseline {
                 python,
@@ -181,7 +252,10 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     rust_round(&mut rounds)?;
                     if !no_baseline {
-                        spin.set_message(format!("round {}: python onnxruntime baseline", round + 1));
+                        spin.set_message(format!(
+                            "round {}: python onnxruntime baseline",
+                            round + 1
+                        ));
                         rounds.extend(bench::run_baseline(&baseline, &corpus_path)?);
                     }
                 }
@@ -189,36 +263,69 @@ fn main() -> anyhow::Result<()> {
             let figs = bench::median_figures(&rounds);
             spin.finish_and_clear();
             print!("{}", bench::format_table(&figs));
-            let get = |side: &str, mode: &str| figs.iter().find(|f| f.side == side && f.mode == mode).map(|f| f.sentences_per_s);
-            if let (Some(py_naive), Some(py_sorted)) = (get("python", "naive32"), get("python", "sorted32")) {
-                let ours = figs.iter().find(|f| f.side == "rust" && f.mode.starts_with("token-budget")).map_or(0.0, |f| f.sentences_per_s);
-                println!("ratio rust token-budget / python naive32  = {:.2}x  (target >= 1.3x)", ours / py_naive);
-                println!("ratio rust token-budget / python sorted32 = {:.2}x", ours / py_sorted);
+            let get = |side: &str, mode: &str| {
+                figs.iter()
+                    .find(|f| f.side == side && f.mode == mode)
+                    .map(|f| f.sentences_per_s)
+            };
+            if let (Some(py_naive), Some(py_sorted)) =
+                (get("python", "naive32"), get("python", "sorted32"))
+            {
+                let ours = figs
+                    .iter()
+                    .find(|f| f.side == "rust" && f.mode.starts_with("token-budget"))
+                    .map_or(0.0, |f| f.sentences_per_s);
+                println!(
+                    "ratio rust token-budget / python naive32  = {:.2}x  (target >= 1.3x)",
+                    ours / py_naive
+                );
+                println!(
+                    "ratio rust token-budget / python sorted32 = {:.2}x",
+                    ours / py_sorted
+                );
                 if let Some(rs) = get("rust", "sorted32") {
-                    println!("ratio rust sorted32 / python sorted32     = {:.2}x  (equal batches, target >= 1.0x)", rs / py_sorted);
+                    println!(
+                        "ratio rust sorted32 / python sorted32     = {:.2}x  (equal batches, target >= 1.0x)",
+                        rs / py_sorted
+                    );
                 }
                 if let Some(rn) = get("rust", "naive32") {
-                    println!("ratio rust naive32 / python naive32       = {:.2}x  (equal batches)", rn / py_naive);
+                    println!(
+                        "ratio rust naive32 / python naive32       = {:.2}x  (equal batches)",
+                        rn / py_naive
+                    );
                 }
             }
             if terrain_images > 0 {
                 let r = TerrainRenderer::load(&rt, &models, TerrainConfig::default())?;
                 r.render(&[(0, Some(50))], &|_| {})?; // warm-up
-                let reqs: Vec<(u64, Option<u64>)> = (0..terrain_images as u64).map(|s| (s, Some(1 + s % 100))).collect();
+                let reqs: Vec<(u64, Option<u64>)> = (0..terrain_images as u64)
+                    .map(|s| (s, Some(1 + s % 100)))
+                    .collect();
                 let t0 = std::time::Instant::now();
                 r.render(&reqs, &|_| {})?;
                 let secs = t0.elapsed().as_secs_f64();
-                println!("RENDER-TERRAIN-128: {terrain_images} images in {secs:.2} s = {:.2} images/s (batch 1, incl. PNG encoding)", terrain_images as f64 / secs);
+                println!(
+                    "RENDER-TERRAIN-128: {terrain_images} images in {secs:.2} s = {:.2} images/s (batch 1, incl. PNG encoding)",
+                    terrain_images as f64 / secs
+                );
             }
             Ok(())
         }
         Cmd::Info => {
-            println!("ONNX Runtime {} ({})", rt.ort_version(), rt.provider().ort_name());
+            println!(
+                "ONNX Runtime {} ({})",
+                rt.ort_version(),
+                rt.provider().ort_name()
+            );
             if let Some(g) = rt.gpu_name() {
                 println!("GPU: {g}");
             }
             let models = models()?;
-            for (name, sha) in [("minilm-l6", pinned::MINILM_L6_INT8), ("terrain-128", pinned::TERRAIN_128)] {
+            for (name, sha) in [
+                ("minilm-l6", pinned::MINILM_L6_INT8),
+                ("terrain-128", pinned::TERRAIN_128),
+            ] {
                 let spec = models.spec(name, sha)?;
                 match executor::models::verify(&spec) {
                     Ok(h) => println!("{name}: ok sha256 {h}"),
@@ -237,12 +344,23 @@ fn spinner(msg: &'static str) -> ProgressBar {
     pb
 }
 
-fn run_local<W: Workload>(w: &mut W, input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+fn run_local<W: Workload>(
+    w: &mut W,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
     let pb = ProgressBar::new(0);
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} items {per_sec} eta {eta}")?.progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} items {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
     pb.set_message(w.id());
-    let report = local::run_file(w, input, output, &|n| pb.inc(n), &|total| pb.set_length(total))
-        .with_context(|| format!("running {} on {}", w.id(), input.display()))?;
+    let report = local::run_file(w, input, output, &|n| pb.inc(n), &|total| {
+        pb.set_length(total)
+    })
+    .with_context(|| format!("running {} on {}", w.id(), input.display()))?;
     pb.finish_and_clear();
     println!(
         "{}: {} ok, {} failed in {:.2} s; merkle root {}",

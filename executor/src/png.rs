@@ -5,7 +5,12 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 
 use crate::error::{ExecutorError, Result};
 
-fn encode(pixels: &[u8], width: u32, height: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
+fn encode(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    color: image::ExtendedColorType,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive)
         .write_image(pixels, width, height, color)

@@ -61,8 +61,14 @@ impl Provider {
         match self {
             // ort's CPU EP defaults to no arena; ONNX Runtime's own default (and Python's) uses one,
             // and without it every intermediate tensor is a malloc/free. Keep it equal to the Python baseline.
-            Provider::Cpu => ep::CPU::default().with_arena_allocator(true).build().error_on_failure(),
-            Provider::Cuda { device_id, memory_limit } => {
+            Provider::Cpu => ep::CPU::default()
+                .with_arena_allocator(true)
+                .build()
+                .error_on_failure(),
+            Provider::Cuda {
+                device_id,
+                memory_limit,
+            } => {
                 let mut cuda = ep::CUDA::default().with_device_id(*device_id);
                 if let Some(limit) = memory_limit {
                     cuda = cuda.with_memory_limit(*limit);
@@ -80,13 +86,19 @@ impl FromStr for Provider {
         let t = s.trim().to_ascii_lowercase();
         match t.as_str() {
             "cpu" => Ok(Provider::Cpu),
-            "cuda" | "gpu" => Ok(Provider::Cuda { device_id: 0, memory_limit: None }),
+            "cuda" | "gpu" => Ok(Provider::Cuda {
+                device_id: 0,
+                memory_limit: None,
+            }),
             _ => match t.strip_prefix("cuda:") {
                 Some(id) => id
                     .parse::<i32>()
                     .ok()
                     .filter(|id| *id >= 0)
-                    .map(|device_id| Provider::Cuda { device_id, memory_limit: None })
+                    .map(|device_id| Provider::Cuda {
+                        device_id,
+                        memory_limit: None,
+                    })
                     .ok_or_else(|| ExecutorError::InvalidProvider(s.to_owned())),
                 None => Err(ExecutorError::InvalidProvider(s.to_owned())),
             },
@@ -106,7 +118,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { dylib_path: None, provider: Provider::Cpu, intra_threads: 0 }
+        Self {
+            dylib_path: None,
+            provider: Provider::Cpu,
+            intra_threads: 0,
+        }
     }
 }
 
@@ -144,16 +160,25 @@ fn global_env(dylib: &Path) -> Result<Arc<GlobalEnv>> {
         }
         return Ok(env.clone());
     }
-    let builder = ort::init_from(dylib)
-        .map_err(|e| ExecutorError::OrtLoad { path: dylib.to_owned(), message: e.to_string() })?;
+    let builder = ort::init_from(dylib).map_err(|e| ExecutorError::OrtLoad {
+        path: dylib.to_owned(),
+        message: e.to_string(),
+    })?;
     let env = builder
         .with_name("gridbook-executor")
         .with_telemetry(false)
         .build()
-        .map_err(|e| ExecutorError::OrtLoad { path: dylib.to_owned(), message: e.to_string() })?;
+        .map_err(|e| ExecutorError::OrtLoad {
+            path: dylib.to_owned(),
+            message: e.to_string(),
+        })?;
     let version = ort_version(dylib, ort::info());
     tracing::info!(dylib = %dylib.display(), ort.version = %version, "ONNX Runtime loaded");
-    let g = Arc::new(GlobalEnv { env, dylib: dylib.to_owned(), version });
+    let g = Arc::new(GlobalEnv {
+        env,
+        dylib: dylib.to_owned(),
+        version,
+    });
     *guard = Some(g.clone());
     Ok(g)
 }
@@ -164,10 +189,15 @@ pub fn ort_version(dylib: &Path, info: &str) -> String {
     let real = std::fs::canonicalize(dylib).unwrap_or_else(|_| dylib.to_owned());
     let from_name = real.file_name().and_then(|n| n.to_str()).and_then(|n| {
         let v = n.split_once(".so.").map(|(_, v)| v)?;
-        (v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok())).then(|| v.to_owned())
+        (v.split('.').count() == 3 && v.split('.').all(|p| p.parse::<u32>().is_ok()))
+            .then(|| v.to_owned())
     });
     from_name
-        .or_else(|| info.split([',', ' ']).find_map(|p| p.trim().strip_prefix("git-branch=rel-")).map(str::to_owned))
+        .or_else(|| {
+            info.split([',', ' '])
+                .find_map(|p| p.trim().strip_prefix("git-branch=rel-"))
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| format!("unknown ({})", info.trim()))
 }
 
@@ -185,7 +215,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).field("ort_version", &self.env.version).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .field("ort_version", &self.env.version)
+            .finish()
     }
 }
 
@@ -199,8 +232,16 @@ impl Runtime {
             Provider::Cpu => None,
             Provider::Cuda { device_id, .. } => gpu_name(device_id),
         };
-        let rt = Self { env, config, sessions: Mutex::new(HashMap::new()), gpu_name };
-        let mut probe = rt.builder()?.commit_from_memory(PROBE_MODEL).map_err(|e| rt.ep_error(e))?;
+        let rt = Self {
+            env,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            gpu_name,
+        };
+        let mut probe = rt
+            .builder()?
+            .commit_from_memory(PROBE_MODEL)
+            .map_err(|e| rt.ep_error(e))?;
         let x = ort::value::Tensor::from_array(([1usize], vec![1.0f32]))?;
         probe.run(ort::inputs![x]).map_err(|e| rt.ep_error(e))?;
         tracing::info!(provider = %rt.config.provider.label(), threads = rt.config.intra_threads, "execution provider ready");
@@ -222,7 +263,10 @@ impl Runtime {
 
     fn ep_error(&self, e: impl std::fmt::Display) -> ExecutorError {
         let message = e.to_string().trim_end_matches('.').to_owned();
-        ExecutorError::ExecutionProvider { provider: self.config.provider.ort_name().to_owned(), message }
+        ExecutorError::ExecutionProvider {
+            provider: self.config.provider.ort_name().to_owned(),
+            message,
+        }
     }
 
     fn builder(&self) -> Result<SessionBuilder> {
@@ -232,41 +276,66 @@ impl Runtime {
             .with_inter_threads(1)
             .map_err(ort::Error::<()>::from)?;
         if self.config.intra_threads > 0 {
-            b = b.with_intra_threads(self.config.intra_threads).map_err(ort::Error::<()>::from)?;
+            b = b
+                .with_intra_threads(self.config.intra_threads)
+                .map_err(ort::Error::<()>::from)?;
         }
-        b.with_execution_providers([self.config.provider.dispatch()]).map_err(|e| self.ep_error(ort::Error::<()>::from(e)))
+        b.with_execution_providers([self.config.provider.dispatch()])
+            .map_err(|e| self.ep_error(ort::Error::<()>::from(e)))
     }
 
     /// Verifies the model's sha256, then returns the cached session or builds one.
     pub fn session(&self, spec: &ModelSpec) -> Result<SharedSession> {
         let key = (spec.sha256.clone(), spec.path.clone());
-        if let Some(s) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(s.clone());
         }
         let hash = models::verify(spec)?;
         let started = std::time::Instant::now();
-        let session = self.builder()?.commit_from_file(&spec.path).map_err(|e| match self.config.provider {
-            Provider::Cpu => ExecutorError::Ort(e),
-            Provider::Cuda { .. } => self.ep_error(e),
+        let session = self.builder()?.commit_from_file(&spec.path).map_err(|e| {
+            match self.config.provider {
+                Provider::Cpu => ExecutorError::Ort(e),
+                Provider::Cuda { .. } => self.ep_error(e),
+            }
         })?;
         tracing::info!(model = %spec.name, sha256 = %hash, ms = started.elapsed().as_millis() as u64, "session ready");
         let shared = Arc::new(Mutex::new(session));
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, shared.clone());
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, shared.clone());
         Ok(shared)
     }
 
     /// Number of cached sessions (for tests and metrics).
     pub fn cached_sessions(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
 /// Best-effort GPU model name from the NVIDIA driver's procfs (no NVML dependency).
 fn gpu_name(device_id: i32) -> Option<String> {
-    let mut dirs: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus").ok()?.flatten().map(|e| e.path()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     dirs.sort();
-    let info = std::fs::read_to_string(dirs.get(usize::try_from(device_id).ok()?)?.join("information")).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_owned()))
+    let info = std::fs::read_to_string(
+        dirs.get(usize::try_from(device_id).ok()?)?
+            .join("information"),
+    )
+    .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_owned()))
 }
 
 /// Locks a shared session, recovering from a poisoned mutex (a panicked batch leaves the session usable).

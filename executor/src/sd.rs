@@ -73,13 +73,29 @@ impl EulerScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if n < 2 || steps == 0 {
-            return Err(ExecutorError::Config("scheduler needs num_train_timesteps >= 2 and steps >= 1".into()));
+            return Err(ExecutorError::Config(
+                "scheduler needs num_train_timesteps >= 2 and steps >= 1".into(),
+            ));
         }
-        let lin = |a: f64, b: f64, k: usize, i: usize| if k == 1 { a } else { a + (b - a) * i as f64 / (k - 1) as f64 };
+        let lin = |a: f64, b: f64, k: usize, i: usize| {
+            if k == 1 {
+                a
+            } else {
+                a + (b - a) * i as f64 / (k - 1) as f64
+            }
+        };
         let betas: Vec<f64> = match cfg.beta_schedule.as_str() {
-            "scaled_linear" => (0..n).map(|i| lin(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n, i).powi(2)).collect(),
-            "linear" => (0..n).map(|i| lin(cfg.beta_start, cfg.beta_end, n, i)).collect(),
-            other => return Err(ExecutorError::Config(format!("unsupported beta_schedule {other:?}"))),
+            "scaled_linear" => (0..n)
+                .map(|i| lin(cfg.beta_start.sqrt(), cfg.beta_end.sqrt(), n, i).powi(2))
+                .collect(),
+            "linear" => (0..n)
+                .map(|i| lin(cfg.beta_start, cfg.beta_end, n, i))
+                .collect(),
+            other => {
+                return Err(ExecutorError::Config(format!(
+                    "unsupported beta_schedule {other:?}"
+                )));
+            }
         };
         let mut acp = 1.0;
         let full: Vec<f64> = betas
@@ -89,7 +105,9 @@ impl EulerScheduler {
                 ((1.0 - acp) / acp).sqrt()
             })
             .collect();
-        let timesteps: Vec<f64> = (0..steps).map(|i| lin((n - 1) as f64, 0.0, steps, i)).collect();
+        let timesteps: Vec<f64> = (0..steps)
+            .map(|i| lin((n - 1) as f64, 0.0, steps, i))
+            .collect();
         let mut sigmas: Vec<f64> = timesteps
             .iter()
             .map(|&t| {
@@ -101,7 +119,11 @@ impl EulerScheduler {
             .collect();
         sigmas.push(0.0);
         let init_noise_sigma = sigmas.iter().copied().fold(0.0, f64::max);
-        Ok(Self { timesteps, sigmas, init_noise_sigma })
+        Ok(Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+        })
     }
 
     /// Scales the latents fed to the UNet at step `i`: `x / sqrt(sigma² + 1)`.
@@ -120,7 +142,11 @@ impl EulerScheduler {
 
 /// Classifier-free guidance: `u + g * (c - u)`.
 pub fn guide(uncond: &[f32], cond: &[f32], scale: f32) -> Vec<f32> {
-    uncond.iter().zip(cond).map(|(u, c)| u + scale * (c - u)).collect()
+    uncond
+        .iter()
+        .zip(cond)
+        .map(|(u, c)| u + scale * (c - u))
+        .collect()
 }
 
 /// One render request.
@@ -153,36 +179,52 @@ pub struct SdPipeline {
 
 fn input_type(s: &SharedSession, name: &str) -> Option<TensorElementType> {
     let s = runtime::lock(s);
-    s.inputs().iter().find(|o| o.name() == name).and_then(|o| match o.dtype() {
-        ValueType::Tensor { ty, .. } => Some(*ty),
-        _ => None,
-    })
+    s.inputs()
+        .iter()
+        .find(|o| o.name() == name)
+        .and_then(|o| match o.dtype() {
+            ValueType::Tensor { ty, .. } => Some(*ty),
+            _ => None,
+        })
 }
 
 impl SdPipeline {
     pub fn load(rt: &Runtime, dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("gridbook-sd.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ExecutorError::io(&cfg_path, e))?;
-        let config: SdConfig = serde_json::from_str(&text).map_err(|e| ExecutorError::Config(format!("{}: {e}", cfg_path.display())))?;
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| ExecutorError::io(&cfg_path, e))?;
+        let config: SdConfig = serde_json::from_str(&text)
+            .map_err(|e| ExecutorError::Config(format!("{}: {e}", cfg_path.display())))?;
         let mut sessions = BTreeMap::new();
         let mut hashes = BTreeMap::new();
         for part in ["text_encoder", "unet", "vae_decoder"] {
-            let expected = config
-                .sha256
-                .get(part)
-                .ok_or_else(|| ExecutorError::Config(format!("{}: missing sha256.{part}", cfg_path.display())))?;
-            let spec = ModelSpec { name: format!("sd/{part}"), path: dir.join(part).join("model.onnx"), sha256: Sha256Hex::parse(expected)? };
+            let expected = config.sha256.get(part).ok_or_else(|| {
+                ExecutorError::Config(format!("{}: missing sha256.{part}", cfg_path.display()))
+            })?;
+            let spec = ModelSpec {
+                name: format!("sd/{part}"),
+                path: dir.join(part).join("model.onnx"),
+                sha256: Sha256Hex::parse(expected)?,
+            };
             sessions.insert(part, rt.session(&spec)?);
             hashes.insert(part.to_owned(), expected.clone());
         }
         let text_encoder = sessions.remove("text_encoder").expect("loaded");
         let unet = sessions.remove("unet").expect("loaded");
         let vae_decoder = sessions.remove("vae_decoder").expect("loaded");
-        let contract = |m: &str, msg: String| ExecutorError::ModelContract { model: format!("sd/{m}"), message: msg };
+        let contract = |m: &str, msg: String| ExecutorError::ModelContract {
+            model: format!("sd/{m}"),
+            message: msg,
+        };
         let ids_int32 = match input_type(&text_encoder, "input_ids") {
             Some(TensorElementType::Int32) => true,
             Some(TensorElementType::Int64) => false,
-            other => return Err(contract("text_encoder", format!("input_ids must be int32 or int64, found {other:?}"))),
+            other => {
+                return Err(contract(
+                    "text_encoder",
+                    format!("input_ids must be int32 or int64, found {other:?}"),
+                ));
+            }
         };
         for name in ["sample", "encoder_hidden_states"] {
             if input_type(&unet, name) != Some(TensorElementType::Float32) {
@@ -191,18 +233,32 @@ impl SdPipeline {
         }
         let timestep_type = match input_type(&unet, "timestep") {
             Some(t @ (TensorElementType::Float32 | TensorElementType::Int64)) => t,
-            other => return Err(contract("unet", format!("timestep must be float32 or int64, found {other:?}"))),
+            other => {
+                return Err(contract(
+                    "unet",
+                    format!("timestep must be float32 or int64, found {other:?}"),
+                ));
+            }
         };
         if input_type(&vae_decoder, "latent_sample") != Some(TensorElementType::Float32) {
-            return Err(contract("vae_decoder", "input latent_sample must be float32".into()));
+            return Err(contract(
+                "vae_decoder",
+                "input latent_sample must be float32".into(),
+            ));
         }
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| ExecutorError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+            Tokenizer::from_file(&tok_path).map_err(|e| ExecutorError::Tokenizer {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            })?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
-            .map_err(|e| ExecutorError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+            .map_err(|e| ExecutorError::Tokenizer {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(Self {
             dir: dir.to_owned(),
             config,
@@ -226,10 +282,13 @@ impl SdPipeline {
 
     /// `[bos] + tokens (truncated) + [eos]`, padded with `pad` to `max_length`.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| ExecutorError::Tokenizer {
-            path: self.dir.join("tokenizer.json"),
-            message: e.to_string(),
-        })?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ExecutorError::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })?;
         let n = self.config.max_length;
         let mut ids = Vec::with_capacity(n);
         ids.push(self.config.bos_token_id);
@@ -271,7 +330,11 @@ impl SdPipeline {
         let sched = EulerScheduler::new(&self.config.scheduler, input.steps as usize)?;
         let mut rng = Rng::new(input.seed);
         let n = c * lh * lw;
-        let mut latents: Vec<f32> = rng.normals(n).into_iter().map(|z| z * sched.init_noise_sigma as f32).collect();
+        let mut latents: Vec<f32> = rng
+            .normals(n)
+            .into_iter()
+            .map(|z| z * sched.init_noise_sigma as f32)
+            .collect();
         for (i, &t) in sched.timesteps.iter().enumerate() {
             let scale = sched.input_scale(i);
             let scaled: Vec<f32> = latents.iter().map(|x| x * scale).collect();
@@ -288,9 +351,20 @@ impl SdPipeline {
             };
             let (_, eps) = out["out_sample"].try_extract_tensor::<f32>()?;
             if eps.len() != batch * n {
-                return Err(ExecutorError::ModelContract { model: "sd/unet".into(), message: format!("out_sample has {} values, expected {}", eps.len(), batch * n) });
+                return Err(ExecutorError::ModelContract {
+                    model: "sd/unet".into(),
+                    message: format!(
+                        "out_sample has {} values, expected {}",
+                        eps.len(),
+                        batch * n
+                    ),
+                });
             }
-            let guided = if cfg { guide(&eps[..n], &eps[n..], input.guidance_scale as f32) } else { eps.to_vec() };
+            let guided = if cfg {
+                guide(&eps[..n], &eps[n..], input.guidance_scale as f32)
+            } else {
+                eps.to_vec()
+            };
             sched.step(i, &mut latents, &guided);
         }
         let inv = 1.0 / self.config.vae_scaling_factor;
@@ -299,7 +373,10 @@ impl SdPipeline {
         let out = vae.run(ort::inputs!["latent_sample" => ort::value::Tensor::from_array(([1, c, lh, lw], latents))?])?;
         let (shape, img) = out["sample"].try_extract_tensor::<f32>()?;
         if shape.len() != 4 || shape[1] != 3 {
-            return Err(ExecutorError::ModelContract { model: "sd/vae_decoder".into(), message: format!("sample has shape {:?}", &**shape) });
+            return Err(ExecutorError::ModelContract {
+                model: "sd/vae_decoder".into(),
+                message: format!("sample has shape {:?}", &**shape),
+            });
         }
         let (h, w) = (shape[2] as usize, shape[3] as usize);
         let mut rgb = vec![0u8; h * w * 3];
@@ -334,7 +411,9 @@ impl Workload for SdWorkload {
 
     fn parse(&self, custom_id: &str, fields: &Map<String, Value>) -> Result<SdInput, FieldError> {
         let c = &self.pipeline.config;
-        let prompt = opt_str(fields, "prompt")?.ok_or_else(|| FieldError::new("prompt", "missing"))?.to_owned();
+        let prompt = opt_str(fields, "prompt")?
+            .ok_or_else(|| FieldError::new("prompt", "missing"))?
+            .to_owned();
         let negative_prompt = opt_str(fields, "negative_prompt")?.unwrap_or("").to_owned();
         let steps = opt_u64(fields, "steps")?.unwrap_or(c.default_steps);
         if !(1..=MAX_STEPS).contains(&steps) {
@@ -346,28 +425,53 @@ impl Workload for SdWorkload {
         }
         let f = c.vae_scale_factor as u64;
         let mut dims = [0u64; 2];
-        for (k, (name, default)) in [("width", c.default_width), ("height", c.default_height)].into_iter().enumerate() {
+        for (k, (name, default)) in [("width", c.default_width), ("height", c.default_height)]
+            .into_iter()
+            .enumerate()
+        {
             let v = opt_u64(fields, name)?.unwrap_or(default);
             if v == 0 || v > MAX_SIDE || v % f != 0 {
-                return Err(FieldError::new(name, format!("must be a multiple of {f} in {f}..={MAX_SIDE}")));
+                return Err(FieldError::new(
+                    name,
+                    format!("must be a multiple of {f} in {f}..={MAX_SIDE}"),
+                ));
             }
             dims[k] = v;
         }
         let seed = item_seed(opt_u64(fields, "seed")?, custom_id);
-        Ok(SdInput { prompt, negative_prompt, seed, steps, guidance_scale, width: dims[0], height: dims[1] })
+        Ok(SdInput {
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance_scale,
+            width: dims[0],
+            height: dims[1],
+        })
     }
 
-    fn run(&mut self, inputs: &[SdInput], progress: &dyn Fn(u64)) -> Result<Vec<Result<ItemOutput, String>>> {
+    fn run(
+        &mut self,
+        inputs: &[SdInput],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
         let mut out = Vec::with_capacity(inputs.len());
         for input in inputs {
             let png = self.pipeline.render_png(input)?;
             let mut record = Map::new();
             record.insert("seed".into(), Value::from(input.seed));
             record.insert("steps".into(), Value::from(input.steps));
-            record.insert("guidance_scale".into(), serde_json::json!(input.guidance_scale));
+            record.insert(
+                "guidance_scale".into(),
+                serde_json::json!(input.guidance_scale),
+            );
             record.insert("width".into(), Value::from(input.width));
             record.insert("height".into(), Value::from(input.height));
-            out.push(Ok(ItemOutput { record, hash: commitment::sha256(&png), artifact: Some(png) }));
+            out.push(Ok(ItemOutput {
+                record,
+                hash: commitment::sha256(&png),
+                artifact: Some(png),
+            }));
             progress(1);
         }
         Ok(out)

@@ -38,7 +38,10 @@ pub struct TerrainConfig {
 
 impl Default for TerrainConfig {
     fn default() -> Self {
-        Self { batch_size: 1, model_sha256: pinned::TERRAIN_128.to_owned() }
+        Self {
+            batch_size: 1,
+            model_sha256: pinned::TERRAIN_128.to_owned(),
+        }
     }
 }
 
@@ -80,7 +83,10 @@ impl TerrainRenderer {
             let s = runtime::lock(&session);
             let names: Vec<&str> = s.inputs().iter().map(|o| o.name()).collect();
             if names != ["noisy", "sigma", "difficulty"] {
-                return Err(ExecutorError::ModelContract { model: spec.name.clone(), message: format!("inputs {names:?}, expected [noisy, sigma, difficulty]") });
+                return Err(ExecutorError::ModelContract {
+                    model: spec.name.clone(),
+                    message: format!("inputs {names:?}, expected [noisy, sigma, difficulty]"),
+                });
             }
         }
         Ok(Self {
@@ -95,7 +101,11 @@ impl TerrainRenderer {
     }
 
     /// Renders `(seed, difficulty)` requests; results in input order.
-    pub fn render(&self, requests: &[(u64, Option<u64>)], progress: &dyn Fn(u64)) -> Result<Vec<Terrain>> {
+    pub fn render(
+        &self,
+        requests: &[(u64, Option<u64>)],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Terrain>> {
         let mut out = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(self.config.batch_size.max(1)) {
             let b = chunk.len();
@@ -118,12 +128,20 @@ impl TerrainRenderer {
             let outputs = session.run(inputs)?;
             let (shape, den) = outputs["denoised"].try_extract_tensor::<f32>()?;
             if shape.iter().product::<i64>() as usize != b * SIZE * SIZE {
-                return Err(ExecutorError::ModelContract { model: self.spec.name.clone(), message: format!("denoised has shape {:?}", &**shape) });
+                return Err(ExecutorError::ModelContract {
+                    model: self.spec.name.clone(),
+                    message: format!("denoised has shape {:?}", &**shape),
+                });
             }
             for (i, (&(seed, _), d)) in chunk.iter().zip(diffs).enumerate() {
                 let heights = to_heights(&den[i * SIZE * SIZE..(i + 1) * SIZE * SIZE]);
                 let png = heights_png(&heights)?;
-                out.push(Terrain { seed, difficulty: d, heights, png });
+                out.push(Terrain {
+                    seed,
+                    difficulty: d,
+                    heights,
+                    png,
+                });
             }
             drop(outputs);
             drop(session);
@@ -138,7 +156,10 @@ pub fn to_heights(values: &[f32]) -> Vec<f32> {
     let normalizer = (HEIGHT_RANGE / ASINH_SCALE).asinh();
     let mut h: Vec<f32> = values
         .iter()
-        .map(|&v| (ASINH_SCALE * (((v + 1.0) * 0.5).clamp(0.0, 1.0) * normalizer).sinh()).clamp(0.0, HEIGHT_RANGE))
+        .map(|&v| {
+            (ASINH_SCALE * (((v + 1.0) * 0.5).clamp(0.0, 1.0) * normalizer).sinh())
+                .clamp(0.0, HEIGHT_RANGE)
+        })
         .collect();
     let min = h.iter().copied().fold(f32::INFINITY, f32::min);
     h.iter_mut().for_each(|x| *x -= min);
@@ -152,7 +173,13 @@ pub fn heights_png(heights: &[f32]) -> Result<Vec<u8>> {
     let span = max - min;
     let px: Vec<u16> = heights
         .iter()
-        .map(|&h| if span > 0.0 { ((h - min) / span * 65535.0).round() as u16 } else { 0 })
+        .map(|&h| {
+            if span > 0.0 {
+                ((h - min) / span * 65535.0).round() as u16
+            } else {
+                0
+            }
+        })
         .collect();
     crate::png::gray16(&px, SIZE as u32, SIZE as u32)
 }
@@ -163,15 +190,25 @@ pub struct TerrainWorkload {
 }
 
 impl TerrainWorkload {
-    pub fn parse_with_id(fields: &Map<String, Value>, custom_id: &str) -> Result<TerrainInput, FieldError> {
+    pub fn parse_with_id(
+        fields: &Map<String, Value>,
+        custom_id: &str,
+    ) -> Result<TerrainInput, FieldError> {
         let seed = opt_u64(fields, "seed")?;
         let difficulty = opt_u64(fields, "difficulty")?;
         if let Some(d) = difficulty
             && !(1..=NUM_CLASSES).contains(&d)
         {
-            return Err(FieldError::new("difficulty", format!("must be 1..={NUM_CLASSES}, got {d}")));
+            return Err(FieldError::new(
+                "difficulty",
+                format!("must be 1..={NUM_CLASSES}, got {d}"),
+            ));
         }
-        Ok(TerrainInput { seed, difficulty, derived_seed: item_seed(seed, custom_id) })
+        Ok(TerrainInput {
+            seed,
+            difficulty,
+            derived_seed: item_seed(seed, custom_id),
+        })
     }
 }
 
@@ -182,12 +219,23 @@ impl Workload for TerrainWorkload {
         WORKLOAD_ID
     }
 
-    fn parse(&self, custom_id: &str, fields: &Map<String, Value>) -> Result<TerrainInput, FieldError> {
+    fn parse(
+        &self,
+        custom_id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<TerrainInput, FieldError> {
         Self::parse_with_id(fields, custom_id)
     }
 
-    fn run(&mut self, inputs: &[TerrainInput], progress: &dyn Fn(u64)) -> Result<Vec<Result<ItemOutput, String>>> {
-        let reqs: Vec<(u64, Option<u64>)> = inputs.iter().map(|i| (i.derived_seed, i.difficulty)).collect();
+    fn run(
+        &mut self,
+        inputs: &[TerrainInput],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
+        let reqs: Vec<(u64, Option<u64>)> = inputs
+            .iter()
+            .map(|i| (i.derived_seed, i.difficulty))
+            .collect();
         let terrains = self.renderer.render(&reqs, progress)?;
         Ok(terrains
             .into_iter()
@@ -197,7 +245,11 @@ impl Workload for TerrainWorkload {
                 record.insert("seed".into(), Value::from(t.seed));
                 record.insert("difficulty".into(), Value::from(t.difficulty));
                 record.insert("max_height".into(), serde_json::json!(max));
-                Ok(ItemOutput { record, hash: commitment::sha256(&t.png), artifact: Some(t.png) })
+                Ok(ItemOutput {
+                    record,
+                    hash: commitment::sha256(&t.png),
+                    artifact: Some(t.png),
+                })
             })
             .collect())
     }
@@ -206,7 +258,9 @@ impl Workload for TerrainWorkload {
         let r = &self.renderer;
         Manifest {
             workload: WORKLOAD_ID.into(),
-            models: [("model".to_owned(), r.spec.sha256.to_string())].into_iter().collect(),
+            models: [("model".to_owned(), r.spec.sha256.to_string())]
+                .into_iter()
+                .collect(),
             ort_version: r.ort_version.clone(),
             execution_provider: r.provider.clone(),
             device: r.device.clone(),

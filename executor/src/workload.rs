@@ -18,7 +18,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -43,11 +46,19 @@ pub trait Workload {
 
     /// Parses one input object (the line's fields; `custom_id` already taken out and passed
     /// separately, e.g. to derive a seed).
-    fn parse(&self, custom_id: &str, fields: &Map<String, Value>) -> Result<Self::Input, FieldError>;
+    fn parse(
+        &self,
+        custom_id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Self::Input, FieldError>;
 
     /// Runs items; returns exactly one result per input, in input order. An `Err` item fails
     /// only that item; an `Err` overall means the node could not run the batch at all.
-    fn run(&mut self, inputs: &[Self::Input], progress: &dyn Fn(u64)) -> Result<Vec<Result<ItemOutput, String>>>;
+    fn run(
+        &mut self,
+        inputs: &[Self::Input],
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<Result<ItemOutput, String>>>;
 
     /// How this workload produces outputs (model hashes, runtime, device ...).
     fn manifest(&self) -> Manifest;
@@ -69,36 +80,67 @@ pub fn run_items<W: Workload>(
 ) -> Result<BatchResult> {
     let (ids, inputs): (Vec<String>, Vec<W::Input>) = items.into_iter().unzip();
     let results = workload.run(&inputs, progress)?;
-    assert_eq!(results.len(), ids.len(), "workload {} returned {} results for {} inputs", workload.id(), results.len(), ids.len());
+    assert_eq!(
+        results.len(),
+        ids.len(),
+        "workload {} returned {} results for {} inputs",
+        workload.id(),
+        results.len(),
+        ids.len()
+    );
     let outputs: Vec<(String, Result<ItemOutput, String>)> = ids.into_iter().zip(results).collect();
-    let committed: Vec<(String, Hash)> =
-        outputs.iter().filter_map(|(id, r)| r.as_ref().ok().map(|o| (id.clone(), o.hash))).collect();
-    Ok(BatchResult { commitment: Commitment::build(&committed), manifest: workload.manifest(), outputs })
+    let committed: Vec<(String, Hash)> = outputs
+        .iter()
+        .filter_map(|(id, r)| r.as_ref().ok().map(|o| (id.clone(), o.hash)))
+        .collect();
+    Ok(BatchResult {
+        commitment: Commitment::build(&committed),
+        manifest: workload.manifest(),
+        outputs,
+    })
 }
 
 /// Looks a field up in the line object, then in its `body` object (OpenAI batch style).
 pub fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    fields.get(name).or_else(|| fields.get("body").and_then(Value::as_object).and_then(|b| b.get(name)))
+    fields.get(name).or_else(|| {
+        fields
+            .get("body")
+            .and_then(Value::as_object)
+            .and_then(|b| b.get(name))
+    })
 }
 
 pub fn opt_u64(fields: &Map<String, Value>, name: &str) -> Result<Option<u64>, FieldError> {
     match field(fields, name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| FieldError::new(name, "expected a non-negative integer")),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| FieldError::new(name, "expected a non-negative integer")),
     }
 }
 
 pub fn opt_f64(fields: &Map<String, Value>, name: &str) -> Result<Option<f64>, FieldError> {
     match field(fields, name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| FieldError::new(name, "expected a number")),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| FieldError::new(name, "expected a number")),
     }
 }
 
-pub fn opt_str<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, FieldError> {
+pub fn opt_str<'a>(
+    fields: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, FieldError> {
     match field(fields, name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_str().map(Some).ok_or_else(|| FieldError::new(name, "expected a string")),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| FieldError::new(name, "expected a string")),
     }
 }
 

@@ -439,24 +439,43 @@ impl Project {
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
         println!("xtask: building the marketplace (release)");
-        run(self.cargo().args(["build", "--release", "--locked", "-p", "matching-engine"]))?;
+        run(self.cargo().args(["build", "--release", "--locked", "-p", "matching-engine", "-p", "gridbook-settlement"]))?;
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
-        let bin = target.join("release/matching-engine");
-        let mut engine = self
-            .cargo_bin_command(&bin)
-            .args(["run", "--config"])
-            .arg(self.root.join("matching-engine/engine/config/dev.toml"))
-            .spawn()
-            .map_err(|e| format!("starting matching-engine: {e}"))?;
-        println!("xtask: Gridbook is running (matching engine). Ctrl-C stops it.");
-        println!("xtask: not built yet: api (issue 5), settlement worker (issue 4), executor agent (issue 6)");
+        let engine_config = self.root.join("matching-engine/engine/config/dev.toml");
+        let processes: [(&str, Vec<&OsStr>); 2] = [
+            ("matching-engine", vec![OsStr::new("run"), OsStr::new("--config"), engine_config.as_os_str()]),
+            ("settlement-worker", vec![OsStr::new("run")]),
+        ];
+        let mut children = Vec::new();
+        for (name, args) in processes {
+            let child = self
+                .cargo_bin_command(&target.join("release").join(name))
+                .args(args)
+                .spawn()
+                .map_err(|e| format!("starting {name}: {e}"))?;
+            children.push((name, child));
+        }
+        println!("xtask: Gridbook is running: matching engine, settlement worker. Ctrl-C stops it.");
+        println!("xtask: not built yet: the HTTP API and web UI (issue 5), the executor agent (issue 6)");
         loop {
             if interrupted.load(Ordering::SeqCst) {
-                let _ = engine.wait();
+                for (_, child) in &mut children {
+                    let _ = child.wait();
+                }
                 return Ok(());
             }
-            if let Some(status) = engine.try_wait().map_err(|e| e.to_string())? {
-                return if status.success() { Ok(()) } else { Err(format!("matching-engine exited: {status}")) };
+            let mut exited = None;
+            for (name, child) in &mut children {
+                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                    exited = Some(format!("{name} exited: {status}"));
+                }
+            }
+            if let Some(why) = exited {
+                for (_, child) in &mut children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(why);
             }
             thread::sleep(Duration::from_millis(200));
         }

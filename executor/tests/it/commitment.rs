@@ -1,7 +1,9 @@
 use executor::commitment::*;
 
 fn leaves(n: usize) -> Vec<Hash> {
-    (0..n).map(|i| leaf_hash(&format!("id{i}"), &sha256(&[i as u8]))).collect()
+    (0..n)
+        .map(|i| leaf_hash(&format!("id{i}"), &sha256(&[i as u8])))
+        .collect()
 }
 
 #[test]
@@ -25,7 +27,11 @@ fn leaf_and_node_are_domain_separated() {
     leaf_input.extend(b"a");
     leaf_input.extend(h);
     assert_eq!(leaf_hash("a", &h), sha256(&leaf_input));
-    assert_ne!(leaf_hash("a", &h), leaf_hash("b", &h), "custom_id is bound into the leaf");
+    assert_ne!(
+        leaf_hash("a", &h),
+        leaf_hash("b", &h),
+        "custom_id is bound into the leaf"
+    );
     let mut node_input = vec![1u8];
     node_input.extend(h);
     node_input.extend(h);
@@ -62,5 +68,8 @@ fn any_change_or_reorder_changes_the_root() {
 
 #[test]
 fn embedding_bytes_are_little_endian_f32() {
-    assert_eq!(embedding_bytes(&[1.0, -2.5]), [0, 0, 128, 63, 0, 0, 32, 192]);
+    assert_eq!(
+        embedding_bytes(&[1.0, -2.5]),
+        [0, 0, 128, 63, 0, 0, 32, 192]
+    );
 }

@@ -28,8 +28,12 @@ pub fn models() -> ModelsDir {
 pub fn cpu() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        Runtime::new(RuntimeConfig { dylib_path: Some(ort_dylib()), provider: Provider::Cpu, intra_threads: 1 })
-            .expect("CPU runtime starts")
+        Runtime::new(RuntimeConfig {
+            dylib_path: Some(ort_dylib()),
+            provider: Provider::Cpu,
+            intra_threads: 1,
+        })
+        .expect("CPU runtime starts")
     })
 }
 
@@ -38,7 +42,10 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gridbook-executor-it-{}-{name}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "gridbook-executor-it-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d

@@ -4,7 +4,9 @@ use executor::local::{artifact_name, parse_jsonl, run_file};
 use crate::common;
 
 fn workload() -> EmbedWorkload {
-    EmbedWorkload { embedder: Embedder::load(common::cpu(), &common::models(), EmbedConfig::default()).unwrap() }
+    EmbedWorkload {
+        embedder: Embedder::load(common::cpu(), &common::models(), EmbedConfig::default()).unwrap(),
+    }
 }
 
 #[test]
@@ -32,8 +34,11 @@ fn bad_lines_go_to_the_error_file_and_good_lines_still_run() {
     let report = run_file(&mut w, &input, &out, &|_| {}, &|_| {}).unwrap();
     assert_eq!((report.succeeded, report.failed), (2, 7));
 
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["custom_id"], "a");
     assert_eq!(lines[1]["custom_id"], "c");
@@ -44,8 +49,16 @@ fn bad_lines_go_to_the_error_file_and_good_lines_still_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let summary: Vec<(u64, Option<&str>, Option<&str>)> =
-        errors.iter().map(|e| (e["line"].as_u64().unwrap(), e["custom_id"].as_str(), e["field"].as_str())).collect();
+    let summary: Vec<(u64, Option<&str>, Option<&str>)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["custom_id"].as_str(),
+                e["field"].as_str(),
+            )
+        })
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -58,29 +71,55 @@ fn bad_lines_go_to_the_error_file_and_good_lines_still_run() {
             (10, None, Some("custom_id")),
         ]
     );
-    assert!(errors[0]["message"].as_str().unwrap().contains("invalid JSON"));
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON")
+    );
     assert!(errors[4]["message"].as_str().unwrap().contains("duplicate"));
 
     // the commitment covers exactly the delivered items and recomputes from the output file
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report.paths.commitment).unwrap()).unwrap();
-    let c: executor::commitment::Commitment = serde_json::from_value(doc["commitment"].clone()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report.paths.commitment).unwrap()).unwrap();
+    let c: executor::commitment::Commitment =
+        serde_json::from_value(doc["commitment"].clone()).unwrap();
     assert_eq!(c.items.len(), 2);
     assert_eq!(c.recompute_root().unwrap(), c.merkle_root);
     for (line, item) in lines.iter().zip(&c.items) {
-        let v: Vec<f32> = line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let h = hex::encode(executor::commitment::sha256(&executor::commitment::embedding_bytes(&v)));
-        assert_eq!(h, item.sha256, "the JSON floats round-trip to the committed bytes");
+        let v: Vec<f32> = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let h = hex::encode(executor::commitment::sha256(
+            &executor::commitment::embedding_bytes(&v),
+        ));
+        assert_eq!(
+            h, item.sha256,
+            "the JSON floats round-trip to the committed bytes"
+        );
         assert_eq!(line["sha256"], item.sha256.as_str());
     }
-    assert_eq!(doc["manifest"]["models"]["model"], executor::models::pinned::MINILM_L6_INT8);
-    assert_eq!(doc["manifest"]["execution_provider"], "CPUExecutionProvider");
+    assert_eq!(
+        doc["manifest"]["models"]["model"],
+        executor::models::pinned::MINILM_L6_INT8
+    );
+    assert_eq!(
+        doc["manifest"]["execution_provider"],
+        "CPUExecutionProvider"
+    );
     assert_eq!(doc["manifest"]["ort_version"], "1.31.1");
 }
 
 #[test]
 fn parser_reports_line_numbers_without_running_models() {
     let w = workload();
-    let parsed = parse_jsonl(&w, "{\"custom_id\":\"x\",\"input\":\"ok\"}\n{\"custom_id\":\"\",\"input\":\"e\"}\n".as_bytes());
+    let parsed = parse_jsonl(
+        &w,
+        "{\"custom_id\":\"x\",\"input\":\"ok\"}\n{\"custom_id\":\"\",\"input\":\"e\"}\n".as_bytes(),
+    );
     assert_eq!(parsed.items.len(), 1);
     assert_eq!(parsed.errors[0].line, 2);
     assert_eq!(parsed.errors[0].field.as_deref(), Some("custom_id"));

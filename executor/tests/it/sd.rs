@@ -11,15 +11,31 @@ use crate::common;
 
 fn pipeline() -> &'static SdPipeline {
     static P: OnceLock<SdPipeline> = OnceLock::new();
-    P.get_or_init(|| SdPipeline::load(common::cpu(), &common::fixtures().join("tiny-sd")).expect("tiny SD fixtures load"))
+    P.get_or_init(|| {
+        SdPipeline::load(common::cpu(), &common::fixtures().join("tiny-sd"))
+            .expect("tiny SD fixtures load")
+    })
 }
 
 fn input(prompt: &str, seed: u64) -> SdInput {
-    SdInput { prompt: prompt.into(), negative_prompt: String::new(), seed, steps: 4, guidance_scale: 7.5, width: 64, height: 64 }
+    SdInput {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        seed,
+        steps: 4,
+        guidance_scale: 7.5,
+        width: 64,
+        height: 64,
+    }
 }
 
 fn sd15() -> SchedulerConfig {
-    SchedulerConfig { num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: "scaled_linear".into() }
+    SchedulerConfig {
+        num_train_timesteps: 1000,
+        beta_start: 0.00085,
+        beta_end: 0.012,
+        beta_schedule: "scaled_linear".into(),
+    }
 }
 
 #[test]
@@ -55,7 +71,11 @@ fn prompt_tokens_are_wrapped_and_padded_to_77() {
     assert_eq!(ids.len(), 77);
     let c = p.config();
     assert_eq!(ids[0], c.bos_token_id);
-    assert!(ids[1..6].iter().all(|&i| i > 2), "five known words: {:?}", &ids[..8]);
+    assert!(
+        ids[1..6].iter().all(|&i| i > 2),
+        "five known words: {:?}",
+        &ids[..8]
+    );
     assert_eq!(ids[6], c.eos_token_id);
     assert!(ids[7..].iter().all(|&i| i == c.pad_token_id));
     let long = "cat ".repeat(200);
@@ -69,7 +89,9 @@ fn end_to_end_on_fixtures_is_reproducible_and_prompt_dependent() {
     let a = p.render_png(&input("a photo of a red cat", 7)).unwrap();
     let b = p.render_png(&input("a photo of a red cat", 7)).unwrap();
     let c = p.render_png(&input("a photo of a red cat", 8)).unwrap();
-    let d = p.render_png(&input("a painting of a blue castle at night", 7)).unwrap();
+    let d = p
+        .render_png(&input("a painting of a blue castle at night", 7))
+        .unwrap();
     assert_eq!(a, b, "same prompt and seed → same PNG bytes");
     assert_ne!(a, c, "seed changes the noise");
     assert_ne!(a, d, "prompt conditions the UNet through the text encoder");
@@ -87,13 +109,31 @@ fn end_to_end_on_fixtures_is_reproducible_and_prompt_dependent() {
 
 #[test]
 fn workload_parses_and_validates_fields() {
-    let w = SdWorkload { pipeline: SdPipeline::load(common::cpu(), &common::fixtures().join("tiny-sd")).unwrap() };
-    let f = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).unwrap();
-    let ok = w.parse("r1", &f(r#"{"prompt":"a cat","seed":42}"#)).unwrap();
+    let w = SdWorkload {
+        pipeline: SdPipeline::load(common::cpu(), &common::fixtures().join("tiny-sd")).unwrap(),
+    };
+    let f =
+        |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).unwrap();
+    let ok = w
+        .parse("r1", &f(r#"{"prompt":"a cat","seed":42}"#))
+        .unwrap();
     assert_eq!((ok.seed, ok.steps, ok.width), (42, 4, 64));
-    assert_eq!(w.parse("r1", &f(r#"{"seed":42}"#)).unwrap_err().field, "prompt");
-    assert_eq!(w.parse("r1", &f(r#"{"prompt":"x","width":65}"#)).unwrap_err().field, "width");
-    assert_eq!(w.parse("r1", &f(r#"{"prompt":"x","steps":0}"#)).unwrap_err().field, "steps");
+    assert_eq!(
+        w.parse("r1", &f(r#"{"seed":42}"#)).unwrap_err().field,
+        "prompt"
+    );
+    assert_eq!(
+        w.parse("r1", &f(r#"{"prompt":"x","width":65}"#))
+            .unwrap_err()
+            .field,
+        "width"
+    );
+    assert_eq!(
+        w.parse("r1", &f(r#"{"prompt":"x","steps":0}"#))
+            .unwrap_err()
+            .field,
+        "steps"
+    );
     assert_eq!(w.manifest().models.len(), 3);
 }
 
@@ -103,14 +143,26 @@ fn tampered_fixture_hash_is_refused() {
     let src = common::fixtures().join("tiny-sd");
     for part in ["text_encoder", "unet", "vae_decoder"] {
         std::fs::create_dir_all(dir.join(part)).unwrap();
-        std::fs::copy(src.join(part).join("model.onnx"), dir.join(part).join("model.onnx")).unwrap();
+        std::fs::copy(
+            src.join(part).join("model.onnx"),
+            dir.join(part).join("model.onnx"),
+        )
+        .unwrap();
     }
     std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let cfg = std::fs::read_to_string(src.join("gridbook-sd.json")).unwrap();
-    let unet_hash = executor::models::sha256_file(&src.join("unet/model.onnx")).unwrap().to_string();
-    std::fs::write(dir.join("gridbook-sd.json"), cfg.replace(&unet_hash, &"0".repeat(64))).unwrap();
+    let unet_hash = executor::models::sha256_file(&src.join("unet/model.onnx"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        dir.join("gridbook-sd.json"),
+        cfg.replace(&unet_hash, &"0".repeat(64)),
+    )
+    .unwrap();
     match SdPipeline::load(common::cpu(), &dir) {
-        Err(ExecutorError::ModelHashMismatch { path, .. }) => assert!(path.ends_with("unet/model.onnx")),
+        Err(ExecutorError::ModelHashMismatch { path, .. }) => {
+            assert!(path.ends_with("unet/model.onnx"))
+        }
         Err(other) => panic!("expected hash mismatch, got {other:?}"),
         Ok(_) => panic!("expected hash mismatch, loaded"),
     }
