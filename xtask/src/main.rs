@@ -459,6 +459,10 @@ impl Project {
         println!("xtask: not built yet: the HTTP API and web UI (issue 5), the executor agent (issue 6)");
         loop {
             if interrupted.load(Ordering::SeqCst) {
+                // A terminal's Ctrl-C reached them too; a signal sent to xtask alone did not.
+                for (_, child) in &mut children {
+                    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                }
                 for (_, child) in &mut children {
                     let _ = child.wait();
                 }
