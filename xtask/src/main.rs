@@ -13,6 +13,7 @@ use std::{
     env,
     ffi::OsStr,
     fs,
+    io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
@@ -454,7 +455,42 @@ impl Project {
 
     fn run_tests(&self, extra: &[&str]) -> Result<()> {
         println!("xtask: cargo test --workspace --locked --no-fail-fast");
-        run(self.cargo().args(["test", "--workspace", "--locked", "--no-fail-fast"]).args(extra))
+        let mut child = self
+            .cargo()
+            .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting cargo test: {e}"))?;
+        // Pass the output through and add up cargo's per-binary "test result:" lines, so the run
+        // ends with one total (the last binary cargo prints is often a doc-test run of 0 tests).
+        let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+        let stdout = child.stdout.take().ok_or("no stdout from cargo test")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        println!("\nxtask: all test binaries together:");
+        println!("{passed} passed, {failed} failed, {ignored} skipped");
+        if status.success() && failed == 0 {
+            Ok(())
+        } else {
+            Err(format!("cargo test failed: {status}"))
+        }
     }
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
