@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::*;
 
 /// The worker process, killed with SIGKILL when dropped (also when the test fails).
-struct Worker(Child);
+pub struct Worker(Child);
 
 impl Worker {
     fn kill(&mut self) {
@@ -30,7 +30,7 @@ impl Drop for Worker {
     }
 }
 
-fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Worker {
+pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Worker {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -4,6 +4,7 @@
 //! tests share the NATS server safely.
 
 mod crash;
+mod e2e;
 mod flow;
 mod settle;
 

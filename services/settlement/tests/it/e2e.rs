@@ -1,0 +1,125 @@
+//! End to end through the real processes: commands published on NATS (what the API's outbox
+//! does) → the real `matching-engine` binary matches them → the real `settlement-worker`
+//! binary moves the escrow and publishes the assignments. Real PostgreSQL, real JetStream.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gridbook_ledger::AccountCode;
+use matching_core::{AccountId as EngAcct, Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
+
+use crate::crash::spawn_worker;
+use crate::*;
+
+/// The engine binary sits next to this test's directory in the same target folder: `cargo test
+/// --workspace` (what `cargo xtask test` runs) builds it before any test starts.
+fn engine_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("matching-engine");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p matching-engine`, or run `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+struct Engine(Child);
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn place(id: u64, account: u64, side: Side, price: u64, qty: u64) -> CommandKind {
+    CommandKind::Place(Place {
+        id: OrderId(id),
+        account: EngAcct(account),
+        owner: None,
+        side,
+        price: Some(price),
+        qty,
+        tif: TimeInForce::Gtc,
+        post_only: false,
+        budget: None,
+        stp: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
+    let db = fresh_db();
+    let c = &mut db.conn();
+    let market = unique_market("E2E");
+    let js = jetstream().await;
+    let dir = std::env::temp_dir().join(format!("gridbook-e2e-{market}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("engine.toml"),
+        format!(
+            "engine_id = \"e2e-{market}\"\nlease_secs = 3\n\n[[markets]]\nmarket = \"{market}\"\n\
+             min_price = 1\nmax_price = 1000\nmax_qty = 1000\nfee_bps = {FEE_BPS}\n"
+        ),
+    )
+    .unwrap();
+    let _engine = Engine(
+        Command::new(engine_binary())
+            .args(["run", "--config"])
+            .arg(dir.join("engine.toml"))
+            .env("GRIDBOOK_NATS_URL", nats_url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start matching-engine"),
+    );
+    let _worker = spawn_worker(db.url(), &market, &dir.join("worker.log"));
+
+    // What the API does: accounts, the escrow reservation, the id mapping (one transaction there).
+    let studio = funded(c, AccountCode::Studio, 1_000_000);
+    let provider = funded(c, AccountCode::Provider, 0);
+    let node = uuid::Uuid::now_v7();
+    let platform_before = money_in_platform(c);
+    let ask1 = provider_ask(c, &market, provider, node);
+    let ask2 = provider_ask(c, &market, provider, node);
+    let bid = escrowed_bid(c, &market, studio, 10, 120);
+
+    // ...and the commands it queues: two asks alone, then the bid and its cancel as one array.
+    let subject = subjects::market_cmd(&market);
+    let messages = [
+        serde_json::to_vec(&place(ask1, 2, Side::Ask, 100, 3)).unwrap(),
+        serde_json::to_vec(&place(ask2, 2, Side::Ask, 110, 4)).unwrap(),
+        serde_json::to_vec(&vec![
+            place(bid, 1, Side::Bid, 120, 10),
+            CommandKind::Cancel(Cancel { id: OrderId(bid), account: EngAcct(1) }),
+        ])
+        .unwrap(),
+    ];
+    for (i, payload) in messages.into_iter().enumerate() {
+        let msg = PublishMessage::build().payload(payload.into()).message_id(format!("{market}.cmd.{i}"));
+        js.send_publish(subject.clone(), msg).await.unwrap().await.unwrap();
+    }
+
+    // Fills at the asks' prices (3 @ 100, 4 @ 110); improvement and the cancelled 3 go back:
+    // the studio keeps 1,000,000 − (300 + ⌈7.5⌉) − (440 + ⌈11⌉) = 999,241 posted.
+    let start = std::time::Instant::now();
+    loop {
+        let assignments = assignments_of(&js, node).await;
+        if assignments.len() == 2 && posted(c, studio) == 999_241 {
+            let mut got: Vec<(u64, u64)> = assignments.iter().map(|(_, a)| (a.qty, a.price)).collect();
+            got.sort();
+            assert_eq!(got, [(3, 100), (4, 110)]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "not settled in time: {} assignments, studio posted {} (worker log: {})",
+            assignments.len(),
+            posted(c, studio),
+            dir.join("worker.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_healthy(c);
+    assert_eq!(money_in_platform(c), platform_before, "money was created or destroyed");
+}
