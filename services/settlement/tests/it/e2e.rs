@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gridbook_ledger::AccountCode;
-use matching_core::{AccountId as EngAcct, Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
+use matching_core::{AccountId as EngAcct, Cancel, CommandKind, OrderId, Side};
 
 use crate::crash::spawn_worker;
 use crate::*;
@@ -30,21 +30,6 @@ impl Drop for Engine {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn place(id: u64, account: u64, side: Side, price: u64, qty: u64) -> CommandKind {
-    CommandKind::Place(Place {
-        id: OrderId(id),
-        account: EngAcct(account),
-        owner: None,
-        side,
-        price: Some(price),
-        qty,
-        tif: TimeInForce::Gtc,
-        post_only: false,
-        budget: None,
-        stp: None,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,10 +72,10 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
     // ...and the commands it queues: two asks alone, then the bid and its cancel as one array.
     let subject = subjects::market_cmd(&market);
     let messages = [
-        serde_json::to_vec(&place(ask1, 2, Side::Ask, 100, 3)).unwrap(),
-        serde_json::to_vec(&place(ask2, 2, Side::Ask, 110, 4)).unwrap(),
+        serde_json::to_vec(&gtc(ask1, 2, Side::Ask, 100, 3)).unwrap(),
+        serde_json::to_vec(&gtc(ask2, 2, Side::Ask, 110, 4)).unwrap(),
         serde_json::to_vec(&vec![
-            place(bid, 1, Side::Bid, 120, 10),
+            gtc(bid, 1, Side::Bid, 120, 10),
             CommandKind::Cancel(Cancel { id: OrderId(bid), account: EngAcct(1) }),
         ])
         .unwrap(),

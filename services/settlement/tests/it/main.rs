@@ -135,18 +135,7 @@ impl Sim {
     }
 
     pub fn place(&mut self, id: u64, account: u64, side: Side, price: u64, qty: u64) -> Vec<Event> {
-        self.apply(CommandKind::Place(Place {
-            id: OrderId(id),
-            account: EngAcct(account),
-            owner: None,
-            side,
-            price: Some(price),
-            qty,
-            tif: TimeInForce::Gtc,
-            post_only: false,
-            budget: None,
-            stp: None,
-        }))
+        self.apply(gtc(id, account, side, price, qty))
     }
 
     pub fn cancel(&mut self, id: u64, account: u64) -> Vec<Event> {
@@ -155,6 +144,22 @@ impl Sim {
             account: EngAcct(account),
         }))
     }
+}
+
+/// A GTC limit order.
+pub fn gtc(id: u64, account: u64, side: Side, price: u64, qty: u64) -> CommandKind {
+    CommandKind::Place(Place {
+        id: OrderId(id),
+        account: EngAcct(account),
+        owner: None,
+        side,
+        price: Some(price),
+        qty,
+        tif: TimeInForce::Gtc,
+        post_only: false,
+        budget: None,
+        stp: None,
+    })
 }
 
 /// Publishes `frames` like the engine: `per_message` frames per message, `Nats-Msg-Id` =
