@@ -63,9 +63,8 @@ fn bank_survives_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("final run: {}", String::from_utf8_lossy(&out.stdout));
-    // ~25 s on the dev VM; generous bound so a loaded CI machine does not flake.
+    // ~25 s on the dev VM; reported, not asserted (speed is measured by benchmarks).
     eprintln!("bank test ran {:?}", started.elapsed());
-    assert!(started.elapsed() < Duration::from_secs(180));
 
     let c = &mut db.conn();
     let failures = count(c, "SELECT count(*) AS n FROM bank_failures");

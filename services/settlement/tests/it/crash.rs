@@ -122,19 +122,25 @@ async fn kill_9_mid_run_settles_every_fill_once() {
             }
         })
     };
+    // Kill on progress, not on a timer (a slow start-up must not turn the kills into no-ops):
+    // once a fifth, a half and three quarters of the effects are settled.
+    let effects = (fills_expected.len() + releases) as i64;
     let mut mid_run_kills = 0;
-    for pause in [300u64, 400, 400] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+    for threshold in [effects / 5, effects / 2, effects * 3 / 4] {
+        let start = std::time::Instant::now();
+        while count(c, "SELECT count(*) AS n FROM processed_events") < threshold {
+            assert!(start.elapsed() < Duration::from_secs(60), "the worker made no progress to {threshold} events");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         child.kill();
         let done = count(c, "SELECT count(*) AS n FROM processed_events");
-        eprintln!("killed the worker with {done} events settled");
-        mid_run_kills += usize::from(done > 0 && !publisher.is_finished());
+        eprintln!("killed the worker with {done} of {effects} events settled");
+        mid_run_kills += usize::from(done > 0 && done < effects);
         child = spawn_worker(db.url(), &market, &log);
     }
     publisher.await.unwrap();
     assert!(mid_run_kills > 0, "no kill landed while messages flowed");
 
-    let effects = (fills_expected.len() + releases) as i64;
     wait_until(
         Duration::from_secs(30),
         "settlement after the crashes",
