@@ -27,15 +27,7 @@ pub async fn connect(settings: &EngineSettings) -> anyhow::Result<Nats> {
         .build(client.clone());
     let max_age = Duration::from_secs(settings.retention_hours * 3600);
     for (name, subject) in [(streams::COMMANDS, subjects::ALL_MARKET_CMDS), (streams::EVENTS, subjects::ALL_MARKET_EVTS)] {
-        js.create_or_update_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            max_age,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        js.create_or_update_stream(streams::config(name, subject, max_age))
         .await
         .with_context(|| format!("ensuring stream {name}"))?;
     }

@@ -8,7 +8,6 @@ use async_nats::jetstream::{
     self, AckKind, Context,
     consumer::{PullConsumer, pull},
     message::PublishMessage,
-    stream,
 };
 use futures::StreamExt;
 use gridbook_ledger::events;
@@ -22,8 +21,6 @@ use crate::decide::CONSUMER;
 use crate::error::{Result, SettlementError};
 use crate::settle::settle_message;
 
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// In-process retries of one message before it is nak'ed for later redelivery.
 const MESSAGE_RETRIES: u32 = 8;
 
@@ -32,26 +29,14 @@ const MESSAGE_RETRIES: u32 = 8;
 /// configured engine is not overridden). `GRIDBOOK_ASSIGNMENTS` belongs to this worker and is
 /// created or updated.
 pub async fn ensure_streams(js: &Context) -> Result<()> {
-    js.get_or_create_stream(stream::Config {
-        name: streams::EVENTS.into(),
-        subjects: vec![subjects::ALL_MARKET_EVTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: MAX_AGE,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    })
+    js.get_or_create_stream(streams::config(streams::EVENTS, subjects::ALL_MARKET_EVTS, streams::DEFAULT_MAX_AGE))
     .await
     .map_err(SettlementError::nats)?;
-    js.create_or_update_stream(stream::Config {
-        name: streams::ASSIGNMENTS.into(),
-        subjects: vec![subjects::ALL_NODE_ASSIGNS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: MAX_AGE,
-        duplicate_window: DUPLICATE_WINDOW,
-        ..Default::default()
-    })
+    js.create_or_update_stream(streams::config(
+        streams::ASSIGNMENTS,
+        subjects::ALL_NODE_ASSIGNS,
+        streams::DEFAULT_MAX_AGE,
+    ))
     .await
     .map_err(SettlementError::nats)?;
     Ok(())

@@ -39,6 +39,29 @@ pub mod subjects {
 }
 
 pub mod streams {
+    use std::time::Duration;
+
+    use async_nats::jetstream::stream;
+
+    /// JetStream drops a resent `Nats-Msg-Id` within this window.
+    pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+    /// How long streams keep messages unless configured otherwise.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// The one configuration of every Gridbook stream: file storage, limits retention, the
+    /// duplicate window above.
+    pub fn config(name: &str, subject: &str, max_age: Duration) -> stream::Config {
+        stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        }
+    }
+
     /// Order commands, all markets; limits retention so a snapshot + replay can re-read them.
     pub const COMMANDS: &str = "GRIDBOOK_COMMANDS";
     /// Engine events, all markets; kept for replay and audits.
