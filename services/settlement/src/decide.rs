@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 use gridbook_ledger::AccountId;
 use matching_core::{Event, EventKind, RejectReason, Side};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::orders::MarketOrder;
@@ -37,25 +36,7 @@ pub fn release_id(market: &str, seq: u64) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("release/{market}/{seq}").as_bytes())
 }
 
-/// The message on `node.<node_id>.assign` (published from the outbox, `Nats-Msg-Id` = outbox id).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssignmentMsg {
-    /// = the escrow assignment id; complete/void it with this id.
-    pub assignment_id: Uuid,
-    pub market: String,
-    /// The engine event that created it.
-    pub event_seq: u64,
-    pub job_id: Option<Uuid>,
-    pub node_id: Uuid,
-    /// The bid's escrow order id.
-    pub order_id: Uuid,
-    /// Lots (= units of work).
-    pub qty: u64,
-    /// Trade price in ticks (= minor units per unit).
-    pub price: u64,
-    pub bid_engine_order_id: u64,
-    pub ask_engine_order_id: u64,
-}
+pub use gridbook_wire::node::AssignmentMsg;
 
 /// What one event does to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +159,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                     price,
                     bid_engine_order_id: bid_id,
                     ask_engine_order_id: ask_id,
+                    work: None,
                 },
             })
         }

@@ -33,7 +33,13 @@ pub mod subjects {
     pub fn job_result(job: &str) -> String {
         format!("job.{job}.result")
     }
+    /// Cancellation of assignments on one provider node ([`crate::node::CancelMsg`]).
+    pub fn node_cancel(node: &str) -> String {
+        format!("node.{node}.cancel")
+    }
     pub const ALL_MARKET_CMDS: &str = "market.*.cmd";
+    pub const ALL_JOB_RESULTS: &str = "job.*.result";
+    pub const ALL_NODE_HEARTBEATS: &str = "node.*.heartbeat";
     pub const ALL_MARKET_EVTS: &str = "market.*.evt";
     pub const ALL_NODE_ASSIGNS: &str = "node.*.assign";
 }
@@ -68,6 +74,9 @@ pub mod streams {
     pub const EVENTS: &str = "GRIDBOOK_EVENTS";
     /// Assignments to provider nodes (`node.*.assign`), published from the ledger's outbox.
     pub const ASSIGNMENTS: &str = "GRIDBOOK_ASSIGNMENTS";
+    /// Results of assignments (`job.*.result`), published by executors, consumed by the
+    /// settlement worker's verifier.
+    pub const RESULTS: &str = "GRIDBOOK_RESULTS";
     /// Object store holding the engine's latest snapshot per market.
     pub const SNAPSHOTS_BUCKET: &str = "gridbook_snapshots";
     /// Object store bucket for job input and output files, keyed by sha256.
@@ -161,6 +170,167 @@ pub mod market {
     }
 }
 
+/// What travels between the market and provider nodes: assignments (`node.<id>.assign`,
+/// stream `GRIDBOOK_ASSIGNMENTS`), cancellations (`node.<id>.cancel`, core NATS), heartbeats
+/// (`node.<id>.heartbeat`, core NATS) and results (`job.<job>.result`, stream
+/// `GRIDBOOK_RESULTS`). Inputs and outputs are objects in the `gridbook_files` bucket named by
+/// their sha256 (hex).
+pub mod node {
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    /// The work of one assignment: lines `[item_start, item_start + item_count)` (0-based) of
+    /// the job's input JSONL file, object `input_sha256`.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WorkSpec {
+        pub input_sha256: String,
+        pub item_start: u64,
+        pub item_count: u64,
+        /// Units `[unit_start, unit_start + qty)` of the job.
+        pub unit_start: u64,
+        /// The result must arrive before this time (ms since the Unix epoch), or the
+        /// assignment is voided and the studio refunded.
+        pub deadline_ms: u64,
+    }
+
+    /// The message on `node.<node_id>.assign` (published from the ledger's outbox,
+    /// `Nats-Msg-Id` = outbox id, so the node may see it again after a crash: dedupe by
+    /// `assignment_id`).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AssignmentMsg {
+        /// = the escrow assignment id; complete/void it with this id.
+        pub assignment_id: Uuid,
+        pub market: String,
+        /// The engine event that created it.
+        pub event_seq: u64,
+        pub job_id: Option<Uuid>,
+        pub node_id: Uuid,
+        /// The bid's escrow order id.
+        pub order_id: Uuid,
+        /// Lots (= units of work).
+        pub qty: u64,
+        /// Trade price in ticks (= minor units per unit).
+        pub price: u64,
+        pub bid_engine_order_id: u64,
+        pub ask_engine_order_id: u64,
+        /// What to run; absent for a bid that belongs to no job (nothing to run: report it
+        /// completed with no items).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub work: Option<WorkSpec>,
+    }
+
+    /// The message on `node.<node_id>.cancel`: stop these assignments (the job was cancelled
+    /// or the deadline passed). The node stops the run and reports nothing for them.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CancelMsg {
+        pub assignment_ids: Vec<Uuid>,
+        pub reason: String,
+    }
+
+    /// The message on `node.<node_id>.heartbeat`, every few seconds while the agent runs.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeartbeatMsg {
+        pub node_id: Uuid,
+        /// ms since the Unix epoch, node clock.
+        pub time_ms: u64,
+        /// Assignments running now.
+        pub running: Vec<Uuid>,
+        /// `cpu` or `cuda:<id>`.
+        pub device: String,
+        pub version: String,
+    }
+
+    /// How an assignment ended on the node.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case", tag = "status")]
+    pub enum Outcome {
+        /// Every item of the range produced an output or a per-item error line.
+        Completed {
+            /// Object (sha256 hex) in `gridbook_files`: JSONL, one line per item, the
+            /// executor's local-mode output format (`custom_id` + `embedding` or `image_png_b64`
+            /// or `error`).
+            output_sha256: String,
+            /// Merkle root (hex) over the items' leaves, as `executor`'s `Commitment` builds it.
+            merkle_root: String,
+            items_ok: u64,
+            items_failed: u64,
+        },
+        /// The node could not run it (model missing, out of memory, input unreadable).
+        Failed { reason: String },
+    }
+
+    /// The message on `job.<job_id>.result` (stream `GRIDBOOK_RESULTS`, `Nats-Msg-Id` =
+    /// `result.<assignment_id>`).
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct ResultMsg {
+        pub assignment_id: Uuid,
+        pub job_id: Uuid,
+        pub node_id: Uuid,
+        #[serde(flatten)]
+        pub outcome: Outcome,
+        /// The executor's manifest (model hash, ORT version, execution provider, dtype, GPU).
+        pub manifest: serde_json::Value,
+        pub elapsed_ms: u64,
+    }
+
+    /// The benchmark challenge a node must answer after registering (HTTP, see the API's
+    /// OpenAPI document): run `items` inputs of `workload` generated from `nonce`
+    /// (`executor`'s `challenge` module) and return the hash of the outputs.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Challenge {
+        pub nonce: String,
+        pub workload: String,
+        pub items: u32,
+    }
+}
+
+/// The kinds of work Gridbook's markets trade, by market symbol: which executor workload runs a
+/// market's units and how many input lines one unit covers (product.md, "Markets and units").
+pub mod catalog {
+    /// One market's work.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Work {
+        /// The executor workload (`executor run --workload <name>`).
+        pub workload: &'static str,
+        /// Input lines (JSONL items) per unit of the market.
+        pub items_per_unit: u32,
+    }
+
+    pub const MARKETS: &[(&str, Work)] = &[
+        (
+            "EMBED-MINILM-L6",
+            Work {
+                workload: "embed",
+                items_per_unit: 1_000,
+            },
+        ),
+        (
+            "RENDER-TERRAIN-128",
+            Work {
+                workload: "terrain",
+                items_per_unit: 1,
+            },
+        ),
+        (
+            "RENDER-SD15-512",
+            Work {
+                workload: "sd",
+                items_per_unit: 1,
+            },
+        ),
+    ];
+
+    /// The work of `market`, if Gridbook knows how to run it.
+    pub fn work(market: &str) -> Option<Work> {
+        MARKETS.iter().find(|(m, _)| *m == market).map(|(_, w)| *w)
+    }
+
+    /// Units needed for `items` input lines (rounded up).
+    pub fn units_for(work: Work, items: u64) -> u64 {
+        items.div_ceil(u64::from(work.items_per_unit))
+    }
+}
+
 /// Validates a market symbol for use in a subject: upper-case letters, digits and `-`, at most
 /// 64 characters (subjects must not contain `.`, `*`, `>` or whitespace).
 pub fn valid_market_symbol(s: &str) -> bool {
@@ -178,6 +348,8 @@ mod tests {
         assert_eq!(subjects::market_cmd("EMBED-MINILM-L6"), "market.EMBED-MINILM-L6.cmd");
         assert_eq!(subjects::market_evt("X"), "market.X.evt");
         assert_eq!(subjects::node_assign("n1"), "node.n1.assign");
+        assert_eq!(subjects::node_cancel("n1"), "node.n1.cancel");
+        assert_eq!(subjects::job_result("j"), "job.j.result");
     }
 
     #[test]

@@ -1,0 +1,10 @@
+DROP TABLE job_assignments;
+DROP TABLE asks;
+DROP TABLE nodes;
+DROP TABLE jobs;
+DROP TABLE files;
+DROP TABLE idempotency_keys;
+DROP TABLE api_keys;
+DROP TABLE sessions;
+DROP TABLE users;
+DROP SEQUENCE engine_account_ids;

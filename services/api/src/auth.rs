@@ -1,0 +1,267 @@
+//! Identity: passwords (argon2id), browser sessions (cookie `gridbook_session`, HttpOnly,
+//! Secure, SameSite=Strict), API keys (`Authorization: Bearer gbk_<prefix>_<secret>`), and the
+//! [`Principal`] extractor every authenticated handler takes.
+//!
+//! Secrets are never stored or logged: sessions and API keys are looked up by the sha256 of
+//! their secret (256 random bits, so a fast hash suffices); passwords by argon2id.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use diesel::prelude::*;
+use gridbook_ledger::AccountId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::schema::{api_keys, sessions, users};
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "gridbook_session";
+pub const KEY_PREFIX: &str = "gbk_";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Studio,
+    Provider,
+    Trader,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Studio => "studio",
+            Role::Provider => "provider",
+            Role::Trader => "trader",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "studio" => Role::Studio,
+            "provider" => Role::Provider,
+            "trader" => Role::Trader,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// What an API key may do. A session may do everything its role may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Read own objects and market data.
+    Read,
+    /// Upload files, create and cancel jobs.
+    Jobs,
+    /// Register nodes, answer challenges, post/amend/cancel asks.
+    Nodes,
+    /// Admin: credit accounts.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Jobs => "jobs",
+            Scope::Nodes => "nodes",
+            Scope::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Scope> {
+        Some(match s {
+            "read" => Scope::Read,
+            "jobs" => Scope::Jobs,
+            "nodes" => Scope::Nodes,
+            "admin" => Scope::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// How the request authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Session,
+    ApiKey { key_id: Uuid, scopes: Vec<Scope> },
+}
+
+/// The authenticated caller. Handlers take it as an argument; a request without valid
+/// credentials never reaches them (401 `unauthorized`).
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: Role,
+    pub account_id: AccountId,
+    pub engine_account: u64,
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// 403 unless the caller has one of `roles`.
+    pub fn require_role(&self, roles: &[Role]) -> ApiResult<()> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the role {}",
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )))
+        }
+    }
+    /// 403 unless a key has `scope` (sessions have every scope).
+    pub fn require_scope(&self, scope: Scope) -> ApiResult<()> {
+        match &self.credential {
+            Credential::Session => Ok(()),
+            Credential::ApiKey { scopes, .. } if scopes.contains(&scope) => Ok(()),
+            Credential::ApiKey { .. } => Err(ApiError::forbidden(format!(
+                "this API key lacks the scope {}",
+                scope.as_str()
+            ))),
+        }
+    }
+    /// The rate-limit key of this caller (key id or user id).
+    pub fn limiter_key(&self) -> String {
+        match &self.credential {
+            Credential::Session => format!("user:{}", self.user_id),
+            Credential::ApiKey { key_id, .. } => format!("key:{key_id}"),
+        }
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+#[derive(Queryable)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    role: String,
+    account_id: Uuid,
+    engine_account: i64,
+}
+
+fn principal(row: UserRow, credential: Credential) -> ApiResult<Principal> {
+    Ok(Principal {
+        user_id: row.id,
+        email: row.email,
+        role: Role::parse(&row.role).ok_or_else(|| ApiError::internal("bad role in users"))?,
+        account_id: AccountId(row.account_id),
+        engine_account: u64::try_from(row.engine_account)
+            .map_err(|_| ApiError::internal("bad engine_account"))?,
+        credential,
+    })
+}
+
+const USER_COLUMNS: (
+    users::id,
+    users::email,
+    users::role,
+    users::account_id,
+    users::engine_account,
+) = (
+    users::id,
+    users::email,
+    users::role,
+    users::account_id,
+    users::engine_account,
+);
+
+/// Looks up a session token (the cookie's value).
+pub fn principal_from_session(conn: &mut PgConnection, token: &str) -> ApiResult<Principal> {
+    let now = chrono::Utc::now();
+    let row: Option<UserRow> = sessions::table
+        .inner_join(users::table)
+        .filter(sessions::token_hash.eq(sha256(token.as_bytes())))
+        .filter(sessions::expires_at.gt(now))
+        .select(USER_COLUMNS)
+        .first(conn)
+        .optional()?;
+    let row = row.ok_or_else(|| ApiError::unauthorized("session expired or unknown; log in"))?;
+    principal(row, Credential::Session)
+}
+
+/// Splits `gbk_<prefix>_<secret>`.
+pub fn parse_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    let (prefix, secret) = rest.split_once('_')?;
+    if prefix.is_empty() || secret.is_empty() || prefix.len() > 32 || secret.len() > 128 {
+        return None;
+    }
+    Some((prefix, secret))
+}
+
+/// Looks up an API key; a revoked or unknown key is 401.
+pub fn principal_from_key(conn: &mut PgConnection, key: &str) -> ApiResult<Principal> {
+    let bad = || ApiError::unauthorized("invalid or revoked API key");
+    let (prefix, secret) = parse_key(key).ok_or_else(bad)?;
+    let row: Option<(Uuid, Vec<u8>, Vec<String>, UserRow)> = api_keys::table
+        .inner_join(users::table)
+        .filter(api_keys::prefix.eq(prefix))
+        .filter(api_keys::revoked_at.is_null())
+        .select((
+            api_keys::id,
+            api_keys::secret_hash,
+            api_keys::scopes,
+            USER_COLUMNS,
+        ))
+        .first(conn)
+        .optional()?;
+    let (key_id, hash, scopes, user) = row.ok_or_else(bad)?;
+    // Constant-time comparison of the digests.
+    let given = sha256(secret.as_bytes());
+    let diff = given.iter().zip(&hash).fold(0u8, |a, (x, y)| a | (x ^ y));
+    if diff != 0 || hash.len() != given.len() {
+        return Err(bad());
+    }
+    let scopes = scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+    principal(user, Credential::ApiKey { key_id, scopes })
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let bearer = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.strip_prefix("Bearer "))
+                    .map(str::to_owned)
+            });
+        let cookie = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal("AppState missing"))?;
+            match (bearer, cookie) {
+                (Some(Some(key)), _) => {
+                    crate::db::run(&state.db, move |c| principal_from_key(c, &key)).await
+                }
+                (Some(None), _) => Err(ApiError::unauthorized(
+                    "Authorization must be `Bearer gbk_<prefix>_<secret>`",
+                )),
+                (None, Some(token)) => {
+                    crate::db::run(&state.db, move |c| principal_from_session(c, &token)).await
+                }
+                (None, None) => Err(ApiError::unauthorized(
+                    "log in (session cookie) or send an API key (Authorization: Bearer …)",
+                )),
+            }
+        })
+    }
+}

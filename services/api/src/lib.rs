@@ -1,0 +1,41 @@
+//! gridbook-api: the marketplace's HTTP API (actix-web).
+//!
+//! Every user reaches Gridbook through it: studios upload JSONL files and submit jobs, providers
+//! register nodes and post asks, traders read markets and stream the book over a WebSocket.
+//! Money lives in PostgreSQL (the ledger); orders reach the matching engine through the ledger's
+//! outbox (published by the settlement worker), never directly from a handler.
+//!
+//! Code map:
+//! - `app`: `Application::build(settings)` binds (port 0 in tests) and wires everything.
+//! - `settings`: typed settings (defaults → TOML → `GRIDBOOK_*`).
+//! - `state`: `AppState` shared by handlers (database pool, JetStream, markets, settings).
+//! - `error`: `ApiError`, the one JSON error shape with a stable snake_case `code`.
+//! - `db`: the r2d2 pool and `db::run` (diesel on the blocking pool).
+//! - `auth`: passwords (argon2id), sessions (cookies), API keys, the `Principal` extractor.
+//! - `idempotency`: `Idempotency-Key` handling for POSTs that create something.
+//! - `accounts`, `money`: sign-up, log-in, keys, deposits, balance, statement.
+//! - `files`, `jobs`: JSONL uploads to the object store, batch jobs and their escrowed bids.
+//! - `nodes`: provider nodes, the hardware challenge, asks, assignments, earnings.
+//! - `markets`: the market catalogue and the trader REST + WebSocket routes.
+//! - `openapi`: the OpenAPI document, served at `/openapi.json`.
+
+pub mod accounts;
+pub mod app;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod files;
+pub mod health;
+pub mod idempotency;
+pub mod jobs;
+pub mod markets;
+pub mod money;
+pub mod nodes;
+pub mod openapi;
+mod schema;
+pub mod settings;
+pub mod state;
+
+pub use app::Application;
+pub use error::ApiError;
+pub use settings::Settings;

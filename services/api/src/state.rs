@@ -1,0 +1,18 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+
+use crate::db::DbPool;
+use crate::markets::Markets;
+use crate::settings::Settings;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DbPool,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub markets: Arc<Markets>,
+    pub settings: Arc<Settings>,
+}
