@@ -1,1 +1,4 @@
-//! Integration tests: the real app (port 0) against real PostgreSQL and NATS.
+//! Integration tests: the real app (bound to port 0) against real PostgreSQL (a fresh database
+//! per test) and the real NATS server (`GRIDBOOK_NATS_URL`); `cargo xtask test` provides both.
+
+mod common;
