@@ -12,6 +12,9 @@
 //! - `orders`: the `market_orders` table (engine order id → escrow order, account, node, job).
 //! - `settle`: the database edge — one message, one transaction.
 //! - `worker`: the NATS edge — streams, the consumer loop, the outbox publisher.
+//! - `jobs`: job assignments (fill → input lines, deadline), job states, finishing.
+//! - `verify`: checking a node's result (completeness, hashes, Merkle root, sampled re-run).
+//! - `results`: the NATS edge of results — the verifier consumer and the job finisher.
 //! - `db`: diesel on tokio's blocking pool.
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
@@ -20,7 +23,10 @@
 pub mod db;
 pub mod decide;
 pub mod error;
+pub mod jobs;
 pub mod orders;
+pub mod results;
+pub mod verify;
 mod schema;
 pub mod settle;
 pub mod worker;
@@ -84,7 +90,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         .connect(&settings.nats_url)
         .await
         .map_err(SettlementError::nats)?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     worker::ensure_streams(&js).await?;
     let wake = Arc::new(Notify::new());
     let settings = Arc::new(settings);
@@ -106,6 +112,29 @@ pub async fn run(settings: Settings) -> Result<()> {
             loop {
                 if let Err(e) = worker::run_outbox(&s, &js, &wake).await {
                     error!(error = %e, "outbox publisher failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    let finished = Arc::new(Notify::new());
+    {
+        let (s, js, finished) = (settings.clone(), js.clone(), finished.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = results::run_verifier(&s, &js, &finished).await {
+                    error!(error = %e, "result verifier failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let (s, js, finished) = (settings.clone(), js.clone(), finished.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = results::run_finisher(&s, &js, &client, &finished).await {
+                    error!(error = %e, "job finisher failed; restarting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -12,3 +12,71 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+// Marketplace tables (migration `*_marketplace`) the worker reads and moves through their
+// states: only the columns it uses.
+diesel::table! {
+    files (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        purpose -> Text,
+        sha256 -> Text,
+        bytes -> Int8,
+        lines -> Int4,
+        filename -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        market -> Text,
+        input_file -> Uuid,
+        status -> Text,
+        items -> Int4,
+        items_per_unit -> Int4,
+        units -> Int8,
+        deadline -> Timestamptz,
+        order_id -> Uuid,
+        items_completed -> Int4,
+        items_failed -> Int4,
+        output_file -> Nullable<Uuid>,
+        error_file -> Nullable<Uuid>,
+        cancel_requested_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    nodes (id) {
+        id -> Uuid,
+        reputation -> Int4,
+    }
+}
+
+diesel::table! {
+    job_assignments (id) {
+        id -> Uuid,
+        job_id -> Uuid,
+        node_id -> Uuid,
+        market -> Text,
+        unit_start -> Int8,
+        units -> Int8,
+        item_start -> Int4,
+        item_count -> Int4,
+        price -> Int8,
+        status -> Text,
+        output_sha256 -> Nullable<Text>,
+        merkle_root -> Nullable<Text>,
+        manifest -> Nullable<Jsonb>,
+        detail -> Nullable<Text>,
+        deadline -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(jobs -> files (input_file));
+diesel::joinable!(job_assignments -> jobs (job_id));
+diesel::allow_tables_to_appear_in_same_query!(files, jobs, job_assignments, nodes);

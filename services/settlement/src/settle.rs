@@ -9,6 +9,7 @@ use gridbook_wire::{market::EventFrame, subjects};
 use tracing::{debug, error, warn};
 
 use crate::decide::{self, Effect};
+use crate::jobs;
 use crate::error::{Result, SettlementError};
 use crate::orders::{self, MarketOrder};
 
@@ -62,7 +63,7 @@ pub fn settle_message(
                     continue;
                 }
                 // A savepoint per event: a refused event leaves no partial effect behind.
-                match c.transaction(|c| apply(c, &effect)) {
+                match c.transaction(|c| apply(c, &effect, frame.time)) {
                     Ok(assigned) => {
                         out.applied += 1;
                         out.assignments += usize::from(assigned);
@@ -107,8 +108,9 @@ fn load_views(
     Ok(views)
 }
 
-/// Applies one ledger effect; `true` when it created an assignment.
-fn apply(c: &mut PgConnection, effect: &Effect) -> Result<bool> {
+/// Applies one ledger effect; `true` when it created an assignment. `time`: the command's time
+/// (ms), from which an assignment's deadline is counted.
+fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
     match effect {
         Effect::Skip { .. } | Effect::MarkAccepted { .. } => Ok(false),
         Effect::Refuse { why } => Err(SettlementError::Refused(why.clone())),
@@ -117,6 +119,24 @@ fn apply(c: &mut PgConnection, effect: &Effect) -> Result<bool> {
             provider,
             assignment: a,
         } => {
+            // A job's fill takes the bid's next units (see `jobs`): where they start is what
+            // was filled before this fill.
+            let mut a = a.clone();
+            if let Some(job_id) = a.job_id {
+                let before = escrow::get_order(c, *order_id)?;
+                let unit_start = (before.terms.quantity - before.quantity_open).max(0) as u64;
+                let job = jobs::load_job(c, job_id)?.ok_or_else(|| {
+                    SettlementError::Refused(format!("fill of job {job_id}, which does not exist"))
+                })?;
+                let work = jobs::work_for_fill(&job, unit_start, a.qty, time).ok_or_else(|| {
+                    SettlementError::Refused(format!(
+                        "fill of units {unit_start}+{} outside job {job_id} ({} units)",
+                        a.qty, job.units
+                    ))
+                })?;
+                jobs::insert_assignment(c, &a, &work)?;
+                a.work = Some(work);
+            }
             // `decide` checked that qty and price fit in i64.
             escrow::on_fill(
                 c,
@@ -127,7 +147,7 @@ fn apply(c: &mut PgConnection, effect: &Effect) -> Result<bool> {
                 a.price as i64,
             )?;
             let subject = subjects::node_assign(&a.node_id.to_string());
-            events::enqueue_outbox(c, &subject, &serde_json::to_value(a)?)?;
+            events::enqueue_outbox(c, &subject, &serde_json::to_value(&a)?)?;
             Ok(true)
         }
         Effect::Release {

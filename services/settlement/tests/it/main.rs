@@ -226,7 +226,7 @@ pub fn escrowed_bid(
             order_id,
             account_id: studio,
             node_id: None,
-            job_id: Some(uuid::Uuid::now_v7()),
+            job_id: None,
             accepted_seq: None,
         },
     )

@@ -1,0 +1,507 @@
+//! Jobs as the settlement worker moves them: a fill of a job's bid becomes a `job_assignments`
+//! row (which input lines, which node, until when); a verified result completes it; when nothing
+//! is open or running any more the job is finished (its output and error files assembled by
+//! `results`).
+//!
+//! Units → lines: a market's unit covers `items_per_unit` input lines (`gridbook_wire::catalog`).
+//! Fills of one bid come in order and each takes the next units: the fill's first unit is
+//! `quantity − quantity_open` of the escrow order just before the fill (job bids are never
+//! amended, so only fills lower `quantity_open` until the final cancel or expiry).
+
+use chrono::{DateTime, TimeZone, Utc};
+use diesel::prelude::*;
+use gridbook_wire::node::{AssignmentMsg, WorkSpec};
+use uuid::Uuid;
+
+use crate::error::{Result, SettlementError};
+use crate::schema::{files, job_assignments, jobs, nodes};
+
+/// The longest a node may take for one assignment (from the fill) unless the job's deadline is
+/// sooner; afterwards the assignment is voided and the studio refunded for it.
+pub const ASSIGNMENT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+/// What the worker needs of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobWork {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub market: String,
+    pub input_sha256: String,
+    pub items: u64,
+    pub items_per_unit: u64,
+    pub units: u64,
+    pub deadline_ms: u64,
+    pub order_id: Uuid,
+    pub status: String,
+    pub cancel_requested: bool,
+}
+
+/// Job states (see the `jobs` table).
+pub const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
+
+/// The lines units `[unit_start, unit_start + units)` cover. `None` when the range lies outside
+/// the job (a fill the job cannot have).
+pub fn work_for_fill(
+    job: &JobWork,
+    unit_start: u64,
+    units: u64,
+    fill_time_ms: u64,
+) -> Option<WorkSpec> {
+    if units == 0 || unit_start.checked_add(units)? > job.units {
+        return None;
+    }
+    let item_start = unit_start.checked_mul(job.items_per_unit)?;
+    if item_start >= job.items {
+        return None;
+    }
+    let item_end = unit_start
+        .checked_add(units)?
+        .checked_mul(job.items_per_unit)?
+        .min(job.items);
+    Some(WorkSpec {
+        input_sha256: job.input_sha256.clone(),
+        item_start,
+        item_count: item_end - item_start,
+        unit_start,
+        deadline_ms: job
+            .deadline_ms
+            .min(fill_time_ms.saturating_add(ASSIGNMENT_TIMEOUT_MS)),
+    })
+}
+
+/// Units of an assignment the studio pays for when `ok` of its `item_count` items verified:
+/// proportional, rounded down (a unit is paid only when all its items are good on average).
+pub fn verified_units(units: u64, item_count: u64, ok: u64) -> u64 {
+    if item_count == 0 {
+        return 0;
+    }
+    ((units as u128 * ok.min(item_count) as u128) / item_count as u128) as u64
+}
+
+/// The terminal state of a job with nothing open and nothing running.
+pub fn final_status(
+    items: u64,
+    completed: u64,
+    cancel_requested: bool,
+    deadline_passed: bool,
+) -> &'static str {
+    if completed >= items {
+        "completed"
+    } else if cancel_requested {
+        "cancelled"
+    } else if deadline_passed {
+        "expired"
+    } else {
+        "failed"
+    }
+}
+
+pub fn ms_to_time(ms: u64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+fn time_to_ms(t: DateTime<Utc>) -> u64 {
+    t.timestamp_millis().max(0) as u64
+}
+
+type JobRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    i32,
+    i32,
+    i64,
+    DateTime<Utc>,
+    Uuid,
+    String,
+    Option<DateTime<Utc>>,
+);
+
+fn job_from_row(r: JobRow) -> JobWork {
+    JobWork {
+        id: r.0,
+        owner: r.1,
+        market: r.2,
+        input_sha256: r.3,
+        items: r.4.max(0) as u64,
+        items_per_unit: r.5.max(1) as u64,
+        units: r.6.max(0) as u64,
+        deadline_ms: time_to_ms(r.7),
+        order_id: r.8,
+        status: r.9,
+        cancel_requested: r.10.is_some(),
+    }
+}
+
+/// The job, with its input file's sha256.
+pub fn load_job(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobWork>> {
+    let row: Option<JobRow> = jobs::table
+        .inner_join(files::table)
+        .filter(jobs::id.eq(id))
+        .select((
+            jobs::id,
+            jobs::owner,
+            jobs::market,
+            files::sha256,
+            jobs::items,
+            jobs::items_per_unit,
+            jobs::units,
+            jobs::deadline,
+            jobs::order_id,
+            jobs::status,
+            jobs::cancel_requested_at,
+        ))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(job_from_row))
+}
+
+/// Records a new assignment of `job` and moves a queued job to running. Idempotent by
+/// assignment id.
+pub fn insert_assignment(conn: &mut PgConnection, a: &AssignmentMsg, work: &WorkSpec) -> Result<()> {
+    let job_id = a
+        .job_id
+        .ok_or_else(|| SettlementError::Refused("assignment without a job".into()))?;
+    let i32_of = |v: u64, what: &str| {
+        i32::try_from(v).map_err(|_| SettlementError::Refused(format!("{what} exceeds i32")))
+    };
+    let i64_of = |v: u64, what: &str| {
+        i64::try_from(v).map_err(|_| SettlementError::Refused(format!("{what} exceeds i64")))
+    };
+    diesel::insert_into(job_assignments::table)
+        .values((
+            job_assignments::id.eq(a.assignment_id),
+            job_assignments::job_id.eq(job_id),
+            job_assignments::node_id.eq(a.node_id),
+            job_assignments::market.eq(&a.market),
+            job_assignments::unit_start.eq(i64_of(work.unit_start, "unit_start")?),
+            job_assignments::units.eq(i64_of(a.qty, "units")?),
+            job_assignments::item_start.eq(i32_of(work.item_start, "item_start")?),
+            job_assignments::item_count.eq(i32_of(work.item_count, "item_count")?),
+            job_assignments::price.eq(i64_of(a.price, "price")?),
+            job_assignments::status.eq("assigned"),
+            job_assignments::deadline.eq(ms_to_time(work.deadline_ms)),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    diesel::update(jobs::table.find(job_id).filter(jobs::status.eq("queued")))
+        .set((jobs::status.eq("running"), jobs::updated_at.eq(Utc::now())))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// One assignment as the verifier needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignmentRow {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub node_id: Uuid,
+    pub market: String,
+    pub units: u64,
+    pub item_start: u64,
+    pub item_count: u64,
+    pub status: String,
+    pub output_sha256: Option<String>,
+}
+
+type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, String, Option<String>);
+
+fn assignment_from_row(r: ARow) -> AssignmentRow {
+    AssignmentRow {
+        id: r.0,
+        job_id: r.1,
+        node_id: r.2,
+        market: r.3,
+        units: r.4.max(0) as u64,
+        item_start: r.5.max(0) as u64,
+        item_count: r.6.max(0) as u64,
+        status: r.7,
+        output_sha256: r.8,
+    }
+}
+
+const A_COLUMNS: (
+    job_assignments::id,
+    job_assignments::job_id,
+    job_assignments::node_id,
+    job_assignments::market,
+    job_assignments::units,
+    job_assignments::item_start,
+    job_assignments::item_count,
+    job_assignments::status,
+    job_assignments::output_sha256,
+) = (
+    job_assignments::id,
+    job_assignments::job_id,
+    job_assignments::node_id,
+    job_assignments::market,
+    job_assignments::units,
+    job_assignments::item_start,
+    job_assignments::item_count,
+    job_assignments::status,
+    job_assignments::output_sha256,
+);
+
+pub fn load_assignment(conn: &mut PgConnection, id: Uuid) -> Result<Option<AssignmentRow>> {
+    Ok(job_assignments::table
+        .find(id)
+        .select(A_COLUMNS)
+        .first::<ARow>(conn)
+        .optional()?
+        .map(assignment_from_row))
+}
+
+/// The assignments of a job, in item order.
+pub fn assignments_of(conn: &mut PgConnection, job: Uuid) -> Result<Vec<AssignmentRow>> {
+    Ok(job_assignments::table
+        .filter(job_assignments::job_id.eq(job))
+        .order(job_assignments::item_start.asc())
+        .select(A_COLUMNS)
+        .load::<ARow>(conn)?
+        .into_iter()
+        .map(assignment_from_row)
+        .collect())
+}
+
+/// How a verified (or failed) assignment ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    pub completed: bool,
+    pub items_ok: u64,
+    pub items_failed: u64,
+    pub output_sha256: Option<String>,
+    pub merkle_root: Option<String>,
+    pub manifest: Option<serde_json::Value>,
+    pub detail: String,
+}
+
+/// Reputation change (basis points) of a node per verified / failed assignment.
+pub const REPUTATION_PASS: i32 = 10;
+pub const REPUTATION_FAIL: i32 = -500;
+
+/// Moves an `assigned` assignment to `completed` or `failed`, counts its items on the job and
+/// adjusts the node's reputation. `false` when it was no longer `assigned` (nothing done).
+pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> Result<bool> {
+    let Some(a) = load_assignment(conn, id)? else {
+        return Ok(false);
+    };
+    let n = diesel::update(
+        job_assignments::table
+            .find(id)
+            .filter(job_assignments::status.eq("assigned")),
+    )
+    .set((
+        job_assignments::status.eq(if r.completed { "completed" } else { "failed" }),
+        job_assignments::output_sha256.eq(&r.output_sha256),
+        job_assignments::merkle_root.eq(&r.merkle_root),
+        job_assignments::manifest.eq(&r.manifest),
+        job_assignments::detail.eq(&r.detail),
+        job_assignments::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let ok = r.items_ok.min(a.item_count) as i32;
+    let failed = (a.item_count as i32) - ok;
+    diesel::update(jobs::table.find(a.job_id))
+        .set((
+            jobs::items_completed.eq(jobs::items_completed + ok),
+            jobs::items_failed.eq(jobs::items_failed + failed),
+            jobs::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)?;
+    let delta = if r.completed && failed == 0 {
+        REPUTATION_PASS
+    } else {
+        REPUTATION_FAIL
+    };
+    diesel::sql_query(
+        "UPDATE nodes SET reputation = LEAST(10000, GREATEST(0, reputation + $1)) WHERE id = $2",
+    )
+    .bind::<diesel::sql_types::Integer, _>(delta)
+    .bind::<diesel::sql_types::Uuid, _>(a.node_id)
+    .execute(conn)?;
+    let _ = nodes::table; // (the table is updated through SQL above)
+    Ok(true)
+}
+
+/// Assignments past their deadline that are still `assigned` (at most `limit`).
+pub fn overdue_assignments(conn: &mut PgConnection, limit: i64) -> Result<Vec<AssignmentRow>> {
+    Ok(job_assignments::table
+        .filter(job_assignments::status.eq("assigned"))
+        .filter(job_assignments::deadline.lt(Utc::now()))
+        .order(job_assignments::deadline.asc())
+        .limit(limit)
+        .select(A_COLUMNS)
+        .load::<ARow>(conn)?
+        .into_iter()
+        .map(assignment_from_row)
+        .collect())
+}
+
+/// Jobs that are not finished and have no running assignment (candidates to finish; the caller
+/// checks that no unit of their bid is still open).
+pub fn idle_unfinished_jobs(conn: &mut PgConnection, limit: i64) -> Result<Vec<JobWork>> {
+    let rows: Vec<JobRow> = jobs::table
+        .inner_join(files::table)
+        .filter(jobs::status.ne_all(TERMINAL))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            job_assignments::table
+                .filter(job_assignments::job_id.eq(jobs::id))
+                .filter(job_assignments::status.eq("assigned")),
+        )))
+        .order(jobs::updated_at.asc())
+        .limit(limit)
+        .select((
+            jobs::id,
+            jobs::owner,
+            jobs::market,
+            files::sha256,
+            jobs::items,
+            jobs::items_per_unit,
+            jobs::units,
+            jobs::deadline,
+            jobs::order_id,
+            jobs::status,
+            jobs::cancel_requested_at,
+        ))
+        .load(conn)?;
+    Ok(rows.into_iter().map(job_from_row).collect())
+}
+
+pub fn set_status(conn: &mut PgConnection, job: Uuid, status: &str) -> Result<()> {
+    diesel::update(jobs::table.find(job))
+        .set((jobs::status.eq(status), jobs::updated_at.eq(Utc::now())))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// (items_completed, items_failed) of a job.
+pub fn counts(conn: &mut PgConnection, job: Uuid) -> Result<(u64, u64)> {
+    let (c, f): (i32, i32) = jobs::table
+        .find(job)
+        .select((jobs::items_completed, jobs::items_failed))
+        .first(conn)?;
+    Ok((c.max(0) as u64, f.max(0) as u64))
+}
+
+/// A file the worker produced (output or error file of a job).
+pub struct NewFile<'a> {
+    pub owner: Uuid,
+    pub purpose: &'a str,
+    pub sha256: &'a str,
+    pub bytes: u64,
+    pub lines: u64,
+    pub filename: String,
+}
+
+/// Finishes a job: its files and its terminal status, once (`false` if it was already
+/// finished).
+pub fn finish(
+    conn: &mut PgConnection,
+    job: Uuid,
+    status: &str,
+    output: Option<NewFile<'_>>,
+    errors: Option<NewFile<'_>>,
+) -> Result<bool> {
+    conn.transaction(|c| {
+        let current: String = jobs::table
+            .find(job)
+            .select(jobs::status)
+            .for_update()
+            .first(c)?;
+        if TERMINAL.contains(&current.as_str()) {
+            return Ok(false);
+        }
+        let mut insert = |f: Option<NewFile<'_>>| -> Result<Option<Uuid>> {
+            let Some(f) = f else { return Ok(None) };
+            let id = Uuid::now_v7();
+            diesel::insert_into(files::table)
+                .values((
+                    files::id.eq(id),
+                    files::owner.eq(f.owner),
+                    files::purpose.eq(f.purpose),
+                    files::sha256.eq(f.sha256),
+                    files::bytes.eq(f.bytes as i64),
+                    files::lines.eq(f.lines.min(i32::MAX as u64) as i32),
+                    files::filename.eq(Some(f.filename)),
+                ))
+                .execute(c)?;
+            Ok(Some(id))
+        };
+        let out = insert(output)?;
+        let err = insert(errors)?;
+        diesel::update(jobs::table.find(job))
+            .set((
+                jobs::status.eq(status),
+                jobs::output_file.eq(out),
+                jobs::error_file.eq(err),
+                jobs::updated_at.eq(Utc::now()),
+                jobs::finished_at.eq(Some(Utc::now())),
+            ))
+            .execute(c)?;
+        Ok(true)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(items: u64, ipu: u64) -> JobWork {
+        JobWork {
+            id: Uuid::nil(),
+            owner: Uuid::nil(),
+            market: "EMBED-MINILM-L6".into(),
+            input_sha256: "ab".repeat(32),
+            items,
+            items_per_unit: ipu,
+            units: items.div_ceil(ipu),
+            deadline_ms: 10_000_000,
+            order_id: Uuid::nil(),
+            status: "queued".into(),
+            cancel_requested: false,
+        }
+    }
+
+    #[test]
+    fn fills_cover_the_lines_in_order_and_the_last_unit_is_partial() {
+        let j = job(2_500, 1_000); // 3 units
+        let a = work_for_fill(&j, 0, 2, 0).unwrap();
+        assert_eq!((a.item_start, a.item_count), (0, 2_000));
+        let b = work_for_fill(&j, 2, 1, 0).unwrap();
+        assert_eq!((b.item_start, b.item_count), (2_000, 500));
+        assert_eq!(work_for_fill(&j, 2, 2, 0), None, "beyond the job's units");
+        assert_eq!(work_for_fill(&j, 0, 0, 0), None);
+    }
+
+    #[test]
+    fn the_assignment_deadline_is_the_sooner_of_the_job_and_the_timeout() {
+        let j = job(10, 1);
+        assert_eq!(work_for_fill(&j, 0, 1, 0).unwrap().deadline_ms, ASSIGNMENT_TIMEOUT_MS);
+        assert_eq!(
+            work_for_fill(&j, 0, 1, 9_999_000).unwrap().deadline_ms,
+            10_000_000
+        );
+    }
+
+    #[test]
+    fn pay_is_proportional_to_verified_items_rounded_down() {
+        assert_eq!(verified_units(3, 2_500, 2_500), 3);
+        assert_eq!(verified_units(3, 2_500, 2_499), 2);
+        assert_eq!(verified_units(1, 500, 0), 0);
+        assert_eq!(verified_units(5, 0, 0), 0);
+    }
+
+    #[test]
+    fn final_status_prefers_completed_then_cancelled_then_expired() {
+        assert_eq!(final_status(10, 10, true, true), "completed");
+        assert_eq!(final_status(10, 9, true, true), "cancelled");
+        assert_eq!(final_status(10, 0, false, true), "expired");
+        assert_eq!(final_status(10, 3, false, false), "failed");
+    }
+}

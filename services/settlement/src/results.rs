@@ -1,0 +1,512 @@
+//! The NATS edge of job results: the verifier consumer on `job.*.result` (stream
+//! `GRIDBOOK_RESULTS`) and the finisher that voids overdue assignments and assembles finished
+//! jobs' output and error files.
+//!
+//! Per result, in order: decode → the assignment must be `assigned` to the sending node →
+//! verify ([`crate::verify`]: completeness, per-item hashes, Merkle root, sampled re-run) → ONE
+//! transaction: the assignment `completed` (escrow posted for the verified units: provider share
+//! + protocol fee, the rest back to the studio) or `failed` (escrow voided back to the studio),
+//! the job's item counts, the node's reputation → ack. A redelivered result finds the assignment
+//! no longer `assigned` and is acked without effect. When the verifier itself cannot run (model
+//! or runtime missing) the result is nak'ed and retried: nothing is paid unchecked.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Context,
+    consumer::{PullConsumer, pull},
+    object_store::{self, ObjectStore},
+};
+use diesel::Connection;
+use futures::StreamExt;
+use gridbook_ledger::escrow;
+use gridbook_wire::node::{CancelMsg, Outcome, ResultMsg};
+use gridbook_wire::{catalog, streams, subjects};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+use tracing::{debug, error, info, warn};
+
+use crate::Settings;
+use crate::db::Db;
+use crate::error::{Result, SettlementError};
+use crate::jobs::{self, AssignmentRow, JobWork, NewFile, Resolution};
+use crate::verify::{self, VerifyError};
+
+/// Durable consumer of `GRIDBOOK_RESULTS`.
+pub const VERIFIER_CONSUMER: &str = "verifier";
+/// Largest object (input or output file) the worker reads into memory.
+pub const MAX_OBJECT_BYTES: usize = 512 << 20;
+
+/// Creates `GRIDBOOK_RESULTS` and the files bucket when missing.
+pub async fn ensure(js: &Context) -> Result<ObjectStore> {
+    js.create_or_update_stream(streams::config(
+        streams::RESULTS,
+        subjects::ALL_JOB_RESULTS,
+        streams::DEFAULT_MAX_AGE,
+    ))
+    .await
+    .map_err(SettlementError::nats)?;
+    files_bucket(js).await
+}
+
+/// The `gridbook_files` object store (created when missing).
+pub async fn files_bucket(js: &Context) -> Result<ObjectStore> {
+    match js.get_object_store(streams::FILES_BUCKET).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_object_store(object_store::Config {
+                bucket: streams::FILES_BUCKET.into(),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(SettlementError::nats),
+    }
+}
+
+/// Reads object `name` whole (at most [`MAX_OBJECT_BYTES`]).
+pub async fn read_object(store: &ObjectStore, name: &str) -> Result<Vec<u8>> {
+    let mut obj = store
+        .get(name)
+        .await
+        .map_err(|e| SettlementError::Nats(format!("object {name}: {e}")))?;
+    let size = obj.info().size;
+    if size > MAX_OBJECT_BYTES {
+        return Err(SettlementError::Refused(format!(
+            "object {name} is {size} bytes, over the limit of {MAX_OBJECT_BYTES}"
+        )));
+    }
+    let mut buf = Vec::with_capacity(size);
+    obj.read_to_end(&mut buf)
+        .await
+        .map_err(|e| SettlementError::Nats(format!("object {name}: {e}")))?;
+    Ok(buf)
+}
+
+/// Stores `bytes` under their sha256 (hex); returns the name.
+pub async fn put_object(store: &ObjectStore, bytes: Vec<u8>) -> Result<String> {
+    use sha2::Digest;
+    let name = hex::encode(sha2::Sha256::digest(&bytes));
+    if store.info(&name).await.is_ok() {
+        return Ok(name);
+    }
+    let mut reader = std::io::Cursor::new(bytes);
+    store
+        .put(name.as_str(), &mut reader)
+        .await
+        .map_err(|e| SettlementError::Nats(format!("put {name}: {e}")))?;
+    Ok(name)
+}
+
+/// Consumes results until the subscription fails (the caller restarts it).
+pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) -> Result<()> {
+    let store = ensure(js).await?;
+    let stream = js
+        .get_stream(streams::RESULTS)
+        .await
+        .map_err(SettlementError::nats)?;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            VERIFIER_CONSUMER,
+            pull::Config {
+                durable_name: Some(VERIFIER_CONSUMER.into()),
+                filter_subject: subjects::ALL_JOB_RESULTS.into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(settings.ack_wait_secs.max(30)),
+                max_deliver: settings.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(SettlementError::nats)?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(8)
+        .messages()
+        .await
+        .map_err(SettlementError::nats)?;
+    let mut db = Db::new(&settings.database_url);
+    let verifier = Arc::new(Mutex::new(verify::Verifier::new()));
+    info!(consumer = VERIFIER_CONSUMER, "verifying job results");
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(SettlementError::nats)?;
+        match handle_result(&mut db, &store, &verifier, &msg.payload).await {
+            Ok(done) => {
+                if done {
+                    finished.notify_one();
+                }
+                msg.ack().await.map_err(SettlementError::nats)?;
+            }
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "result not settled yet; retrying later");
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await
+                    .map_err(SettlementError::nats)?;
+            }
+        }
+    }
+    Err(SettlementError::Nats("result subscription ended".into()))
+}
+
+/// Settles one result message. `Ok(true)`: an assignment was resolved; `Ok(false)`: nothing to
+/// do (duplicate, unknown, forged, undecodable — logged); `Err`: retry later.
+pub async fn handle_result(
+    db: &mut Db,
+    store: &ObjectStore,
+    verifier: &Arc<Mutex<verify::Verifier>>,
+    payload: &[u8],
+) -> Result<bool> {
+    let r: ResultMsg = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "undecodable result acked without effect");
+            return Ok(false);
+        }
+    };
+    let id = r.assignment_id;
+    let Some(a) = db.with(move |c| jobs::load_assignment(c, id)).await? else {
+        warn!(assignment.id = %id, "result for an unknown assignment ignored");
+        return Ok(false);
+    };
+    if a.status != "assigned" {
+        debug!(assignment.id = %id, status = %a.status, "result for a resolved assignment ignored");
+        return Ok(false);
+    }
+    if a.node_id != r.node_id || a.job_id != r.job_id {
+        warn!(assignment.id = %id, node.id = %r.node_id, "result from a node that does not hold the assignment ignored");
+        return Ok(false);
+    }
+    let job_id = a.job_id;
+    let job = db
+        .with(move |c| jobs::load_job(c, job_id))
+        .await?
+        .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
+    let resolution = match &r.outcome {
+        Outcome::Failed { reason } => Resolution {
+            completed: false,
+            items_ok: 0,
+            items_failed: a.item_count,
+            output_sha256: None,
+            merkle_root: None,
+            manifest: Some(r.manifest.clone()),
+            detail: format!("the node failed: {reason}"),
+        },
+        Outcome::Completed {
+            output_sha256,
+            merkle_root,
+            items_ok: _,
+            items_failed,
+        } => {
+            let verdict = verify_completed(
+                store,
+                verifier,
+                &job,
+                &a,
+                output_sha256,
+                merkle_root,
+                *items_failed,
+            )
+            .await?;
+            match verdict {
+                Ok(ok) => Resolution {
+                    completed: true,
+                    items_ok: ok,
+                    items_failed: a.item_count - ok,
+                    output_sha256: Some(output_sha256.clone()),
+                    merkle_root: Some(merkle_root.clone()),
+                    manifest: Some(r.manifest.clone()),
+                    detail: format!("verified: {ok} of {} items", a.item_count),
+                },
+                Err(why) => Resolution {
+                    completed: false,
+                    items_ok: 0,
+                    items_failed: a.item_count,
+                    output_sha256: Some(output_sha256.clone()),
+                    merkle_root: Some(merkle_root.clone()),
+                    manifest: Some(r.manifest.clone()),
+                    detail: format!("verification failed: {why}"),
+                },
+            }
+        }
+    };
+    let units = a.units;
+    let count = a.item_count;
+    let res = resolution.clone();
+    let applied = db
+        .with(move |c| {
+            c.transaction(|c| {
+                if !jobs::resolve_assignment(c, id, &res)? {
+                    return Ok(false);
+                }
+                let paid = if res.completed {
+                    jobs::verified_units(units, count, res.items_ok)
+                } else {
+                    0
+                };
+                if paid > 0 {
+                    escrow::complete(c, id, paid as i64)?;
+                } else {
+                    escrow::void(c, id)?;
+                }
+                Ok(true)
+            })
+        })
+        .await?;
+    if applied {
+        info!(assignment.id = %id, job.id = %job_id, completed = resolution.completed,
+            items_ok = resolution.items_ok, detail = %resolution.detail, "assignment resolved");
+    }
+    Ok(applied)
+}
+
+/// Verifies a completed result: `Ok(Ok(items_ok))`, `Ok(Err(why))` when the node's result is
+/// wrong, `Err` when the market could not check (retry).
+async fn verify_completed(
+    store: &ObjectStore,
+    verifier: &Arc<Mutex<verify::Verifier>>,
+    job: &JobWork,
+    a: &AssignmentRow,
+    output_sha256: &str,
+    merkle_root: &str,
+    reported_failed: u64,
+) -> Result<std::result::Result<u64, String>> {
+    let Some(work) = catalog::work(&job.market) else {
+        return Ok(Err(format!("market {} has no workload", job.market)));
+    };
+    let input = read_object(store, &job.input_sha256).await?;
+    let output = match read_object(store, output_sha256).await {
+        Ok(o) => o,
+        Err(SettlementError::Refused(why)) => return Ok(Err(why)),
+        Err(e) => {
+            // A missing object is the node's fault only once it had time to upload: the node
+            // publishes the result after the upload, so a missing object is a lie.
+            return Ok(Err(format!("output object {output_sha256}: {e}")));
+        }
+    };
+    let (start, count, seed) = (a.item_start, a.item_count, a.id.as_u128());
+    let root = merkle_root.to_owned();
+    let verifier = verifier.clone();
+    let workload = work.workload;
+    let verdict = tokio::task::spawn_blocking(move || -> std::result::Result<u64, VerifyError> {
+        let input = String::from_utf8(input)
+            .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
+        let inputs = verify::input_items(&input, start, count).map_err(VerifyError::Unavailable)?;
+        let output = String::from_utf8(output)
+            .map_err(|_| VerifyError::Mismatch("output file is not UTF-8".into()))?;
+        let outputs = verify::parse_output(&output).map_err(VerifyError::Mismatch)?;
+        let checked = verify::check(&inputs, &outputs, &root, reported_failed)
+            .map_err(VerifyError::Mismatch)?;
+        let picks = verify::sample(outputs.len(), verify::SAMPLE_ITEMS, seed);
+        let pairs: Vec<_> = picks
+            .into_iter()
+            .map(|i| {
+                let o = outputs[i].clone();
+                let input = inputs
+                    .iter()
+                    .find(|(id, _)| *id == o.custom_id)
+                    .cloned()
+                    .expect("check() matched every output to an input");
+                (input, o)
+            })
+            .collect();
+        let mut v = verifier
+            .lock()
+            .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
+        v.rerun(workload, &pairs)?;
+        Ok(checked.ok as u64)
+    })
+    .await
+    .map_err(|_| SettlementError::TaskFailed)?;
+    match verdict {
+        Ok(ok) => Ok(Ok(ok)),
+        Err(VerifyError::Mismatch(why)) => Ok(Err(why)),
+        Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
+    }
+}
+
+/// Voids overdue assignments and finishes idle jobs, every second or when woken.
+pub async fn run_finisher(
+    settings: &Settings,
+    js: &Context,
+    nats: &async_nats::Client,
+    wake: &Notify,
+) -> Result<()> {
+    let store = files_bucket(js).await?;
+    let mut db = Db::new(&settings.database_url);
+    loop {
+        void_overdue(&mut db, nats).await?;
+        let jobs = db.with(|c| jobs::idle_unfinished_jobs(c, 64)).await?;
+        for job in jobs {
+            let order = job.order_id;
+            let open = db
+                .with(move |c| Ok(escrow::get_order(c, order)?.quantity_open))
+                .await?;
+            if open > 0 {
+                continue;
+            }
+            if let Err(e) = finish_job(&mut db, &store, &job).await {
+                error!(job.id = %job.id, error = %e, "finishing a job failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn void_overdue(db: &mut Db, nats: &async_nats::Client) -> Result<()> {
+    let overdue = db.with(|c| jobs::overdue_assignments(c, 64)).await?;
+    for a in overdue {
+        let id = a.id;
+        let res = Resolution {
+            completed: false,
+            items_ok: 0,
+            items_failed: a.item_count,
+            output_sha256: None,
+            merkle_root: None,
+            manifest: None,
+            detail: "no result before the deadline".into(),
+        };
+        let voided = db
+            .with(move |c| {
+                c.transaction(|c| {
+                    if !jobs::resolve_assignment(c, id, &res)? {
+                        return Ok(false);
+                    }
+                    escrow::void(c, id)?;
+                    Ok(true)
+                })
+            })
+            .await?;
+        if voided {
+            warn!(assignment.id = %id, node.id = %a.node_id, "assignment overdue: voided, studio refunded");
+            let msg = CancelMsg {
+                assignment_ids: vec![id],
+                reason: "deadline passed".into(),
+            };
+            let _ = nats
+                .publish(
+                    subjects::node_cancel(&a.node_id.to_string()),
+                    serde_json::to_vec(&msg)?.into(),
+                )
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// Assembles the output file (the verified lines of completed assignments, in input order) and
+/// the error file (one line per input item without a verified output, saying why), stores both
+/// and finishes the job.
+pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Result<()> {
+    let job_id = job.id;
+    if job.status != "verifying" {
+        db.with(move |c| jobs::set_status(c, job_id, "verifying"))
+            .await?;
+    }
+    let assignments = db.with(move |c| jobs::assignments_of(c, job_id)).await?;
+    let input = String::from_utf8(read_object(store, &job.input_sha256).await?)
+        .map_err(|_| SettlementError::Refused("input file is not UTF-8".into()))?;
+    let ids: Vec<String> = input
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("custom_id")?.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    // Why each item has no output (default: never run — the bid was cancelled or expired).
+    let not_run = if job.cancel_requested {
+        ("not_run", "the job was cancelled before this item was assigned".to_owned())
+    } else {
+        ("not_run", "no provider took this item before the job's bid closed".to_owned())
+    };
+    let mut reason: Vec<Option<(&str, String)>> = vec![Some(not_run); ids.len()];
+    let mut out = Vec::new();
+    let mut out_lines = 0u64;
+    for a in &assignments {
+        let range = a.item_start as usize..(a.item_start + a.item_count).min(ids.len() as u64) as usize;
+        if a.status == "completed" {
+            let sha = a.output_sha256.clone().unwrap_or_default();
+            let text = String::from_utf8(read_object(store, &sha).await?)
+                .map_err(|_| SettlementError::Refused("output file is not UTF-8".into()))?;
+            let mut produced = std::collections::HashSet::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if let Some(id) = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("custom_id")?.as_str().map(str::to_owned))
+                {
+                    produced.insert(id);
+                }
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+                out_lines += 1;
+            }
+            for i in range {
+                reason[i] = if produced.contains(&ids[i]) {
+                    None
+                } else {
+                    Some(("item_failed", "the provider reported this item as failed".into()))
+                };
+            }
+        } else {
+            for r in &mut reason[range] {
+                *r = Some(("assignment_failed", "the provider's result for this item was not delivered or did not verify; you were refunded".into()));
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    let mut error_lines = 0u64;
+    for (id, r) in ids.iter().zip(&reason) {
+        if let Some((code, message)) = r {
+            let line = serde_json::json!({"custom_id": id, "error": {"code": code, "message": message}});
+            errors.extend_from_slice(line.to_string().as_bytes());
+            errors.push(b'\n');
+            error_lines += 1;
+        }
+    }
+    let (counts_c, _) = db.with(move |c| jobs::counts(c, job_id)).await?;
+    let deadline_passed = jobs::ms_to_time(job.deadline_ms) <= chrono::Utc::now();
+    let status = jobs::final_status(job.items, counts_c, job.cancel_requested, deadline_passed);
+    let (out_bytes, err_bytes) = (out.len() as u64, errors.len() as u64);
+    let out_sha = if out_lines > 0 {
+        Some(put_object(store, out).await?)
+    } else {
+        None
+    };
+    let err_sha = if error_lines > 0 {
+        Some(put_object(store, errors).await?)
+    } else {
+        None
+    };
+    let owner = job.owner;
+    let done = db
+        .with(move |c| {
+            let output = out_sha.as_deref().map(|s| NewFile {
+                owner,
+                purpose: "batch_output",
+                sha256: s,
+                bytes: out_bytes,
+                lines: out_lines,
+                filename: format!("{job_id}.output.jsonl"),
+            });
+            let errors = err_sha.as_deref().map(|s| NewFile {
+                owner,
+                purpose: "batch_error",
+                sha256: s,
+                bytes: err_bytes,
+                lines: error_lines,
+                filename: format!("{job_id}.errors.jsonl"),
+            });
+            jobs::finish(c, job_id, status, output, errors)
+        })
+        .await?;
+    if done {
+        info!(job.id = %job_id, status, output_lines = out_lines, error_lines, "job finished");
+    }
+    Ok(())
+}

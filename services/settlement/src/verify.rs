@@ -1,0 +1,436 @@
+//! Verification of a node's result (product.md, "Trust without staking").
+//!
+//! 1. Completeness and commitment (pure, [`check`]): the output file has exactly one line per
+//!    input line of the assignment that the node did not report as failed, in input order, each
+//!    line's item hash is recomputed from its content (embedding bytes, or the PNG), and the
+//!    Merkle root over `(custom_id, hash)` equals the root the node committed to.
+//! 2. Re-execution ([`Verifier::rerun`]): a deterministic sample of items (seeded by the
+//!    assignment id) is run again by the market's own executor runtime (CPU) and compared:
+//!    embeddings must agree to cosine ≥ [`EMBED_MIN_COSINE`], images to a mean absolute pixel
+//!    difference ≤ [`IMAGE_MAX_MEAN_ABS_DIFF`] (out of 255).
+//!
+//! The product brief asks for the re-run on *another provider node*; until the market routes
+//! verification work to nodes, the settlement worker's own runtime plays that node. Canary
+//! inputs are not mixed in yet.
+
+use base64::Engine as _;
+use executor::commitment::{self, Commitment, Hash};
+use executor::workload::{ItemOutput, Workload};
+use serde_json::{Map, Value};
+
+pub const EMBED_MIN_COSINE: f32 = 0.999;
+pub const IMAGE_MAX_MEAN_ABS_DIFF: f64 = 2.0;
+/// Items re-run per assignment (all of them when it has fewer).
+pub const SAMPLE_ITEMS: usize = 4;
+
+/// One input line: its custom_id and its other fields.
+pub type InputItem = (String, Map<String, Value>);
+
+/// Lines `[start, start + count)` (0-based, blank lines not counted — as the executor's and the
+/// API's parsers count them) of a JSONL input file.
+pub fn input_items(text: &str, start: u64, count: u64) -> Result<Vec<InputItem>, String> {
+    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    for (i, line) in text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .skip(start as usize)
+        .take(count as usize)
+    {
+        let mut obj: Map<String, Value> = serde_json::from_str(line)
+            .map_err(|e| format!("input item {}: {e}", i + 1))?;
+        let id = match obj.remove("custom_id") {
+            Some(Value::String(s)) => s,
+            _ => return Err(format!("input item {}: no custom_id", i + 1)),
+        };
+        out.push((id, obj));
+    }
+    if out.len() as u64 != count {
+        return Err(format!(
+            "the input file has {} items from {start}, the assignment needs {count}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// One line of a node's output file.
+#[derive(Clone, Debug)]
+pub struct OutputLine {
+    pub custom_id: String,
+    pub hash: Hash,
+    pub record: Map<String, Value>,
+}
+
+/// The PNG bytes a render output line carries (base64 in a field named `*png_b64`).
+pub fn png_of(record: &Map<String, Value>) -> Option<Vec<u8>> {
+    record.iter().find_map(|(k, v)| {
+        let s = v.as_str().filter(|_| k.ends_with("png_b64"))?;
+        base64::engine::general_purpose::STANDARD.decode(s).ok()
+    })
+}
+
+/// The embedding an output line carries.
+pub fn embedding_of(record: &Map<String, Value>) -> Option<Vec<f32>> {
+    record
+        .get("embedding")?
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect()
+}
+
+/// Recomputes an output line's item hash from its content.
+fn content_hash(record: &Map<String, Value>) -> Result<Hash, String> {
+    if let Some(v) = embedding_of(record) {
+        return Ok(commitment::sha256(&commitment::embedding_bytes(&v)));
+    }
+    if let Some(png) = png_of(record) {
+        return Ok(commitment::sha256(&png));
+    }
+    Err("the line carries neither an `embedding` nor a `*png_b64` image".into())
+}
+
+/// Parses a node's output file: `{"custom_id", "sha256", <content>}` per line.
+pub fn parse_output(text: &str) -> Result<Vec<OutputLine>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |m: String| format!("output line {}: {m}", i + 1);
+        let mut obj: Map<String, Value> =
+            serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let custom_id = match obj.remove("custom_id") {
+            Some(Value::String(s)) => s,
+            _ => return Err(bad("no custom_id".into())),
+        };
+        let claimed = obj
+            .remove("sha256")
+            .and_then(|v| v.as_str().and_then(|s| hex::decode(s).ok()))
+            .and_then(|b| Hash::try_from(b).ok())
+            .ok_or_else(|| bad("no sha256".into()))?;
+        let hash = content_hash(&obj).map_err(bad)?;
+        if hash != claimed {
+            return Err(bad(format!(
+                "sha256 {} does not match its content ({})",
+                hex::encode(claimed),
+                hex::encode(hash)
+            )));
+        }
+        out.push(OutputLine {
+            custom_id,
+            hash,
+            record: obj,
+        });
+    }
+    Ok(out)
+}
+
+/// What [`check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// Inputs with an output line.
+    pub ok: usize,
+    /// Inputs without one (the node reported them failed).
+    pub missing: usize,
+}
+
+/// Completeness and commitment: outputs are a subsequence of the inputs (by custom_id, input
+/// order, no duplicates), `missing` equals the node's reported failures, and the Merkle root
+/// over the outputs equals `claimed_root`.
+pub fn check(
+    inputs: &[InputItem],
+    outputs: &[OutputLine],
+    claimed_root: &str,
+    reported_failed: u64,
+) -> Result<Checked, String> {
+    let mut next = 0;
+    for o in outputs {
+        let pos = inputs[next..]
+            .iter()
+            .position(|(id, _)| *id == o.custom_id)
+            .ok_or_else(|| {
+                format!(
+                    "output custom_id {:?} is not an input of the assignment (or is out of order / repeated)",
+                    o.custom_id
+                )
+            })?;
+        next += pos + 1;
+    }
+    let missing = inputs.len() - outputs.len();
+    if missing as u64 != reported_failed {
+        return Err(format!(
+            "{missing} items have no output but the node reported {reported_failed} failed"
+        ));
+    }
+    let leaves: Vec<(String, Hash)> = outputs
+        .iter()
+        .map(|o| (o.custom_id.clone(), o.hash))
+        .collect();
+    let root = Commitment::build(&leaves).merkle_root;
+    if root != claimed_root {
+        return Err(format!(
+            "Merkle root {claimed_root} does not match the outputs ({root})"
+        ));
+    }
+    Ok(Checked {
+        ok: outputs.len(),
+        missing,
+    })
+}
+
+/// `k` distinct indices below `n`, chosen deterministically from `seed` (all when `n ≤ k`).
+pub fn sample(n: usize, k: usize, seed: u128) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    let mut x = (seed as u64) ^ ((seed >> 64) as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut picked = std::collections::BTreeSet::new();
+    while picked.len() < k {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        picked.insert((z % n as u64) as usize);
+    }
+    picked.into_iter().collect()
+}
+
+/// Compares a node's output line with the market's own re-run of the same input.
+pub fn compare(node: &OutputLine, ours: &ItemOutput) -> Result<(), String> {
+    if let Some(a) = embedding_of(&node.record) {
+        let b = embedding_of(&ours.record)
+            .ok_or("the re-run produced no embedding where the node did")?;
+        if a.len() != b.len() {
+            return Err(format!("embedding of {} has {} dims, expected {}", node.custom_id, a.len(), b.len()));
+        }
+        let cos = executor::embed::cosine(&a, &b);
+        return if cos >= EMBED_MIN_COSINE {
+            Ok(())
+        } else {
+            Err(format!(
+                "embedding of {} differs from the re-run: cosine {cos:.5} < {EMBED_MIN_COSINE}",
+                node.custom_id
+            ))
+        };
+    }
+    let a = png_of(&node.record).ok_or("the node's line has no image")?;
+    let b = ours
+        .artifact
+        .clone()
+        .or_else(|| png_of(&ours.record))
+        .ok_or("the re-run produced no image")?;
+    let d = mean_abs_diff(&a, &b).map_err(|e| format!("image of {}: {e}", node.custom_id))?;
+    if d <= IMAGE_MAX_MEAN_ABS_DIFF {
+        Ok(())
+    } else {
+        Err(format!(
+            "image of {} differs from the re-run: mean |Δ| {d:.2} > {IMAGE_MAX_MEAN_ABS_DIFF}",
+            node.custom_id
+        ))
+    }
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> Result<f64, String> {
+    let load = |p: &[u8]| {
+        image::load_from_memory_with_format(p, image::ImageFormat::Png)
+            .map(|i| i.to_rgba8())
+            .map_err(|e| e.to_string())
+    };
+    let (a, b) = (load(a)?, load(b)?);
+    if a.dimensions() != b.dimensions() {
+        return Err(format!("size {:?} ≠ {:?}", a.dimensions(), b.dimensions()));
+    }
+    let n = a.as_raw().len().max(1) as f64;
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    Ok(sum as f64 / n)
+}
+
+/// The market's own runtime for re-runs: workloads loaded on first use, CPU.
+pub struct Verifier {
+    rt: Option<executor::runtime::Runtime>,
+    embed: Option<executor::embed::EmbedWorkload>,
+    terrain: Option<executor::terrain::TerrainWorkload>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier {
+            rt: None,
+            embed: None,
+            terrain: None,
+        }
+    }
+
+    fn runtime(&mut self) -> Result<&executor::runtime::Runtime, String> {
+        if self.rt.is_none() {
+            let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig {
+                dylib_path: None,
+                provider: executor::runtime::Provider::Cpu,
+                intra_threads: 1,
+            })
+            .map_err(|e| format!("verifier runtime: {e}"))?;
+            self.rt = Some(rt);
+        }
+        Ok(self.rt.as_ref().expect("set above"))
+    }
+
+    /// Re-runs `items` with `workload` (`gridbook_wire::catalog` name) and compares each with
+    /// the node's line. `Err` on the first disagreement.
+    pub fn rerun(
+        &mut self,
+        workload: &str,
+        items: &[(InputItem, OutputLine)],
+    ) -> Result<(), VerifyError> {
+        match workload {
+            "embed" => {
+                if self.embed.is_none() {
+                    let models = executor::models::ModelsDir::from_env()
+                        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+                    let rt = self.runtime().map_err(VerifyError::Unavailable)?;
+                    let embedder = executor::embed::Embedder::load(
+                        rt,
+                        &models,
+                        executor::embed::EmbedConfig::default(),
+                    )
+                    .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+                    self.embed = Some(executor::embed::EmbedWorkload { embedder });
+                }
+                let w = self.embed.as_mut().expect("loaded above");
+                rerun_with(w, items)
+            }
+            "terrain" => {
+                if self.terrain.is_none() {
+                    let models = executor::models::ModelsDir::from_env()
+                        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+                    let rt = self.runtime().map_err(VerifyError::Unavailable)?;
+                    let renderer = executor::terrain::TerrainRenderer::load(
+                        rt,
+                        &models,
+                        executor::terrain::TerrainConfig::default(),
+                    )
+                    .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+                    self.terrain = Some(executor::terrain::TerrainWorkload { renderer });
+                }
+                let w = self.terrain.as_mut().expect("loaded above");
+                rerun_with(w, items)
+            }
+            other => Err(VerifyError::Unavailable(format!(
+                "the verifier cannot re-run workload {other}"
+            ))),
+        }
+    }
+}
+
+/// Why a result did not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The node's result is wrong: it fails and is not paid.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The market could not check (runtime or model missing): retried later, never paid
+    /// unchecked.
+    #[error("verifier unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn rerun_with<W: Workload>(w: &mut W, items: &[(InputItem, OutputLine)]) -> Result<(), VerifyError> {
+    let mut inputs = Vec::with_capacity(items.len());
+    for ((id, fields), _) in items {
+        inputs.push(
+            w.parse(id, fields)
+                .map_err(|e| VerifyError::Mismatch(format!("input {id}: {}: {}", e.field, e.message)))?,
+        );
+    }
+    let outs = w
+        .run(&inputs, &|_| {})
+        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+    for ((_, node), ours) in items.iter().zip(outs) {
+        let ours = ours.map_err(|e| {
+            VerifyError::Mismatch(format!("the re-run of {} failed: {e}", node.custom_id))
+        })?;
+        compare(node, &ours).map_err(VerifyError::Mismatch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn emb_line(id: &str, v: &[f32]) -> String {
+        let h = commitment::sha256(&commitment::embedding_bytes(v));
+        json!({"custom_id": id, "sha256": hex::encode(h), "embedding": v}).to_string()
+    }
+
+    fn inputs(ids: &[&str]) -> Vec<InputItem> {
+        ids.iter().map(|i| (i.to_string(), Map::new())).collect()
+    }
+
+    fn root(lines: &[OutputLine]) -> String {
+        Commitment::build(&lines.iter().map(|o| (o.custom_id.clone(), o.hash)).collect::<Vec<_>>())
+            .merkle_root
+    }
+
+    #[test]
+    fn a_complete_honest_output_checks() {
+        let text = [emb_line("a", &[0.6, 0.8]), emb_line("b", &[1.0, 0.0])].join("\n");
+        let out = parse_output(&text).unwrap();
+        let r = root(&out);
+        assert_eq!(
+            check(&inputs(&["a", "b"]), &out, &r, 0).unwrap(),
+            Checked { ok: 2, missing: 0 }
+        );
+    }
+
+    #[test]
+    fn tampering_is_caught() {
+        // A hash that does not match the content.
+        let mut v: Value = serde_json::from_str(&emb_line("a", &[0.6, 0.8])).unwrap();
+        v["embedding"] = json!([0.8, 0.6]);
+        assert!(parse_output(&v.to_string()).unwrap_err().contains("does not match"));
+        // A root that does not match the outputs.
+        let out = parse_output(&emb_line("a", &[0.6, 0.8])).unwrap();
+        assert!(check(&inputs(&["a"]), &out, &"00".repeat(32), 0).unwrap_err().contains("Merkle"));
+        // An output for an item not assigned, a repeated one, unreported gaps.
+        let r = root(&out);
+        assert!(check(&inputs(&["b"]), &out, &r, 0).is_err());
+        let two = parse_output(&[emb_line("a", &[1.0]), emb_line("a", &[1.0])].join("\n")).unwrap();
+        assert!(check(&inputs(&["a", "b"]), &two, &root(&two), 0).is_err());
+        assert!(check(&inputs(&["a", "b"]), &out, &r, 0).unwrap_err().contains("reported 0"));
+        assert_eq!(check(&inputs(&["a", "b"]), &out, &r, 1).unwrap().missing, 1);
+    }
+
+    #[test]
+    fn input_ranges_skip_blank_lines_and_must_be_whole() {
+        let text = "{\"custom_id\":\"a\",\"input\":\"x\"}\n\n{\"custom_id\":\"b\",\"input\":\"y\"}\n";
+        let items = input_items(text, 1, 1).unwrap();
+        assert_eq!(items[0].0, "b");
+        assert!(input_items(text, 1, 2).is_err());
+    }
+
+    #[test]
+    fn samples_are_deterministic_distinct_and_bounded() {
+        assert_eq!(sample(3, 4, 7), vec![0, 1, 2]);
+        let s = sample(1000, 4, 42);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s, sample(1000, 4, 42));
+        assert!(s.iter().all(|&i| i < 1000));
+        assert_ne!(s, sample(1000, 4, 43));
+    }
+}
