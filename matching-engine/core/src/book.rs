@@ -170,6 +170,12 @@ impl OrderBook {
     }
 
     /// The `time` of the last command applied.
+    /// The earliest expiry time (ms) of a resting GTD order: a command at or after it expires
+    /// that order (the engine sends `Expire {}` when the market is otherwise quiet).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first_key_value().map(|(&(at, _), _)| at)
+    }
+
     pub fn last_time(&self) -> u64 {
         self.last_time
     }

@@ -344,6 +344,10 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
         true => Duration::from_secs(settings.lease_secs),
         false => bucket_ttl.min(Duration::from_secs(settings.lease_secs)),
     };
+    // GTD orders expire on the first command at or after their time; in a quiet market the
+    // engine sends itself `Expire {}` (through the command stream, so replay stays exact).
+    let cmd_subject = subjects::market_cmd(&market);
+    let mut expiry_not_before = tokio::time::Instant::now();
     let mut renew = tokio::time::interval(ttl / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -389,6 +393,19 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
                 }
             }
             _ = renew.tick() => lease.renew().await?,
+            _ = expiry_timer(state.book.next_expiry(), expiry_not_before) => {
+                let at = state.book.next_expiry().unwrap_or_default();
+                let tick = serde_json::to_vec(&CommandKind::Expire {})?;
+                nats.js
+                    .send_publish(cmd_subject.clone(), Publish::build().payload(tick.into()).message_id(format!("{market}.expire.{at}")))
+                    .await
+                    .context("publishing an expiry tick")?
+                    .await
+                    .context("expiry tick not acknowledged")?;
+                // At most one tick a second for the same expiry (the command's time is the
+                // server's timestamp, which may trail this clock by a little).
+                expiry_not_before = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
             Some(req) = l2_requests.next() => {
                 if let Some(reply) = req.reply {
                     nats.client.publish(reply, serde_json::to_vec(&state.l2())?.into()).await?;
@@ -402,6 +419,20 @@ pub async fn run_market(nats: Nats, settings: EngineSettings, config: MarketConf
             }
         }
     }
+}
+
+/// Completes when a GTD order is due (`at`, ms since the Unix epoch, plus a little slack) but
+/// not before `not_before`; never when nothing expires.
+async fn expiry_timer(at: Option<u64>, not_before: tokio::time::Instant) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let due = tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms) + 20);
+    tokio::time::sleep_until(due.max(not_before)).await;
 }
 
 #[cfg(test)]

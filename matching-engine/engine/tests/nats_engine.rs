@@ -486,3 +486,53 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
     let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
     assert!(published == clean_replay(&market, &commands), "events differ from a clean replay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gtd_order_expires_in_a_quiet_market_without_another_command() {
+    use matching_core::{AccountId, OrderId, Place, TimeInForce};
+    let market = unique_market("GTD");
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let _engine = Engine::start(&market, 1_000);
+    wait_for_streams(&js).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let place = CommandKind::Place(Place {
+        id: OrderId(7),
+        account: AccountId(1),
+        owner: None,
+        side: Side::Bid,
+        price: Some(10),
+        qty: 3,
+        tif: TimeInForce::Gtd { expires_at: now_ms + 1_500 },
+        post_only: false,
+        budget: None,
+        stp: None,
+    });
+    let mut live = client.subscribe(subjects::market_evt(&market)).await.unwrap();
+    js.publish(subjects::market_cmd(&market), serde_json::to_vec(&place).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // No other command is sent: the engine's own tick must expire the order.
+    let expired = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(msg) = live.next().await {
+            for frame in serde_json::from_slice::<Vec<EventFrame>>(&msg.payload).unwrap() {
+                for e in frame.events {
+                    if let EventKind::Expired { id, qty } = e.kind {
+                        return (id, qty, frame.time);
+                    }
+                }
+            }
+        }
+        panic!("event subscription ended")
+    })
+    .await
+    .expect("the GTD order did not expire");
+    assert_eq!((expired.0, expired.1), (OrderId(7), 3));
+    assert!(expired.2 >= now_ms + 1_500, "expired at {} before its time {}", expired.2, now_ms + 1_500);
+    assert!(request_l2(&client, &market).await.bids.is_empty());
+    // The tick is an ordinary command in the stream: a clean replay gives the same events.
+    let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
+    assert_eq!(commands.len(), 2, "the place and one expiry tick");
+}
