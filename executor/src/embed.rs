@@ -14,7 +14,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::commitment::{self, Manifest};
 use crate::error::{ExecutorError, Result};
 use crate::models::{ModelSpec, ModelsDir, pinned};
-use crate::runtime::{self, Runtime, SharedSession};
+use crate::runtime::{self, RunControl, Runtime, SharedSession};
 use crate::workload::{FieldError, ItemOutput, Workload, field};
 
 pub const WORKLOAD_ID: &str = "EMBED-MINILM-L6";
@@ -208,12 +208,24 @@ impl Embedder {
         batching: Batching,
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Vec<f32>>> {
+        self.embed_encoded_controlled(enc, batching, progress, None)
+    }
+
+    /// [`embed_encoded`](Self::embed_encoded) under an optional [`RunControl`]: a cancel aborts
+    /// the model call in progress and returns [`ExecutorError::Cancelled`].
+    pub fn embed_encoded_controlled(
+        &self,
+        enc: &[Encoded],
+        batching: Batching,
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
         let batches = plan_batches(&lengths, batching);
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); enc.len()];
         for batch in &batches {
             let rows: Vec<&Encoded> = batch.iter().map(|&i| &enc[i]).collect();
-            let vecs = self.run_batch(&rows)?;
+            let vecs = self.run_batch(&rows, control)?;
             for (&i, v) in batch.iter().zip(vecs) {
                 out[i] = v;
             }
@@ -223,7 +235,7 @@ impl Embedder {
     }
 
     /// One model call: pads to the batch's longest input, mean-pools and normalises.
-    fn run_batch(&self, rows: &[&Encoded]) -> Result<Vec<Vec<f32>>> {
+    fn run_batch(&self, rows: &[&Encoded], control: Option<&RunControl>) -> Result<Vec<Vec<f32>>> {
         let b = rows.len();
         let s = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
         let mut ids = vec![0i64; b * s];
@@ -242,7 +254,7 @@ impl Embedder {
             "token_type_ids" => ort::value::Tensor::from_array((shape, types))?,
         ];
         let mut session = runtime::lock(&self.session);
-        let outputs = session.run(inputs)?;
+        let outputs = runtime::run_session(&mut session, inputs, control)?;
         let (oshape, hidden) = outputs["last_hidden_state"].try_extract_tensor::<f32>()?;
         if oshape.len() != 3
             || oshape[0] as usize != b
@@ -343,11 +355,38 @@ impl Workload for EmbedWorkload {
         inputs: &[String],
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, None)
+    }
+
+    fn run_controlled(
+        &mut self,
+        inputs: &[String],
+        progress: &dyn Fn(u64),
+        control: &RunControl,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, Some(control))
+    }
+
+    fn manifest(&self) -> Manifest {
+        self.manifest_impl()
+    }
+}
+
+impl EmbedWorkload {
+    fn run_with(
+        &mut self,
+        inputs: &[String],
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
         let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let enc = self.embedder.tokenize(&texts)?;
-        let vecs = self
-            .embedder
-            .embed_encoded(&enc, self.embedder.config.batching, progress)?;
+        let vecs = self.embedder.embed_encoded_controlled(
+            &enc,
+            self.embedder.config.batching,
+            progress,
+            control,
+        )?;
         Ok(vecs
             .into_iter()
             .zip(&enc)
@@ -365,7 +404,7 @@ impl Workload for EmbedWorkload {
             .collect())
     }
 
-    fn manifest(&self) -> Manifest {
+    fn manifest_impl(&self) -> Manifest {
         let e = &self.embedder;
         Manifest {
             workload: WORKLOAD_ID.into(),

@@ -63,6 +63,9 @@ pub enum ExecutorError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    #[error("the run was cancelled")]
+    Cancelled,
+
     #[error("benchmark baseline failed: {0}")]
     Baseline(String),
 }

@@ -8,11 +8,15 @@
 //! * [`embed`], [`terrain`], [`sd`] — the workloads.
 //! * [`commitment`] — per-item hashes, Merkle root, manifest.
 //! * [`local`] — local mode: JSONL in, JSONL (+ PNG files) out, error file, commitment file.
+//! * [`agent`] — the provider agent: registration + challenge, asks, NATS assignments, results.
+//! * [`challenge`] — the nonce-bound hardware challenge (inputs, run, verify).
 //! * [`bench`] — throughput benchmark against the Python `onnxruntime` baseline.
 //!
-//! Invariant: nothing here talks to the network; the market agent (later) feeds `run_items`.
+//! Invariant: only [`agent`] talks to the network; everything else is local computation.
 
+pub mod agent;
 pub mod bench;
+pub mod challenge;
 pub mod commitment;
 pub mod embed;
 pub mod error;

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::commitment::{Commitment, Manifest};
 use crate::error::{ExecutorError, Result};
-use crate::workload::{FieldError, Workload, run_items};
+use crate::runtime::RunControl;
+use crate::workload::{FieldError, Workload, run_items_controlled};
 
 /// Longest accepted input line (bytes); longer lines are rejected as errors.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -199,32 +200,63 @@ pub fn artifact_name(custom_id: &str, ext: &str) -> String {
     }
 }
 
-/// Runs a JSONL file through a workload and writes the output, error and commitment files.
-pub fn run_file<W: Workload>(
+/// Where a run puts binary artifacts (PNG renders).
+#[derive(Debug, Clone, Copy)]
+pub enum Artifacts<'a> {
+    /// Local mode: written under this folder; the line gets `"file": "<folder name>/<name>"`.
+    Dir(&'a Path),
+    /// Market mode: the line gets `"image_png_b64"` (the output object is self-contained).
+    Inline,
+}
+
+/// The outputs of a JSONL run, in memory.
+#[derive(Debug)]
+pub struct JsonlRun {
+    /// The output JSONL: one line per successful item, input order.
+    pub output: Vec<u8>,
+    /// Rejected lines and failed items, sorted by line.
+    pub errors: Vec<LineError>,
+    pub succeeded: usize,
+    pub commitment: Commitment,
+    pub manifest: Manifest,
+}
+
+/// Parses and runs JSONL text and formats the output lines (the one code path of local mode and
+/// the market agent, so both produce the same bytes). `line_offset` is added to every reported
+/// line number (an assignment's first line in its job's file). A cancel through `control`
+/// returns [`ExecutorError::Cancelled`].
+pub fn run_reader<W: Workload>(
     workload: &mut W,
-    input: &Path,
-    output: &Path,
+    reader: impl BufRead,
+    line_offset: usize,
+    artifacts: Artifacts<'_>,
     progress: &dyn Fn(u64),
     on_total: &dyn Fn(u64),
-) -> Result<LocalReport> {
-    let started = std::time::Instant::now();
-    let f = std::fs::File::open(input).map_err(|e| ExecutorError::io(input, e))?;
-    let parsed = parse_jsonl(workload, std::io::BufReader::new(f));
+    control: Option<&RunControl>,
+) -> Result<JsonlRun> {
+    let parsed = parse_jsonl(workload, reader);
     let mut errors = parsed.errors;
+    for e in &mut errors {
+        e.line += line_offset;
+    }
     on_total(parsed.items.len() as u64);
-    tracing::info!(workload = workload.id(), items = parsed.items.len(), rejected = errors.len(), input = %input.display(), "input parsed");
+    tracing::info!(
+        workload = workload.id(),
+        items = parsed.items.len(),
+        rejected = errors.len(),
+        "input parsed"
+    );
 
-    let lines: Vec<usize> = parsed.items.iter().map(|(l, _, _)| *l).collect();
+    let lines: Vec<usize> = parsed
+        .items
+        .iter()
+        .map(|(l, _, _)| *l + line_offset)
+        .collect();
     let items: Vec<(String, W::Input)> =
         parsed.items.into_iter().map(|(_, id, x)| (id, x)).collect();
-    let result = run_items(workload, items, progress)?;
+    let result = run_items_controlled(workload, items, progress, control)?;
 
-    let paths = OutputPaths::for_output(output);
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ExecutorError::io(dir, e))?;
-    }
-    let out_file = std::fs::File::create(output).map_err(|e| ExecutorError::io(output, e))?;
-    let mut out = BufWriter::new(out_file);
+    let mut out: Vec<u8> = Vec::new();
     let mut succeeded = 0;
     for ((custom_id, res), line) in result.outputs.into_iter().zip(lines) {
         match res {
@@ -232,24 +264,36 @@ pub fn run_file<W: Workload>(
                 let mut rec = Map::new();
                 rec.insert("custom_id".into(), Value::String(custom_id.clone()));
                 if let Some(bytes) = &item.artifact {
-                    std::fs::create_dir_all(&paths.files_dir)
-                        .map_err(|e| ExecutorError::io(&paths.files_dir, e))?;
-                    let name = artifact_name(&custom_id, "png");
-                    let path = paths.files_dir.join(&name);
-                    std::fs::write(&path, bytes).map_err(|e| ExecutorError::io(&path, e))?;
-                    let dir_name = paths
-                        .files_dir
-                        .file_name()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    rec.insert("file".into(), Value::String(format!("{dir_name}/{name}")));
+                    match artifacts {
+                        Artifacts::Dir(files_dir) => {
+                            std::fs::create_dir_all(files_dir)
+                                .map_err(|e| ExecutorError::io(files_dir, e))?;
+                            let name = artifact_name(&custom_id, "png");
+                            let path = files_dir.join(&name);
+                            std::fs::write(&path, bytes)
+                                .map_err(|e| ExecutorError::io(&path, e))?;
+                            let dir_name = files_dir
+                                .file_name()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            rec.insert("file".into(), Value::String(format!("{dir_name}/{name}")));
+                        }
+                        Artifacts::Inline => {
+                            use base64::Engine as _;
+                            rec.insert(
+                                "image_png_b64".into(),
+                                Value::String(
+                                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                                ),
+                            );
+                        }
+                    }
                 }
                 rec.insert("sha256".into(), Value::String(hex::encode(item.hash)));
                 rec.extend(item.record);
                 serde_json::to_writer(&mut out, &rec)
-                    .map_err(|e| ExecutorError::io(output, e.into()))?;
-                out.write_all(b"\n")
-                    .map_err(|e| ExecutorError::io(output, e))?;
+                    .map_err(|e| ExecutorError::io("<output>", e.into()))?;
+                out.push(b'\n');
                 succeeded += 1;
             }
             Err(message) => errors.push(LineError {
@@ -260,9 +304,46 @@ pub fn run_file<W: Workload>(
             }),
         }
     }
-    out.flush().map_err(|e| ExecutorError::io(output, e))?;
-
     errors.sort_by_key(|e| e.line);
+    Ok(JsonlRun {
+        output: out,
+        errors,
+        succeeded,
+        commitment: result.commitment,
+        manifest: result.manifest,
+    })
+}
+
+/// Runs a JSONL file through a workload and writes the output, error and commitment files.
+pub fn run_file<W: Workload>(
+    workload: &mut W,
+    input: &Path,
+    output: &Path,
+    progress: &dyn Fn(u64),
+    on_total: &dyn Fn(u64),
+) -> Result<LocalReport> {
+    let started = std::time::Instant::now();
+    let f = std::fs::File::open(input).map_err(|e| ExecutorError::io(input, e))?;
+    tracing::info!(input = %input.display(), "reading input");
+    let paths = OutputPaths::for_output(output);
+    let run = run_reader(
+        workload,
+        std::io::BufReader::new(f),
+        0,
+        Artifacts::Dir(&paths.files_dir),
+        progress,
+        on_total,
+        None,
+    )?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ExecutorError::io(dir, e))?;
+    }
+    std::fs::write(output, &run.output).map_err(|e| ExecutorError::io(output, e))?;
+    let errors = run.errors;
+    let result = run.commitment;
+    let manifest = run.manifest;
+    let succeeded = run.succeeded;
+
     let mut ef = BufWriter::new(
         std::fs::File::create(&paths.errors).map_err(|e| ExecutorError::io(&paths.errors, e))?,
     );
@@ -275,7 +356,7 @@ pub fn run_file<W: Workload>(
     ef.flush()
         .map_err(|e| ExecutorError::io(&paths.errors, e))?;
 
-    let doc = serde_json::json!({ "manifest": result.manifest, "commitment": result.commitment });
+    let doc = serde_json::json!({ "manifest": manifest, "commitment": result });
     let text = serde_json::to_string_pretty(&doc)
         .map_err(|e| ExecutorError::io(&paths.commitment, e.into()))?;
     std::fs::write(&paths.commitment, text + "\n")
@@ -285,8 +366,8 @@ pub fn run_file<W: Workload>(
         paths,
         succeeded,
         failed: errors.len(),
-        commitment: result.commitment,
-        manifest: result.manifest,
+        commitment: result,
+        manifest,
         elapsed: started.elapsed(),
     })
 }

@@ -1,9 +1,10 @@
-//! `executor` CLI: local runs and benchmarks. The logic lives in the library.
+//! `executor` CLI: local runs, benchmarks and the provider agent. The logic lives in the library.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use executor::agent::config::AgentSettings;
 use executor::embed::{Batching, EmbedConfig, EmbedWorkload, Embedder};
 use executor::models::{ModelsDir, pinned};
 use executor::runtime::{Provider, Runtime, RuntimeConfig};
@@ -92,6 +93,15 @@ enum Cmd {
         /// Terrain images to render (0 = skip).
         #[arg(long, default_value_t = 8)]
         terrain_images: usize,
+        /// SD images to render (0 = skip).
+        #[arg(long, default_value_t = 4)]
+        sd_images: usize,
+        /// SD model directory for the benchmark (default: the tiny random-weight fixture).
+        #[arg(long, default_value = "executor/fixtures/tiny-sd")]
+        sd_model_dir: PathBuf,
+        /// SD steps per image.
+        #[arg(long, default_value_t = 20)]
+        sd_steps: u64,
         #[arg(long, default_value_t = 1024)]
         max_batch_tokens: usize,
         #[arg(long, default_value_t = 64)]
@@ -99,6 +109,22 @@ enum Cmd {
     },
     /// Load the runtime and the models, verify their hashes and print the node's set-up.
     Info,
+    /// Run the provider agent: register + challenge (with --api), keep asks, take assignments
+    /// from NATS, run them, publish results. SIGINT/SIGTERM stop it gracefully.
+    Agent {
+        /// Marketplace API base URL (overrides `api_url` in the node config).
+        #[arg(long)]
+        api: Option<String>,
+        /// NATS server URL (overrides `nats_url` / GRIDBOOK_NATS_URL).
+        #[arg(long)]
+        nats: Option<String>,
+        /// File holding the provider API key (`gbk_…`); else $GRIDBOOK_API_KEY. Never logged.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Node configuration (TOML, see executor/README.md); GRIDBOOK_* variables override it.
+        #[arg(long)]
+        node_config: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -177,6 +203,9 @@ fn main() -> anyhow::Result<()> {
             baseline_script,
             no_baseline,
             terrain_images,
+            sd_images,
+            sd_model_dir,
+            sd_steps,
             max_batch_tokens,
             max_batch_size,
         } => {
@@ -310,6 +339,86 @@ fn main() -> anyhow::Result<()> {
                     terrain_images as f64 / secs
                 );
             }
+            if sd_images > 0 {
+                let w = SdWorkload {
+                    pipeline: SdPipeline::load(&rt, &sd_model_dir)
+                        .with_context(|| format!("SD model dir {}", sd_model_dir.display()))?,
+                };
+                let input = |i: usize| -> anyhow::Result<_> {
+                    let fields = serde_json::json!({
+                        "prompt": format!("a mountain lake at dawn, variation {i}"),
+                        "seed": i, "steps": sd_steps,
+                    });
+                    let map = fields.as_object().cloned().unwrap_or_default();
+                    w.parse(&format!("b{i}"), &map)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))
+                };
+                w.pipeline.render_png(&input(0)?)?; // warm-up
+                let inputs: Vec<_> = (0..sd_images).map(input).collect::<anyhow::Result<_>>()?;
+                let t0 = std::time::Instant::now();
+                for i in &inputs {
+                    w.pipeline.render_png(i)?;
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                let (wd, ht) = inputs.first().map_or((0, 0), |i| (i.width, i.height));
+                println!(
+                    "RENDER-SD15-512 ({}): {sd_images} images of {wd}x{ht}, {sd_steps} steps, in {secs:.2} s = {:.2} images/s ({:.1} ms/step, incl. PNG encoding)",
+                    sd_model_dir.display(),
+                    sd_images as f64 / secs,
+                    secs * 1000.0 / (sd_images as f64 * sd_steps as f64)
+                );
+            }
+            Ok(())
+        }
+        Cmd::Agent {
+            api,
+            nats,
+            key_file,
+            node_config,
+        } => {
+            let mut settings: AgentSettings =
+                gridbook_support::load_config(node_config.as_deref())?;
+            if api.is_some() {
+                settings.api_url = api;
+            }
+            if let Some(n) = nats {
+                settings.nats_url = n;
+            }
+            settings.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let key = match &key_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading the API key file {}", f.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var("GRIDBOOK_API_KEY").ok(),
+            };
+            let models = match (&cli.models_dir, &settings.models_dir) {
+                (Some(d), _) | (None, Some(d)) => ModelsDir::new(d),
+                (None, None) => ModelsDir::from_env()?,
+            };
+            let workloads = std::sync::Arc::new(
+                executor::agent::workloads::Workloads::load(
+                    &rt,
+                    &models,
+                    settings.markets.keys().map(String::as_str),
+                    settings.sd_model_dir.as_deref(),
+                )
+                .context("loading the models")?,
+            );
+            let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            tokio_rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutdown requested: no new assignments, cancelling asks");
+                    let _ = tx.send(true);
+                });
+                executor::agent::run(settings, key, workloads, rx).await
+            })?;
             Ok(())
         }
         Cmd::Info => {
@@ -334,6 +443,28 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

@@ -342,3 +342,70 @@ fn gpu_name(device_id: i32) -> Option<String> {
 pub fn lock(session: &SharedSession) -> std::sync::MutexGuard<'_, Session> {
     session.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Cancellation of a running workload: an ONNX Runtime [`RunOptions`](ort::session::RunOptions)
+/// whose terminate flag aborts the model call in progress (and every later call made with it),
+/// plus a flag checked between model calls. Shared between the thread that runs and the one
+/// that cancels.
+pub struct RunControl {
+    options: ort::session::RunOptions,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl RunControl {
+    pub fn new() -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            options: ort::session::RunOptions::new()?,
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Asks the run to stop: the model call in progress returns an error as soon as ONNX
+    /// Runtime checks the flag (between kernels), and no further call starts.
+    pub fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = self.options.terminate() {
+            tracing::warn!(error = %e, "could not set the ONNX Runtime terminate flag");
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once [`cancel`](Self::cancel) was called.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(ExecutorError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn options(&self) -> &ort::session::RunOptions {
+        &self.options
+    }
+}
+
+/// Runs a session, with the control's run options when there is one; an ONNX Runtime error
+/// after a cancel is reported as [`ExecutorError::Cancelled`].
+pub fn run_session<'s, 'i, 'v: 'i, const N: usize>(
+    session: &'s mut Session,
+    inputs: impl Into<ort::session::SessionInputs<'i, 'v, N>>,
+    control: Option<&'s RunControl>,
+) -> Result<ort::session::SessionOutputs<'s>> {
+    match control {
+        None => Ok(session.run(inputs)?),
+        Some(c) => {
+            c.check()?;
+            session.run_with_options(inputs, c.options()).map_err(|e| {
+                if c.is_cancelled() {
+                    ExecutorError::Cancelled
+                } else {
+                    ExecutorError::Ort(e)
+                }
+            })
+        }
+    }
+}

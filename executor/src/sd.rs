@@ -24,7 +24,7 @@ use crate::commitment::{self, Manifest};
 use crate::error::{ExecutorError, Result};
 use crate::models::{ModelSpec, Sha256Hex};
 use crate::rng::Rng;
-use crate::runtime::{self, Runtime, SharedSession};
+use crate::runtime::{self, RunControl, Runtime, SharedSession};
 use crate::workload::{FieldError, ItemOutput, Workload, item_seed, opt_f64, opt_str, opt_u64};
 
 pub const WORKLOAD_ID: &str = "RENDER-SD15-512";
@@ -298,7 +298,11 @@ impl SdPipeline {
         Ok(ids)
     }
 
-    fn encode_text(&self, texts: &[&str]) -> Result<(Vec<f32>, Vec<usize>)> {
+    fn encode_text(
+        &self,
+        texts: &[&str],
+        control: Option<&RunControl>,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
         let n = self.config.max_length;
         let mut ids = Vec::with_capacity(texts.len() * n);
         for t in texts {
@@ -307,9 +311,17 @@ impl SdPipeline {
         let shape = [texts.len(), n];
         let mut s = runtime::lock(&self.text_encoder);
         let out = if self.ids_int32 {
-            s.run(ort::inputs!["input_ids" => ort::value::Tensor::from_array((shape, ids.iter().map(|&x| x as i32).collect::<Vec<_>>()))?])?
+            runtime::run_session(
+                &mut s,
+                ort::inputs!["input_ids" => ort::value::Tensor::from_array((shape, ids.iter().map(|&x| x as i32).collect::<Vec<_>>()))?],
+                control,
+            )?
         } else {
-            s.run(ort::inputs!["input_ids" => ort::value::Tensor::from_array((shape, ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()))?])?
+            runtime::run_session(
+                &mut s,
+                ort::inputs!["input_ids" => ort::value::Tensor::from_array((shape, ids.iter().map(|&x| i64::from(x)).collect::<Vec<_>>()))?],
+                control,
+            )?
         };
         let (shape, h) = out["last_hidden_state"].try_extract_tensor::<f32>()?;
         Ok((h.to_vec(), shape.iter().map(|&d| d as usize).collect()))
@@ -317,14 +329,24 @@ impl SdPipeline {
 
     /// Renders one image; returns `(width, height, RGB8 pixels)`.
     pub fn render(&self, input: &SdInput) -> Result<(u32, u32, Vec<u8>)> {
+        self.render_controlled(input, None)
+    }
+
+    /// [`render`](Self::render) under an optional [`RunControl`]: a cancel aborts the model
+    /// call in progress and no further step runs.
+    pub fn render_controlled(
+        &self,
+        input: &SdInput,
+        control: Option<&RunControl>,
+    ) -> Result<(u32, u32, Vec<u8>)> {
         let f = self.config.vae_scale_factor as u64;
         let (lh, lw) = ((input.height / f) as usize, (input.width / f) as usize);
         let c = self.config.latent_channels;
         let cfg = input.guidance_scale > 1.0;
         let (ehs, ehs_shape) = if cfg {
-            self.encode_text(&[&input.negative_prompt, &input.prompt])?
+            self.encode_text(&[&input.negative_prompt, &input.prompt], control)?
         } else {
-            self.encode_text(&[&input.prompt])?
+            self.encode_text(&[&input.prompt], control)?
         };
         let batch = ehs_shape[0];
         let sched = EulerScheduler::new(&self.config.scheduler, input.steps as usize)?;
@@ -344,10 +366,18 @@ impl SdPipeline {
             let ehs_t = ort::value::Tensor::from_array((ehs_shape.clone(), ehs.clone()))?;
             let out = if self.timestep_type == TensorElementType::Int64 {
                 let ts = ort::value::Tensor::from_array(([batch], vec![t.round() as i64; batch]))?;
-                unet.run(ort::inputs!["sample" => sample_t, "timestep" => ts, "encoder_hidden_states" => ehs_t])?
+                runtime::run_session(
+                    &mut unet,
+                    ort::inputs!["sample" => sample_t, "timestep" => ts, "encoder_hidden_states" => ehs_t],
+                    control,
+                )?
             } else {
                 let ts = ort::value::Tensor::from_array(([batch], vec![t as f32; batch]))?;
-                unet.run(ort::inputs!["sample" => sample_t, "timestep" => ts, "encoder_hidden_states" => ehs_t])?
+                runtime::run_session(
+                    &mut unet,
+                    ort::inputs!["sample" => sample_t, "timestep" => ts, "encoder_hidden_states" => ehs_t],
+                    control,
+                )?
             };
             let (_, eps) = out["out_sample"].try_extract_tensor::<f32>()?;
             if eps.len() != batch * n {
@@ -370,7 +400,11 @@ impl SdPipeline {
         let inv = 1.0 / self.config.vae_scaling_factor;
         let latents: Vec<f32> = latents.iter().map(|x| x * inv).collect();
         let mut vae = runtime::lock(&self.vae_decoder);
-        let out = vae.run(ort::inputs!["latent_sample" => ort::value::Tensor::from_array(([1, c, lh, lw], latents))?])?;
+        let out = runtime::run_session(
+            &mut vae,
+            ort::inputs!["latent_sample" => ort::value::Tensor::from_array(([1, c, lh, lw], latents))?],
+            control,
+        )?;
         let (shape, img) = out["sample"].try_extract_tensor::<f32>()?;
         if shape.len() != 4 || shape[1] != 3 {
             return Err(ExecutorError::ModelContract {
@@ -391,7 +425,16 @@ impl SdPipeline {
 
     /// Renders to PNG bytes.
     pub fn render_png(&self, input: &SdInput) -> Result<Vec<u8>> {
-        let (w, h, rgb) = self.render(input)?;
+        self.render_png_controlled(input, None)
+    }
+
+    /// [`render_png`](Self::render_png) under an optional [`RunControl`].
+    pub fn render_png_controlled(
+        &self,
+        input: &SdInput,
+        control: Option<&RunControl>,
+    ) -> Result<Vec<u8>> {
+        let (w, h, rgb) = self.render_controlled(input, control)?;
         crate::png::rgb8(&rgb, w, h)
     }
 }
@@ -455,9 +498,33 @@ impl Workload for SdWorkload {
         inputs: &[SdInput],
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, None)
+    }
+
+    fn run_controlled(
+        &mut self,
+        inputs: &[SdInput],
+        progress: &dyn Fn(u64),
+        control: &RunControl,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, Some(control))
+    }
+
+    fn manifest(&self) -> Manifest {
+        self.manifest_impl()
+    }
+}
+
+impl SdWorkload {
+    fn run_with(
+        &mut self,
+        inputs: &[SdInput],
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
         let mut out = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let png = self.pipeline.render_png(input)?;
+            let png = self.pipeline.render_png_controlled(input, control)?;
             let mut record = Map::new();
             record.insert("seed".into(), Value::from(input.seed));
             record.insert("steps".into(), Value::from(input.steps));
@@ -477,7 +544,7 @@ impl Workload for SdWorkload {
         Ok(out)
     }
 
-    fn manifest(&self) -> Manifest {
+    fn manifest_impl(&self) -> Manifest {
         let p = &self.pipeline;
         Manifest {
             workload: WORKLOAD_ID.into(),

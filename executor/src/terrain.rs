@@ -18,7 +18,7 @@ use crate::commitment::{self, Manifest};
 use crate::error::{ExecutorError, Result};
 use crate::models::{ModelSpec, ModelsDir, pinned};
 use crate::rng::Rng;
-use crate::runtime::{self, Runtime, SharedSession};
+use crate::runtime::{self, RunControl, Runtime, SharedSession};
 use crate::workload::{FieldError, ItemOutput, Workload, item_seed, opt_u64};
 
 pub const WORKLOAD_ID: &str = "RENDER-TERRAIN-128";
@@ -106,6 +106,16 @@ impl TerrainRenderer {
         requests: &[(u64, Option<u64>)],
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Terrain>> {
+        self.render_controlled(requests, progress, None)
+    }
+
+    /// [`render`](Self::render) under an optional [`RunControl`] (cancellation).
+    pub fn render_controlled(
+        &self,
+        requests: &[(u64, Option<u64>)],
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Terrain>> {
         let mut out = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(self.config.batch_size.max(1)) {
             let b = chunk.len();
@@ -125,7 +135,7 @@ impl TerrainRenderer {
                 "difficulty" => ort::value::Tensor::from_array(([b], labels))?,
             ];
             let mut session = runtime::lock(&self.session);
-            let outputs = session.run(inputs)?;
+            let outputs = runtime::run_session(&mut session, inputs, control)?;
             let (shape, den) = outputs["denoised"].try_extract_tensor::<f32>()?;
             if shape.iter().product::<i64>() as usize != b * SIZE * SIZE {
                 return Err(ExecutorError::ModelContract {
@@ -232,11 +242,35 @@ impl Workload for TerrainWorkload {
         inputs: &[TerrainInput],
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, None)
+    }
+
+    fn run_controlled(
+        &mut self,
+        inputs: &[TerrainInput],
+        progress: &dyn Fn(u64),
+        control: &RunControl,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
+        self.run_with(inputs, progress, Some(control))
+    }
+
+    fn manifest(&self) -> Manifest {
+        self.manifest_impl()
+    }
+}
+
+impl TerrainWorkload {
+    fn run_with(
+        &mut self,
+        inputs: &[TerrainInput],
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
         let reqs: Vec<(u64, Option<u64>)> = inputs
             .iter()
             .map(|i| (i.derived_seed, i.difficulty))
             .collect();
-        let terrains = self.renderer.render(&reqs, progress)?;
+        let terrains = self.renderer.render_controlled(&reqs, progress, control)?;
         Ok(terrains
             .into_iter()
             .map(|t| {
@@ -254,7 +288,7 @@ impl Workload for TerrainWorkload {
             .collect())
     }
 
-    fn manifest(&self) -> Manifest {
+    fn manifest_impl(&self) -> Manifest {
         let r = &self.renderer;
         Manifest {
             workload: WORKLOAD_ID.into(),

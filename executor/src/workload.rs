@@ -7,7 +7,10 @@
 use serde_json::{Map, Value};
 
 use crate::commitment::{Commitment, Hash, Manifest};
+#[allow(unused_imports)] // named in docs
+use crate::error::ExecutorError;
 use crate::error::Result;
+use crate::runtime::RunControl;
 
 /// A field-level input error (`field` is the JSON field at fault).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -60,6 +63,20 @@ pub trait Workload {
         progress: &dyn Fn(u64),
     ) -> Result<Vec<Result<ItemOutput, String>>>;
 
+    /// [`run`](Self::run) under a [`RunControl`]: cancelling it aborts the model call in
+    /// progress (ONNX Runtime's terminate flag) and returns [`ExecutorError::Cancelled`]. The
+    /// default only checks before starting; the built-in workloads pass the control to every
+    /// model call.
+    fn run_controlled(
+        &mut self,
+        inputs: &[Self::Input],
+        progress: &dyn Fn(u64),
+        control: &RunControl,
+    ) -> Result<Vec<Result<ItemOutput, String>>> {
+        control.check()?;
+        self.run(inputs, progress)
+    }
+
     /// How this workload produces outputs (model hashes, runtime, device ...).
     fn manifest(&self) -> Manifest;
 }
@@ -78,8 +95,21 @@ pub fn run_items<W: Workload>(
     items: Vec<(String, W::Input)>,
     progress: &dyn Fn(u64),
 ) -> Result<BatchResult> {
+    run_items_controlled(workload, items, progress, None)
+}
+
+/// [`run_items`] under an optional [`RunControl`] (cancellation).
+pub fn run_items_controlled<W: Workload>(
+    workload: &mut W,
+    items: Vec<(String, W::Input)>,
+    progress: &dyn Fn(u64),
+    control: Option<&RunControl>,
+) -> Result<BatchResult> {
     let (ids, inputs): (Vec<String>, Vec<W::Input>) = items.into_iter().unzip();
-    let results = workload.run(&inputs, progress)?;
+    let results = match control {
+        Some(c) => workload.run_controlled(&inputs, progress, c)?,
+        None => workload.run(&inputs, progress)?,
+    };
     assert_eq!(
         results.len(),
         ids.len(),

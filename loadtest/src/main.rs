@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod book;
 mod engine;
 mod ledger;
+mod ws;
 
 #[derive(Parser)]
 #[command(name = "loadtest", about = "Gridbook load generators and benchmarks")]
@@ -22,6 +23,8 @@ enum Scenario {
     Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
     Ledger(ledger::Args),
+    /// The API's WebSocket market feed: many clients, per-delta lag, gaps, drops.
+    Ws(ws::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Book(args) => book::run(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
+        Scenario::Ws(args) => ws::run(args),
     }
 }

@@ -96,6 +96,10 @@ fn cmd_test(extra: &[&str]) -> Result<()> {
     let started = project.setup()?;
     let extra: Vec<&str> = extra.iter().copied().skip_while(|a| *a == "--").collect();
     let result = project.run_tests(&extra);
+    // The trader UI's browser test runs after cargo test, whatever cargo test's outcome; the run
+    // fails if either fails.
+    let web = if interrupted.load(Ordering::SeqCst) { Ok(()) } else { project.run_web_tests() };
+    let result = result.and(web);
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("xtask: interrupted");
     }
@@ -182,6 +186,13 @@ impl Project {
         }
         if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
             missing.extend(["python3", "python3-pip", "python3-venv"]);
+        }
+        // The web UI's browser test: Node.js and Debian's chromium (driven by playwright-core).
+        if !succeeds(Command::new("node").arg("--version")) {
+            missing.extend(["nodejs", "npm"]);
+        }
+        if !Path::new("/usr/bin/chromium").exists() {
+            missing.push("chromium");
         }
         if missing.is_empty() {
             return Ok(());
@@ -491,6 +502,19 @@ impl Project {
         } else {
             Err(format!("cargo test failed: {status}"))
         }
+    }
+
+    /// `web/test/ui.test.mjs`: the real engine and API (debug builds) serving `web/dist`, driven
+    /// with chromium through playwright-core (installed from `web/package-lock.json`).
+    fn run_web_tests(&self) -> Result<()> {
+        println!("\nxtask: web UI test (node web/test/ui.test.mjs, chromium via playwright-core)");
+        let web = self.root.join("web");
+        if !web.join("node_modules/playwright-core").exists() {
+            run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&web))?;
+        }
+        run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api"]))?;
+        run(Command::new("node").arg("test/ui.test.mjs").current_dir(&web).envs(self.env_vars()))
+            .map_err(|e| format!("web UI test failed: {e}"))
     }
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {

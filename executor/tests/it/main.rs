@@ -1,6 +1,9 @@
 //! Executor integration tests (one binary). Tests that need ONNX Runtime or the real models read
 //! `ORT_DYLIB_PATH` and `GRIDBOOK_MODELS_DIR` and panic with a clear message when they are unset.
 
+mod agent;
+mod agent_api;
+mod challenge;
 mod commitment;
 mod common;
 mod embed;

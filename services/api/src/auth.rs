@@ -3,7 +3,13 @@
 //! [`Principal`] extractor every authenticated handler takes.
 //!
 //! Secrets are never stored or logged: sessions and API keys are looked up by the sha256 of
-//! their secret (256 random bits, so a fast hash suffices); passwords by argon2id.
+//! their secret (256 random bits, so a fast hash suffices); passwords by argon2id with OWASP's
+//! parameters (m = 19456 KiB, t = 2, p = 1), always on the blocking pool ([`hash_password`] and
+//! [`verify_password`] are blocking functions: call them from `db::run` or
+//! [`hash_password_blocking`], never directly in an async handler).
+//!
+//! Rate limits per caller are enforced by the middleware in `app` (per presented credential and
+//! per client IP) before a request reaches the extractor, so a flood never reaches the database.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -142,6 +148,148 @@ impl Principal {
 
 pub fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
+}
+
+/// Scopes an API key of `role` may carry: `read` for everyone, `jobs` for studios, `nodes` for
+/// providers, `admin` for admins.
+pub fn allowed_scopes(role: Role) -> &'static [Scope] {
+    match role {
+        Role::Studio => &[Scope::Read, Scope::Jobs],
+        Role::Provider => &[Scope::Read, Scope::Nodes],
+        Role::Trader => &[Scope::Read],
+        Role::Admin => &[Scope::Read, Scope::Admin],
+    }
+}
+
+fn argon2() -> argon2::Argon2<'static> {
+    // OWASP Password Storage Cheat Sheet: argon2id, m = 19 MiB, t = 2, p = 1.
+    let params = argon2::Params::new(19_456, 2, 1, None).unwrap_or(argon2::Params::DEFAULT);
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// Hashes a password to an argon2id PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
+/// Blocking (tens of milliseconds): call it on the blocking pool.
+pub fn hash_password(password: &str) -> ApiResult<String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal(format!("argon2 hash: {e}")))
+}
+
+/// [`hash_password`] on the blocking pool.
+pub async fn hash_password_blocking(password: String) -> ApiResult<String> {
+    actix_web::rt::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// A hash of a random password, verified against when the user does not exist so that an
+/// unknown email costs the same time as a wrong password.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    hash_password(&random_hex(16)).unwrap_or_default()
+});
+
+/// Verifies `password` against a PHC string (`None`: against a dummy hash, then false).
+/// Blocking: call it on the blocking pool.
+pub fn verify_password(password: &str, phc: Option<&str>) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    let hash: &str = phc.unwrap_or(DUMMY_HASH.as_str());
+    let ok = argon2().verify_password(password.as_bytes(), hash).is_ok();
+    ok && phc.is_some()
+}
+
+/// `n` random bytes from the operating system, hex-encoded.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    // getrandom only fails when the OS has no entropy source; nothing sensible can go on then.
+    if let Err(e) = getrandom::fill(&mut buf) {
+        panic!("the operating system's random number generator failed: {e}");
+    }
+    hex::encode(buf)
+}
+
+/// Starts a browser session: stores the sha256 of a fresh 256-bit token and returns the token
+/// (the cookie's value).
+pub fn create_session(conn: &mut PgConnection, user_id: Uuid, hours: u64) -> ApiResult<String> {
+    // Forget this user's expired sessions (keeps the table small without a sweeper).
+    diesel::delete(
+        sessions::table
+            .filter(sessions::user_id.eq(user_id))
+            .filter(sessions::expires_at.le(chrono::Utc::now())),
+    )
+    .execute(conn)?;
+    let token = random_hex(32);
+    let expires = chrono::Utc::now()
+        + chrono::Duration::hours(i64::try_from(hours.clamp(1, 24 * 365)).unwrap_or(24));
+    diesel::insert_into(sessions::table)
+        .values((
+            sessions::token_hash.eq(sha256(token.as_bytes())),
+            sessions::user_id.eq(user_id),
+            sessions::expires_at.eq(expires),
+        ))
+        .execute(conn)?;
+    Ok(token)
+}
+
+/// Ends a session (no-op for an unknown token).
+pub fn delete_session(conn: &mut PgConnection, token: &str) -> ApiResult<()> {
+    diesel::delete(sessions::table.filter(sessions::token_hash.eq(sha256(token.as_bytes()))))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The session cookie: HttpOnly, SameSite=Strict, Path=/, Max-Age, Secure unless
+/// `settings.secure_cookies` is false.
+pub fn session_cookie(token: String, hours: u64, secure: bool) -> actix_web::cookie::Cookie<'static> {
+    actix_web::cookie::Cookie::build(SESSION_COOKIE, token)
+        .http_only(true)
+        .secure(secure)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .path("/")
+        .max_age(actix_web::cookie::time::Duration::hours(
+            i64::try_from(hours.clamp(1, 24 * 365)).unwrap_or(24),
+        ))
+        .finish()
+}
+
+/// A cookie that deletes the session cookie in the browser.
+pub fn expired_session_cookie(secure: bool) -> actix_web::cookie::Cookie<'static> {
+    let mut c = session_cookie(String::new(), 1, secure);
+    c.make_removal();
+    c
+}
+
+/// A freshly generated API key: the full key is returned once and never stored.
+pub struct NewKey {
+    pub id: Uuid,
+    pub prefix: String,
+    /// `gbk_<prefix>_<secret>`: the secret is 32 random bytes, hex.
+    pub key: String,
+}
+
+/// Creates an API key for `user_id` (scopes must already be checked against the role).
+pub fn create_api_key(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    name: &str,
+    scopes: &[Scope],
+) -> ApiResult<NewKey> {
+    let id = Uuid::now_v7();
+    let prefix = random_hex(6);
+    let secret = random_hex(32);
+    diesel::insert_into(api_keys::table)
+        .values((
+            api_keys::id.eq(id),
+            api_keys::user_id.eq(user_id),
+            api_keys::name.eq(name),
+            api_keys::prefix.eq(&prefix),
+            api_keys::secret_hash.eq(sha256(secret.as_bytes())),
+            api_keys::scopes.eq(scopes.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>()),
+        ))
+        .execute(conn)?;
+    let key = format!("{KEY_PREFIX}{prefix}_{secret}");
+    Ok(NewKey { id, prefix, key })
 }
 
 #[derive(Queryable)]

@@ -1,9 +1,744 @@
-//! TODO(helper): see lib.rs code map.
+//! Batch input files: `POST /v1/files?purpose=batch&market=<M>` takes the raw JSONL body, checks
+//! it line by line (OpenAI Batch API style) against the market's workload and stores it in the
+//! NATS object store bucket `gridbook_files` under its sha256 (hex); `GET /v1/files`,
+//! `GET /v1/files/{id}` and `GET /v1/files/{id}/content` serve the caller's own files.
+//!
+//! Validation reuses the executor's own line parser (`executor::local::parse_jsonl`: `custom_id`
+//! unique, 1..=256 bytes; a JSON object per line; UTF-8), so a file the API accepts is a file
+//! the executor can run. On top of it the API enforces its limits (`settings.limits`: bytes,
+//! lines, bytes per line) and refuses blank lines, so line `n` of the file is item `n - 1` of
+//! the job (assignments address items by line index).
+//!
+//! Bounds: the body is read chunk by chunk and refused (413) as soon as it exceeds
+//! `limits.file_bytes`; at most [`MAX_CONCURRENT_UPLOADS`] uploads are buffered at once, so
+//! upload memory is at most that many times `file_bytes`.
+
+use std::sync::OnceLock;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use futures::StreamExt;
+use gridbook_wire::catalog::Work;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role, Scope};
+use crate::error::{ApiError, ApiResult, ErrorDetail};
+use crate::schema::files;
+use crate::settings::Limits;
+use crate::state::AppState;
+
+/// At most this many problems are reported for a bad file.
+pub const MAX_DETAILS: usize = 100;
+/// Uploads buffered at the same time (each at most `limits.file_bytes`).
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+/// Page size bounds of the list routes.
+pub const MAX_PAGE: i64 = 100;
+pub const DEFAULT_PAGE: i64 = 20;
 
 /// Routes of this module (mounted by `app`).
-pub fn configure(_cfg: &mut actix_web::web::ServiceConfig) {}
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/files")
+            .route(web::post().to(upload))
+            .route(web::get().to(list)),
+    )
+    .service(web::resource("/files/{id}").route(web::get().to(get)))
+    .service(web::resource("/files/{id}/content").route(web::get().to(content)));
+}
 
 /// Creates the `gridbook_files` object store bucket if it is missing (idempotent).
-pub async fn ensure_bucket(_state: &crate::state::AppState) -> anyhow::Result<()> {
-    Ok(())
+pub async fn ensure_bucket(state: &AppState) -> anyhow::Result<()> {
+    bucket_or_create(&state.js).await.map(|_| ())
 }
+
+async fn bucket_or_create(js: &async_nats::jetstream::Context) -> anyhow::Result<ObjectStore> {
+    use gridbook_wire::streams::FILES_BUCKET;
+    match js.get_object_store(FILES_BUCKET).await {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(js
+            .create_object_store(object_store::Config {
+                bucket: FILES_BUCKET.into(),
+                description: Some("Gridbook job input and output files, named by sha256".into()),
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("creating bucket {FILES_BUCKET}: {e}"))?),
+    }
+}
+
+/// The files bucket (503 when NATS is unreachable).
+pub async fn bucket(state: &AppState) -> ApiResult<ObjectStore> {
+    state
+        .js
+        .get_object_store(gridbook_wire::streams::FILES_BUCKET)
+        .await
+        .map_err(ApiError::unavailable)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation (pure)
+// ---------------------------------------------------------------------------------------------
+
+/// A parse-only workload: the executor's parser calls `parse` for each line; nothing runs.
+struct Checker {
+    work: Work,
+}
+
+impl executor::workload::Workload for Checker {
+    type Input = ();
+
+    fn id(&self) -> &'static str {
+        self.work.workload
+    }
+
+    fn parse(
+        &self,
+        custom_id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(), executor::workload::FieldError> {
+        check_fields(self.work.workload, custom_id, fields)
+    }
+
+    fn run(
+        &mut self,
+        _inputs: &[()],
+        _progress: &dyn Fn(u64),
+    ) -> executor::Result<Vec<Result<executor::workload::ItemOutput, String>>> {
+        Err(executor::ExecutorError::Config(
+            "the API only validates input lines".into(),
+        ))
+    }
+
+    fn manifest(&self) -> executor::commitment::Manifest {
+        executor::commitment::Manifest {
+            workload: self.work.workload.into(),
+            models: Default::default(),
+            ort_version: String::new(),
+            execution_provider: String::new(),
+            device: String::new(),
+            dtype: String::new(),
+            gpu_name: None,
+            executor_version: String::new(),
+            parameters: Value::Null,
+        }
+    }
+}
+
+/// The input fields of one line for `workload`, exactly as the executor parses them:
+/// - `embed`: `input` (string, or a one-string array), top level or under `body`;
+/// - `terrain`: optional `seed` (u64) and `difficulty` (1..=100) (`TerrainWorkload::parse_with_id`);
+/// - `sd`: `prompt` (string), optional `negative_prompt`, `steps` (1..=150), `guidance_scale`
+///   (0..=30), `width`/`height` (multiples of 8 up to 1024), `seed`.
+pub fn check_fields(
+    workload: &str,
+    custom_id: &str,
+    fields: &Map<String, Value>,
+) -> Result<(), executor::workload::FieldError> {
+    use executor::workload::{FieldError, field, opt_f64, opt_str, opt_u64};
+    match workload {
+        "embed" => match field(fields, "input") {
+            Some(Value::String(_)) => Ok(()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(()),
+            Some(_) => Err(FieldError::new("input", "expected a string")),
+            None => Err(FieldError::new("input", "missing")),
+        },
+        "terrain" => {
+            executor::terrain::TerrainWorkload::parse_with_id(fields, custom_id).map(|_| ())
+        }
+        "sd" => {
+            use executor::sd::{MAX_SIDE, MAX_STEPS};
+            // The SD15-512 market's pipeline: VAE scale factor 8.
+            const VAE_FACTOR: u64 = 8;
+            opt_str(fields, "prompt")?.ok_or_else(|| FieldError::new("prompt", "missing"))?;
+            opt_str(fields, "negative_prompt")?;
+            if let Some(steps) = opt_u64(fields, "steps")?
+                && !(1..=MAX_STEPS).contains(&steps)
+            {
+                return Err(FieldError::new("steps", format!("must be 1..={MAX_STEPS}")));
+            }
+            if let Some(g) = opt_f64(fields, "guidance_scale")?
+                && !(0.0..=30.0).contains(&g)
+            {
+                return Err(FieldError::new("guidance_scale", "must be 0..=30"));
+            }
+            for name in ["width", "height"] {
+                if let Some(v) = opt_u64(fields, name)?
+                    && (v == 0 || v > MAX_SIDE || v % VAE_FACTOR != 0)
+                {
+                    return Err(FieldError::new(
+                        name,
+                        format!("must be a multiple of {VAE_FACTOR} in {VAE_FACTOR}..={MAX_SIDE}"),
+                    ));
+                }
+            }
+            opt_u64(fields, "seed")?;
+            Ok(())
+        }
+        other => Err(FieldError::new(
+            "market",
+            format!("workload {other} is not known to the API"),
+        )),
+    }
+}
+
+/// What a valid file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub lines: usize,
+}
+
+/// Checks a whole JSONL file for `work`. `Err` carries the first [`MAX_DETAILS`] problems,
+/// line numbers 1-based, in line order.
+pub fn validate_jsonl(
+    work: Work,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Checked, Vec<ErrorDetail>> {
+    let mut details: Vec<ErrorDetail> = Vec::new();
+    let mut flagged = std::collections::BTreeSet::new();
+    // Pass 1: the API's own limits (line length, blank lines, line count).
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Err(vec![ErrorDetail {
+            line: 0,
+            message: "the file is empty: send at least one JSONL line".into(),
+        }]);
+    }
+    let mut lines = 0usize;
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        lines += 1;
+        let n = i as u64 + 1;
+        if line.len() > limits.line_bytes {
+            flagged.insert(n);
+            details.push(ErrorDetail {
+                line: n,
+                message: format!(
+                    "line is {} bytes, the limit is {}",
+                    line.len(),
+                    limits.line_bytes
+                ),
+            });
+        } else if line.iter().all(u8::is_ascii_whitespace) {
+            flagged.insert(n);
+            details.push(ErrorDetail {
+                line: n,
+                message: "blank line: every line must be one JSON object".into(),
+            });
+        }
+    }
+    if lines > limits.file_lines {
+        return Err(vec![ErrorDetail {
+            line: limits.file_lines as u64 + 1,
+            message: format!(
+                "the file has {lines} lines, the limit is {}",
+                limits.file_lines
+            ),
+        }]);
+    }
+    // Pass 2: the executor's parser (JSON object, custom_id, the workload's fields).
+    let parsed = executor::local::parse_jsonl(&Checker { work }, std::io::Cursor::new(body));
+    for e in parsed.errors {
+        let n = e.line as u64;
+        if flagged.contains(&n) {
+            continue;
+        }
+        let mut message = String::new();
+        if let Some(f) = &e.field {
+            message.push_str(f);
+            message.push_str(": ");
+        }
+        message.push_str(&e.message);
+        if let Some(id) = &e.custom_id {
+            message.push_str(&format!(" (custom_id {id:?})"));
+        }
+        details.push(ErrorDetail { line: n, message });
+    }
+    if details.is_empty() && parsed.items.len() == lines {
+        return Ok(Checked { lines });
+    }
+    if details.is_empty() {
+        details.push(ErrorDetail {
+            line: 0,
+            message: "some lines could not be read".into(),
+        });
+    }
+    details.sort_by_key(|d| d.line);
+    details.truncate(MAX_DETAILS);
+    Err(details)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Only `batch` (input of a batch job).
+    pub purpose: String,
+    /// The market whose workload the lines are for, e.g. `EMBED-MINILM-L6`.
+    pub market: String,
+    /// Optional name to remember the file by (at most 255 bytes).
+    pub filename: Option<String>,
+}
+
+/// A stored file.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileOut {
+    pub id: Uuid,
+    /// sha256 of the content (hex); also its object name in the `gridbook_files` bucket.
+    pub sha256: String,
+    pub bytes: i64,
+    pub lines: i32,
+    /// `batch`, `batch_output` or `batch_error`.
+    pub purpose: String,
+    pub market: Option<String>,
+    pub filename: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = files)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct FileRow {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub purpose: String,
+    pub sha256: String,
+    pub bytes: i64,
+    pub lines: i32,
+    pub filename: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub market: Option<String>,
+}
+
+impl From<FileRow> for FileOut {
+    fn from(r: FileRow) -> Self {
+        FileOut {
+            id: r.id,
+            sha256: r.sha256,
+            bytes: r.bytes,
+            lines: r.lines,
+            purpose: r.purpose,
+            market: r.market,
+            filename: r.filename,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FileList {
+    pub data: Vec<FileOut>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<Uuid>,
+}
+
+/// `?limit=1..100&before=<id>`: newest first; ids are UUIDv7, so id order is creation order.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub limit: Option<i64>,
+    pub before: Option<Uuid>,
+}
+
+impl Page {
+    pub fn limit(&self) -> ApiResult<i64> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(l) if (1..=MAX_PAGE).contains(&l) => Ok(l),
+            Some(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("limit must be 1..={MAX_PAGE}"),
+            )
+            .with_field("limit")),
+        }
+    }
+}
+
+/// The next cursor of a page fetched with `limit + 1` rows (the extra row is dropped).
+pub fn paginate<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> Uuid,
+) -> (Vec<T>, Option<Uuid>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(id) } else { None };
+    (rows, next)
+}
+
+fn upload_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the file exceeds the limit of {limit} bytes"),
+    )
+}
+
+/// Upload a JSONL batch input file.
+#[utoipa::path(
+    post, path = "/v1/files", tag = "files",
+    params(UploadQuery),
+    request_body(content = String, content_type = "application/jsonl",
+        description = "JSONL: one JSON object per line with a unique `custom_id` and the market's input fields"),
+    responses(
+        (status = 201, body = FileOut),
+        (status = 400, description = "`invalid_file` with per-line `details`", body = crate::error::ErrorResponse),
+        (status = 413, body = crate::error::ErrorResponse),
+        (status = 415, body = crate::error::ErrorResponse),
+    ),
+    security(("api_key" = []), ("session" = []))
+)]
+pub async fn upload(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    query: web::Query<UploadQuery>,
+    mut payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    principal.require_role(&[Role::Studio])?;
+    principal.require_scope(Scope::Jobs)?;
+    let q = query.into_inner();
+    if q.purpose != "batch" {
+        return Err(ApiError::invalid("purpose", "purpose must be `batch`"));
+    }
+    let market = state
+        .markets
+        .get(&q.market)
+        .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", q.market)))?;
+    let work = market.work;
+    if let Some(f) = &q.filename
+        && (f.is_empty() || f.len() > 255)
+    {
+        return Err(ApiError::invalid(
+            "filename",
+            "filename must be 1 to 255 bytes",
+        ));
+    }
+    let ctype = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match ctype.as_deref() {
+        Some(
+            "application/jsonl" | "application/x-ndjson" | "text/plain" | "application/x-jsonlines",
+        ) => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the file as the body with Content-Type application/jsonl, application/x-ndjson or text/plain",
+            ));
+        }
+    }
+    let limit = state.settings.limits.file_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large(limit));
+    }
+    let _slot = upload_slots().acquire().await.map_err(ApiError::internal)?;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("reading the body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let limits = state.settings.limits.clone();
+    let checked = {
+        let body = body.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            let r = validate_jsonl(work, &body, &limits);
+            let sha = hex::encode(Sha256::digest(&body));
+            (r, sha)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    let (checked, sha256) = match checked {
+        (Ok(c), sha) => (c, sha),
+        (Err(details), _) => {
+            tracing::info!(user = %principal.user_id, market = %q.market, problems = details.len(), "file refused");
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_file",
+                format!(
+                    "the file has invalid lines (the first {} problems are listed in details)",
+                    details.len()
+                ),
+            )
+            .with_details(details));
+        }
+    };
+    // Content-addressed: an object with this name already holds exactly these bytes.
+    let store = bucket(&state).await?;
+    match store.info(&sha256).await {
+        Ok(info) if info.size == body.len() && !info.deleted => {}
+        _ => {
+            let mut reader = std::io::Cursor::new(body.as_ref());
+            store
+                .put(sha256.as_str(), &mut reader)
+                .await
+                .map_err(ApiError::unavailable)?;
+        }
+    }
+    let row = FileRow {
+        id: Uuid::now_v7(),
+        owner: principal.user_id,
+        purpose: "batch".into(),
+        sha256,
+        bytes: body.len() as i64,
+        lines: i32::try_from(checked.lines).map_err(ApiError::internal)?,
+        filename: q.filename,
+        created_at: Utc::now(),
+        market: Some(q.market.clone()),
+    };
+    let row = crate::db::run(&state.db, move |c| {
+        Ok(diesel::insert_into(files::table)
+            .values(&row)
+            .returning(FileRow::as_returning())
+            .get_result(c)?)
+    })
+    .await?;
+    tracing::info!(file = %row.id, user = %row.owner, market = %q.market, bytes = row.bytes, lines = row.lines, "file stored");
+    Ok(HttpResponse::Created().json(FileOut::from(row)))
+}
+
+/// A file of `owner` (404 for anyone else's).
+pub fn load_owned(conn: &mut PgConnection, owner: Uuid, id: Uuid) -> ApiResult<FileRow> {
+    files::table
+        .find(id)
+        .filter(files::owner.eq(owner))
+        .select(FileRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("file"))
+}
+
+/// The caller's files, newest first.
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(Page),
+    responses((status = 200, body = FileList)), security(("api_key" = []), ("session" = [])))]
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    page: web::Query<Page>,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let limit = page.limit()?;
+    let before = page.before;
+    let owner = principal.user_id;
+    let rows = crate::db::run(&state.db, move |c| {
+        let mut q = files::table
+            .filter(files::owner.eq(owner))
+            .select(FileRow::as_select())
+            .order(files::id.desc())
+            .limit(limit + 1)
+            .into_boxed();
+        if let Some(b) = before {
+            q = q.filter(files::id.lt(b));
+        }
+        Ok(q.load(c)?)
+    })
+    .await?;
+    let (rows, next_before) = paginate(rows, limit, |r| r.id);
+    Ok(HttpResponse::Ok().json(FileList {
+        data: rows.into_iter().map(FileOut::from).collect(),
+        next_before,
+    }))
+}
+
+/// One of the caller's files (metadata).
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files",
+    responses((status = 200, body = FileOut), (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn get(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let row = crate::db::run(&state.db, move |c| load_owned(c, owner, id)).await?;
+    Ok(HttpResponse::Ok().json(FileOut::from(row)))
+}
+
+/// The content of one of the caller's files, streamed from the object store.
+#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files",
+    responses((status = 200, content_type = "application/jsonl", body = String),
+        (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn content(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let row = crate::db::run(&state.db, move |c| load_owned(c, owner, id)).await?;
+    stream_object(&state, &row).await
+}
+
+/// Streams the object of `file` (JSONL) as the response body.
+pub async fn stream_object(state: &AppState, file: &FileRow) -> ApiResult<HttpResponse> {
+    let store = bucket(state).await?;
+    let object = store.get(&file.sha256).await.map_err(|e| {
+        if matches!(e.kind(), object_store::GetErrorKind::NotFound) {
+            ApiError::internal(format!(
+                "file {} (object {}) is missing from the bucket",
+                file.id, file.sha256
+            ))
+        } else {
+            ApiError::unavailable(e)
+        }
+    })?;
+    let stream = tokio_util::io::ReaderStream::new(object);
+    Ok(HttpResponse::Ok()
+        .content_type("application/jsonl")
+        .insert_header(("X-Content-Sha256", file.sha256.clone()))
+        .streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embed() -> Work {
+        gridbook_wire::catalog::work("EMBED-MINILM-L6").unwrap()
+    }
+
+    #[test]
+    fn good_embed_file() {
+        let f = b"{\"custom_id\":\"a\",\"input\":\"hello\"}\n{\"custom_id\":\"b\",\"body\":{\"input\":\"x\"}}\n";
+        assert_eq!(
+            validate_jsonl(embed(), f, &Limits::default()).unwrap(),
+            Checked { lines: 2 }
+        );
+        // No trailing newline.
+        assert_eq!(
+            validate_jsonl(embed(), &f[..f.len() - 1], &Limits::default()).unwrap(),
+            Checked { lines: 2 }
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_numbered_from_one() {
+        let f = "{\"custom_id\":\"a\",\"input\":\"x\"}\nnot json\n{\"custom_id\":\"a\",\"input\":\"y\"}\n\n{\"input\":\"z\"}\n{\"custom_id\":\"c\",\"input\":3}\n[1]\n";
+        let d = validate_jsonl(embed(), f.as_bytes(), &Limits::default()).unwrap_err();
+        let lines: Vec<u64> = d.iter().map(|d| d.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6, 7], "{d:?}");
+        assert!(d[0].message.contains("invalid JSON"), "{d:?}");
+        assert!(d[1].message.contains("duplicate"), "{d:?}");
+        assert!(d[2].message.contains("blank"), "{d:?}");
+        assert!(d[3].message.contains("custom_id: missing"), "{d:?}");
+        assert!(d[4].message.contains("input: expected a string"), "{d:?}");
+        assert!(d[5].message.contains("JSON object"), "{d:?}");
+    }
+
+    #[test]
+    fn limits() {
+        let limits = Limits {
+            line_bytes: 40,
+            file_lines: 2,
+            ..Limits::default()
+        };
+        let long = format!("{{\"custom_id\":\"a\",\"input\":\"{}\"}}\n", "x".repeat(40));
+        let d = validate_jsonl(embed(), long.as_bytes(), &limits).unwrap_err();
+        assert_eq!(d[0].line, 1);
+        assert!(d[0].message.contains("limit is 40"));
+        let three = "{\"custom_id\":\"a\",\"input\":\"x\"}\n".repeat(3);
+        let d = validate_jsonl(embed(), three.as_bytes(), &limits).unwrap_err();
+        assert!(d[0].message.contains("limit is 2"), "{d:?}");
+        let d = validate_jsonl(embed(), b"", &limits).unwrap_err();
+        assert!(d[0].message.contains("empty"));
+        let bad_utf8 = b"{\"custom_id\":\"a\",\"input\":\"\xff\"}\n";
+        let d = validate_jsonl(embed(), bad_utf8, &Limits::default()).unwrap_err();
+        assert!(d[0].message.contains("UTF-8"), "{d:?}");
+    }
+
+    #[test]
+    fn at_most_100_details() {
+        let f = "nope\n".repeat(500);
+        let d = validate_jsonl(embed(), f.as_bytes(), &Limits::default()).unwrap_err();
+        assert_eq!(d.len(), MAX_DETAILS);
+        assert_eq!(d[99].line, 100);
+    }
+
+    #[test]
+    fn terrain_and_sd_fields() {
+        let t = gridbook_wire::catalog::work("RENDER-TERRAIN-128").unwrap();
+        assert!(
+            validate_jsonl(
+                t,
+                b"{\"custom_id\":\"a\",\"seed\":1,\"difficulty\":50}",
+                &Limits::default()
+            )
+            .is_ok()
+        );
+        let d = validate_jsonl(
+            t,
+            b"{\"custom_id\":\"a\",\"difficulty\":500}",
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(d[0].message.starts_with("difficulty:"), "{d:?}");
+        let s = gridbook_wire::catalog::work("RENDER-SD15-512").unwrap();
+        assert!(
+            validate_jsonl(
+                s,
+                b"{\"custom_id\":\"a\",\"prompt\":\"a cat\",\"steps\":20}",
+                &Limits::default()
+            )
+            .is_ok()
+        );
+        let d = validate_jsonl(
+            s,
+            b"{\"custom_id\":\"a\",\"prompt\":\"p\",\"width\":500}\n{\"custom_id\":\"b\"}",
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(d[0].message.starts_with("width:"), "{d:?}");
+        assert!(d[1].message.starts_with("prompt: missing"), "{d:?}");
+    }
+}
+
+/// The OpenAPI paths of this module (merged by `openapi::document`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(upload, list, get, content),
+    tags((name = "files", description = "JSONL batch input files (validated per line, stored by sha256)"))
+)]
+pub struct ApiDoc;

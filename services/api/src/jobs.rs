@@ -1,4 +1,689 @@
-//! TODO(helper): see lib.rs code map.
+//! Batch jobs: a validated input file, a market, a limit price per unit and a deadline become
+//! an escrowed bid on the market.
+//!
+//! `POST /v1/jobs` does everything in ONE database transaction: take the engine order id
+//! (`market_order_ids`), reserve `units × (limit + ⌈limit × fee⌉)` from the studio
+//! (`escrow::reserve_bid`), insert the `market_orders` row, the `jobs` row and the engine's
+//! Place command in the outbox (the settlement worker's publisher ships it to
+//! `market.<M>.cmd`). Either all of it exists or none does; not enough credits → 409
+//! `insufficient_funds` and nothing is created.
+//!
+//! Units and prices: `units = ⌈lines / items_per_unit⌉` of the market (`catalog::units_for`);
+//! 1 lot = 1 unit; 1 tick = 1 minor unit per unit (the market's `tick_size` is informational),
+//! so `limit_price` is sent to the engine unchanged.
+//!
+//! Statuses: `validating` is the state while the input is checked. Files are checked in full at
+//! upload, so a job is created directly as `queued` (escrow reserved, order in the outbox). The
+//! settlement worker moves it on (`running`, `verifying`, `completed`, `failed`, `expired`,
+//! `cancelled`).
+//!
+//! Cancel: allowed while `queued` or `running`; sets `cancel_requested_at` and queues an engine
+//! Cancel in the same transaction. The worker releases the unfilled reservation when the
+//! engine's `cancelled` event arrives; assignments already running finish and are settled
+//! normally (the studio pays only for verified work). A second cancel is answered with the job
+//! as it is and queues nothing.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use gridbook_ledger::LedgerError;
+use gridbook_ledger::escrow::{self, Bid};
+use gridbook_settlement::orders::{self, MarketOrder};
+use matching_core::{Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role, Scope};
+use crate::error::{ApiError, ApiResult};
+use crate::files::{Page, paginate};
+use crate::idempotency::{self, IdempotencyKey};
+use crate::schema::{files, jobs};
+use crate::state::AppState;
+
+/// The latest deadline a job may have, from now.
+pub const MAX_DEADLINE_DAYS: i64 = 7;
+/// The earliest deadline, from now (a job needs time to be matched and run).
+pub const MIN_DEADLINE_SECS: i64 = 60;
+/// Metadata bounds (as OpenAI's Batch API): at most 16 pairs, keys ≤ 64, values ≤ 512 chars.
+pub const MAX_METADATA_PAIRS: usize = 16;
+pub const MAX_METADATA_KEY: usize = 64;
+pub const MAX_METADATA_VALUE: usize = 512;
 
 /// Routes of this module (mounted by `app`).
-pub fn configure(_cfg: &mut actix_web::web::ServiceConfig) {}
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/jobs")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .service(web::resource("/jobs/{id}").route(web::get().to(get)))
+    .service(web::resource("/jobs/{id}/cancel").route(web::post().to(cancel)))
+    .service(web::resource("/jobs/{id}/output").route(web::get().to(output)))
+    .service(web::resource("/jobs/{id}/errors").route(web::get().to(errors)));
+}
+
+/// What a studio sends. Fields the market decides (status, fee, owner, order ids) do not exist
+/// here: an unknown field is a 400.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Market symbol, e.g. `EMBED-MINILM-L6`.
+    pub market: String,
+    /// Id of an uploaded `batch` file validated for this market.
+    pub input_file: Uuid,
+    /// Minor units per unit of work (= engine ticks), within the market's min/max price.
+    pub limit_price: i64,
+    /// RFC 3339; in the future (≥ 60 s) and at most 7 days ahead. Unfilled units expire then.
+    pub deadline: DateTime<Utc>,
+    /// Up to 16 string pairs, returned as given.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RequestCounts {
+    pub total: i32,
+    pub completed: i32,
+    pub failed: i32,
+}
+
+/// Money of the job's escrow order, minor units.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EscrowOut {
+    /// Reserved when the bid was placed: units × (limit + ⌈limit × fee⌉).
+    pub reserved: i64,
+    /// Still reserved for units not yet filled.
+    pub open: i64,
+    /// Held for assignments running or being verified.
+    pub held: i64,
+    /// Paid out to providers and the protocol fee.
+    pub spent: i64,
+    /// Returned to the studio (price improvement, cancelled/expired units, failed work).
+    pub released: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobOut {
+    pub id: Uuid,
+    pub market: String,
+    /// `validating`, `queued`, `running`, `verifying`, `completed`, `failed`, `expired`,
+    /// `cancelled`.
+    pub status: String,
+    pub input_file: Uuid,
+    pub request_counts: RequestCounts,
+    /// 0..1: finished (completed + failed) items over all items.
+    pub progress: f64,
+    pub units: i64,
+    pub items_per_unit: i32,
+    pub limit_price: i64,
+    pub fee_bps: i32,
+    pub deadline: DateTime<Utc>,
+    /// The escrow figures; present on `GET /v1/jobs/{id}` and creation, absent in lists.
+    pub escrow: Option<EscrowOut>,
+    pub output_file: Option<Uuid>,
+    pub error_file: Option<Uuid>,
+    pub metadata: Option<serde_json::Value>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobList {
+    pub data: Vec<JobOut>,
+    pub next_before: Option<Uuid>,
+}
+
+#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
+#[diesel(table_name = jobs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct JobRow {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub market: String,
+    pub input_file: Uuid,
+    pub status: String,
+    pub items: i32,
+    pub items_per_unit: i32,
+    pub units: i64,
+    pub limit_price: i64,
+    pub fee_bps: i32,
+    pub deadline: DateTime<Utc>,
+    pub order_id: Uuid,
+    pub engine_order_id: i64,
+    pub items_completed: i32,
+    pub items_failed: i32,
+    pub output_file: Option<Uuid>,
+    pub error_file: Option<Uuid>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
+    let done = r.items_completed + r.items_failed;
+    JobOut {
+        id: r.id,
+        market: r.market,
+        status: r.status,
+        input_file: r.input_file,
+        request_counts: RequestCounts {
+            total: r.items,
+            completed: r.items_completed,
+            failed: r.items_failed,
+        },
+        progress: if r.items > 0 {
+            (f64::from(done) / f64::from(r.items)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        },
+        units: r.units,
+        items_per_unit: r.items_per_unit,
+        limit_price: r.limit_price,
+        fee_bps: r.fee_bps,
+        deadline: r.deadline,
+        escrow,
+        output_file: r.output_file,
+        error_file: r.error_file,
+        metadata: r.metadata,
+        cancel_requested_at: r.cancel_requested_at,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        finished_at: r.finished_at,
+    }
+}
+
+/// Most transfers of one escrow account read to sum spent/released (bounded work per request).
+const MAX_ESCROW_TRANSFERS: usize = 10_000;
+
+/// The escrow figures of an order (`None` when the order is unknown, which cannot happen for a
+/// job created by this API).
+pub fn escrow_of(conn: &mut PgConnection, order_id: Uuid) -> ApiResult<Option<EscrowOut>> {
+    let state = match escrow::get_order(conn, order_id) {
+        Ok(s) => s,
+        Err(LedgerError::OrderNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let t = &state.terms;
+    let account = gridbook_ledger::store::get_account(conn, t.escrow_account)?;
+    let mut released: i64 = 0;
+    let mut after = None;
+    let mut seen = 0usize;
+    loop {
+        let page = gridbook_ledger::store::account_history(conn, t.escrow_account, after, 1000)?;
+        if page.is_empty() {
+            break;
+        }
+        seen += page.len();
+        for tr in &page {
+            if tr.debit_account == t.escrow_account && tr.credit_account == t.studio_account {
+                released = released.saturating_add(tr.amount);
+            }
+        }
+        after = page.last().map(|tr| tr.seq);
+        if page.len() < 1000 || seen >= MAX_ESCROW_TRANSFERS {
+            break;
+        }
+    }
+    let b = account.balances;
+    let reserved = t.quantity.saturating_mul(state.unit_reserve);
+    Ok(Some(EscrowOut {
+        reserved,
+        open: state.quantity_open.saturating_mul(state.unit_reserve),
+        held: b.debits_pending,
+        spent: b.debits_posted.saturating_sub(released),
+        released,
+    }))
+}
+
+/// `true` when a ledger error means the studio's balance does not cover the reservation.
+fn is_insufficient(e: &LedgerError) -> bool {
+    match e {
+        LedgerError::ExceedsCredits(_) => true,
+        LedgerError::InBatch { source, .. } => is_insufficient(source),
+        _ => false,
+    }
+}
+
+fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> ApiResult<()> {
+    if m.len() > MAX_METADATA_PAIRS {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_PAIRS} pairs"),
+        ));
+    }
+    for (k, v) in m {
+        let ok = !k.is_empty()
+            && k.chars().count() <= MAX_METADATA_KEY
+            && v.as_str()
+                .is_some_and(|s| s.chars().count() <= MAX_METADATA_VALUE);
+        if !ok {
+            return Err(ApiError::invalid(
+                "metadata",
+                format!(
+                    "keys must be 1..={MAX_METADATA_KEY} chars and values strings of at most {MAX_METADATA_VALUE} chars (key {k:?})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The checks that need no database: market, price band, deadline window, metadata.
+pub fn check_request(
+    state: &AppState,
+    req: &CreateJob,
+    now: DateTime<Utc>,
+) -> ApiResult<crate::markets::Market> {
+    let market = state
+        .markets
+        .get(&req.market)
+        .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", req.market)))?
+        .clone();
+    let c = &market.config;
+    let (min, max) = (c.min_price, c.max_price);
+    if req.limit_price < 1 || (req.limit_price as u64) < min || (req.limit_price as u64) > max {
+        return Err(ApiError::invalid(
+            "limit_price",
+            format!(
+                "limit_price must be {min}..={max} minor units per unit in {}",
+                req.market
+            ),
+        ));
+    }
+    if req.deadline < now + Duration::seconds(MIN_DEADLINE_SECS) {
+        return Err(ApiError::invalid(
+            "deadline",
+            format!("deadline must be at least {MIN_DEADLINE_SECS} s in the future"),
+        ));
+    }
+    if req.deadline > now + Duration::days(MAX_DEADLINE_DAYS) {
+        return Err(ApiError::invalid(
+            "deadline",
+            format!("deadline must be at most {MAX_DEADLINE_DAYS} days ahead"),
+        ));
+    }
+    if let Some(m) = &req.metadata {
+        check_metadata(m)?;
+    }
+    Ok(market)
+}
+
+/// The engine command that places a job's bid.
+pub fn place_bid(
+    engine_order_id: u64,
+    engine_account: u64,
+    req: &CreateJob,
+    units: u64,
+) -> CommandKind {
+    CommandKind::Place(Place {
+        id: OrderId(engine_order_id),
+        account: matching_core::AccountId(engine_account),
+        owner: None,
+        side: Side::Bid,
+        price: Some(req.limit_price as u64),
+        qty: units,
+        tif: TimeInForce::Gtd {
+            expires_at: req.deadline.timestamp_millis().max(0) as u64,
+        },
+        post_only: false,
+        budget: None,
+        stp: None,
+    })
+}
+
+/// Creates the job in the caller's transaction (see the module doc). Returns the stored row.
+pub fn create_in_tx(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    market: &crate::markets::Market,
+    req: &CreateJob,
+) -> ApiResult<JobRow> {
+    let file = crate::files::load_owned(conn, principal.user_id, req.input_file).map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            e.with_field("input_file")
+        } else {
+            e
+        }
+    })?;
+    if file.purpose != "batch" {
+        return Err(ApiError::invalid(
+            "input_file",
+            "input_file must be a `batch` file",
+        ));
+    }
+    if file.market.as_deref() != Some(req.market.as_str()) {
+        return Err(ApiError::invalid(
+            "input_file",
+            format!(
+                "the file was validated for {}, not {}",
+                file.market.as_deref().unwrap_or("no market"),
+                req.market
+            ),
+        ));
+    }
+    let items = u64::try_from(file.lines).unwrap_or(0);
+    if items == 0 {
+        return Err(ApiError::invalid("input_file", "the file has no lines"));
+    }
+    let units = gridbook_wire::catalog::units_for(market.work, items);
+    if units > market.config.max_qty {
+        return Err(ApiError::invalid(
+            "input_file",
+            format!(
+                "the file needs {units} units, more than the market's maximum order of {}",
+                market.config.max_qty
+            ),
+        ));
+    }
+    let units_i = i64::try_from(units).map_err(ApiError::internal)?;
+    let engine_order_id = orders::next_engine_order_id(conn)?;
+    let order_id = Uuid::now_v7();
+    let job_id = Uuid::now_v7();
+    let fee_bps = market.config.fee_bps;
+    let bid = Bid {
+        order_id,
+        studio_account: principal.account_id,
+        quantity: units_i,
+        limit_price: req.limit_price,
+        fee_bps,
+    };
+    escrow::reserve_bid(conn, &bid).map_err(|e| {
+        if is_insufficient(&e) {
+            let need = gridbook_ledger::settlement::unit_reserve(req.limit_price, fee_bps)
+                .ok()
+                .and_then(|u| u.checked_mul(units_i));
+            ApiError::conflict(
+                "insufficient_funds",
+                match need {
+                    Some(n) => format!(
+                        "the job reserves {n} minor units ({units} units × (limit {} + fee {} bps)); your available balance is lower: add credits or lower the limit price",
+                        req.limit_price, fee_bps
+                    ),
+                    None => "your available balance does not cover the job's reservation".into(),
+                },
+            )
+            .with_field("limit_price")
+        } else {
+            e.into()
+        }
+    })?;
+    orders::insert(
+        conn,
+        &MarketOrder {
+            engine_order_id,
+            market: req.market.clone(),
+            side: Side::Bid,
+            order_id,
+            account_id: principal.account_id,
+            node_id: None,
+            job_id: Some(job_id),
+            accepted_seq: None,
+        },
+    )?;
+    let now = Utc::now();
+    let row = JobRow {
+        id: job_id,
+        owner: principal.user_id,
+        market: req.market.clone(),
+        input_file: file.id,
+        status: "queued".into(),
+        items: file.lines,
+        items_per_unit: i32::try_from(market.work.items_per_unit).map_err(ApiError::internal)?,
+        units: units_i,
+        limit_price: req.limit_price,
+        fee_bps: i32::try_from(fee_bps).map_err(ApiError::internal)?,
+        deadline: req.deadline,
+        order_id,
+        engine_order_id: i64::try_from(engine_order_id).map_err(ApiError::internal)?,
+        items_completed: 0,
+        items_failed: 0,
+        output_file: None,
+        error_file: None,
+        cancel_requested_at: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+        metadata: req.metadata.clone().map(serde_json::Value::Object),
+    };
+    let row: JobRow = diesel::insert_into(jobs::table)
+        .values(&row)
+        .returning(JobRow::as_returning())
+        .get_result(conn)?;
+    let cmd = place_bid(engine_order_id, principal.engine_account, req, units);
+    gridbook_ledger::events::enqueue_outbox(
+        conn,
+        &gridbook_wire::subjects::market_cmd(&req.market),
+        &serde_json::to_value(cmd).map_err(ApiError::internal)?,
+    )?;
+    Ok(row)
+}
+
+/// Submit a batch job: escrow reserved and the bid queued for the engine in one transaction.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = CreateJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a resend with the same key and body returns the first response and creates nothing")),
+    responses(
+        (status = 201, body = JobOut),
+        (status = 400, body = crate::error::ErrorResponse),
+        (status = 409, description = "`insufficient_funds`, or the idempotency key was used for another request", body = crate::error::ErrorResponse),
+    ),
+    security(("api_key" = []), ("session" = []))
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    principal: Principal,
+    idem: IdempotencyKey,
+    body: web::Json<CreateJob>,
+) -> ApiResult<HttpResponse> {
+    principal.require_role(&[Role::Studio])?;
+    principal.require_scope(Scope::Jobs)?;
+    let req = body.into_inner();
+    let market = check_request(&state, &req, Utc::now())?;
+    let request = idempotency::Request::new(&principal, idem, "POST /v1/jobs", &req)?;
+    let outcome = crate::db::run(&state.db, move |c| {
+        idempotency::run(c, request, |c| {
+            let row = create_in_tx(c, &principal, &market, &req)?;
+            let esc = escrow_of(c, row.order_id)?;
+            tracing::info!(job = %row.id, user = %principal.user_id, market = %row.market, units = row.units, limit_price = row.limit_price, engine_order_id = row.engine_order_id, "job queued");
+            Ok((StatusCode::CREATED, job_out(row, esc)))
+        })
+    })
+    .await?;
+    Ok(outcome.into_response())
+}
+
+fn load_job(conn: &mut PgConnection, owner: Uuid, id: Uuid, lock: bool) -> ApiResult<JobRow> {
+    let q = jobs::table
+        .find(id)
+        .filter(jobs::owner.eq(owner))
+        .select(JobRow::as_select());
+    let row = if lock {
+        q.for_update().first(conn).optional()?
+    } else {
+        q.first(conn).optional()?
+    };
+    row.ok_or_else(|| ApiError::not_found("job"))
+}
+
+/// The caller's jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(Page),
+    responses((status = 200, body = JobList)), security(("api_key" = []), ("session" = [])))]
+pub async fn list(
+    state: web::Data<AppState>,
+    principal: Principal,
+    page: web::Query<Page>,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let limit = page.limit()?;
+    let before = page.before;
+    let owner = principal.user_id;
+    let rows = crate::db::run(&state.db, move |c| {
+        let mut q = jobs::table
+            .filter(jobs::owner.eq(owner))
+            .select(JobRow::as_select())
+            .order(jobs::id.desc())
+            .limit(limit + 1)
+            .into_boxed();
+        if let Some(b) = before {
+            q = q.filter(jobs::id.lt(b));
+        }
+        Ok(q.load(c)?)
+    })
+    .await?;
+    let (rows, next_before) = paginate(rows, limit, |r: &JobRow| r.id);
+    Ok(HttpResponse::Ok().json(JobList {
+        data: rows.into_iter().map(|r| job_out(r, None)).collect(),
+        next_before,
+    }))
+}
+
+/// One of the caller's jobs, with request counts, progress and escrow figures.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    responses((status = 200, body = JobOut), (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn get(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let out = crate::db::run(&state.db, move |c| {
+        let row = load_job(c, owner, id, false)?;
+        let esc = escrow_of(c, row.order_id)?;
+        Ok(job_out(row, esc))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// Cancel a job that is queued or running (see the module doc for what happens to running
+/// assignments).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    responses((status = 200, body = JobOut), (status = 404, body = crate::error::ErrorResponse),
+        (status = 409, description = "`not_cancellable`: the job already finished", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_role(&[Role::Studio])?;
+    principal.require_scope(Scope::Jobs)?;
+    let id = id.into_inner();
+    let out = crate::db::run(&state.db, move |c| {
+        c.transaction(|c| {
+            let row = load_job(c, principal.user_id, id, true)?;
+            if row.cancel_requested_at.is_some() {
+                let esc = escrow_of(c, row.order_id)?;
+                return Ok(job_out(row, esc));
+            }
+            if !matches!(row.status.as_str(), "queued" | "running" | "validating") {
+                return Err(ApiError::conflict(
+                    "not_cancellable",
+                    format!("the job is {}; only queued or running jobs can be cancelled", row.status),
+                ));
+            }
+            let now = Utc::now();
+            let row: JobRow = diesel::update(jobs::table.find(id))
+                .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
+                .returning(JobRow::as_returning())
+                .get_result(c)?;
+            let cmd = CommandKind::Cancel(Cancel {
+                id: OrderId(u64::try_from(row.engine_order_id).map_err(ApiError::internal)?),
+                account: matching_core::AccountId(principal.engine_account),
+            });
+            gridbook_ledger::events::enqueue_outbox(
+                c,
+                &gridbook_wire::subjects::market_cmd(&row.market),
+                &serde_json::to_value(cmd).map_err(ApiError::internal)?,
+            )?;
+            tracing::info!(job = %row.id, user = %principal.user_id, engine_order_id = row.engine_order_id, "job cancel requested");
+            let esc = escrow_of(c, row.order_id)?;
+            Ok(job_out(row, esc))
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn job_file(
+    state: &AppState,
+    principal: Principal,
+    id: Uuid,
+    which: fn(&JobRow) -> Option<Uuid>,
+    what: &'static str,
+) -> ApiResult<HttpResponse> {
+    principal.require_scope(Scope::Read)?;
+    let owner = principal.user_id;
+    let file = crate::db::run(&state.db, move |c| {
+        let job = load_job(c, owner, id, false)?;
+        let Some(fid) = which(&job) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_ready",
+                format!("the job's {what} file is not ready (status {})", job.status),
+            ));
+        };
+        Ok(files::table
+            .find(fid)
+            .select(crate::files::FileRow::as_select())
+            .first(c)?)
+    })
+    .await?;
+    crate::files::stream_object(state, &file).await
+}
+
+/// The output file (JSONL keyed by `custom_id`) once the job has one.
+#[utoipa::path(get, path = "/v1/jobs/{id}/output", tag = "jobs",
+    responses((status = 200, content_type = "application/jsonl", body = String),
+        (status = 404, description = "`not_found`, or `not_ready`", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn output(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    job_file(
+        &state,
+        principal,
+        id.into_inner(),
+        |j| j.output_file,
+        "output",
+    )
+    .await
+}
+
+/// The error file (JSONL, one line per failed item) once the job has one.
+#[utoipa::path(get, path = "/v1/jobs/{id}/errors", tag = "jobs",
+    responses((status = 200, content_type = "application/jsonl", body = String),
+        (status = 404, description = "`not_found`, or `not_ready`", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn errors(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    job_file(
+        &state,
+        principal,
+        id.into_inner(),
+        |j| j.error_file,
+        "error",
+    )
+    .await
+}
+
+/// The OpenAPI paths of this module (merged by `openapi::document`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create, list, get, cancel, output, errors),
+    tags((name = "jobs", description = "batch jobs: escrowed bids on a market, progress, cancel, output"))
+)]
+pub struct ApiDoc;

@@ -17,6 +17,7 @@
 //! - `files`, `jobs`: JSONL uploads to the object store, batch jobs and their escrowed bids.
 //! - `nodes`: provider nodes, the hardware challenge, asks, assignments, earnings.
 //! - `markets`: the market catalogue and the trader REST + WebSocket routes.
+//! - `feed`: live market data: per-market book, tape and bounded WebSocket fan-out.
 //! - `openapi`: the OpenAPI document, served at `/openapi.json`.
 
 pub mod accounts;
@@ -24,6 +25,7 @@ pub mod app;
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod files;
 pub mod health;
 pub mod idempotency;

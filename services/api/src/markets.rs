@@ -1,5 +1,17 @@
 //! The market catalogue (the engine's `[[markets]]` joined with `gridbook_wire::catalog`) and
 //! the trader routes (REST snapshot/trades/candles, WebSocket feed).
+//!
+//! Market data is public: none of these routes needs a session or an API key.
+//!
+//! WebSocket protocol (`GET /v1/markets/{market}/ws`), server → client, JSON text messages:
+//! - `{"type":"snapshot","market","seq","time","bids":[{price,qty,orders}],"asks":[...],
+//!   "trades":[{seq,time,price,qty,taker_side}],"bbo":{"bid","ask"}}` — first message, and again
+//!   whenever the server resynchronised with the engine: it replaces the client's book.
+//! - `{"type":"delta","market","first","last","time","changes":[{side,price,qty,orders}],
+//!   "trades":[...],"bbo":{...}}` — `first` is always the previous `seq`/`last` + 1; otherwise the
+//!   client has missed something and reconnects. `qty: 0` removes a level. Apply in order.
+//! - WebSocket pings every 15 s; a client silent for 45 s is closed. A client that does not read
+//!   fast enough (1,024 messages queued) is closed with code 1008 and reason "slow consumer: ...".
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,5 +61,336 @@ impl Markets {
     }
 }
 
-/// Trader routes (mounted under `/v1`).
-pub fn configure(_cfg: &mut actix_web::web::ServiceConfig) {}
+
+// ------------------------------------------------------------------------------------ routes
+
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use tracing::{debug, info};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ApiResult, ErrorResponse};
+use crate::feed::{Bbo, BookLevel, BookView, Feeds, Trade};
+use crate::state::AppState;
+
+/// Default and largest `depth` of `GET /v1/markets/{market}/book`.
+pub const DEFAULT_DEPTH: usize = 50;
+pub const MAX_DEPTH: usize = 1_000;
+/// Default `limit` of `GET /v1/markets/{market}/trades` (the largest is what the tape keeps).
+pub const DEFAULT_TRADES: usize = 50;
+/// WebSocket heartbeat: a ping this often; a client silent for `CLIENT_TIMEOUT` is closed.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a dropped client's close frame may wait behind its unread backlog.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Trader routes (mounted under `/v1`). Public: no login.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/markets", web::get().to(list_markets))
+        .route("/markets/{market}", web::get().to(get_market))
+        .route("/markets/{market}/book", web::get().to(get_book))
+        .route("/markets/{market}/trades", web::get().to(get_trades))
+        .route("/markets/{market}/candles", web::get().to(get_candles))
+        .route("/markets/{market}/ws", web::get().to(market_ws));
+}
+
+/// A market's configuration and its live top of book.
+#[derive(Serialize, ToSchema)]
+pub struct MarketInfo {
+    pub symbol: String,
+    /// Decimal string: credits per tick.
+    pub tick_size: String,
+    /// Decimal string: units of work per lot.
+    pub lot_size: String,
+    /// Lowest limit price, ticks.
+    pub min_price: u64,
+    pub max_price: u64,
+    /// Largest order, lots.
+    pub max_qty: u64,
+    pub fee_bps: u32,
+    /// Anti-whale cap: most share of the window's matched volume one owner may take, bps.
+    pub whale_cap_bps: u32,
+    /// The anti-whale window, ms.
+    pub whale_window_ms: u64,
+    /// The executor workload that runs this market's units.
+    pub workload: String,
+    /// Input lines per unit.
+    pub items_per_unit: u32,
+    /// Event sequence of the live data below (absent while the feed is not in sync).
+    pub seq: Option<u64>,
+    pub bbo: Bbo,
+    /// WebSocket clients streaming this market from this API process now.
+    pub ws_clients: usize,
+}
+
+fn info(m: &Market, feeds: &Feeds) -> MarketInfo {
+    let c = &m.config;
+    let feed = feeds.get(&c.market.0);
+    let live = feed.and_then(|f| f.bbo());
+    MarketInfo {
+        symbol: c.market.0.clone(),
+        tick_size: c.tick_size.clone(),
+        lot_size: c.lot_size.clone(),
+        min_price: c.min_price,
+        max_price: c.max_price,
+        max_qty: c.max_qty,
+        fee_bps: c.fee_bps,
+        whale_cap_bps: c.whale_cap_bps,
+        whale_window_ms: c.whale_window,
+        workload: m.work.workload.to_owned(),
+        items_per_unit: m.work.items_per_unit,
+        seq: live.map(|(s, _)| s),
+        bbo: live.map(|(_, b)| b).unwrap_or_default(),
+        ws_clients: feed.map_or(0, |f| f.clients()),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MarketList {
+    pub markets: Vec<MarketInfo>,
+}
+
+fn market<'a>(state: &'a AppState, symbol: &str) -> ApiResult<&'a Market> {
+    state.markets.get(symbol).ok_or_else(|| ApiError::not_found("market"))
+}
+
+/// Every market with its configuration. Public.
+#[utoipa::path(get, path = "/v1/markets", tag = "markets",
+    responses((status = 200, body = MarketList)))]
+pub async fn list_markets(state: web::Data<AppState>, feeds: web::Data<Feeds>) -> HttpResponse {
+    let markets = state.markets.by_symbol.values().map(|m| info(m, &feeds)).collect();
+    HttpResponse::Ok().json(MarketList { markets })
+}
+
+/// One market's configuration and top of book. Public.
+#[utoipa::path(get, path = "/v1/markets/{market}", tag = "markets",
+    params(("market" = String, Path, description = "market symbol, e.g. EMBED-MINILM-L6")),
+    responses((status = 200, body = MarketInfo), (status = 404, body = ErrorResponse)))]
+pub async fn get_market(
+    state: web::Data<AppState>,
+    feeds: web::Data<Feeds>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let m = market(&state, &path)?;
+    Ok(HttpResponse::Ok().json(info(m, &feeds)))
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+pub struct BookQuery {
+    /// Levels per side, 1..=1000 (default 50).
+    pub depth: Option<usize>,
+}
+
+/// The L2 book with the event sequence it reflects: from the API's live feed, or the engine's
+/// snapshot while the feed is resynchronising. Public.
+#[utoipa::path(get, path = "/v1/markets/{market}/book", tag = "markets",
+    params(("market" = String, Path, description = "market symbol"), BookQuery),
+    responses((status = 200, body = BookView), (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn get_book(
+    state: web::Data<AppState>,
+    feeds: web::Data<Feeds>,
+    path: web::Path<String>,
+    query: web::Query<BookQuery>,
+) -> ApiResult<HttpResponse> {
+    let m = market(&state, &path)?;
+    let depth = query.depth.unwrap_or(DEFAULT_DEPTH);
+    if !(1..=MAX_DEPTH).contains(&depth) {
+        return Err(ApiError::invalid("depth", format!("depth must be 1..={MAX_DEPTH}")));
+    }
+    if let Some(view) = feeds.get(&m.config.market.0).and_then(|f| f.book(depth)) {
+        return Ok(HttpResponse::Ok().json(view));
+    }
+    let snap = crate::feed::request_snapshot(&state.nats, &m.config.market.0)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(HttpResponse::Ok().json(BookView {
+        market: snap.market,
+        seq: snap.seq,
+        bids: snap.bids.into_iter().take(depth).map(BookLevel::from).collect(),
+        asks: snap.asks.into_iter().take(depth).map(BookLevel::from).collect(),
+    }))
+}
+
+#[derive(serde::Deserialize, IntoParams)]
+pub struct TradesQuery {
+    /// Trades to return, 1..=200 (default 50).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TradeList {
+    pub market: String,
+    /// The event sequence the tape is current to.
+    pub seq: u64,
+    /// Newest first.
+    pub trades: Vec<Trade>,
+}
+
+/// The last trades (the API's tape since it started). Public.
+#[utoipa::path(get, path = "/v1/markets/{market}/trades", tag = "markets",
+    params(("market" = String, Path, description = "market symbol"), TradesQuery),
+    responses((status = 200, body = TradeList), (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn get_trades(
+    state: web::Data<AppState>,
+    feeds: web::Data<Feeds>,
+    path: web::Path<String>,
+    query: web::Query<TradesQuery>,
+) -> ApiResult<HttpResponse> {
+    let m = market(&state, &path)?;
+    let limit = query.limit.unwrap_or(DEFAULT_TRADES);
+    if !(1..=crate::feed::TRADES_KEPT).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("limit must be 1..={}", crate::feed::TRADES_KEPT)));
+    }
+    let feed = feeds.get(&m.config.market.0).ok_or_else(|| ApiError::not_found("market"))?;
+    let (seq, synced, trades) = feed.trades(limit);
+    if !synced && seq == 0 {
+        return Err(ApiError::unavailable("market feed not in sync yet"));
+    }
+    Ok(HttpResponse::Ok().json(TradeList { market: m.config.market.0.clone(), seq, trades }))
+}
+
+/// One minute of trades (prices in ticks, volume in lots).
+#[derive(Serialize, ToSchema)]
+pub struct CandleOut {
+    /// Start of the minute, ms since the Unix epoch.
+    pub start: u64,
+    pub open: u64,
+    pub high: u64,
+    pub low: u64,
+    pub close: u64,
+    pub volume: u64,
+    pub trades: u64,
+}
+
+/// 1-minute candles and the last 24 h, from the engine.
+#[derive(Serialize, ToSchema)]
+pub struct CandlesView {
+    pub market: String,
+    pub seq: u64,
+    pub last_price: Option<u64>,
+    pub volume_24h: u64,
+    pub trades_24h: u64,
+    pub high_24h: Option<u64>,
+    pub low_24h: Option<u64>,
+    /// Oldest first, at most 1,440.
+    pub candles: Vec<CandleOut>,
+}
+
+/// Candles and 24-hour figures (asked of the engine, `api.market.<m>.stats`). Public.
+#[utoipa::path(get, path = "/v1/markets/{market}/candles", tag = "markets",
+    params(("market" = String, Path, description = "market symbol")),
+    responses((status = 200, body = CandlesView), (status = 404, body = ErrorResponse),
+        (status = 503, body = ErrorResponse)))]
+pub async fn get_candles(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let m = market(&state, &path)?;
+    let s = crate::feed::request_stats(&state.nats, &m.config.market.0)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(HttpResponse::Ok().json(CandlesView {
+        market: s.market,
+        seq: s.seq,
+        last_price: s.last_price,
+        volume_24h: s.volume_24h,
+        trades_24h: s.trades_24h,
+        high_24h: s.high_24h,
+        low_24h: s.low_24h,
+        candles: s
+            .candles
+            .iter()
+            .map(|c| CandleOut {
+                start: c.start,
+                open: c.open,
+                high: c.high,
+                low: c.low,
+                close: c.close,
+                volume: c.volume,
+                trades: c.trades,
+            })
+            .collect(),
+    }))
+}
+
+/// The live feed over a WebSocket: a `snapshot` message, then `delta` messages (see the module
+/// documentation for the protocol). Public. Unknown market: 404 before the upgrade.
+#[utoipa::path(get, path = "/v1/markets/{market}/ws", tag = "markets",
+    params(("market" = String, Path, description = "market symbol")),
+    responses((status = 101, description = "WebSocket: snapshot then deltas", body = crate::feed::WsDelta),
+        (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+pub async fn market_ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    feeds: web::Data<Feeds>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let m = market(&state, &path)?;
+    let feed = feeds.get(&m.config.market.0).ok_or_else(|| ApiError::not_found("market"))?.clone();
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::invalid("upgrade", format!("WebSocket upgrade: {e}")))?;
+    let sub = feed.subscribe()?;
+    info!(market = %feed.market, clients = feed.clients(), "WebSocket client joined");
+    actix_web::rt::spawn(client_loop(session, stream, sub, feed.market.clone()));
+    Ok(response)
+}
+
+async fn client_loop(
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::MessageStream,
+    mut sub: crate::feed::Subscription,
+    market: String,
+) {
+    use actix_ws::{CloseCode, CloseReason, Message};
+    let mut ping = tokio::time::interval(HEARTBEAT);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let close_reason: Option<CloseReason> = loop {
+        tokio::select! {
+            biased;
+            reason = &mut sub.kicked => {
+                let description = reason.unwrap_or("the feed stopped");
+                break Some(CloseReason { code: CloseCode::Policy, description: Some(description.into()) });
+            }
+            msg = sub.rx.recv() => {
+                let Some(text) = msg else {
+                    break Some(CloseReason { code: CloseCode::Away, description: Some("the feed stopped".into()) });
+                };
+                // The send waits while the socket is full; a drop decision must still get through.
+                tokio::select! {
+                    biased;
+                    reason = &mut sub.kicked => {
+                        let description = reason.unwrap_or("the feed stopped");
+                        break Some(CloseReason { code: CloseCode::Policy, description: Some(description.into()) });
+                    }
+                    sent = session.text(text) => if sent.is_err() { break None },
+                }
+            }
+            incoming = stream.recv() => match incoming {
+                Some(Ok(Message::Ping(bytes))) => {
+                    heard = Instant::now();
+                    if session.pong(&bytes).await.is_err() { break None }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => heard = Instant::now(),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() > CLIENT_TIMEOUT {
+                    break Some(CloseReason { code: CloseCode::Policy, description: Some("heartbeat timeout".into()) });
+                }
+                if session.ping(b"").await.is_err() { break None }
+            }
+        }
+    };
+    // Free the queue before waiting on the socket.
+    drop(sub);
+    match close_reason {
+        Some(reason) => {
+            info!(market = %market, reason = ?reason.description, "WebSocket client closed");
+            let _ = tokio::time::timeout(CLOSE_WAIT, session.close(Some(reason))).await;
+        }
+        None => debug!(market = %market, "WebSocket client left"),
+    }
+}

@@ -58,6 +58,7 @@ diesel::table! {
         lines -> Int4,
         filename -> Nullable<Text>,
         created_at -> Timestamptz,
+        market -> Nullable<Text>,
     }
 }
 
@@ -84,6 +85,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        metadata -> Nullable<Jsonb>,
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Limits {
     pub file_lines: usize,
     /// Largest single line of an uploaded file.
     pub line_bytes: usize,
+    /// Most units a node on probation may offer in open asks at once (all markets).
+    pub probation_ask_qty: u64,
+    /// Most nodes one provider may register.
+    pub nodes_per_provider: i64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -71,6 +75,8 @@ impl Default for Limits {
             file_bytes: 100 * 1024 * 1024,
             file_lines: 1_000_000,
             line_bytes: 64 * 1024,
+            probation_ask_qty: 100,
+            nodes_per_provider: 100,
         }
     }
 }

@@ -2,3 +2,11 @@
 //! per test) and the real NATS server (`GRIDBOOK_NATS_URL`); `cargo xtask test` provides both.
 
 mod common;
+mod market;
+mod identity;
+mod studio;
+mod provider;
+mod authz;
+mod malformed;
+mod stack;
+mod journey;

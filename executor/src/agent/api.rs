@@ -1,0 +1,298 @@
+//! The marketplace HTTP API as the agent uses it (provider key, scope `nodes`): register the
+//! node, answer its challenge, place/amend/cancel asks, read the top of a book. The key is sent
+//! as `Authorization: Bearer …` and never logged (`ApiClient`'s `Debug` hides it).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// An API call that failed: transport, or the API's `{"error":{"code","message","field"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("API request {what} failed: {message}")]
+    Transport { what: String, message: String },
+    #[error("API {what}: HTTP {status} {code}: {message}{}", field.as_deref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Status {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("API {what}: unexpected response: {message}")]
+    Decode { what: String, message: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The ask no longer rests in the book (unknown, or `409 ask_not_open`: filled, cancelled,
+    /// expired). Any other 409 (e.g. `probation_cap`) leaves it open.
+    pub fn ask_gone(&self) -> bool {
+        match self {
+            ApiError::Status { status, code, .. } => {
+                matches!(status, 404 | 410) || (*status == 409 && code == "ask_not_open")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `POST /v1/nodes` body.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegisterNode<'a> {
+    pub name: &'a str,
+    pub gpu_model: &'a str,
+    pub vram_mb: u64,
+    pub region: &'a str,
+}
+
+/// The challenge the API hands out at registration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ChallengeSpec {
+    pub nonce: String,
+    pub workload: String,
+    pub items: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Registered {
+    pub id: Uuid,
+    #[serde(default)]
+    pub status: Option<String>,
+    pub challenge: Option<ChallengeSpec>,
+    #[serde(default)]
+    pub challenge_status: Option<String>,
+}
+
+/// `POST /v1/nodes/{id}/challenge` body.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChallengeAnswer<'a> {
+    pub nonce: &'a str,
+    pub embeddings: &'a [Vec<f32>],
+    pub elapsed_ms: u64,
+    pub device: &'a str,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChallengeVerdict {
+    pub challenge_status: String,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AskCreated {
+    #[serde(deserialize_with = "id_string")]
+    pub id: String,
+}
+
+/// One price level (prices and quantities as JSON numbers or numeric strings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Level {
+    #[serde(deserialize_with = "lenient_u64")]
+    pub price: u64,
+    #[serde(deserialize_with = "lenient_u64")]
+    pub qty: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Book {
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub bids: Vec<Level>,
+    #[serde(default)]
+    pub asks: Vec<Level>,
+}
+
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a non-negative integer"))),
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        v => Err(serde::de::Error::custom(format!(
+            "expected a number, got {v}"
+        ))),
+    }
+}
+
+fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        v => Err(serde::de::Error::custom(format!("expected an id, got {v}"))),
+    }
+}
+
+/// The API client. Requests time out after [`ApiClient::TIMEOUT`].
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ApiClient {
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub fn new(base: &str, key: &str) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(Self::TIMEOUT)
+            .build()
+            .map_err(|e| ApiError::Transport {
+                what: "client".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.trim().to_owned(),
+            http,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport {
+                what: what.into(),
+                message: e.without_url().to_string(),
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| ApiError::Transport {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            let err = serde_json::from_slice::<Value>(&body).ok();
+            let e = err.as_ref().and_then(|v| v.get("error"));
+            let s = |k: &str| {
+                e.and_then(|e| e.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            return Err(ApiError::Status {
+                what: what.into(),
+                status: status.as_u16(),
+                code: s("code").unwrap_or_else(|| "unknown".into()),
+                message: s("message").unwrap_or_else(|| {
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+                }),
+                field: s("field"),
+            });
+        }
+        let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+        serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+            what: what.into(),
+            message: e.to_string(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn register(&self, body: &RegisterNode<'_>) -> Result<Registered, ApiError> {
+        self.send(
+            "POST /v1/nodes",
+            self.http.post(self.url("/v1/nodes")).json(body),
+        )
+        .await
+    }
+
+    pub async fn answer_challenge(
+        &self,
+        node: Uuid,
+        body: &ChallengeAnswer<'_>,
+    ) -> Result<ChallengeVerdict, ApiError> {
+        self.send(
+            "POST /v1/nodes/{id}/challenge",
+            self.http
+                .post(self.url(&format!("/v1/nodes/{node}/challenge")))
+                .json(body),
+        )
+        .await
+    }
+
+    /// Places an ask; `idempotency_key` makes a retry return the same ask.
+    pub async fn place_ask(
+        &self,
+        node: Uuid,
+        market: &str,
+        price: u64,
+        qty: u64,
+        idempotency_key: &str,
+    ) -> Result<AskCreated, ApiError> {
+        self.send(
+            "POST /v1/asks",
+            self.http
+                .post(self.url("/v1/asks"))
+                .header("Idempotency-Key", idempotency_key)
+                .json(&serde_json::json!({ "node_id": node, "market": market, "price": price, "qty": qty })),
+        )
+        .await
+    }
+
+    pub async fn amend_ask(
+        &self,
+        id: &str,
+        price: Option<u64>,
+        qty: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let mut body = serde_json::Map::new();
+        if let Some(p) = price {
+            body.insert("price".into(), p.into());
+        }
+        if let Some(q) = qty {
+            body.insert("qty".into(), q.into());
+        }
+        self.send(
+            "PATCH /v1/asks/{id}",
+            self.http
+                .patch(self.url(&format!("/v1/asks/{id}")))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn cancel_ask(&self, id: &str) -> Result<Value, ApiError> {
+        self.send(
+            "DELETE /v1/asks/{id}",
+            self.http.delete(self.url(&format!("/v1/asks/{id}"))),
+        )
+        .await
+    }
+
+    pub async fn book_top(&self, market: &str) -> Result<Book, ApiError> {
+        self.send(
+            "GET /v1/markets/{m}/book",
+            self.http
+                .get(self.url(&format!("/v1/markets/{market}/book")))
+                .query(&[("depth", "1")]),
+        )
+        .await
+    }
+}

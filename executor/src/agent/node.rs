@@ -1,0 +1,614 @@
+//! The node's NATS side.
+//!
+//! * Heartbeats: [`HeartbeatMsg`] on `node.<id>.heartbeat` every `heartbeat_secs` (core NATS).
+//! * Assignments: durable pull consumer `node-<id>` on `GRIDBOOK_ASSIGNMENTS`, filter
+//!   `node.<id>.assign`, explicit ack. One message is fetched only when a run slot is free
+//!   (`max_concurrent`), so nothing waits un-acked in a local queue. Per message:
+//!   undecodable / for another node → logged and acked; already finished (state file's bounded
+//!   done-set) → acked, not run again; already running (a redelivery) → "in progress" and
+//!   ignored (the running copy acks it). A running assignment sends "in progress" every third of
+//!   the ack wait so JetStream does not redeliver it meanwhile.
+//! * Running: input object `work.input_sha256` from `gridbook_files` → its items → the market's
+//!   workload (local-mode code path) → output JSONL uploaded under its sha256 → [`ResultMsg`] on
+//!   `job.<job>.result` with `Nats-Msg-Id: result.<assignment_id>`, publish ack awaited, THEN the
+//!   assignment is acked and recorded as done. A run that fails reports `Outcome::Failed`.
+//!   A result that cannot be published is not acked: the assignment is NAK'ed and retried
+//!   (JetStream's duplicate window drops a second identical result).
+//! * Cancellation: core NATS subscription on `node.<id>.cancel`; a running assignment's
+//!   [`RunControl`] is cancelled (ONNX Runtime's terminate flag aborts the model call in
+//!   progress), nothing is reported, the assignment is acked. A cancel that arrives before its
+//!   assignment is remembered (bounded) and the assignment is acked unrun.
+//! * Shutdown (the watch turns true): no new fetches; running assignments get `grace_secs` to
+//!   finish and report; then they are stopped and NAK'ed so JetStream redelivers them (to this
+//!   node after its restart) — nothing is reported for them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind, Context, object_store::ObjectStore};
+use futures::StreamExt;
+use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg};
+use gridbook_wire::{headers, streams, subjects};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::config::AgentSettings;
+use super::workloads::{ProgressLog, Workloads, select_items};
+use super::{AgentError, SharedState, stopped};
+use crate::error::ExecutorError;
+use crate::runtime::RunControl;
+
+/// Cancels remembered for assignments that have not arrived (yet).
+pub const EARLY_CANCELS: usize = 1_024;
+
+/// The durable consumer name of a node.
+pub fn consumer_name(node: Uuid) -> String {
+    format!("node-{node}")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Running {
+    control: Arc<RunControl>,
+    /// Stopped because the agent shuts down (→ NAK) rather than by a cancel (→ ack).
+    by_shutdown: AtomicBool,
+}
+
+struct Ctx {
+    node: Uuid,
+    js: Context,
+    store: ObjectStore,
+    workloads: Arc<Workloads>,
+    state: Arc<SharedState>,
+    running: Mutex<HashMap<Uuid, Arc<Running>>>,
+    early_cancels: Mutex<VecDeque<Uuid>>,
+    done_capacity: usize,
+    ack_wait: Duration,
+    max_input_bytes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates the streams and the bucket the agent uses when they are missing (same configuration
+/// as every other Gridbook service: `gridbook_wire::streams::config`).
+pub async fn ensure_nats(js: &Context) -> Result<ObjectStore, AgentError> {
+    for (name, subject) in [
+        (streams::ASSIGNMENTS, subjects::ALL_NODE_ASSIGNS),
+        (streams::RESULTS, subjects::ALL_JOB_RESULTS),
+    ] {
+        js.get_or_create_stream(streams::config(name, subject, streams::DEFAULT_MAX_AGE))
+            .await
+            .map_err(|e| AgentError::Nats(format!("stream {name}: {e}")))?;
+    }
+    match js.get_object_store(streams::FILES_BUCKET).await {
+        Ok(s) => Ok(s),
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: streams::FILES_BUCKET.into(),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| AgentError::Nats(format!("bucket {}: {e}", streams::FILES_BUCKET))),
+    }
+}
+
+/// Runs the node until `shutdown` turns true: heartbeats, cancellations and assignments.
+pub async fn run_node(
+    settings: &AgentSettings,
+    node: Uuid,
+    workloads: Arc<Workloads>,
+    state: Arc<SharedState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    settings.validate().map_err(AgentError::Config)?;
+    state.update(|s| s.node_id = Some(node))?;
+    let client = async_nats::connect(&settings.nats_url)
+        .await
+        .map_err(|e| AgentError::Nats(format!("connect {}: {e}", settings.nats_url)))?;
+    let js = jetstream::new(client.clone());
+    let store = ensure_nats(&js).await?;
+    let ack_wait = Duration::from_secs(settings.ack_wait_secs);
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(streams::ASSIGNMENTS)
+        .await
+        .map_err(AgentError::nats)?
+        .get_or_create_consumer(
+            &consumer_name(node),
+            jetstream::consumer::pull::Config {
+                durable_name: Some(consumer_name(node)),
+                filter_subject: subjects::node_assign(&node.to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending: (settings.max_concurrent as i64) * 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(AgentError::nats)?;
+    let mut cancels = client
+        .subscribe(subjects::node_cancel(&node.to_string()))
+        .await
+        .map_err(AgentError::nats)?;
+    let ctx = Arc::new(Ctx {
+        node,
+        js,
+        store,
+        workloads: workloads.clone(),
+        state,
+        running: Mutex::new(HashMap::new()),
+        early_cancels: Mutex::new(VecDeque::new()),
+        done_capacity: settings.done_capacity,
+        ack_wait,
+        max_input_bytes: settings.max_input_bytes,
+    });
+    tracing::info!(node_id = %node, device = %workloads.device, max_concurrent = settings.max_concurrent, "node online");
+
+    // Heartbeats.
+    let hb = {
+        let ctx = ctx.clone();
+        let client = client.clone();
+        let every = settings.heartbeat();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped(&mut shutdown) => break,
+                }
+                let msg = HeartbeatMsg {
+                    node_id: ctx.node,
+                    time_ms: now_ms(),
+                    running: lock(&ctx.running).keys().copied().collect(),
+                    device: ctx.workloads.device.clone(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                };
+                let body = serde_json::to_vec(&msg).unwrap_or_default();
+                if let Err(e) = client
+                    .publish(subjects::node_heartbeat(&ctx.node.to_string()), body.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat not sent");
+                }
+            }
+        })
+    };
+
+    // Cancellations.
+    let cancel_task = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = cancels.next().await {
+                let msg: CancelMsg = match serde_json::from_slice(&m.payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable cancel message ignored");
+                        continue;
+                    }
+                };
+                for id in msg.assignment_ids {
+                    let running = lock(&ctx.running).get(&id).cloned();
+                    match running {
+                        Some(r) => {
+                            tracing::info!(assignment_id = %id, reason = %msg.reason, "cancelling running assignment");
+                            r.control.cancel();
+                        }
+                        None => {
+                            tracing::info!(assignment_id = %id, reason = %msg.reason, "cancel for an assignment not running; remembered");
+                            let mut early = lock(&ctx.early_cancels);
+                            if !early.contains(&id) {
+                                early.push_back(id);
+                                while early.len() > EARLY_CANCELS {
+                                    early.pop_front();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    // Assignments: fetch one message per free slot.
+    let slots = Arc::new(Semaphore::new(settings.max_concurrent));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    'fetch: loop {
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.map_err(AgentError::nats)?,
+            _ = stopped(&mut shutdown) => break 'fetch,
+        };
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages();
+        let mut batch = tokio::select! {
+            b = batch => match b {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetching assignments failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break 'fetch,
+        };
+        let mut permit = Some(permit);
+        loop {
+            let next = tokio::select! {
+                n = batch.next() => n,
+                _ = stopped(&mut shutdown) => break 'fetch,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "assignment fetch error");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    if let Some(p) = permit.take() {
+                        if let Some(fut) = dispatch(&ctx, msg).await {
+                            tasks.spawn(async move {
+                                fut.await;
+                                drop(p);
+                            });
+                        }
+                    } else {
+                        // Not expected (batch of one); leave it for redelivery.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    // Shutdown: let running assignments finish within the grace period, then stop them.
+    let grace = Duration::from_secs(settings.grace_secs);
+    let n = lock(&ctx.running).len();
+    if n > 0 {
+        tracing::info!(
+            running = n,
+            grace_secs = settings.grace_secs,
+            "shutting down: waiting for running assignments"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(_) => {}
+            Err(_) => {
+                for (id, r) in lock(&ctx.running).iter() {
+                    tracing::warn!(assignment_id = %id, "grace period over: stopping; it will be redelivered");
+                    r.by_shutdown.store(true, Ordering::SeqCst);
+                    r.control.cancel();
+                }
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+    }
+    cancel_task.abort();
+    let _ = hb.await;
+    let _ = client.flush().await;
+    tracing::info!(node_id = %node, "node stopped");
+    Ok(())
+}
+
+/// Decides what to do with one assignment message; returns the run to spawn, if any.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    msg: jetstream::Message,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let a: AssignmentMsg = match serde_json::from_slice(&msg.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "undecodable assignment acked without effect");
+            ack(&msg, AckKind::Ack).await;
+            return None;
+        }
+    };
+    let id = a.assignment_id;
+    if a.node_id != ctx.node {
+        tracing::warn!(assignment_id = %id, for_node = %a.node_id, "assignment for another node acked without effect");
+        ack(&msg, AckKind::Ack).await;
+        return None;
+    }
+    if ctx.state.read(|s| s.is_done(&id)) {
+        tracing::info!(assignment_id = %id, "redelivered assignment already finished: acked, not run again");
+        ack(&msg, AckKind::Ack).await;
+        return None;
+    }
+    if lock(&ctx.running).contains_key(&id) {
+        tracing::info!(assignment_id = %id, "redelivered assignment is running: ignored");
+        ack(&msg, AckKind::Progress).await;
+        return None;
+    }
+    let early = {
+        let mut e = lock(&ctx.early_cancels);
+        e.iter().position(|x| *x == id).map(|i| e.remove(i))
+    };
+    if early.is_some() {
+        tracing::info!(assignment_id = %id, "assignment cancelled before it arrived: acked, not run");
+        finish_done(ctx, id);
+        ack(&msg, AckKind::Ack).await;
+        return None;
+    }
+    let control = match RunControl::new() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create run options; leaving the assignment for redelivery");
+            ack(&msg, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            return None;
+        }
+    };
+    let running = Arc::new(Running {
+        control,
+        by_shutdown: AtomicBool::new(false),
+    });
+    lock(&ctx.running).insert(id, running.clone());
+    reduce_ask(ctx, &a);
+    let ctx = ctx.clone();
+    Some(async move {
+        let msg = Arc::new(msg);
+        // Keep JetStream from redelivering while the run takes longer than the ack wait.
+        let keepalive = {
+            let msg = msg.clone();
+            let every = (ctx.ack_wait / 3).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+            })
+        };
+        let end = execute(&ctx, &a, &running).await;
+        keepalive.abort();
+        match end {
+            End::Report(result) => match publish_result(&ctx, &result).await {
+                Ok(()) => {
+                    finish_done(&ctx, id);
+                    ack(&msg, AckKind::Ack).await;
+                    match &result.outcome {
+                        Outcome::Completed {
+                            output_sha256,
+                            merkle_root,
+                            items_ok,
+                            items_failed,
+                        } => {
+                            tracing::info!(assignment_id = %id, items_ok, items_failed, %output_sha256, %merkle_root, elapsed_ms = result.elapsed_ms, "assignment completed")
+                        }
+                        Outcome::Failed { reason } => {
+                            tracing::warn!(assignment_id = %id, %reason, "assignment failed; reported")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(assignment_id = %id, error = %e, "result not published; the assignment will be redelivered");
+                    ack(&msg, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                }
+            },
+            End::Nothing(why) => {
+                tracing::info!(assignment_id = %id, why, "assignment acked without a result");
+                finish_done(&ctx, id);
+                ack(&msg, AckKind::Ack).await;
+            }
+            End::Shutdown => {
+                ack(&msg, AckKind::Nak(None)).await;
+            }
+        }
+        lock(&ctx.running).remove(&id);
+    })
+}
+
+/// An assignment filled `qty` of the node's ask: lower the recorded ask so the pricing loop
+/// tops it up again (or places a new one once it is used up).
+fn reduce_ask(ctx: &Ctx, a: &AssignmentMsg) {
+    let r = ctx.state.update(|s| {
+        if let Some(ask) = s.asks.get_mut(&a.market) {
+            ask.qty = ask.qty.saturating_sub(a.qty);
+            if ask.qty == 0 {
+                s.asks.remove(&a.market);
+            }
+        }
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not save the state file");
+    }
+}
+
+fn finish_done(ctx: &Ctx, id: Uuid) {
+    if let Err(e) = ctx.state.update(|s| s.mark_done(id, ctx.done_capacity)) {
+        tracing::warn!(error = %e, "could not save the state file");
+    }
+}
+
+async fn ack(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(error = %e, ?kind, "ack failed");
+    }
+}
+
+enum End {
+    Report(ResultMsg),
+    Nothing(&'static str),
+    Shutdown,
+}
+
+async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> End {
+    let started = Instant::now();
+    let Some(job_id) = a.job_id else {
+        return End::Nothing("the bid belongs to no job: nothing to run or report");
+    };
+    let manifest = || {
+        ctx.workloads
+            .manifest(&a.market)
+            .and_then(|m| serde_json::to_value(m).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let report = |outcome: Outcome, manifest: serde_json::Value| {
+        End::Report(ResultMsg {
+            assignment_id: a.assignment_id,
+            job_id,
+            node_id: ctx.node,
+            outcome,
+            manifest,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    };
+    let failed = |reason: String| report(Outcome::Failed { reason }, manifest());
+    let Some(work) = &a.work else {
+        // No work: completed with no items (an empty output object).
+        return match upload(&ctx.store, Vec::new()).await {
+            Ok(sha) => report(
+                Outcome::Completed {
+                    output_sha256: sha,
+                    merkle_root: crate::commitment::Commitment::build(&[]).merkle_root,
+                    items_ok: 0,
+                    items_failed: 0,
+                },
+                manifest(),
+            ),
+            Err(e) => failed(e),
+        };
+    };
+    if !ctx.workloads.serves(&a.market) {
+        return failed(format!("this node does not serve market {}", a.market));
+    }
+    if work.deadline_ms != 0 && now_ms() > work.deadline_ms {
+        return End::Nothing("deadline passed before the run started (the market voids it)");
+    }
+    tracing::info!(assignment_id = %a.assignment_id, market = %a.market, job_id = %job_id,
+        items = work.item_count, item_start = work.item_start, "assignment started");
+    let input = match download(&ctx.store, &work.input_sha256, ctx.max_input_bytes).await {
+        Ok(b) => b,
+        Err(e) => return failed(e),
+    };
+    let items = match select_items(&input, work.item_start, work.item_count) {
+        Ok(i) => i,
+        Err(e) => return failed(e),
+    };
+    drop(input);
+    let progress = Arc::new(ProgressLog::new(
+        a.assignment_id,
+        work.item_count,
+        Duration::from_secs(5),
+    ));
+    let run = {
+        let workloads = ctx.workloads.clone();
+        let control = running.control.clone();
+        let market = a.market.clone();
+        let progress = progress.clone();
+        let offset = work.item_start as usize;
+        tokio::task::spawn_blocking(move || {
+            workloads.run(&market, &items, offset, &|n| progress.add(n), &control)
+        })
+        .await
+    };
+    let run = match run {
+        Ok(Ok(r)) => r,
+        Ok(Err(ExecutorError::Cancelled)) => {
+            return if running.by_shutdown.load(Ordering::SeqCst) {
+                End::Shutdown
+            } else {
+                End::Nothing("cancelled by the market")
+            };
+        }
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(e) => return failed(format!("the run panicked: {e}")),
+    };
+    if running.control.is_cancelled() {
+        // Cancelled after the last model call: still report nothing.
+        return if running.by_shutdown.load(Ordering::SeqCst) {
+            End::Shutdown
+        } else {
+            End::Nothing("cancelled by the market")
+        };
+    }
+    for e in &run.errors {
+        tracing::info!(assignment_id = %a.assignment_id, line = e.line, custom_id = ?e.custom_id, field = ?e.field, message = %e.message, "item failed");
+    }
+    let items_ok = run.succeeded as u64;
+    let manifest = serde_json::to_value(&run.manifest).unwrap_or(serde_json::Value::Null);
+    match upload(&ctx.store, run.output).await {
+        Ok(sha) => report(
+            Outcome::Completed {
+                output_sha256: sha,
+                merkle_root: run.commitment.merkle_root,
+                items_ok,
+                items_failed: work.item_count.saturating_sub(items_ok),
+            },
+            manifest,
+        ),
+        // The work is done but cannot be delivered: fail it (the market re-offers the units).
+        Err(e) => failed(e),
+    }
+}
+
+async fn download(store: &ObjectStore, sha: &str, max: u64) -> Result<Vec<u8>, String> {
+    let mut obj = store
+        .get(sha)
+        .await
+        .map_err(|e| format!("input object {sha}: {e}"))?;
+    let size = obj.info().size as u64;
+    if size > max {
+        return Err(format!(
+            "input object {sha} is {size} bytes, over the node's limit of {max}"
+        ));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    obj.read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("input object {sha}: {e}"))?;
+    let actual = hex::encode(crate::commitment::sha256(&buf));
+    if actual != sha {
+        return Err(format!("input object {sha} has sha256 {actual}"));
+    }
+    Ok(buf)
+}
+
+/// Stores bytes under their sha256 (hex) unless already there; returns the name.
+pub async fn upload(store: &ObjectStore, bytes: Vec<u8>) -> Result<String, String> {
+    let name = hex::encode(crate::commitment::sha256(&bytes));
+    if store.info(&name).await.is_ok() {
+        return Ok(name);
+    }
+    let mut reader = std::io::Cursor::new(bytes);
+    store
+        .put(name.as_str(), &mut reader)
+        .await
+        .map_err(|e| format!("uploading output {name}: {e}"))?;
+    Ok(name)
+}
+
+async fn publish_result(ctx: &Ctx, result: &ResultMsg) -> Result<(), AgentError> {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        headers::MSG_ID,
+        format!("result.{}", result.assignment_id).as_str(),
+    );
+    let body = serde_json::to_vec(result).map_err(|e| AgentError::Nats(e.to_string()))?;
+    ctx.js
+        .publish_with_headers(
+            subjects::job_result(&result.job_id.to_string()),
+            h,
+            body.into(),
+        )
+        .await
+        .map_err(AgentError::nats)?
+        .await
+        .map_err(AgentError::nats)?;
+    Ok(())
+}

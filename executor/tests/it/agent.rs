@@ -1,0 +1,637 @@
+//! The provider agent over a private nats-server with JetStream (started here from
+//! `GRIDBOOK_NATS_SERVER_BIN`), the real ONNX Runtime and the real MiniLM model.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use executor::agent::config::AgentSettings;
+use executor::agent::node::{self, ensure_nats, upload};
+use executor::agent::workloads::Workloads;
+use executor::agent::{SharedState, pricing::Policy};
+use executor::commitment::{self, Commitment};
+use futures::StreamExt;
+use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg, WorkSpec};
+use gridbook_wire::{streams, subjects};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::common;
+
+/// Generous bound so a broken agent fails the test instead of hanging it (not a timing claim).
+const PATIENCE: Duration = Duration::from_secs(300);
+
+struct Nats {
+    url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_nats(tag: &str) -> (Nats, async_nats::Client) {
+    let server = std::env::var("GRIDBOOK_NATS_SERVER_BIN").unwrap_or_else(|_| {
+        panic!("GRIDBOOK_NATS_SERVER_BIN is not set: this test starts its own nats-server (eval \"$(cargo xtask env)\", or cargo xtask test)")
+    });
+    let port = free_port();
+    let dir = common::tmp_dir(&format!("nats-{tag}-{port}"));
+    std::fs::write(
+        dir.join("nats.conf"),
+        format!(
+            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            dir.join("js").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+    let child = Command::new(&server)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {server}: {e}"));
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = Nats { url, child, dir };
+    let start = Instant::now();
+    let client = loop {
+        match async_nats::connect(&nats.url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "nats-server did not start: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    (nats, client)
+}
+
+/// Embed + the tiny SD fixture, loaded once on the shared CPU runtime.
+pub fn workloads() -> Arc<Workloads> {
+    static W: OnceLock<Arc<Workloads>> = OnceLock::new();
+    W.get_or_init(|| {
+        Arc::new(
+            Workloads::load(
+                common::cpu(),
+                &common::models(),
+                ["EMBED-MINILM-L6", "RENDER-SD15-512"],
+                Some(&common::fixtures().join("tiny-sd")),
+            )
+            .expect("workloads load"),
+        )
+    })
+    .clone()
+}
+
+fn settings(nats: &Nats, node: Uuid, state_file: PathBuf) -> AgentSettings {
+    AgentSettings {
+        nats_url: nats.url.clone(),
+        node_id: Some(node),
+        state_file,
+        heartbeat_secs: 1,
+        ack_wait_secs: 30,
+        markets: [(
+            "EMBED-MINILM-L6".to_owned(),
+            Policy::Fixed { price: 100, qty: 1 },
+        )]
+        .into_iter()
+        .collect(),
+        ..AgentSettings::default()
+    }
+}
+
+struct Agent {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), executor::agent::AgentError>>,
+}
+
+impl Agent {
+    fn start(settings: AgentSettings, node: Uuid) -> Agent {
+        let (stop, rx) = watch::channel(false);
+        let state = SharedState::load(&settings.state_file).unwrap();
+        let task =
+            tokio::spawn(
+                async move { node::run_node(&settings, node, workloads(), state, rx).await },
+            );
+        Agent { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("agent stops")
+            .unwrap()
+            .expect("agent ran without error");
+    }
+}
+
+fn assignment(node: Uuid, job: Uuid, work: Option<WorkSpec>, qty: u64) -> AssignmentMsg {
+    AssignmentMsg {
+        assignment_id: Uuid::new_v4(),
+        market: "EMBED-MINILM-L6".into(),
+        event_seq: 1,
+        job_id: Some(job),
+        node_id: node,
+        order_id: Uuid::new_v4(),
+        qty,
+        price: 100,
+        bid_engine_order_id: 1,
+        ask_engine_order_id: 2,
+        work,
+    }
+}
+
+async fn publish_assignment(js: &jetstream::Context, a: &AssignmentMsg) {
+    js.publish(
+        subjects::node_assign(&a.node_id.to_string()),
+        serde_json::to_vec(a).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn next_result(sub: &mut async_nats::Subscriber) -> ResultMsg {
+    let m = tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("a result arrives")
+        .expect("subscription open");
+    serde_json::from_slice(&m.payload).expect("a ResultMsg")
+}
+
+async fn read_object(js: &jetstream::Context, name: &str) -> Vec<u8> {
+    let store = js.get_object_store(streams::FILES_BUCKET).await.unwrap();
+    let mut obj = store.get(name).await.unwrap();
+    let mut buf = Vec::new();
+    obj.read_to_end(&mut buf).await.unwrap();
+    buf
+}
+
+/// Waits until the node's consumer has delivered `delivered` messages and none waits for an ack.
+async fn wait_drained(js: &jetstream::Context, node: Uuid, delivered: u64) {
+    let start = Instant::now();
+    loop {
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream(streams::ASSIGNMENTS)
+            .await
+            .unwrap()
+            .get_consumer(&node::consumer_name(node))
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        if info.delivered.stream_sequence >= delivered
+            && info.num_ack_pending == 0
+            && info.num_pending == 0
+        {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "consumer not drained: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn texts(n: usize, seed: &str) -> Vec<String> {
+    executor::challenge::inputs(seed, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
+    let (nats, client) = start_nats("embed").await;
+    let js = jetstream::new(client.clone());
+    let store = ensure_nats(&js).await.unwrap();
+    let dir = common::tmp_dir("agent-embed");
+
+    // A job file of 60 items with blank lines among them; the assignment covers items 5..55.
+    let lines: Vec<String> = texts(60, "agent-embed")
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"custom_id": format!("q{i}"), "input": t}).to_string())
+        .collect();
+    let mut file = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        file.push_str(l);
+        file.push('\n');
+        if i % 7 == 3 {
+            file.push_str("   \n");
+        }
+    }
+    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
+
+    // Local mode on the same 50 lines: the expected output.
+    let local_in = dir.join("in.jsonl");
+    std::fs::write(&local_in, lines[5..55].join("\n") + "\n").unwrap();
+    let local_out = dir.join("out.jsonl");
+    {
+        let w = workloads();
+        let mut embed = w.embed.lock().unwrap();
+        let r = executor::local::run_file(&mut *embed, &local_in, &local_out, &|_| {}, &|_| {})
+            .unwrap();
+        assert_eq!(r.succeeded, 50);
+    }
+    let expected = std::fs::read(&local_out).unwrap();
+
+    let node_id = Uuid::new_v4();
+    let job = Uuid::new_v4();
+    let state_file = dir.join("state.json");
+    let mut results = client
+        .subscribe(subjects::job_result(&job.to_string()))
+        .await
+        .unwrap();
+    let agent = Agent::start(settings(&nats, node_id, state_file.clone()), node_id);
+
+    let a = assignment(
+        node_id,
+        job,
+        Some(WorkSpec {
+            input_sha256: input_sha.clone(),
+            item_start: 5,
+            item_count: 50,
+            unit_start: 0,
+            deadline_ms: 0,
+        }),
+        1,
+    );
+    publish_assignment(&js, &a).await;
+    let r = next_result(&mut results).await;
+    assert_eq!(
+        (r.assignment_id, r.job_id, r.node_id),
+        (a.assignment_id, job, node_id)
+    );
+    let Outcome::Completed {
+        output_sha256,
+        merkle_root,
+        items_ok,
+        items_failed,
+    } = r.outcome.clone()
+    else {
+        panic!("expected completed, got {:?}", r.outcome)
+    };
+    assert_eq!((items_ok, items_failed), (50, 0));
+    assert_eq!(r.manifest["workload"], "EMBED-MINILM-L6");
+    let output = read_object(&js, &output_sha256).await;
+    assert_eq!(hex::encode(commitment::sha256(&output)), output_sha256);
+    assert_eq!(
+        output, expected,
+        "agent output equals local mode's for the same lines"
+    );
+
+    // Recompute the Merkle root from the output's content.
+    let leaves: Vec<(String, commitment::Hash)> = output
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            let emb: Vec<f32> = v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let h = commitment::sha256(&commitment::embedding_bytes(&emb));
+            assert_eq!(v["sha256"], hex::encode(h));
+            (v["custom_id"].as_str().unwrap().to_owned(), h)
+        })
+        .collect();
+    assert_eq!(leaves.len(), 50);
+    assert_eq!(leaves[0].0, "q5");
+    assert_eq!(Commitment::build(&leaves).merkle_root, merkle_root);
+
+    // The result is in GRIDBOOK_RESULTS under its Nats-Msg-Id.
+    let stored = js
+        .get_stream(streams::RESULTS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&subjects::job_result(&job.to_string()))
+        .await
+        .unwrap();
+    let msg_id = stored.headers.get("Nats-Msg-Id").map(|v| v.to_string());
+    assert_eq!(
+        msg_id.as_deref(),
+        Some(format!("result.{}", a.assignment_id).as_str())
+    );
+
+    // An input that is not in the store: the node reports Failed.
+    let missing = assignment(
+        node_id,
+        job,
+        Some(WorkSpec {
+            input_sha256: "00".repeat(32),
+            item_start: 0,
+            item_count: 1,
+            unit_start: 0,
+            deadline_ms: 0,
+        }),
+        1,
+    );
+    publish_assignment(&js, &missing).await;
+    let r2 = next_result(&mut results).await;
+    assert_eq!(r2.assignment_id, missing.assignment_id);
+    assert!(
+        matches!(&r2.outcome, Outcome::Failed { reason } if reason.contains("input object")),
+        "{:?}",
+        r2.outcome
+    );
+    // Undecodable assignments are acked without effect.
+    js.publish(
+        subjects::node_assign(&node_id.to_string()),
+        "not json".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    wait_drained(&js, node_id, 3).await;
+    agent.stop().await;
+
+    // Restart with the same state file and redeliver the first assignment: not run again.
+    let agent = Agent::start(settings(&nats, node_id, state_file.clone()), node_id);
+    publish_assignment(&js, &a).await;
+    wait_drained(&js, node_id, 4).await;
+    client.flush().await.unwrap();
+    agent.stop().await;
+    let again = tokio::time::timeout(Duration::from_millis(500), results.next()).await;
+    assert!(
+        again.is_err(),
+        "a redelivered, finished assignment published a second result"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert!(
+        state["done"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(a.assignment_id))
+    );
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_long_run_and_publishes_nothing() {
+    let (nats, client) = start_nats("cancel").await;
+    let js = jetstream::new(client.clone());
+    let store = ensure_nats(&js).await.unwrap();
+    let dir = common::tmp_dir("agent-cancel");
+    // Enough work for many minutes on a CPU.
+    let n = 20_000;
+    let file: String = texts(n, "agent-cancel")
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"custom_id": format!("c{i}"), "input": t}).to_string() + "\n"
+        })
+        .collect();
+    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
+
+    let node_id = Uuid::new_v4();
+    let job = Uuid::new_v4();
+    let mut results = client
+        .subscribe(subjects::job_result(&job.to_string()))
+        .await
+        .unwrap();
+    let mut beats = client
+        .subscribe(subjects::node_heartbeat(&node_id.to_string()))
+        .await
+        .unwrap();
+    let agent = Agent::start(settings(&nats, node_id, dir.join("state.json")), node_id);
+    let a = assignment(
+        node_id,
+        job,
+        Some(WorkSpec {
+            input_sha256: input_sha,
+            item_start: 0,
+            item_count: n as u64,
+            unit_start: 0,
+            deadline_ms: 0,
+        }),
+        20,
+    );
+    publish_assignment(&js, &a).await;
+
+    // Wait until a heartbeat shows it running, then cancel it.
+    let start = Instant::now();
+    loop {
+        let m = tokio::time::timeout(PATIENCE, beats.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let hb: HeartbeatMsg = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(hb.device, "cpu");
+        if hb.running.contains(&a.assignment_id) {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE);
+    }
+    let cancelled_at = Instant::now();
+    client
+        .publish(
+            subjects::node_cancel(&node_id.to_string()),
+            serde_json::to_vec(&CancelMsg {
+                assignment_ids: vec![a.assignment_id],
+                reason: "job cancelled".into(),
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    // It stops (a heartbeat without it) and the assignment is acked.
+    loop {
+        let m = tokio::time::timeout(PATIENCE, beats.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let hb: HeartbeatMsg = serde_json::from_slice(&m.payload).unwrap();
+        if hb.running.is_empty() {
+            break;
+        }
+    }
+    wait_drained(&js, node_id, 1).await;
+    eprintln!(
+        "cancelled run stopped within {} ms (heartbeats every 1 s)",
+        cancelled_at.elapsed().as_millis()
+    );
+    agent.stop().await;
+    client.flush().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), results.next()).await;
+    assert!(
+        r.is_err(),
+        "a cancelled assignment published a result: {r:?}"
+    );
+    let js_results = js
+        .get_stream(streams::RESULTS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(js_results, 0);
+    drop(nats);
+}
+
+async fn wait_running(beats: &mut async_nats::Subscriber, id: Uuid) {
+    loop {
+        let m = tokio::time::timeout(PATIENCE, beats.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let hb: HeartbeatMsg = serde_json::from_slice(&m.payload).unwrap();
+        if hb.running.contains(&id) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_running_assignment_and_leaves_it_for_redelivery() {
+    let (nats, client) = start_nats("shutdown").await;
+    let js = jetstream::new(client.clone());
+    let store = ensure_nats(&js).await.unwrap();
+    let dir = common::tmp_dir("agent-shutdown");
+    let n = 20_000;
+    let file: String = texts(n, "agent-shutdown")
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"custom_id": format!("s{i}"), "input": t}).to_string() + "\n"
+        })
+        .collect();
+    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
+    let node_id = Uuid::new_v4();
+    let job = Uuid::new_v4();
+    let mut results = client
+        .subscribe(subjects::job_result(&job.to_string()))
+        .await
+        .unwrap();
+    let mut beats = client
+        .subscribe(subjects::node_heartbeat(&node_id.to_string()))
+        .await
+        .unwrap();
+    let mut cfg = settings(&nats, node_id, dir.join("state.json"));
+    cfg.grace_secs = 0;
+    let a = assignment(
+        node_id,
+        job,
+        Some(WorkSpec {
+            input_sha256: input_sha,
+            item_start: 0,
+            item_count: n as u64,
+            unit_start: 0,
+            deadline_ms: 0,
+        }),
+        20,
+    );
+    let agent = Agent::start(cfg.clone(), node_id);
+    publish_assignment(&js, &a).await;
+    wait_running(&mut beats, a.assignment_id).await;
+    agent.stop().await; // grace 0: stopped and NAK'ed
+
+    // Not acked, not done: after a restart the same assignment runs again.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    assert!(
+        !state["done"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(a.assignment_id))
+    );
+    let agent = Agent::start(cfg, node_id);
+    wait_running(&mut beats, a.assignment_id).await;
+    client
+        .publish(
+            subjects::node_cancel(&node_id.to_string()),
+            serde_json::to_vec(&CancelMsg {
+                assignment_ids: vec![a.assignment_id],
+                reason: "test over".into(),
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    wait_drained(&js, node_id, 1).await;
+    agent.stop().await;
+    client.flush().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), results.next()).await;
+    assert!(
+        r.is_err(),
+        "nothing is reported for a stopped or cancelled assignment"
+    );
+    drop(nats);
+}
+
+#[test]
+fn run_control_terminates_a_model_call_in_progress() {
+    use executor::embed::Batching;
+    use executor::runtime::RunControl;
+    let e = crate::embed::embedder();
+    // One model call over 512 long texts (many seconds on a CPU).
+    let long: Vec<String> = texts(512, "terminate")
+        .into_iter()
+        .map(|t| format!("{t} {t} {t} {t} {t} {t}"))
+        .collect();
+    let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+    let enc = e.tokenize(&refs).unwrap();
+    let one_call = Batching::Fixed {
+        size: enc.len(),
+        sorted: true,
+    };
+
+    // Cancelled before it starts: no model call at all.
+    let c = RunControl::new().unwrap();
+    c.cancel();
+    let r = e.embed_encoded_controlled(&enc, one_call, &|_| {}, Some(&c));
+    assert!(
+        matches!(r, Err(executor::ExecutorError::Cancelled)),
+        "{r:?}"
+    );
+
+    // Cancelled from another thread while the one call runs: ONNX Runtime's terminate flag.
+    let c = RunControl::new().unwrap();
+    let c2 = c.clone();
+    let started = Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.cancel();
+    });
+    let r = e.embed_encoded_controlled(&enc, one_call, &|_| {}, Some(&c));
+    canceller.join().unwrap();
+    assert!(
+        matches!(r, Err(executor::ExecutorError::Cancelled)),
+        "{r:?}"
+    );
+    eprintln!(
+        "terminated one model call after {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // The shared session still works with a fresh control.
+    let c = RunControl::new().unwrap();
+    let ok = e
+        .embed_encoded_controlled(&enc[..2], Batching::default(), &|_| {}, Some(&c))
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+}

@@ -1,0 +1,2 @@
+ALTER TABLE jobs DROP COLUMN metadata;
+ALTER TABLE files DROP COLUMN market;
