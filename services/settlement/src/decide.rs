@@ -78,6 +78,52 @@ impl Effect {
     }
 }
 
+/// What an event does to a provider's ask as the marketplace shows it (`asks` table): its open
+/// quantity after a fill, or closed (filled, cancelled, expired, or its place rejected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AskChange {
+    Left(u64),
+    Closed,
+}
+
+/// The change `ev` makes to one of our asks, with the ask's id (`asks.id` = `order_id`).
+pub fn ask_change(ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> Option<(Uuid, AskChange)> {
+    let ask = |id: u64| orders.get(&id).filter(|o| o.side == Side::Ask);
+    match ev.kind {
+        EventKind::Fill {
+            maker,
+            taker,
+            taker_side,
+            maker_left,
+            taker_left,
+            ..
+        } => {
+            let (id, left) = match taker_side {
+                Side::Bid => (maker.0, maker_left),
+                Side::Ask => (taker.0, taker_left),
+            };
+            let o = ask(id)?;
+            Some((
+                o.order_id,
+                if left == 0 {
+                    AskChange::Closed
+                } else {
+                    AskChange::Left(left)
+                },
+            ))
+        }
+        EventKind::Cancelled { id, .. } | EventKind::Expired { id, .. } => {
+            Some((ask(id.0)?.order_id, AskChange::Closed))
+        }
+        EventKind::Rejected {
+            id: Some(id),
+            reason,
+            ..
+        } if !rejects_existing_order(reason) => Some((ask(id.0)?.order_id, AskChange::Closed)),
+        _ => None,
+    }
+}
+
 /// The engine order ids an event names (what to look up in `market_orders`).
 pub fn order_ids(ev: &Event) -> Vec<u64> {
     match ev.kind {
@@ -278,6 +324,41 @@ mod tests {
             assert_eq!(assignment.assignment_id, fill_id("M", 9));
             assert_ne!(fill_id("M", 9), fill_id("N", 9));
         }
+    }
+
+    #[test]
+    fn asks_follow_their_fills_and_close_when_done() {
+        let o = orders();
+        // Ask 2 rests (maker) and keeps 3 lots, then is taken completely, then an ask is
+        // cancelled; bids and foreign orders change no ask.
+        let mut partial = fill(2, 1, Side::Bid);
+        if let EventKind::Fill { maker_left, .. } = &mut partial {
+            *maker_left = 3;
+        }
+        assert_eq!(
+            ask_change(&ev(1, partial), &o),
+            Some((Uuid::from_u128(2), AskChange::Left(3)))
+        );
+        assert_eq!(
+            ask_change(&ev(2, fill(1, 2, Side::Ask)), &o),
+            Some((Uuid::from_u128(2), AskChange::Closed))
+        );
+        let cancel = EventKind::Cancelled {
+            id: OrderId(2),
+            qty: 3,
+            reason: matching_core::CancelReason::User,
+        };
+        assert_eq!(
+            ask_change(&ev(3, cancel), &o),
+            Some((Uuid::from_u128(2), AskChange::Closed))
+        );
+        let bid_cancel = EventKind::Cancelled {
+            id: OrderId(1),
+            qty: 3,
+            reason: matching_core::CancelReason::User,
+        };
+        assert_eq!(ask_change(&ev(4, bid_cancel), &o), None);
+        assert_eq!(ask_change(&ev(5, fill(50, 51, Side::Bid)), &o), None);
     }
 
     #[test]

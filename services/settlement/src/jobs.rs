@@ -14,7 +14,8 @@ use gridbook_wire::node::{AssignmentMsg, WorkSpec};
 use uuid::Uuid;
 
 use crate::error::{Result, SettlementError};
-use crate::schema::{files, job_assignments, jobs, nodes};
+use crate::decide::AskChange;
+use crate::schema::{asks, files, job_assignments, jobs, nodes};
 
 /// The longest a node may take for one assignment (from the fill) unless the job's deadline is
 /// sooner; afterwards the assignment is voided and the studio refunded for it.
@@ -281,6 +282,34 @@ pub struct Resolution {
 /// Reputation change (basis points) of a node per verified / failed assignment.
 pub const REPUTATION_PASS: i32 = 10;
 pub const REPUTATION_FAIL: i32 = -500;
+/// Verified assignments (and no failed one) that take a new node off probation.
+pub const PROBATION_PASSES: i64 = 10;
+
+/// Applies an engine event's change to a provider's ask row. Monotone (the open quantity only
+/// goes down, a closed ask stays closed), so a redelivered message changes nothing.
+pub fn update_ask(conn: &mut PgConnection, ask: Uuid, change: AskChange) -> Result<()> {
+    match change {
+        AskChange::Left(left) => {
+            let left = i64::try_from(left).unwrap_or(i64::MAX);
+            diesel::update(asks::table.find(ask).filter(asks::qty.gt(left)))
+                .set((asks::qty.eq(left), asks::updated_at.eq(Utc::now())))
+                .execute(conn)?;
+        }
+        AskChange::Closed => {
+            diesel::update(asks::table.find(ask).filter(asks::status.ne("closed")))
+                .set((asks::status.eq("closed"), asks::updated_at.eq(Utc::now())))
+                .execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records heartbeats: `last_heartbeat_at = now()` for these nodes.
+pub fn touch_nodes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize> {
+    Ok(diesel::update(nodes::table.filter(nodes::id.eq_any(ids)))
+        .set(nodes::last_heartbeat_at.eq(Some(Utc::now())))
+        .execute(conn)?)
+}
 
 /// Moves an `assigned` assignment to `completed` or `failed`, counts its items on the job and
 /// adjusts the node's reputation. `false` when it was no longer `assigned` (nothing done).
@@ -325,7 +354,15 @@ pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> 
     .bind::<diesel::sql_types::Integer, _>(delta)
     .bind::<diesel::sql_types::Uuid, _>(a.node_id)
     .execute(conn)?;
-    let _ = nodes::table; // (the table is updated through SQL above)
+    // Probation ends after PROBATION_PASSES verified assignments without a failure.
+    diesel::sql_query(
+        "UPDATE nodes SET status = 'active' WHERE id = $1 AND status = 'probation' \
+         AND (SELECT count(*) FROM job_assignments WHERE node_id = $1 AND status = 'completed') >= $2 \
+         AND NOT EXISTS (SELECT 1 FROM job_assignments WHERE node_id = $1 AND status = 'failed')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(a.node_id)
+    .bind::<diesel::sql_types::BigInt, _>(PROBATION_PASSES)
+    .execute(conn)?;
     Ok(true)
 }
 

@@ -130,11 +130,23 @@ pub async fn run(settings: Settings) -> Result<()> {
         });
     }
     {
-        let (s, js, finished) = (settings.clone(), js.clone(), finished.clone());
+        let (s, js, finished, nats) =
+            (settings.clone(), js.clone(), finished.clone(), client.clone());
         tasks.spawn(async move {
             loop {
-                if let Err(e) = results::run_finisher(&s, &js, &client, &finished).await {
+                if let Err(e) = results::run_finisher(&s, &js, &nats, &finished).await {
                     error!(error = %e, "job finisher failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let (s, nats) = (settings.clone(), client.clone());
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = results::run_heartbeats(&s, &nats).await {
+                    error!(error = %e, "heartbeat recorder failed; restarting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -510,3 +510,44 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
     }
     Ok(())
 }
+
+/// Most distinct nodes remembered between two heartbeat flushes (more are dropped until the
+/// next flush: a heartbeat every few seconds makes up for it).
+pub const HEARTBEAT_BATCH: usize = 10_000;
+
+/// Records node heartbeats (`node.*.heartbeat`, core NATS, queue group `heartbeats` so several
+/// workers share them): once a second, `last_heartbeat_at = now()` for the nodes heard from.
+pub async fn run_heartbeats(settings: &Settings, nats: &async_nats::Client) -> Result<()> {
+    let mut sub = nats
+        .queue_subscribe(subjects::ALL_NODE_HEARTBEATS, "heartbeats".into())
+        .await
+        .map_err(SettlementError::nats)?;
+    let mut db = Db::new(&settings.database_url);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut flush = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else {
+                    return Err(SettlementError::Nats("heartbeat subscription ended".into()));
+                };
+                match serde_json::from_slice::<gridbook_wire::node::HeartbeatMsg>(&msg.payload) {
+                    // The subject names the node; a body naming another is ignored.
+                    Ok(hb) if msg.subject.as_str() == subjects::node_heartbeat(&hb.node_id.to_string()) => {
+                        if seen.len() < HEARTBEAT_BATCH {
+                            seen.insert(hb.node_id);
+                        }
+                    }
+                    Ok(_) => debug!(subject = %msg.subject, "heartbeat for another node ignored"),
+                    Err(e) => debug!(subject = %msg.subject, error = %e, "undecodable heartbeat ignored"),
+                }
+            }
+            _ = flush.tick() => {
+                if !seen.is_empty() {
+                    let ids: Vec<_> = std::mem::take(&mut seen).into_iter().collect();
+                    db.with(move |c| jobs::touch_nodes(c, &ids)).await?;
+                }
+            }
+        }
+    }
+}

@@ -52,7 +52,18 @@ diesel::table! {
 diesel::table! {
     nodes (id) {
         id -> Uuid,
+        status -> Text,
         reputation -> Int4,
+        last_heartbeat_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    asks (id) {
+        id -> Uuid,
+        qty -> Int8,
+        status -> Text,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -79,4 +90,4 @@ diesel::table! {
 
 diesel::joinable!(jobs -> files (input_file));
 diesel::joinable!(job_assignments -> jobs (job_id));
-diesel::allow_tables_to_appear_in_same_query!(files, jobs, job_assignments, nodes);
+diesel::allow_tables_to_appear_in_same_query!(files, jobs, job_assignments, nodes, asks);

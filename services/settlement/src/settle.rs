@@ -40,6 +40,9 @@ pub fn settle_message(
             let empty = &mut BTreeMap::new();
             let view = views.get_mut(&frame.market).unwrap_or(empty);
             for ev in &frame.events {
+                if let Some((ask, change)) = decide::ask_change(ev, view) {
+                    jobs::update_ask(c, ask, change)?;
+                }
                 let Some(effect) = decide::decide(&frame.market, ev, view) else {
                     continue;
                 };

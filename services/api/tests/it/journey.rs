@@ -171,6 +171,34 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
             .expect("ledger invariants");
     }
 
+    // The provider's view: its assignments (completed, covering all 1,500 lines), earnings,
+    // its ask's open quantity after the fills (5 − 2), and the heartbeats the worker recorded.
+    let assignments = json_of(app.get_as(&provider, "/v1/assignments").await).await;
+    let assignments = assignments["data"].as_array().unwrap().clone();
+    assert!(!assignments.is_empty());
+    assert!(assignments.iter().all(|a| a["status"] == "completed"), "{assignments:?}");
+    let lines_done: i64 = assignments.iter().map(|a| a["item_count"].as_i64().unwrap()).sum();
+    assert_eq!(lines_done, 1_500);
+    let earnings = json_of(app.get_as(&provider, "/v1/earnings").await).await;
+    assert_eq!((earnings["units"].as_i64(), earnings["earned"].as_i64()), (Some(2), Some(80)), "{earnings}");
+    // The ask's open quantity as the marketplace shows it follows the engine's book (the
+    // fill took 2 of 5; the fixed policy may have topped it up again since).
+    let settled = Instant::now();
+    loop {
+        let asks = json_of(app.get_as(&provider, "/v1/asks").await).await;
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
+        assert_eq!(asks["data"][0]["status"], "open", "{asks}");
+        if asks["data"][0]["qty"] == book["asks"][0]["qty"] {
+            break;
+        }
+        assert!(settled.elapsed() < Duration::from_secs(20), "ask row {asks} ≠ book {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node = json_of(app.get_as(&provider, "/v1/nodes").await).await;
+    let node = node.get("data").unwrap_or(&node)[0].clone();
+    assert!(node["last_heartbeat_at"].is_string(), "no heartbeat recorded: {node}");
+    assert!(node["reputation"].as_i64().unwrap() > 5_000, "{node}");
+
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(60), agent_task).await;
 }
