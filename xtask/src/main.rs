@@ -519,24 +519,34 @@ impl Project {
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
         println!("xtask: building the marketplace (release)");
-        run(self.cargo().args(["build", "--release", "--locked", "-p", "matching-engine", "-p", "gridbook-settlement"]))?;
+        run(self.cargo().args([
+            "build", "--release", "--locked", "-p", "matching-engine", "-p", "gridbook-settlement", "-p", "gridbook-api", "-p", "executor",
+        ]))?;
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
         let engine_config = self.root.join("matching-engine/engine/config/dev.toml");
-        let processes: [(&str, Vec<&OsStr>); 2] = [
+        let api_port = port_from_env("GRIDBOOK_API_PORT", 8080)?;
+        let processes: [(&str, Vec<&OsStr>); 3] = [
             ("matching-engine", vec![OsStr::new("run"), OsStr::new("--config"), engine_config.as_os_str()]),
             ("settlement-worker", vec![OsStr::new("run")]),
+            ("gridbook-api", vec![OsStr::new("run")]),
         ];
         let mut children = Vec::new();
         for (name, args) in processes {
-            let child = self
-                .cargo_bin_command(&target.join("release").join(name))
-                .args(args)
-                .spawn()
-                .map_err(|e| format!("starting {name}: {e}"))?;
+            let mut cmd = self.cargo_bin_command(&target.join("release").join(name));
+            if name == "gridbook-api" {
+                // Local development over plain HTTP: cookies without `Secure`, the web UI at `/`.
+                cmd.env("GRIDBOOK_BIND", format!("127.0.0.1:{api_port}"))
+                    .env("GRIDBOOK_SECURE_COOKIES", "false")
+                    .env("GRIDBOOK_MARKETS_FILE", &engine_config)
+                    .env("GRIDBOOK_WEB_DIR", self.root.join("web/dist"));
+            }
+            let child = cmd.args(args).spawn().map_err(|e| format!("starting {name}: {e}"))?;
             children.push((name, child));
         }
-        println!("xtask: Gridbook is running: matching engine, settlement worker. Ctrl-C stops it.");
-        println!("xtask: not built yet: the HTTP API and web UI (issue 5), the executor agent (issue 6)");
+        println!("xtask: Gridbook is running. Ctrl-C stops it.");
+        println!("xtask:   trader UI and API  http://127.0.0.1:{api_port}/  (OpenAPI: /openapi.json)");
+        println!("xtask:   an admin:          eval \"$(cargo xtask env)\"; GRIDBOOK_ADMIN_PASSWORD=… {}/release/gridbook-api create-admin --email admin@example.com", target.display());
+        println!("xtask:   a provider node:   see README.md, \"Provider\" ({}/release/executor agent …)", target.display());
         loop {
             if interrupted.load(Ordering::SeqCst) {
                 // A terminal's Ctrl-C reached them too; a signal sent to xtask alone did not.
