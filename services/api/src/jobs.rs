@@ -60,7 +60,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/jobs/{id}").route(web::get().to(get)))
     .service(web::resource("/jobs/{id}/cancel").route(web::post().to(cancel)))
     .service(web::resource("/jobs/{id}/output").route(web::get().to(output)))
-    .service(web::resource("/jobs/{id}/errors").route(web::get().to(errors)));
+    .service(web::resource("/jobs/{id}/errors").route(web::get().to(errors)))
+    .service(web::resource("/jobs/{id}/images/{custom_id}").route(web::get().to(image)));
 }
 
 /// What a studio sends. Fields the market decides (status, fee, owner, order ids) do not exist
@@ -336,13 +337,28 @@ pub fn place_bid(
     })
 }
 
-/// Creates the job in the caller's transaction (see the module doc). Returns the stored row.
+/// The escrow figures of an order the moment its reservation is created: everything reserved is
+/// open; nothing is held, spent or released yet (the escrow account has only been credited by
+/// the reserve transfer). Equal to what [`escrow_of`] reads back in the same transaction, without
+/// its three queries.
+fn escrow_at_creation(state: &gridbook_ledger::settlement::OrderState) -> EscrowOut {
+    EscrowOut {
+        reserved: state.terms.quantity.saturating_mul(state.unit_reserve),
+        open: state.quantity_open.saturating_mul(state.unit_reserve),
+        held: 0,
+        spent: 0,
+        released: 0,
+    }
+}
+
+/// Creates the job in the caller's transaction (see the module doc). Returns the stored row and
+/// the escrow figures of its new order.
 pub fn create_in_tx(
     conn: &mut PgConnection,
     principal: &Principal,
     market: &crate::markets::Market,
     req: &CreateJob,
-) -> ApiResult<JobRow> {
+) -> ApiResult<(JobRow, EscrowOut)> {
     let file = crate::files::load_owned(conn, principal.user_id, req.input_file).map_err(|e| {
         if e.status == StatusCode::NOT_FOUND {
             e.with_field("input_file")
@@ -392,7 +408,7 @@ pub fn create_in_tx(
         limit_price: req.limit_price,
         fee_bps,
     };
-    escrow::reserve_bid(conn, &bid).map_err(|e| {
+    let reserved = escrow::reserve_bid(conn, &bid).map_err(|e| {
         if is_insufficient(&e) {
             let need = gridbook_ledger::settlement::unit_reserve(req.limit_price, fee_bps)
                 .ok()
@@ -460,7 +476,7 @@ pub fn create_in_tx(
         &gridbook_wire::subjects::market_cmd(&req.market),
         &serde_json::to_value(cmd).map_err(ApiError::internal)?,
     )?;
-    Ok(row)
+    Ok((row, escrow_at_creation(&reserved)))
 }
 
 /// Submit a batch job: escrow reserved and the bid queued for the engine in one transaction.
@@ -488,10 +504,9 @@ pub async fn create(
     let request = idempotency::Request::new(&principal, idem, "POST /v1/jobs", &req)?;
     let outcome = crate::db::run(&state.db, move |c| {
         idempotency::run(c, request, |c| {
-            let row = create_in_tx(c, &principal, &market, &req)?;
-            let esc = escrow_of(c, row.order_id)?;
+            let (row, esc) = create_in_tx(c, &principal, &market, &req)?;
             tracing::info!(job = %row.id, user = %principal.user_id, market = %row.market, units = row.units, limit_price = row.limit_price, engine_order_id = row.engine_order_id, "job queued");
-            Ok((StatusCode::CREATED, job_out(row, esc)))
+            Ok((StatusCode::CREATED, job_out(row, Some(esc))))
         })
     })
     .await?;
@@ -680,10 +695,71 @@ pub async fn errors(
     .await
 }
 
+/// Largest output file the image route reads to find one image.
+pub const MAX_IMAGE_SCAN_BYTES: usize = 512 << 20;
+
+/// One image of a render job's output, by `custom_id`, as `image/png` (the output line's
+/// `image_png_b64`, decoded).
+#[utoipa::path(get, path = "/v1/jobs/{id}/images/{custom_id}", tag = "jobs",
+    params(("id" = Uuid, Path), ("custom_id" = String, Path)),
+    responses((status = 200, content_type = "image/png", body = Vec<u8>),
+        (status = 404, description = "`not_found` (job, or no image for that custom_id), or `not_ready`", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn image(
+    state: web::Data<AppState>,
+    principal: Principal,
+    path: web::Path<(Uuid, String)>,
+) -> ApiResult<HttpResponse> {
+    use base64::Engine as _;
+    use tokio::io::AsyncReadExt as _;
+    principal.require_scope(Scope::Read)?;
+    let (id, custom_id) = path.into_inner();
+    let owner = principal.user_id;
+    let file = crate::db::run(&state.db, move |c| {
+        let job = load_job(c, owner, id, false)?;
+        let Some(fid) = job.output_file else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_ready",
+                format!("the job's output file is not ready (status {})", job.status),
+            ));
+        };
+        Ok(files::table
+            .find(fid)
+            .select(crate::files::FileRow::as_select())
+            .first(c)?)
+    })
+    .await?;
+    if file.bytes as usize > MAX_IMAGE_SCAN_BYTES {
+        return Err(ApiError::unprocessable(
+            "output_too_large",
+            "the output file is too large to serve single images; download /output",
+        ));
+    }
+    let store = crate::files::bucket(&state).await?;
+    let mut object = store.get(&file.sha256).await.map_err(ApiError::unavailable)?;
+    let mut text = Vec::with_capacity(file.bytes.max(0) as usize);
+    object
+        .read_to_end(&mut text)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let png = text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .find(|v| v.get("custom_id").and_then(|c| c.as_str()) == Some(custom_id.as_str()))
+        .and_then(|v| {
+            let b64 = v.get("image_png_b64")?.as_str()?.to_owned();
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .ok_or_else(|| ApiError::not_found("image"))?;
+    Ok(HttpResponse::Ok().content_type("image/png").body(png))
+}
+
 /// The OpenAPI paths of this module (merged by `openapi::document`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, list, get, cancel, output, errors),
+    paths(create, list, get, cancel, output, errors, image),
     tags((name = "jobs", description = "batch jobs: escrowed bids on a market, progress, cancel, output"))
 )]
 pub struct ApiDoc;

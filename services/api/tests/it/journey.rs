@@ -46,41 +46,8 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     let stack = Stack::start("journey").await;
     let app = &stack.app;
 
-    // The provider: an account, an API key, and the executor agent with a fixed ask.
-    let provider = app.signup("provider").await;
-    let dir = stack.nats.dir.join("agent");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut settings = AgentSettings {
-        api_url: Some(app.address.clone()),
-        nats_url: stack.nats.url.clone(),
-        state_file: dir.join("state.json"),
-        name: "journey-node".into(),
-        gpu_model: "cpu".into(),
-        region: "test".into(),
-        heartbeat_secs: 1,
-        pricing_poll_secs: 1,
-        ..AgentSettings::default()
-    };
-    settings.markets = BTreeMap::from([(MARKET.to_owned(), Policy::Fixed { price: 40, qty: 5 })]);
-    let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig::default())
-        .expect("ONNX Runtime (ORT_DYLIB_PATH)");
-    let models = executor::models::ModelsDir::from_env().expect("GRIDBOOK_MODELS_DIR");
-    let workloads = Arc::new(Workloads::load(&rt, &models, [MARKET], None).expect("models"));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let agent_task = tokio::spawn(agent::run(settings, Some(provider.key.clone()), workloads, shutdown));
-
-    // The node registered, passed the challenge and its ask is on the book.
-    let started = Instant::now();
-    loop {
-        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
-        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
-            assert_eq!(book["asks"][0]["price"], 40);
-            break;
-        }
-        assert!(!agent_task.is_finished(), "the agent stopped: {:?}", agent_task.await);
-        assert!(started.elapsed() < Duration::from_secs(120), "no ask on the book: {book}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The provider: an account, an API key, and the executor agent with a fixed ask of 5 at 40.
+    let (provider, stop, agent_task) = start_provider(&stack, MARKET, 40, 5).await;
     let nodes = json_of(app.get_as(&provider, "/v1/nodes").await).await;
     let nodes = nodes.get("data").unwrap_or(&nodes).clone();
     assert_eq!(nodes[0]["challenge_status"], "passed", "{nodes}");
@@ -89,47 +56,10 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     let studio = app.signup("studio").await;
     app.credit(&studio, 1_000_000).await;
     let text = corpus(1_500);
-    let file = json_of(
-        app.http
-            .post(app.url(&format!("/v1/files?purpose=batch&market={MARKET}")))
-            .header("Authorization", studio.bearer())
-            .header("Content-Type", "application/jsonl")
-            .body(text.clone())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(file["lines"], 1_500);
-    let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let job = json_of(
-        app.http
-            .post(app.url("/v1/jobs"))
-            .header("Authorization", studio.bearer())
-            .header("Idempotency-Key", "journey-job-1")
-            .json(&json!({"market": MARKET, "input_file": file["id"], "limit_price": 100, "deadline": deadline}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let job_id = job["id"].as_str().unwrap().to_owned();
-    assert_eq!(job["status"], "queued");
+    let job_id = submit_job(app, &studio, MARKET, &text, 100, 1_500).await;
 
     // It runs, is verified and completes.
-    let mut seen = vec!["queued".to_owned()];
-    let job = loop {
-        let j = json_of(app.get_as(&studio, &format!("/v1/jobs/{job_id}")).await).await;
-        let status = j["status"].as_str().unwrap().to_owned();
-        if seen.last() != Some(&status) {
-            seen.push(status.clone());
-        }
-        if ["completed", "failed", "expired", "cancelled"].contains(&status.as_str()) {
-            break j;
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "job stuck in {status}: {j}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
     assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
     assert_eq!(job["request_counts"]["completed"], 1_500, "{job}");
     assert_eq!(job["request_counts"]["failed"], 0, "{job}");
@@ -199,6 +129,144 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     assert!(node["last_heartbeat_at"].is_string(), "no heartbeat recorded: {node}");
     assert!(node["reputation"].as_i64().unwrap() > 5_000, "{node}");
 
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(60), agent_task).await;
+}
+
+/// A provider account with a key, and its executor agent (in this process, real runtime and
+/// models) serving `market` with a fixed ask; returns once the ask is on the engine's book.
+async fn start_provider(
+    stack: &Stack,
+    market: &str,
+    price: u64,
+    qty: u64,
+) -> (
+    crate::common::TestUser,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), executor::agent::AgentError>>,
+) {
+    let app = &stack.app;
+    let provider = app.signup("provider").await;
+    let dir = stack.nats.dir.join(format!("agent-{market}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut settings = AgentSettings {
+        api_url: Some(app.address.clone()),
+        nats_url: stack.nats.url.clone(),
+        state_file: dir.join("state.json"),
+        name: "journey-node".into(),
+        gpu_model: "cpu".into(),
+        region: "test".into(),
+        heartbeat_secs: 1,
+        pricing_poll_secs: 1,
+        ..AgentSettings::default()
+    };
+    settings.markets = BTreeMap::from([(market.to_owned(), Policy::Fixed { price, qty })]);
+    let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig::default())
+        .expect("ONNX Runtime (ORT_DYLIB_PATH)");
+    let models = executor::models::ModelsDir::from_env().expect("GRIDBOOK_MODELS_DIR");
+    let workloads = Arc::new(Workloads::load(&rt, &models, [market], None).expect("models"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let agent_task = tokio::spawn(agent::run(settings, Some(provider.key.clone()), workloads, shutdown));
+
+    // The node registered, passed the challenge and its ask is on the book.
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{market}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(book["asks"][0]["price"], price);
+            break;
+        }
+        assert!(!agent_task.is_finished(), "the agent stopped: {:?}", agent_task.await);
+        assert!(started.elapsed() < Duration::from_secs(120), "no ask on the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (provider, stop, agent_task)
+}
+
+/// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
+async fn submit_job(app: &crate::common::TestApp, studio: &crate::common::TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
+    let file = json_of(
+        app.http
+            .post(app.url(&format!("/v1/files?purpose=batch&market={market}")))
+            .header("Authorization", studio.bearer())
+            .header("Content-Type", "application/jsonl")
+            .body(text.to_owned())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(file["lines"], lines);
+    let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let job = json_of(
+        app.http
+            .post(app.url("/v1/jobs"))
+            .header("Authorization", studio.bearer())
+            .header("Idempotency-Key", format!("journey-{market}"))
+            .json(&json!({"market": market, "input_file": file["id"], "limit_price": limit, "deadline": deadline}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(job["status"], "queued");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls the job until it ends; returns it and the statuses seen on the way.
+async fn wait_for_job(app: &crate::common::TestApp, studio: &crate::common::TestUser, job_id: &str) -> (Value, Vec<String>) {
+    let started = Instant::now();
+    let mut seen = vec!["queued".to_owned()];
+    loop {
+        let j = json_of(app.get_as(studio, &format!("/v1/jobs/{job_id}")).await).await;
+        let status = j["status"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if ["completed", "failed", "expired", "cancelled"].contains(&status.as_str()) {
+            return (j, seen);
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "job stuck in {status}: {j}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_render_job_comes_back_as_verified_png_images() {
+    const RENDER: &str = "RENDER-TERRAIN-128";
+    let stack = Stack::start("journey-render").await;
+    let app = &stack.app;
+    let (provider, stop, agent_task) = start_provider(&stack, RENDER, 7, 10).await;
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let text: String = (0..3)
+        .map(|i| json!({"custom_id": format!("tile-{i}"), "seed": 1000 + i, "difficulty": 30}).to_string() + "\n")
+        .collect();
+    let job_id = submit_job(app, &studio, RENDER, &text, 20, 3).await;
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    assert_eq!(job["request_counts"]["completed"], 3, "{job}");
+
+    // Each output line carries its PNG (128×128), and the image endpoint serves it.
+    let out = app.get_as(&studio, &format!("/v1/jobs/{job_id}/output")).await.text().await.unwrap();
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["custom_id"], format!("tile-{i}"));
+        let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, l["image_png_b64"].as_str().unwrap()).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let img = app.get_as(&studio, &format!("/v1/jobs/{job_id}/images/tile-{i}")).await;
+        assert_eq!(img.status(), 200);
+        assert_eq!(img.headers()["content-type"], "image/png");
+        assert_eq!(img.bytes().await.unwrap().as_ref(), png.as_slice());
+    }
+    let other = app.signup("studio").await;
+    assert_eq!(app.get_as(&other, &format!("/v1/jobs/{job_id}/images/tile-0")).await.status(), 404);
+    assert_eq!(app.get_as(&studio, &format!("/v1/jobs/{job_id}/images/nope")).await.status(), 404);
+
+    // 3 images at the resting ask's 7: the provider earned 21.
+    let p = app.balance(&provider).await;
+    assert_eq!(p["available"].as_i64().unwrap(), 21, "provider {p}");
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(60), agent_task).await;
 }
