@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod book;
 mod engine;
 mod ledger;
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Order placement over HTTP (POST /v1/jobs: auth, escrow, outbox → NATS) on the real stack.
+    Api(api::Args),
     /// Pure order-book core: exchange-core's mix, against orderbook-rs in the same run.
     Book(book::Args),
     /// The engine over NATS JetStream: studios and providers trading into 1, 2, 4 markets.
@@ -29,6 +32,7 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
+        Scenario::Api(args) => api::run(args),
         Scenario::Book(args) => book::run(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),

@@ -119,6 +119,9 @@ async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, Path
             .env("GRIDBOOK_DATABASE_URL", db)
             .env("GRIDBOOK_MARKETS_FILE", &engine_config)
             .env("GRIDBOOK_SECURE_COOKIES", "false")
+            // 1,000 clients from one address: the per-IP request limit would refuse most.
+            .env("GRIDBOOK_RATE_LIMIT__PER_SECOND", "100000")
+            .env("GRIDBOOK_RATE_LIMIT__BURST", "100000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log("api.log")?)
@@ -152,7 +155,13 @@ async fn client(
     last_seq: Arc<AtomicU64>,
     connected: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connect failed: {e}");
+            return Err(e.into());
+        }
+    };
     connected.fetch_add(1, Ordering::Relaxed);
     let mut seq: Option<u64> = None;
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)?;
@@ -242,6 +251,21 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Baseline: the same lag for a plain NATS subscriber of the events (engine + JetStream's
+    // fsync + NATS), so the API's own share shows.
+    let baseline = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let mut evt = nats.subscribe(subjects::market_evt(&args.market)).await?;
+    let base = baseline.clone();
+    let baseline_task = tokio::spawn(async move {
+        while let Some(msg) = evt.next().await {
+            let received = now_us();
+            if let Ok(frames) = serde_json::from_slice::<Vec<gridbook_wire::market::EventFrame>>(&msg.payload)
+                && let Some(f) = frames.last()
+            {
+                base.lock().unwrap().saturating_record(received.saturating_sub(f.time * 1_000).max(1));
+            }
+        }
+    });
     let start = Instant::now();
     while connected.load(Ordering::Relaxed) < args.clients as u64 {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "only {} clients connected", connected.load(Ordering::Relaxed));
@@ -340,6 +364,16 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         ms(0.999),
         h.max() as f64 / 1000.0,
         h.len()
+    );
+    baseline_task.abort();
+    let b = baseline.lock().unwrap();
+    println!(
+        "baseline (same, plain NATS subscriber of the events, ms): p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} messages)",
+        b.value_at_quantile(0.50) as f64 / 1000.0,
+        b.value_at_quantile(0.99) as f64 / 1000.0,
+        b.value_at_quantile(0.999) as f64 / 1000.0,
+        b.max() as f64 / 1000.0,
+        b.len()
     );
     let gaps = totals.gaps.load(Ordering::Relaxed);
     let closed = totals.closed.load(Ordering::Relaxed);
