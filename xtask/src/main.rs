@@ -512,7 +512,13 @@ impl Project {
         if !web.join("node_modules/playwright-core").exists() {
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&web))?;
         }
-        run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api"]))?;
+        // `cargo test --workspace` has just built both binaries (with the test run's feature
+        // set); building them again with `-p` would resolve other features and recompile.
+        let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
+        let debug = target.join("debug");
+        if !debug.join("matching-engine").exists() || !debug.join("gridbook-api").exists() {
+            run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api"]))?;
+        }
         run(Command::new("node").arg("test/ui.test.mjs").current_dir(&web).envs(self.env_vars()))
             .map_err(|e| format!("web UI test failed: {e}"))
     }

@@ -18,7 +18,7 @@
 //!
 //! How a handler uses it (other modules: files, jobs, nodes):
 //!
-//! ```ignore
+//! ```text
 //! async fn create_thing(
 //!     p: Principal,
 //!     idem: IdempotencyKey,                // the header, validated (400 if malformed)
