@@ -350,21 +350,13 @@ impl Workload for EmbedWorkload {
         }
     }
 
-    fn run(
-        &mut self,
-        inputs: &[String],
-        progress: &dyn Fn(u64),
-    ) -> Result<Vec<Result<ItemOutput, String>>> {
-        self.run_with(inputs, progress, None)
-    }
-
     fn run_controlled(
         &mut self,
         inputs: &[String],
         progress: &dyn Fn(u64),
-        control: &RunControl,
+        control: Option<&RunControl>,
     ) -> Result<Vec<Result<ItemOutput, String>>> {
-        self.run_with(inputs, progress, Some(control))
+        self.run_with(inputs, progress, control)
     }
 
     fn manifest(&self) -> Manifest {

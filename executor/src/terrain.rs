@@ -237,21 +237,13 @@ impl Workload for TerrainWorkload {
         Self::parse_with_id(fields, custom_id)
     }
 
-    fn run(
-        &mut self,
-        inputs: &[TerrainInput],
-        progress: &dyn Fn(u64),
-    ) -> Result<Vec<Result<ItemOutput, String>>> {
-        self.run_with(inputs, progress, None)
-    }
-
     fn run_controlled(
         &mut self,
         inputs: &[TerrainInput],
         progress: &dyn Fn(u64),
-        control: &RunControl,
+        control: Option<&RunControl>,
     ) -> Result<Vec<Result<ItemOutput, String>>> {
-        self.run_with(inputs, progress, Some(control))
+        self.run_with(inputs, progress, control)
     }
 
     fn manifest(&self) -> Manifest {

@@ -56,25 +56,24 @@ pub trait Workload {
     ) -> Result<Self::Input, FieldError>;
 
     /// Runs items; returns exactly one result per input, in input order. An `Err` item fails
-    /// only that item; an `Err` overall means the node could not run the batch at all.
-    fn run(
-        &mut self,
-        inputs: &[Self::Input],
-        progress: &dyn Fn(u64),
-    ) -> Result<Vec<Result<ItemOutput, String>>>;
-
-    /// [`run`](Self::run) under a [`RunControl`]: cancelling it aborts the model call in
-    /// progress (ONNX Runtime's terminate flag) and returns [`ExecutorError::Cancelled`]. The
-    /// default only checks before starting; the built-in workloads pass the control to every
-    /// model call.
+    /// only that item; an `Err` overall means the node could not run the batch at all. Under a
+    /// [`RunControl`], cancelling it aborts the model call in progress (ONNX Runtime's terminate
+    /// flag) and returns [`ExecutorError::Cancelled`]; the built-in workloads pass the control to
+    /// every model call.
     fn run_controlled(
         &mut self,
         inputs: &[Self::Input],
         progress: &dyn Fn(u64),
-        control: &RunControl,
+        control: Option<&RunControl>,
+    ) -> Result<Vec<Result<ItemOutput, String>>>;
+
+    /// [`run_controlled`](Self::run_controlled) without cancellation.
+    fn run(
+        &mut self,
+        inputs: &[Self::Input],
+        progress: &dyn Fn(u64),
     ) -> Result<Vec<Result<ItemOutput, String>>> {
-        control.check()?;
-        self.run(inputs, progress)
+        self.run_controlled(inputs, progress, None)
     }
 
     /// How this workload produces outputs (model hashes, runtime, device ...).
@@ -106,10 +105,7 @@ pub fn run_items_controlled<W: Workload>(
     control: Option<&RunControl>,
 ) -> Result<BatchResult> {
     let (ids, inputs): (Vec<String>, Vec<W::Input>) = items.into_iter().unzip();
-    let results = match control {
-        Some(c) => workload.run_controlled(&inputs, progress, c)?,
-        None => workload.run(&inputs, progress)?,
-    };
+    let results = workload.run_controlled(&inputs, progress, control)?;
     assert_eq!(
         results.len(),
         ids.len(),

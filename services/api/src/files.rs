@@ -106,10 +106,11 @@ impl executor::workload::Workload for Checker {
         check_fields(self.work.workload, custom_id, fields)
     }
 
-    fn run(
+    fn run_controlled(
         &mut self,
         _inputs: &[()],
         _progress: &dyn Fn(u64),
+        _control: Option<&executor::runtime::RunControl>,
     ) -> executor::Result<Vec<Result<executor::workload::ItemOutput, String>>> {
         Err(executor::ExecutorError::Config(
             "the API only validates input lines".into(),
