@@ -3,7 +3,7 @@
 //!
 //! - `matching-engine replay FILE` — a command log (JSONL) in, the events (JSONL) out.
 //! - `matching-engine run [--config FILE]` — the NATS JetStream shell: one single writer per
-//!   configured market (module `market`).
+//!   configured market (module `market`, around the pure `state::MarketState`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,6 +14,7 @@ mod market;
 mod replay;
 mod run;
 mod settings;
+mod state;
 mod stats;
 
 #[derive(Parser)]

@@ -159,6 +159,8 @@ impl Application {
                         .configure(crate::files::configure)
                         .configure(crate::jobs::configure)
                         .configure(crate::nodes::configure)
+                        .configure(crate::asks::configure)
+                        .configure(crate::assignments::configure)
                         .configure(crate::markets::configure),
                 )
                 .configure(|cfg| {

@@ -126,6 +126,17 @@ impl Principal {
             )))
         }
     }
+    /// 403 unless the caller is a provider with the `nodes` scope (`write`) or with `read` or
+    /// `nodes` (a key with `nodes` may also read what it writes).
+    pub fn require_provider(&self, write: bool) -> ApiResult<()> {
+        self.require_role(&[Role::Provider])?;
+        if write {
+            self.require_scope(Scope::Nodes)
+        } else {
+            self.require_scope(Scope::Read)
+                .or_else(|_| self.require_scope(Scope::Nodes))
+        }
+    }
     /// 403 unless a key has `scope` (sessions have every scope).
     pub fn require_scope(&self, scope: Scope) -> ApiResult<()> {
         match &self.credential {

@@ -15,13 +15,16 @@
 //! - `idempotency`: `Idempotency-Key` handling for POSTs that create something.
 //! - `accounts`, `money`: sign-up, log-in, keys, deposits, balance, statement.
 //! - `files`, `jobs`: JSONL uploads to the object store, batch jobs and their escrowed bids.
-//! - `nodes`: provider nodes, the hardware challenge, asks, assignments, earnings.
+//! - `nodes`: provider nodes and the hardware challenge; `asks`: a node's offers on a market;
+//!   `assignments`: the work a provider's nodes were given, and earnings.
 //! - `markets`: the market catalogue and the trader REST + WebSocket routes.
 //! - `feed`: live market data: per-market book, tape and bounded WebSocket fan-out.
 //! - `openapi`: the OpenAPI document, served at `/openapi.json`.
 
 pub mod accounts;
 pub mod app;
+pub mod asks;
+pub mod assignments;
 pub mod auth;
 pub mod db;
 pub mod error;

@@ -93,6 +93,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::files::ApiDoc::openapi());
     doc.merge(crate::jobs::ApiDoc::openapi());
     doc.merge(crate::nodes::ApiDoc::openapi());
+    doc.merge(crate::asks::ApiDoc::openapi());
+    doc.merge(crate::assignments::ApiDoc::openapi());
     doc
 }
 
