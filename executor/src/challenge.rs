@@ -12,12 +12,14 @@
 
 use std::time::{Duration, Instant};
 
+use gridbook_wire::catalog::WorkloadKind;
+
 use crate::embed::{Embedder, cosine};
 use crate::error::Result;
 use crate::rng::Rng;
 
-/// The workload the challenge runs (`catalog` name).
-pub const WORKLOAD: &str = "embed";
+/// The workload the challenge runs (its name is the challenge's `workload` field).
+pub const WORKLOAD: WorkloadKind = WorkloadKind::Embed;
 /// Per-item agreement the market requires (product.md: embeddings agree to cosine ≥ 0.999).
 pub const MIN_COSINE: f32 = 0.999;
 /// Most items a challenge may ask for (bounds the node's work and the answer's size).

@@ -327,6 +327,19 @@ pub fn load_tokenizer(path: &Path, max_len: usize) -> Result<Tokenizer> {
     Ok(t)
 }
 
+/// The text of an input line: `input` (a string, or an array of one string), at the top level or
+/// under `body`. Needs no model (the API checks uploads with it, through [`crate::registry`]).
+pub fn parse_input(fields: &Map<String, Value>) -> Result<String, FieldError> {
+    match field(fields, "input") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            Ok(a[0].as_str().unwrap_or_default().to_owned())
+        }
+        Some(_) => Err(FieldError::new("input", "expected a string")),
+        None => Err(FieldError::new("input", "missing")),
+    }
+}
+
 /// The workload wrapper: input lines `{"custom_id": .., "input": "text"}` (or `body.input`).
 pub struct EmbedWorkload {
     pub embedder: Embedder,
@@ -340,14 +353,7 @@ impl Workload for EmbedWorkload {
     }
 
     fn parse(&self, _custom_id: &str, fields: &Map<String, Value>) -> Result<String, FieldError> {
-        match field(fields, "input") {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                Ok(a[0].as_str().unwrap_or_default().to_owned())
-            }
-            Some(_) => Err(FieldError::new("input", "expected a string")),
-            None => Err(FieldError::new("input", "missing")),
-        }
+        parse_input(fields)
     }
 
     fn run_controlled(

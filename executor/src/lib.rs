@@ -5,6 +5,9 @@
 //!   CUDA with `error_on_failure`), caches one session per model hash.
 //! * [`models`] — models addressed by sha256; verification before loading.
 //! * [`workload`] — the `Workload` trait and `run_items` (inputs → outputs + commitment).
+//! * [`registry`] — the one place that knows every workload kind: parse and check a line, load
+//!   the models, run (as a `Workload`), compare two outputs of an item; the market's own CPU
+//!   executor ([`registry::Reference`]). The CLI, the agent, the API and the verifier go through it.
 //! * [`embed`], [`terrain`], [`sd`] — the workloads.
 //! * [`commitment`] — per-item hashes, Merkle root, manifest.
 //! * [`local`] — local mode: JSONL in, JSONL (+ PNG files) out, error file, commitment file.
@@ -23,6 +26,7 @@ pub mod error;
 pub mod local;
 pub mod models;
 pub mod png;
+pub mod registry;
 pub mod rng;
 pub mod runtime;
 pub mod sd;

@@ -2,14 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
 use executor::agent::config::AgentSettings;
-use executor::embed::{Batching, EmbedConfig, EmbedWorkload, Embedder};
+use executor::embed::{Batching, EmbedConfig, Embedder};
 use executor::models::{ModelsDir, pinned};
+use executor::registry::{self, WorkloadKind};
 use executor::runtime::{Provider, Runtime, RuntimeConfig};
 use executor::sd::{SdPipeline, SdWorkload};
-use executor::terrain::{TerrainConfig, TerrainRenderer, TerrainWorkload};
+use executor::terrain::{TerrainConfig, TerrainRenderer};
 use executor::workload::Workload;
 use executor::{bench, local};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,22 +42,21 @@ struct Cli {
     command: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Kind {
-    /// EMBED-MINILM-L6
-    Embed,
-    /// RENDER-TERRAIN-128
-    Terrain,
-    /// RENDER-SD15-512 (needs --sd-model-dir)
-    Sd,
+/// `--workload`: one of the registry's kinds, by name.
+fn workload_kind() -> impl TypedValueParser<Value = WorkloadKind> {
+    PossibleValuesParser::new(WorkloadKind::ALL.map(WorkloadKind::as_str)).map(|s| {
+        s.parse::<WorkloadKind>()
+            .expect("one of the possible values")
+    })
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a JSONL file locally and write the output, errors and commitment files.
     Run {
-        #[arg(long, value_enum)]
-        workload: Kind,
+        /// The workload kind (the SD one needs --sd-model-dir).
+        #[arg(long, value_parser = workload_kind())]
+        workload: WorkloadKind,
         #[arg(long)]
         input: PathBuf,
         #[arg(long)]
@@ -161,40 +162,25 @@ fn main() -> anyhow::Result<()> {
             max_batch_size,
             render_batch,
             sd_model_dir,
-        } => match workload {
-            Kind::Embed => {
-                let cfg = EmbedConfig {
+        } => {
+            let opts = registry::Options {
+                models_dir: cli.models_dir.clone(),
+                sd_model_dir,
+                embed: EmbedConfig {
                     batching: Batching::TokenBudget {
                         max_batch_tokens,
                         max_batch_size,
                     },
                     ..EmbedConfig::default()
-                };
-                let mut w = EmbedWorkload {
-                    embedder: Embedder::load(&rt, &models()?, cfg)?,
-                };
-                run_local(&mut w, &input, &output)
-            }
-            Kind::Terrain => {
-                let cfg = TerrainConfig {
+                },
+                terrain: TerrainConfig {
                     batch_size: render_batch,
                     ..TerrainConfig::default()
-                };
-                let mut w = TerrainWorkload {
-                    renderer: TerrainRenderer::load(&rt, &models()?, cfg)?,
-                };
-                run_local(&mut w, &input, &output)
-            }
-            Kind::Sd => {
-                let Some(dir) = sd_model_dir else {
-                    bail!("--sd-model-dir is required for --workload sd")
-                };
-                let mut w = SdWorkload {
-                    pipeline: SdPipeline::load(&rt, &dir)?,
-                };
-                run_local(&mut w, &input, &output)
-            }
-        },
+                },
+            };
+            let mut w = registry::Loaded::load(workload, &rt, &opts)?;
+            run_local(&mut w, &input, &output)
+        }
         Cmd::Bench {
             sentences,
             repeats,
@@ -431,10 +417,7 @@ fn main() -> anyhow::Result<()> {
                 println!("GPU: {g}");
             }
             let models = models()?;
-            for (name, sha) in [
-                ("minilm-l6", pinned::MINILM_L6_INT8),
-                ("terrain-128", pinned::TERRAIN_128),
-            ] {
+            for &(name, sha) in pinned::ALL {
                 let spec = models.spec(name, sha)?;
                 match executor::models::verify(&spec) {
                     Ok(h) => println!("{name}: ok sha256 {h}"),

@@ -76,6 +76,9 @@ pub mod pinned {
     /// `adaptive-terrain-diffusion==0.4.2` `terrain_consistency_unet_difficulty100.onnx`.
     pub const TERRAIN_128: &str =
         "95be54b4a39d58320e187a7ec533351c957f16a00be58773c86074828ee67887";
+
+    /// Every pinned model: (folder under the models directory, sha256 of its `model.onnx`).
+    pub const ALL: &[(&str, &str)] = &[("minilm-l6", MINILM_L6_INT8), ("terrain-128", TERRAIN_128)];
 }
 
 /// The models directory: `<dir>/<model name>/model.onnx` plus side files.

@@ -453,44 +453,7 @@ impl Workload for SdWorkload {
     }
 
     fn parse(&self, custom_id: &str, fields: &Map<String, Value>) -> Result<SdInput, FieldError> {
-        let c = &self.pipeline.config;
-        let prompt = opt_str(fields, "prompt")?
-            .ok_or_else(|| FieldError::new("prompt", "missing"))?
-            .to_owned();
-        let negative_prompt = opt_str(fields, "negative_prompt")?.unwrap_or("").to_owned();
-        let steps = opt_u64(fields, "steps")?.unwrap_or(c.default_steps);
-        if !(1..=MAX_STEPS).contains(&steps) {
-            return Err(FieldError::new("steps", format!("must be 1..={MAX_STEPS}")));
-        }
-        let guidance_scale = opt_f64(fields, "guidance_scale")?.unwrap_or(c.default_guidance_scale);
-        if !(0.0..=30.0).contains(&guidance_scale) {
-            return Err(FieldError::new("guidance_scale", "must be 0..=30"));
-        }
-        let f = c.vae_scale_factor as u64;
-        let mut dims = [0u64; 2];
-        for (k, (name, default)) in [("width", c.default_width), ("height", c.default_height)]
-            .into_iter()
-            .enumerate()
-        {
-            let v = opt_u64(fields, name)?.unwrap_or(default);
-            if v == 0 || v > MAX_SIDE || v % f != 0 {
-                return Err(FieldError::new(
-                    name,
-                    format!("must be a multiple of {f} in {f}..={MAX_SIDE}"),
-                ));
-            }
-            dims[k] = v;
-        }
-        let seed = item_seed(opt_u64(fields, "seed")?, custom_id);
-        Ok(SdInput {
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance_scale,
-            width: dims[0],
-            height: dims[1],
-        })
+        parse_input(custom_id, fields, &self.pipeline.config.line_params())
     }
 
     fn run_controlled(
@@ -505,6 +468,91 @@ impl Workload for SdWorkload {
     fn manifest(&self) -> Manifest {
         self.manifest_impl()
     }
+}
+
+/// What parsing an input line needs of a pipeline: the VAE's scale factor (width and height must
+/// be multiples of it) and the values of omitted fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LineParams {
+    pub vae_scale_factor: u64,
+    pub default_width: u64,
+    pub default_height: u64,
+    pub default_steps: u64,
+    pub default_guidance_scale: f64,
+}
+
+impl LineParams {
+    /// The `RENDER-SD15-512` market's shape (SD 1.5: VAE scale factor 8, 512×512; diffusers'
+    /// 50 steps and guidance 7.5), for checking lines where no pipeline is loaded (the API's
+    /// upload check). A node parses with its own pipeline's `gridbook-sd.json`
+    /// ([`SdConfig::line_params`]).
+    pub const SD15_512: Self = Self {
+        vae_scale_factor: 8,
+        default_width: 512,
+        default_height: 512,
+        default_steps: 50,
+        default_guidance_scale: 7.5,
+    };
+}
+
+impl SdConfig {
+    /// This pipeline's [`LineParams`].
+    pub fn line_params(&self) -> LineParams {
+        LineParams {
+            vae_scale_factor: self.vae_scale_factor as u64,
+            default_width: self.default_width,
+            default_height: self.default_height,
+            default_steps: self.default_steps,
+            default_guidance_scale: self.default_guidance_scale,
+        }
+    }
+}
+
+/// Parses an input line: `prompt` (required), optional `negative_prompt`, `steps` (1..=150),
+/// `guidance_scale` (0..=30), `width`/`height` (multiples of the VAE factor up to 1024) and
+/// `seed` (default: derived from the custom_id, [`item_seed`]).
+pub fn parse_input(
+    custom_id: &str,
+    fields: &Map<String, Value>,
+    c: &LineParams,
+) -> Result<SdInput, FieldError> {
+    let prompt = opt_str(fields, "prompt")?
+        .ok_or_else(|| FieldError::new("prompt", "missing"))?
+        .to_owned();
+    let negative_prompt = opt_str(fields, "negative_prompt")?.unwrap_or("").to_owned();
+    let steps = opt_u64(fields, "steps")?.unwrap_or(c.default_steps);
+    if !(1..=MAX_STEPS).contains(&steps) {
+        return Err(FieldError::new("steps", format!("must be 1..={MAX_STEPS}")));
+    }
+    let guidance_scale = opt_f64(fields, "guidance_scale")?.unwrap_or(c.default_guidance_scale);
+    if !(0.0..=30.0).contains(&guidance_scale) {
+        return Err(FieldError::new("guidance_scale", "must be 0..=30"));
+    }
+    let f = c.vae_scale_factor;
+    let mut dims = [0u64; 2];
+    for (k, (name, default)) in [("width", c.default_width), ("height", c.default_height)]
+        .into_iter()
+        .enumerate()
+    {
+        let v = opt_u64(fields, name)?.unwrap_or(default);
+        if v == 0 || v > MAX_SIDE || v % f != 0 {
+            return Err(FieldError::new(
+                name,
+                format!("must be a multiple of {f} in {f}..={MAX_SIDE}"),
+            ));
+        }
+        dims[k] = v;
+    }
+    let seed = item_seed(opt_u64(fields, "seed")?, custom_id);
+    Ok(SdInput {
+        prompt,
+        negative_prompt,
+        seed,
+        steps,
+        guidance_scale,
+        width: dims[0],
+        height: dims[1],
+    })
 }
 
 impl SdWorkload {

@@ -1,8 +1,9 @@
 //! The `Workload` trait and the runner that turns input items into outputs plus a commitment.
 //!
 //! The runner is independent of where items come from: local mode reads a JSONL file
-//! ([`crate::local`]); the market agent (later) will hand it the items of an assignment and
-//! upload the outputs and the [`BatchResult`]'s commitment and manifest.
+//! ([`crate::local`]), the market agent hands it the items of an assignment (through the same
+//! code path), the verifier a sample of them. Which workload runs a kind of work is decided in
+//! [`crate::registry`] (its `Loaded` is a `Workload` over every kind).
 
 use serde_json::{Map, Value};
 

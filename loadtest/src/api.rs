@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Proc, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use futures::StreamExt;
 use gridbook_ledger::diesel::{self, RunQueryDsl};
+use gridbook_testkit::{Engine, EngineConfig, Markets, Nats, NatsOptions};
 use hdrhistogram::Histogram;
 use matching_core::CommandKind;
 use serde_json::{Value, json};
@@ -125,18 +125,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The stack
 
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// What this run started (a private nats-server, the engine), stopped on drop.
+#[derive(Default)]
+struct Procs {
+    nats: Option<Nats>,
+    engine: Option<Engine>,
 }
 
 fn now_us() -> u64 {
@@ -144,36 +137,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_micros() as u64
-}
-
-/// A private nats-server with JetStream (fsync before every acknowledgement, like xtask's).
-fn start_nats(dir: &Path, procs: &mut Procs) -> anyhow::Result<(String, u32)> {
-    let bin = std::env::var("GRIDBOOK_NATS_SERVER_BIN")
-        .context("GRIDBOOK_NATS_SERVER_BIN (eval \"$(cargo xtask env)\"), or pass --nats-url")?;
-    let port = free_port()?;
-    std::fs::write(
-        dir.join("nats.conf"),
-        format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-            dir.join("js").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("nats.log"))?;
-    let child = Proc::new(&bin)
-        .arg("-c")
-        .arg(dir.join("nats.conf"))
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let pid = child.id();
-    procs.0.push(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((format!("nats://127.0.0.1:{port}"), pid))
 }
 
 struct Studio {
@@ -225,7 +188,7 @@ async fn set_up(a: &Args, base: &str, db_url: &str, run_tag: &str) -> anyhow::Re
     {
         let (url, email) = (db_url.to_owned(), admin_email.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut c = gridbook_ledger::connect(&url)?;
+            let mut c = gridbook_db::connect(&url)?;
             gridbook_api::accounts::create_admin(&mut c, &email, PASSWORD)
                 .map_err(|e| anyhow::anyhow!("create admin: {e:?}"))?;
             Ok(())
@@ -498,7 +461,7 @@ async fn drive(
 /// Engine order id of every job in the database (id → engine order id).
 fn engine_ids(db_url: &str) -> anyhow::Result<HashMap<String, u64>> {
     use diesel::sql_types::{Nullable, Text};
-    let mut c = gridbook_ledger::connect(db_url)?;
+    let mut c = gridbook_db::connect(db_url)?;
     let s: Option<String> = diesel::select(diesel::dsl::sql::<Nullable<Text>>(
         "(SELECT string_agg(id::text || ' ' || engine_order_id::text, ',') FROM jobs)",
     ))
@@ -531,9 +494,9 @@ async fn run_mode(a: &Args, mode: &str) -> anyhow::Result<()> {
         .context("--database-url or GRIDBOOK_DATABASE_URL is required (eval \"$(cargo xtask env)\")")?;
     let run_tag = format!("{}_{mode}", std::process::id());
     let name = format!("gridbook_loadtest_{run_tag}");
-    let db_url = gridbook_ledger::with_database(&server, &name);
+    let db_url = gridbook_db::with_database(&server, &name);
     {
-        let mut admin = gridbook_ledger::connect(&server).context("connect to PostgreSQL")?;
+        let mut admin = gridbook_db::connect(&server).context("connect to PostgreSQL")?;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin)?;
         if mode == "off" {
             diesel::sql_query(format!("ALTER DATABASE \"{name}\" SET synchronous_commit = off"))
@@ -553,13 +516,13 @@ async fn run_mode(a: &Args, mode: &str) -> anyhow::Result<()> {
         .thread_name("loadgen")
         .enable_all()
         .build()?;
-    let mut procs = Procs(vec![]);
+    let mut procs = Procs::default();
     let result = measure(a, mode, &db_url, &run_tag, &dir, &mut procs, &settle_rt, &gen_rt).await;
     settle_rt.shutdown_background();
     gen_rt.shutdown_background();
     drop(procs);
     if !a.keep {
-        let mut admin = gridbook_ledger::connect(&server)?;
+        let mut admin = gridbook_db::connect(&server)?;
         diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut admin)?;
         let _ = std::fs::remove_dir_all(&dir);
@@ -584,8 +547,14 @@ async fn measure(
     let (nats_url, nats_pid) = match &a.nats_url {
         Some(u) => (u.clone(), None),
         None => {
-            let (u, pid) = start_nats(dir, procs)?;
-            (u, Some(pid))
+            // A private nats-server with JetStream: fsync before every acknowledgement, like xtask's.
+            let options = NatsOptions { sync_always: true, dir: Some(dir.to_owned()) };
+            let nats = Nats::try_start("loadtest-api", options)
+                .await
+                .context("a private nats-server, or pass --nats-url")?;
+            let started = (nats.url.clone(), nats.pid());
+            procs.nats = Some(nats);
+            started
         }
     };
     let engine_config = std::fs::canonicalize(&a.engine_config)
@@ -600,17 +569,18 @@ async fn measure(
             engine_bin.display()
         )
     } else {
-        let child = Proc::new(&engine_bin)
-            .args(["run", "--config"])
-            .arg(&engine_config)
-            .env("GRIDBOOK_NATS_URL", &nats_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("engine.log"))?)
-            .spawn()
-            .context("starting matching-engine")?;
-        engine_pid = Some(child.id());
-        procs.0.push(child);
+        let engine = Engine::try_start(
+            &nats_url,
+            EngineConfig {
+                markets: Markets::File(engine_config.clone()),
+                bin: Some(engine_bin.clone()),
+                dir: Some(dir.to_owned()),
+                ..EngineConfig::default()
+            },
+        )
+        .context("starting matching-engine")?;
+        engine_pid = engine.pid();
+        procs.engine = Some(engine);
         format!("{} (consumes the commands, emits events)", engine_bin.display())
     };
     let nats = async_nats::connect(&nats_url).await.context("connect to NATS")?;

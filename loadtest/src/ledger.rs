@@ -56,7 +56,7 @@ impl Rng {
 }
 
 fn setup(url: &str, n: usize, tag: &str) -> anyhow::Result<Vec<AccountId>> {
-    let mut c = gridbook_ledger::connect(url)?;
+    let mut c = gridbook_db::connect(url)?;
     let op = NewAccount::system("USD", AccountCode::Operator);
     store::create_account(&mut c, &op)?;
     let ids: Vec<AccountId> = (0..n)
@@ -93,7 +93,7 @@ fn scenario(url: &str, a: &Args, accounts: &[AccountId], batch: usize) -> anyhow
         let hs: Vec<_> = (0..a.workers)
             .map(|w| {
                 s.spawn(move || -> anyhow::Result<(u64, u64, Histogram<u64>)> {
-                    let mut c = gridbook_ledger::connect(url)?;
+                    let mut c = gridbook_db::connect(url)?;
                     let sync = if a.synchronous_commit == "off" {
                         "off"
                     } else {
@@ -162,14 +162,14 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         .clone()
         .context("--database-url or GRIDBOOK_DATABASE_URL is required")?;
     let name = format!("gridbook_loadtest_{}", uuid_like());
-    let url = gridbook_ledger::with_database(&server, &name);
+    let url = gridbook_db::with_database(&server, &name);
     {
-        let mut admin = gridbook_ledger::connect(&server).context("connect to the server")?;
+        let mut admin = gridbook_db::connect(&server).context("connect to the server")?;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin)?;
     }
     let result = (|| -> anyhow::Result<()> {
-        let mut c = gridbook_ledger::connect(&url)?;
-        gridbook_ledger::run_migrations(&mut c)?;
+        let mut c = gridbook_db::connect(&url)?;
+        gridbook_db::run_migrations(&mut c)?;
         let spread = setup(&url, a.accounts, "spread")?;
         let hot = setup(&url, a.hot, "hot")?;
         println!(
@@ -211,7 +211,7 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         Ok(())
     })();
     if !a.keep {
-        let mut admin = gridbook_ledger::connect(&server)?;
+        let mut admin = gridbook_db::connect(&server)?;
         diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut admin)?;
     }

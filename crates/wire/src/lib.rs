@@ -47,7 +47,7 @@ pub mod subjects {
 pub mod streams {
     use std::time::Duration;
 
-    use async_nats::jetstream::stream;
+    use async_nats::jetstream::{self, context::CreateObjectStoreError, object_store, stream};
 
     /// JetStream drops a resent `Nats-Msg-Id` within this window.
     pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -81,6 +81,28 @@ pub mod streams {
     pub const SNAPSHOTS_BUCKET: &str = "gridbook_snapshots";
     /// Object store bucket for job input and output files, keyed by sha256.
     pub const FILES_BUCKET: &str = "gridbook_files";
+
+    /// The one configuration of the [`FILES_BUCKET`] object store: file storage, no age limit
+    /// (jobs' inputs and outputs stay until deleted).
+    pub fn files_bucket_config() -> object_store::Config {
+        object_store::Config {
+            bucket: FILES_BUCKET.into(),
+            description: Some("Gridbook job input and output files, named by sha256".into()),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+
+    /// The [`FILES_BUCKET`] object store, created with [`files_bucket_config`] when missing
+    /// (idempotent; every service that reads or writes files calls it).
+    pub async fn ensure_files_bucket(
+        js: &jetstream::Context,
+    ) -> Result<object_store::ObjectStore, CreateObjectStoreError> {
+        match js.get_object_store(FILES_BUCKET).await {
+            Ok(store) => Ok(store),
+            Err(_) => js.create_object_store(files_bucket_config()).await,
+        }
+    }
 }
 
 /// NATS header names Gridbook sets.
@@ -285,13 +307,87 @@ pub mod node {
 }
 
 /// The kinds of work Gridbook's markets trade, by market symbol: which executor workload runs a
-/// market's units and how many input lines one unit covers (product.md, "Markets and units").
+/// market's units and how many input lines one unit covers (product.md, "Markets and units"),
+/// and which input lines are the items of a unit or an assignment.
+///
+/// Items: item `n` (0-based) of a job is the `n`-th non-blank line of its input file ([`items`]);
+/// unit `u` covers items `[u × items_per_unit, (u + 1) × items_per_unit)`, the last unit clipped
+/// to the job's items ([`items_of_units`]). The API refuses blank lines, so item `n` is also line
+/// `n + 1` of a stored file.
 pub mod catalog {
+    use std::ops::Range;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The executor workload that runs a market's units (`executor run --workload <name>`). On the
+    /// wire (JSON, configuration, the CLI) it is its [`as_str`](Self::as_str) name.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum WorkloadKind {
+        /// Sentence embeddings (`EMBED-MINILM-L6`).
+        Embed,
+        /// Terrain heightfield renders (`RENDER-TERRAIN-128`).
+        Terrain,
+        /// Text-to-image renders (`RENDER-SD15-512`).
+        Sd,
+    }
+
+    impl WorkloadKind {
+        /// Every kind, in declaration order.
+        pub const ALL: [WorkloadKind; 3] =
+            [WorkloadKind::Embed, WorkloadKind::Terrain, WorkloadKind::Sd];
+
+        /// The kind's name: `embed`, `terrain` or `sd` (the same as its serde form).
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                WorkloadKind::Embed => "embed",
+                WorkloadKind::Terrain => "terrain",
+                WorkloadKind::Sd => "sd",
+            }
+        }
+    }
+
+    impl std::fmt::Display for WorkloadKind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    /// A name that is no [`WorkloadKind`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct UnknownWorkload(pub String);
+
+    impl std::fmt::Display for UnknownWorkload {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "unknown workload {:?}: expected one of ", self.0)?;
+            for (i, k) in WorkloadKind::ALL.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                f.write_str(k.as_str())?;
+            }
+            Ok(())
+        }
+    }
+
+    impl std::error::Error for UnknownWorkload {}
+
+    impl std::str::FromStr for WorkloadKind {
+        type Err = UnknownWorkload;
+
+        fn from_str(s: &str) -> Result<Self, UnknownWorkload> {
+            WorkloadKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == s)
+                .ok_or_else(|| UnknownWorkload(s.to_owned()))
+        }
+    }
+
     /// One market's work.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Work {
-        /// The executor workload (`executor run --workload <name>`).
-        pub workload: &'static str,
+        /// The executor workload that runs the market's units.
+        pub kind: WorkloadKind,
         /// Input lines (JSONL items) per unit of the market.
         pub items_per_unit: u32,
     }
@@ -300,21 +396,21 @@ pub mod catalog {
         (
             "EMBED-MINILM-L6",
             Work {
-                workload: "embed",
+                kind: WorkloadKind::Embed,
                 items_per_unit: 1_000,
             },
         ),
         (
             "RENDER-TERRAIN-128",
             Work {
-                workload: "terrain",
+                kind: WorkloadKind::Terrain,
                 items_per_unit: 1,
             },
         ),
         (
             "RENDER-SD15-512",
             Work {
-                workload: "sd",
+                kind: WorkloadKind::Sd,
                 items_per_unit: 1,
             },
         ),
@@ -328,6 +424,56 @@ pub mod catalog {
     /// Units needed for `items` input lines (rounded up).
     pub fn units_for(work: Work, items: u64) -> u64 {
         items.div_ceil(u64::from(work.items_per_unit))
+    }
+
+    /// The items units `[unit_start, unit_start + units)` cover in a job of `job_items` items
+    /// whose unit is `items_per_unit` items: `[unit_start × items_per_unit, (unit_start + units)
+    /// × items_per_unit)` clipped to `job_items`. `None` when that is empty (no units, or units
+    /// past the job's items) or overflows.
+    pub fn items_of_units(
+        items_per_unit: u64,
+        unit_start: u64,
+        units: u64,
+        job_items: u64,
+    ) -> Option<Range<u64>> {
+        if units == 0 {
+            return None;
+        }
+        let start = unit_start.checked_mul(items_per_unit)?;
+        if start >= job_items {
+            return None;
+        }
+        let end = unit_start
+            .checked_add(units)?
+            .checked_mul(items_per_unit)?
+            .min(job_items);
+        Some(start..end)
+    }
+
+    /// Whether an input line is blank (only ASCII whitespace): blank lines are no items.
+    pub fn is_blank(line: &[u8]) -> bool {
+        line.iter().all(u8::is_ascii_whitespace)
+    }
+
+    /// A job's items in order: the non-blank lines of its input file, without their `\n`.
+    pub fn items(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+        input.split(|&b| b == b'\n').filter(|l| !is_blank(l))
+    }
+
+    /// Items `[start, start + count)` of a job's input file ([`items`]); `Err` when the file has
+    /// fewer.
+    pub fn select_items(input: &[u8], start: u64, count: u64) -> Result<Vec<&[u8]>, String> {
+        let lines: Vec<&[u8]> = items(input)
+            .skip(usize::try_from(start).unwrap_or(usize::MAX))
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+            .collect();
+        if lines.len() as u64 != count {
+            return Err(format!(
+                "the input file has {} items from item {start}, the assignment needs {count}",
+                lines.len()
+            ));
+        }
+        Ok(lines)
     }
 }
 
@@ -350,6 +496,68 @@ mod tests {
         assert_eq!(subjects::node_assign("n1"), "node.n1.assign");
         assert_eq!(subjects::node_cancel("n1"), "node.n1.cancel");
         assert_eq!(subjects::job_result("j"), "job.j.result");
+    }
+
+    #[test]
+    fn workload_kinds_are_their_names_everywhere() {
+        use catalog::WorkloadKind;
+        for k in WorkloadKind::ALL {
+            assert_eq!(k.as_str().parse::<WorkloadKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.as_str());
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(
+                serde_json::from_value::<WorkloadKind>(k.as_str().into()).unwrap(),
+                k
+            );
+        }
+        let e = "render".parse::<WorkloadKind>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown workload \"render\": expected one of embed, terrain, sd"
+        );
+        assert!(serde_json::from_value::<WorkloadKind>("Embed".into()).is_err());
+        for (market, w) in catalog::MARKETS {
+            assert_eq!(catalog::work(market), Some(*w));
+        }
+        assert_eq!(catalog::work("NOPE"), None);
+    }
+
+    #[test]
+    fn units_cover_items_clipped_to_the_job() {
+        use catalog::items_of_units;
+        // 2,500 items of 1,000 per unit: units 0..3.
+        assert_eq!(items_of_units(1_000, 0, 2, 2_500), Some(0..2_000));
+        assert_eq!(items_of_units(1_000, 2, 1, 2_500), Some(2_000..2_500));
+        assert_eq!(items_of_units(1_000, 2, 5, 2_500), Some(2_000..2_500));
+        assert_eq!(items_of_units(1_000, 3, 1, 2_500), None, "past the items");
+        assert_eq!(items_of_units(1_000, 0, 0, 2_500), None, "no units");
+        assert_eq!(items_of_units(1, 4, 1, 5), Some(4..5));
+        assert_eq!(items_of_units(u64::MAX, 2, 1, u64::MAX), None, "overflow");
+        let w = catalog::work("EMBED-MINILM-L6").unwrap();
+        assert_eq!(catalog::units_for(w, 2_500), 3);
+        assert_eq!(catalog::units_for(w, 1_000), 1);
+    }
+
+    #[test]
+    fn items_are_the_non_blank_lines() {
+        let text = b"a\n\n b \nc\n \t\r\nd";
+        let all: Vec<&[u8]> = catalog::items(text).collect();
+        assert_eq!(all, [&b"a"[..], b" b ", b"c", b"d"]);
+        assert_eq!(
+            catalog::select_items(text, 1, 2).unwrap(),
+            [&b" b "[..], b"c"]
+        );
+        assert_eq!(
+            catalog::select_items(text, 4, 0).unwrap(),
+            Vec::<&[u8]>::new()
+        );
+        assert!(
+            catalog::select_items(text, 3, 2)
+                .unwrap_err()
+                .contains("has 1 items from item 3")
+        );
+        assert!(catalog::is_blank(b" \r"));
+        assert!(!catalog::is_blank(b"{}"));
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub async fn bootstrap(
             "the API returned no challenge for the new node".into(),
         ));
     };
-    if ch.workload != crate::challenge::WORKLOAD {
+    if ch.workload != crate::challenge::WORKLOAD.as_str() {
         return Err(AgentError::ChallengeFailed(format!(
             "unsupported challenge workload {:?}",
             ch.workload

@@ -80,7 +80,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Creates the streams and the bucket the agent uses when they are missing (same configuration
-/// as every other Gridbook service: `gridbook_wire::streams::config`).
+/// as every other Gridbook service: `gridbook_wire::streams::config` and
+/// `gridbook_wire::streams::ensure_files_bucket`).
 pub async fn ensure_nats(js: &Context) -> Result<ObjectStore, AgentError> {
     for (name, subject) in [
         (streams::ASSIGNMENTS, subjects::ALL_NODE_ASSIGNS),
@@ -90,17 +91,9 @@ pub async fn ensure_nats(js: &Context) -> Result<ObjectStore, AgentError> {
             .await
             .map_err(|e| AgentError::Nats(format!("stream {name}: {e}")))?;
     }
-    match js.get_object_store(streams::FILES_BUCKET).await {
-        Ok(s) => Ok(s),
-        Err(_) => js
-            .create_object_store(jetstream::object_store::Config {
-                bucket: streams::FILES_BUCKET.into(),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| AgentError::Nats(format!("bucket {}: {e}", streams::FILES_BUCKET))),
-    }
+    streams::ensure_files_bucket(js)
+        .await
+        .map_err(|e| AgentError::Nats(format!("bucket {}: {e}", streams::FILES_BUCKET)))
 }
 
 /// Runs the node until `shutdown` turns true: heartbeats, cancellations and assignments.

@@ -1,29 +1,27 @@
-//! The workloads a node serves, loaded once at start-up, and running an assignment's lines
-//! through the local-mode code path ([`crate::local::run_reader`]): the output lines are the
-//! bytes local mode writes for the same lines (renders carry the PNG inline as `image_png_b64`
-//! instead of a file path, so the output object is self-contained).
+//! The workloads a node serves, loaded once at start-up ([`crate::registry::Loaded`]), and
+//! running an assignment's lines through the local-mode code path ([`crate::local::run_reader`]):
+//! the output lines are the bytes local mode writes for the same lines (renders carry the PNG
+//! inline as `image_png_b64` instead of a file path, so the output object is self-contained).
 //!
 //! Each workload sits behind a mutex: assignments of one market run one at a time (the model
 //! session is shared anyway); assignments of different markets run in parallel.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::embed::{EmbedConfig, EmbedWorkload, Embedder};
 use crate::error::{ExecutorError, Result};
 use crate::local::{Artifacts, JsonlRun, run_reader};
 use crate::models::ModelsDir;
+use crate::registry::{Loaded, Options, WorkloadKind};
 use crate::runtime::{RunControl, Runtime};
-use crate::sd::{SdPipeline, SdWorkload};
-use crate::terrain::{TerrainConfig, TerrainRenderer, TerrainWorkload};
 use crate::workload::Workload;
 
 pub struct Workloads {
-    /// Always loaded: the hardware challenge runs it.
-    pub embed: Mutex<EmbedWorkload>,
-    pub terrain: Option<Mutex<TerrainWorkload>>,
-    pub sd: Option<Mutex<SdWorkload>>,
+    /// By kind: the challenge's ([`crate::challenge::WORKLOAD`]) always, plus the configured
+    /// markets'.
+    loaded: BTreeMap<WorkloadKind, Mutex<Loaded>>,
     /// `cpu` or `cuda:<id>`.
     pub device: String,
     /// The GPU's model name when the driver reports it.
@@ -35,72 +33,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Workloads {
-    /// Loads the embedding model, plus the models of the markets in `markets` (by `catalog`
-    /// workload name). Missing or mismatching models fail here, not at the first assignment.
+    /// Loads the challenge's workload (embeddings), plus those of the markets in `markets` (by
+    /// `catalog` market symbol). Missing or mismatching models fail here, not at the first
+    /// assignment.
     pub fn load<'a>(
         rt: &Runtime,
         models: &ModelsDir,
         markets: impl IntoIterator<Item = &'a str>,
         sd_model_dir: Option<&Path>,
     ) -> Result<Self> {
-        let mut terrain = None;
-        let mut sd = None;
+        let mut kinds = vec![crate::challenge::WORKLOAD];
         for market in markets {
             let work = gridbook_wire::catalog::work(market)
                 .ok_or_else(|| ExecutorError::Config(format!("unknown market {market:?}")))?;
-            match work.workload {
-                "embed" => {}
-                "terrain" if terrain.is_none() => {
-                    terrain = Some(Mutex::new(TerrainWorkload {
-                        renderer: TerrainRenderer::load(rt, models, TerrainConfig::default())?,
-                    }))
-                }
-                "sd" if sd.is_none() => {
-                    let dir = sd_model_dir.ok_or_else(|| {
-                        ExecutorError::Config(format!("market {market} needs sd_model_dir"))
-                    })?;
-                    sd = Some(Mutex::new(SdWorkload {
-                        pipeline: SdPipeline::load(rt, dir)?,
-                    }))
-                }
-                _ => {}
+            kinds.push(work.kind);
+        }
+        let opts = Options {
+            models_dir: Some(models.root.clone()),
+            sd_model_dir: sd_model_dir.map(Path::to_owned),
+            ..Options::default()
+        };
+        let mut loaded = BTreeMap::new();
+        for kind in kinds {
+            if !loaded.contains_key(&kind) {
+                loaded.insert(kind, Mutex::new(Loaded::load(kind, rt, &opts)?));
             }
         }
         Ok(Self {
-            embed: Mutex::new(EmbedWorkload {
-                embedder: Embedder::load(rt, models, EmbedConfig::default())?,
-            }),
-            terrain,
-            sd,
+            loaded,
             device: rt.provider().label(),
             gpu_name: rt.gpu_name().map(str::to_owned),
         })
     }
 
+    /// The loaded workload of `kind`, if this node serves it.
+    pub fn get(&self, kind: WorkloadKind) -> Option<&Mutex<Loaded>> {
+        self.loaded.get(&kind)
+    }
+
+    fn for_market(&self, market: &str) -> Option<&Mutex<Loaded>> {
+        self.get(gridbook_wire::catalog::work(market)?.kind)
+    }
+
     /// Whether this node can run `market`.
     pub fn serves(&self, market: &str) -> bool {
-        match gridbook_wire::catalog::work(market).map(|w| w.workload) {
-            Some("embed") => true,
-            Some("terrain") => self.terrain.is_some(),
-            Some("sd") => self.sd.is_some(),
-            _ => false,
-        }
+        self.for_market(market).is_some()
     }
 
     /// The manifest of `market`'s workload (for results that failed before running).
     pub fn manifest(&self, market: &str) -> Option<crate::commitment::Manifest> {
-        match gridbook_wire::catalog::work(market).map(|w| w.workload) {
-            Some("embed") => Some(lock(&self.embed).manifest()),
-            Some("terrain") => self.terrain.as_ref().map(|w| lock(w).manifest()),
-            Some("sd") => self.sd.as_ref().map(|w| lock(w).manifest()),
-            _ => None,
-        }
+        self.for_market(market).map(|w| lock(w).manifest())
     }
 
     /// Runs the hardware challenge on the embedding model.
     pub fn challenge(&self, nonce: &str, items: usize) -> Result<(Vec<Vec<f32>>, Duration)> {
-        let w = lock(&self.embed);
-        crate::challenge::run(&w.embedder, nonce, items)
+        let missing = || ExecutorError::Config("the challenge's workload is not loaded".into());
+        let w = lock(self.get(crate::challenge::WORKLOAD).ok_or_else(missing)?);
+        crate::challenge::run(w.embedder().ok_or_else(missing)?, nonce, items)
     }
 
     /// Runs JSONL items (already the assignment's lines) for `market`. `line_offset` numbers
@@ -113,66 +102,31 @@ impl Workloads {
         progress: &dyn Fn(u64),
         control: &Arc<RunControl>,
     ) -> Result<JsonlRun> {
-        fn go<W: Workload>(
-            w: &Mutex<W>,
-            jsonl: &[u8],
-            line_offset: usize,
-            progress: &dyn Fn(u64),
-            control: &RunControl,
-        ) -> Result<JsonlRun> {
-            let mut w = lock(w);
-            control.check()?;
-            run_reader(
-                &mut *w,
-                std::io::Cursor::new(jsonl),
-                line_offset,
-                Artifacts::Inline,
-                progress,
-                &|_| {},
-                Some(control),
-            )
-        }
-        let not_served = || ExecutorError::Config(format!("this node does not serve {market}"));
-        match gridbook_wire::catalog::work(market).map(|w| w.workload) {
-            Some("embed") => go(&self.embed, jsonl, line_offset, progress, control),
-            Some("terrain") => go(
-                self.terrain.as_ref().ok_or_else(not_served)?,
-                jsonl,
-                line_offset,
-                progress,
-                control,
-            ),
-            Some("sd") => go(
-                self.sd.as_ref().ok_or_else(not_served)?,
-                jsonl,
-                line_offset,
-                progress,
-                control,
-            ),
-            _ => Err(not_served()),
-        }
+        let w = self
+            .for_market(market)
+            .ok_or_else(|| ExecutorError::Config(format!("this node does not serve {market}")))?;
+        let mut w = lock(w);
+        control.check()?;
+        run_reader(
+            &mut *w,
+            std::io::Cursor::new(jsonl),
+            line_offset,
+            Artifacts::Inline,
+            progress,
+            &|_| {},
+            Some(control),
+        )
     }
 }
 
-/// Lines `[start, start + count)` of a JSONL file, counting only non-blank lines (as the API's
-/// and the verifier's parsers do), joined with `\n`. `Err` when the file has fewer.
+/// Items `[start, start + count)` of a JSONL file (`gridbook_wire::catalog::select_items`: the
+/// non-blank lines, as the API and the verifier count them), joined with `\n`. `Err` when the
+/// file has fewer.
 pub fn select_items(text: &[u8], start: u64, count: u64) -> std::result::Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    let mut taken = 0u64;
-    for line in text
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .skip(start as usize)
-        .take(count as usize)
-    {
+    for line in gridbook_wire::catalog::select_items(text, start, count)? {
         out.extend_from_slice(line);
         out.push(b'\n');
-        taken += 1;
-    }
-    if taken != count {
-        return Err(format!(
-            "the input file has {taken} items from item {start}, the assignment needs {count}"
-        ));
     }
     Ok(out)
 }

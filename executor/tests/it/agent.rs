@@ -1,22 +1,21 @@
-//! The provider agent over a private nats-server with JetStream (started here from
+//! The provider agent over a private nats-server with JetStream (the testkit starts it from
 //! `GRIDBOOK_NATS_SERVER_BIN`), the real ONNX Runtime and the real MiniLM model.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use executor::agent::config::AgentSettings;
 use executor::agent::node::{self, ensure_nats, upload};
+use executor::agent::pricing::Policy;
 use executor::agent::workloads::Workloads;
-use executor::agent::{SharedState, pricing::Policy};
 use executor::commitment::{self, Commitment};
 use futures::StreamExt;
 use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg, WorkSpec};
 use gridbook_wire::{streams, subjects};
+use gridbook_testkit::Nats;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::common;
@@ -24,65 +23,10 @@ use crate::common;
 /// Generous bound so a broken agent fails the test instead of hanging it (not a timing claim).
 const PATIENCE: Duration = Duration::from_secs(300);
 
-struct Nats {
-    url: String,
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A private nats-server with JetStream (the testkit's) and a client connected to it.
 async fn start_nats(tag: &str) -> (Nats, async_nats::Client) {
-    let server = std::env::var("GRIDBOOK_NATS_SERVER_BIN").unwrap_or_else(|_| {
-        panic!("GRIDBOOK_NATS_SERVER_BIN is not set: this test starts its own nats-server (eval \"$(cargo xtask env)\", or cargo xtask test)")
-    });
-    let port = free_port();
-    let dir = common::tmp_dir(&format!("nats-{tag}-{port}"));
-    std::fs::write(
-        dir.join("nats.conf"),
-        format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-            dir.join("js").display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("nats.log")).unwrap();
-    let child = Command::new(&server)
-        .arg("-c")
-        .arg(dir.join("nats.conf"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {server}: {e}"));
-    let url = format!("nats://127.0.0.1:{port}");
-    let nats = Nats { url, child, dir };
-    let start = Instant::now();
-    let client = loop {
-        match async_nats::connect(&nats.url).await {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "nats-server did not start: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let nats = Nats::start(&format!("executor-{tag}")).await;
+    let client = nats.client.clone();
     (nats, client)
 }
 
@@ -120,28 +64,19 @@ fn settings(nats: &Nats, node: Uuid, state_file: PathBuf) -> AgentSettings {
     }
 }
 
-struct Agent {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), executor::agent::AgentError>>,
-}
+/// The agent's assignment consumer for a known node, on the shared workloads.
+struct Agent(gridbook_testkit::Agent);
 
 impl Agent {
     fn start(settings: AgentSettings, node: Uuid) -> Agent {
-        let (stop, rx) = watch::channel(false);
-        let state = SharedState::load(&settings.state_file).unwrap();
-        let task =
-            tokio::spawn(
-                async move { node::run_node(&settings, node, workloads(), state, rx).await },
-            );
-        Agent { stop, task }
+        Agent(gridbook_testkit::Agent::start_node(settings, node, workloads()))
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(PATIENCE, self.task)
+        self.0
+            .stop(PATIENCE)
             .await
             .expect("agent stops")
-            .unwrap()
             .expect("agent ran without error");
     }
 }
@@ -245,7 +180,7 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
     let local_out = dir.join("out.jsonl");
     {
         let w = workloads();
-        let mut embed = w.embed.lock().unwrap();
+        let mut embed = w.get(executor::registry::WorkloadKind::Embed).unwrap().lock().unwrap();
         let r = executor::local::run_file(&mut *embed, &local_in, &local_out, &|_| {}, &|_| {})
             .unwrap();
         assert_eq!(r.succeeded, 50);

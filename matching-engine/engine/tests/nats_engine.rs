@@ -3,8 +3,6 @@
 
 use std::{
     collections::HashSet,
-    path::PathBuf,
-    process::{Child, Command as Proc},
     time::{Duration, Instant},
 };
 
@@ -22,6 +20,7 @@ use matching_core::{
     AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook, OrderId, Place,
     Side, TimeInForce,
 };
+use gridbook_testkit::{Engine, EngineConfig, Market};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn nats_url() -> String {
@@ -47,59 +46,29 @@ fn market_config(market: &str) -> MarketConfig {
     }
 }
 
-struct Engine {
-    config: PathBuf,
-    child: Option<Child>,
-}
-
-impl Engine {
-    fn start(market: &str, snapshot_every: u64) -> Engine {
-        Engine::start_as(market, snapshot_every, &format!("test-{market}"))
-    }
-
-    fn start_as(market: &str, snapshot_every: u64, engine_id: &str) -> Engine {
-        let dir = std::env::temp_dir().join(format!("gridbook-engine-test-{market}-{engine_id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("engine.toml");
-        let m = market_config(market);
-        std::fs::write(
-            &config,
-            format!(
-                "engine_id = \"{engine_id}\"\nsnapshot_every = {snapshot_every}\nbatch_max = 64\nlease_secs = 3\n\n[[markets]]\n\
-                 market = \"{market}\"\nmin_price = {}\nmax_price = {}\nmax_qty = {}\nfee_bps = {}\n\
-                 max_orders = {}\nmax_levels = {}\n",
-                m.min_price, m.max_price, m.max_qty, m.fee_bps, m.max_orders, m.max_levels
-            ),
-        )
-        .unwrap();
-        let mut e = Engine { config, child: None };
-        e.spawn();
-        e
-    }
-
-    fn spawn(&mut self) {
-        let child = Proc::new(env!("CARGO_BIN_EXE_matching-engine"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("GRIDBOOK_NATS_URL", nats_url())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("starting matching-engine");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// The real engine binary on the shared server, serving `market` alone with a 3-second lease.
+fn start_engine(market: &str, snapshot_every: u64, engine_id: &str) -> Engine {
+    let m = market_config(market);
+    let spec = Market {
+        market: market.to_owned(),
+        min_price: m.min_price,
+        max_price: m.max_price,
+        max_qty: m.max_qty,
+        fee_bps: m.fee_bps,
+        max_orders: Some(m.max_orders.into()),
+        max_levels: Some(m.max_levels.into()),
+    };
+    Engine::start(
+        &nats_url(),
+        EngineConfig {
+            engine_id: Some(engine_id.to_owned()),
+            snapshot_every: Some(snapshot_every),
+            batch_max: Some(64),
+            lease_secs: Some(3),
+            bin: Some(env!("CARGO_BIN_EXE_matching-engine").into()),
+            ..EngineConfig::markets(vec![spec])
+        },
+    )
 }
 
 /// A deterministic random command mix: places (some crossing), cancels, amends, a few
@@ -313,7 +282,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let market = unique_market("KILL");
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client);
-    let mut engine = Engine::start(&market, 150);
+    let mut engine = start_engine(&market, 150, &format!("test-{market}"));
     // the engine creates the streams; wait for them
     wait_for_streams(&js).await;
     let mut cmds = command_mix(&market, 3_000, 42);
@@ -345,7 +314,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
         engine.kill9();
         kills += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
-        engine.spawn();
+        engine.respawn();
         if kills >= 8 {
             break;
         }
@@ -384,7 +353,7 @@ async fn a_client_joining_mid_stream_resynchronises_to_the_engine_book() {
     let market = unique_market("FEED");
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    let _engine = Engine::start(&market, 1_000);
+    let _engine = start_engine(&market, 1_000, &format!("test-{market}"));
     wait_for_streams(&js).await;
     let cmds = command_mix(&market, 2_000, 99);
     let (first_half, second_half) = cmds.split_at(800);
@@ -465,13 +434,13 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
     let market = unique_market("LEASE");
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client);
-    let mut first = Engine::start_as(&market, 100, "engine-a");
+    let mut first = start_engine(&market, 100, "engine-a");
     wait_for_streams(&js).await;
     let cmds = command_mix(&market, 900, 5);
     publish_all(&js, &market, &cmds[..300], Duration::ZERO).await;
     wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
 
-    let _second = Engine::start_as(&market, 100, "engine-b");
+    let _second = start_engine(&market, 100, "engine-b");
     tokio::time::sleep(Duration::from_millis(500)).await;
     publish_all(&js, &market, &cmds[300..600], Duration::ZERO).await;
     wait_until_caught_up(&js, &market, last_command_seq(&js, &market).await, Duration::from_secs(30)).await;
@@ -493,7 +462,7 @@ async fn a_gtd_order_expires_in_a_quiet_market_without_another_command() {
     let market = unique_market("GTD");
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    let _engine = Engine::start(&market, 1_000);
+    let _engine = start_engine(&market, 1_000, &format!("test-{market}"));
     wait_for_streams(&js).await;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let place = CommandKind::Place(Place {

@@ -524,7 +524,7 @@ type KeyRow = (
     Uuid,
     String,
     String,
-    Vec<String>,
+    Vec<Option<String>>,
     DateTime<Utc>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
@@ -563,7 +563,7 @@ pub async fn list_keys(p: Principal, state: web::Data<AppState>) -> ApiResult<Ht
                 id,
                 name,
                 prefix,
-                scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                scopes: scopes.iter().flatten().filter_map(|s| Scope::parse(s)).collect(),
                 created_at,
                 last_used_at,
                 revoked_at,
@@ -587,7 +587,7 @@ pub async fn revoke_key(
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
     let user_id = p.user_id;
-    let scopes: Vec<String> = db::run(&state.db, move |c| {
+    let scopes: Vec<Option<String>> = db::run(&state.db, move |c| {
         api_keys::table
             .filter(api_keys::id.eq(id))
             .filter(api_keys::user_id.eq(user_id))
@@ -597,7 +597,7 @@ pub async fn revoke_key(
             .ok_or_else(|| ApiError::not_found("key"))
     })
     .await?;
-    let scopes: Vec<Scope> = scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+    let scopes: Vec<Scope> = scopes.iter().flatten().filter_map(|s| Scope::parse(s)).collect();
     require_scopes(&p, &scopes)?;
     db::run(&state.db, move |c| {
         diesel::update(

@@ -91,7 +91,7 @@ impl Application {
             let db = db.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let mut c = db.get()?;
-                gridbook_ledger::run_migrations(&mut c)?;
+                gridbook_db::run_migrations(&mut c)?;
                 // The operator account credits come from (idempotent).
                 gridbook_ledger::escrow::ensure_system_accounts(&mut c, crate::money::LEDGER)?;
                 Ok(())

@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use gridbook_settlement::orders::{self, MarketOrder};
+use gridbook_db::market_orders::{self as orders, MarketOrder};
 use matching_core::{Amend, Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,6 +24,7 @@ use crate::files::{Page, paginate};
 use crate::nodes::{NodeRow, load_node};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::asks;
+use gridbook_db::status::{AskStatus, ChallengeStatus, NodeStatus};
 use crate::state::AppState;
 
 /// Routes of this module (mounted by `app`).
@@ -95,7 +96,7 @@ pub struct AskRow {
     pub engine_order_id: i64,
     pub price: i64,
     pub qty: i64,
-    pub status: String,
+    pub status: AskStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -109,7 +110,7 @@ impl From<AskRow> for AskOut {
             engine_order_id: r.engine_order_id,
             price: r.price,
             qty: r.qty,
-            status: r.status,
+            status: r.status.as_str().into(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -165,7 +166,7 @@ fn probation_check(
     qty: i64,
     cap: u64,
 ) -> ApiResult<()> {
-    if node.status != "probation" {
+    if node.status != NodeStatus::Probation {
         return Ok(());
     }
     let open = open_qty(conn, node.id, except)?;
@@ -219,14 +220,14 @@ pub async fn create_ask(
             // The node row lock serialises asks of one node (the probation cap sum).
             let node = load_node(c, principal.user_id, req.node_id, true)
                 .map_err(|e| e.with_field("node_id"))?;
-            if node.challenge_status != "passed" {
+            if node.challenge_status != ChallengeStatus::Passed {
                 return Err(ApiError::conflict(
                     "challenge_not_passed",
                     format!("the node's challenge is {}; pass it before posting asks", node.challenge_status),
                 )
                 .with_field("node_id"));
             }
-            if node.status == "suspended" {
+            if node.status == NodeStatus::Suspended {
                 return Err(ApiError::conflict("node_suspended", "the node is suspended").with_field("node_id"));
             }
             probation_check(c, &node, None, req.qty, cap)?;
@@ -239,7 +240,7 @@ pub async fn create_ask(
                     market: req.market.clone(),
                     side: Side::Ask,
                     order_id: id,
-                    account_id: principal.account_id,
+                    account_id: principal.account_id.0,
                     node_id: Some(node.id),
                     job_id: None,
                     accepted_seq: None,
@@ -254,7 +255,7 @@ pub async fn create_ask(
                 engine_order_id: i64::try_from(engine_order_id).map_err(ApiError::internal)?,
                 price: req.price,
                 qty: req.qty,
-                status: "open".into(),
+                status: AskStatus::Open,
                 created_at: now,
                 updated_at: now,
             };
@@ -340,7 +341,7 @@ pub async fn amend_ask(
             // Lock order: node, then ask (as create does).
             let node = load_node(c, principal.user_id, ask.node_id, true)?;
             let ask = load_ask(c, principal.user_id, id, true)?;
-            if ask.status != "open" {
+            if ask.status != AskStatus::Open {
                 return Err(ApiError::conflict("ask_not_open", format!("the ask is {}", ask.status)));
             }
             let market = markets
@@ -392,9 +393,9 @@ pub async fn cancel_ask(
     let row = crate::db::run(&state.db, move |c| {
         c.transaction(|c| {
             let ask = load_ask(c, principal.user_id, id, true)?;
-            match ask.status.as_str() {
-                "cancel_requested" => return Ok(ask),
-                "open" => {}
+            match ask.status {
+                AskStatus::CancelRequested => return Ok(ask),
+                AskStatus::Open => {}
                 s => {
                     return Err(ApiError::conflict(
                         "ask_not_open",
@@ -404,7 +405,7 @@ pub async fn cancel_ask(
             }
             let row: AskRow = diesel::update(asks::table.find(id))
                 .set((
-                    asks::status.eq("cancel_requested"),
+                    asks::status.eq(AskStatus::CancelRequested),
                     asks::updated_at.eq(Utc::now()),
                 ))
                 .returning(AskRow::as_returning())

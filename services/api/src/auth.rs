@@ -148,13 +148,6 @@ impl Principal {
             ))),
         }
     }
-    /// The rate-limit key of this caller (key id or user id).
-    pub fn limiter_key(&self) -> String {
-        match &self.credential {
-            Credential::Session => format!("user:{}", self.user_id),
-            Credential::ApiKey { key_id, .. } => format!("key:{key_id}"),
-        }
-    }
 }
 
 pub fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -366,7 +359,7 @@ pub fn parse_key(key: &str) -> Option<(&str, &str)> {
 pub fn principal_from_key(conn: &mut PgConnection, key: &str) -> ApiResult<Principal> {
     let bad = || ApiError::unauthorized("invalid or revoked API key");
     let (prefix, secret) = parse_key(key).ok_or_else(bad)?;
-    let row: Option<(Uuid, Vec<u8>, Vec<String>, UserRow)> = api_keys::table
+    let row: Option<(Uuid, Vec<u8>, Vec<Option<String>>, UserRow)> = api_keys::table
         .inner_join(users::table)
         .filter(api_keys::prefix.eq(prefix))
         .filter(api_keys::revoked_at.is_null())
@@ -385,7 +378,7 @@ pub fn principal_from_key(conn: &mut PgConnection, key: &str) -> ApiResult<Princ
     if diff != 0 || hash.len() != given.len() {
         return Err(bad());
     }
-    let scopes = scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+    let scopes = scopes.iter().flatten().filter_map(|s| Scope::parse(s)).collect();
     principal(user, Credential::ApiKey { key_id, scopes })
 }
 

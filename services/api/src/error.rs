@@ -131,8 +131,8 @@ impl From<gridbook_ledger::LedgerError> for ApiError {
     }
 }
 
-impl From<gridbook_settlement::SettlementError> for ApiError {
-    fn from(e: gridbook_settlement::SettlementError) -> Self {
+impl From<gridbook_db::DbError> for ApiError {
+    fn from(e: gridbook_db::DbError) -> Self {
         ApiError::internal(e)
     }
 }

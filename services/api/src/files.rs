@@ -3,9 +3,10 @@
 //! NATS object store bucket `gridbook_files` under its sha256 (hex); `GET /v1/files`,
 //! `GET /v1/files/{id}` and `GET /v1/files/{id}/content` serve the caller's own files.
 //!
-//! Validation reuses the executor's own line parser (`executor::local::parse_jsonl`: `custom_id`
-//! unique, 1..=256 bytes; a JSON object per line; UTF-8), so a file the API accepts is a file
-//! the executor can run. On top of it the API enforces its limits (`settings.limits`: bytes,
+//! Validation reuses the executor's own line parser and field checks
+//! (`executor::registry::check_jsonl`: `custom_id` unique, 1..=256 bytes; a JSON object per line;
+//! UTF-8; the workload's fields parsed by the function the executor runs lines with), so a file
+//! the API accepts is a file the executor can run. On top of it the API enforces its limits (`settings.limits`: bytes,
 //! lines, bytes per line) and refuses blank lines, so line `n` of the file is item `n - 1` of
 //! the job (assignments address items by line index).
 //!
@@ -23,7 +24,6 @@ use diesel::prelude::*;
 use futures::StreamExt;
 use gridbook_wire::catalog::Work;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -54,23 +54,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Creates the `gridbook_files` object store bucket if it is missing (idempotent).
 pub async fn ensure_bucket(state: &AppState) -> anyhow::Result<()> {
-    bucket_or_create(&state.js).await.map(|_| ())
-}
-
-async fn bucket_or_create(js: &async_nats::jetstream::Context) -> anyhow::Result<ObjectStore> {
-    use gridbook_wire::streams::FILES_BUCKET;
-    match js.get_object_store(FILES_BUCKET).await {
-        Ok(b) => Ok(b),
-        Err(_) => Ok(js
-            .create_object_store(object_store::Config {
-                bucket: FILES_BUCKET.into(),
-                description: Some("Gridbook job input and output files, named by sha256".into()),
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating bucket {FILES_BUCKET}: {e}"))?),
-    }
+    use gridbook_wire::streams::{FILES_BUCKET, ensure_files_bucket};
+    ensure_files_bucket(&state.js)
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("creating bucket {FILES_BUCKET}: {e}"))
 }
 
 /// The files bucket (503 when NATS is unreachable).
@@ -85,109 +73,6 @@ pub async fn bucket(state: &AppState) -> ApiResult<ObjectStore> {
 // ---------------------------------------------------------------------------------------------
 // Validation (pure)
 // ---------------------------------------------------------------------------------------------
-
-/// A parse-only workload: the executor's parser calls `parse` for each line; nothing runs.
-struct Checker {
-    work: Work,
-}
-
-impl executor::workload::Workload for Checker {
-    type Input = ();
-
-    fn id(&self) -> &'static str {
-        self.work.workload
-    }
-
-    fn parse(
-        &self,
-        custom_id: &str,
-        fields: &Map<String, Value>,
-    ) -> Result<(), executor::workload::FieldError> {
-        check_fields(self.work.workload, custom_id, fields)
-    }
-
-    fn run_controlled(
-        &mut self,
-        _inputs: &[()],
-        _progress: &dyn Fn(u64),
-        _control: Option<&executor::runtime::RunControl>,
-    ) -> executor::Result<Vec<Result<executor::workload::ItemOutput, String>>> {
-        Err(executor::ExecutorError::Config(
-            "the API only validates input lines".into(),
-        ))
-    }
-
-    fn manifest(&self) -> executor::commitment::Manifest {
-        executor::commitment::Manifest {
-            workload: self.work.workload.into(),
-            models: Default::default(),
-            ort_version: String::new(),
-            execution_provider: String::new(),
-            device: String::new(),
-            dtype: String::new(),
-            gpu_name: None,
-            executor_version: String::new(),
-            parameters: Value::Null,
-        }
-    }
-}
-
-/// The input fields of one line for `workload`, exactly as the executor parses them:
-/// - `embed`: `input` (string, or a one-string array), top level or under `body`;
-/// - `terrain`: optional `seed` (u64) and `difficulty` (1..=100) (`TerrainWorkload::parse_with_id`);
-/// - `sd`: `prompt` (string), optional `negative_prompt`, `steps` (1..=150), `guidance_scale`
-///   (0..=30), `width`/`height` (multiples of 8 up to 1024), `seed`.
-pub fn check_fields(
-    workload: &str,
-    custom_id: &str,
-    fields: &Map<String, Value>,
-) -> Result<(), executor::workload::FieldError> {
-    use executor::workload::{FieldError, field, opt_f64, opt_str, opt_u64};
-    match workload {
-        "embed" => match field(fields, "input") {
-            Some(Value::String(_)) => Ok(()),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(()),
-            Some(_) => Err(FieldError::new("input", "expected a string")),
-            None => Err(FieldError::new("input", "missing")),
-        },
-        "terrain" => {
-            executor::terrain::TerrainWorkload::parse_with_id(fields, custom_id).map(|_| ())
-        }
-        "sd" => {
-            use executor::sd::{MAX_SIDE, MAX_STEPS};
-            // The SD15-512 market's pipeline: VAE scale factor 8.
-            const VAE_FACTOR: u64 = 8;
-            opt_str(fields, "prompt")?.ok_or_else(|| FieldError::new("prompt", "missing"))?;
-            opt_str(fields, "negative_prompt")?;
-            if let Some(steps) = opt_u64(fields, "steps")?
-                && !(1..=MAX_STEPS).contains(&steps)
-            {
-                return Err(FieldError::new("steps", format!("must be 1..={MAX_STEPS}")));
-            }
-            if let Some(g) = opt_f64(fields, "guidance_scale")?
-                && !(0.0..=30.0).contains(&g)
-            {
-                return Err(FieldError::new("guidance_scale", "must be 0..=30"));
-            }
-            for name in ["width", "height"] {
-                if let Some(v) = opt_u64(fields, name)?
-                    && (v == 0 || v > MAX_SIDE || v % VAE_FACTOR != 0)
-                {
-                    return Err(FieldError::new(
-                        name,
-                        format!("must be a multiple of {VAE_FACTOR} in {VAE_FACTOR}..={MAX_SIDE}"),
-                    ));
-                }
-            }
-            opt_u64(fields, "seed")?;
-            Ok(())
-        }
-        other => Err(FieldError::new(
-            "market",
-            format!("workload {other} is not known to the API"),
-        )),
-    }
-}
 
 /// What a valid file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +129,7 @@ pub fn validate_jsonl(
         }]);
     }
     // Pass 2: the executor's parser (JSON object, custom_id, the workload's fields).
-    let parsed = executor::local::parse_jsonl(&Checker { work }, std::io::Cursor::new(body));
+    let parsed = executor::registry::check_jsonl(work.kind, std::io::Cursor::new(body));
     for e in parsed.errors {
         let n = e.line as u64;
         if flagged.contains(&n) {

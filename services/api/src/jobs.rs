@@ -29,7 +29,7 @@ use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use gridbook_ledger::LedgerError;
 use gridbook_ledger::escrow::{self, Bid};
-use gridbook_settlement::orders::{self, MarketOrder};
+use gridbook_db::market_orders::{self as orders, MarketOrder};
 use matching_core::{Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -39,6 +39,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::files::{Page, paginate};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::{files, jobs};
+use gridbook_db::rows::JobRow;
+use gridbook_db::status::JobStatus;
 use crate::state::AppState;
 
 /// The latest deadline a job may have, from now.
@@ -137,40 +139,12 @@ pub struct JobList {
     pub next_before: Option<Uuid>,
 }
 
-#[derive(Queryable, Selectable, Insertable, Clone, Debug)]
-#[diesel(table_name = jobs)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
-pub struct JobRow {
-    pub id: Uuid,
-    pub owner: Uuid,
-    pub market: String,
-    pub input_file: Uuid,
-    pub status: String,
-    pub items: i32,
-    pub items_per_unit: i32,
-    pub units: i64,
-    pub limit_price: i64,
-    pub fee_bps: i32,
-    pub deadline: DateTime<Utc>,
-    pub order_id: Uuid,
-    pub engine_order_id: i64,
-    pub items_completed: i32,
-    pub items_failed: i32,
-    pub output_file: Option<Uuid>,
-    pub error_file: Option<Uuid>,
-    pub cancel_requested_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub metadata: Option<serde_json::Value>,
-}
-
 fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
     let done = r.items_completed + r.items_failed;
     JobOut {
         id: r.id,
         market: r.market,
-        status: r.status,
+        status: r.status.as_str().into(),
         input_file: r.input_file,
         request_counts: RequestCounts {
             total: r.items,
@@ -435,7 +409,7 @@ pub fn create_in_tx(
             market: req.market.clone(),
             side: Side::Bid,
             order_id,
-            account_id: principal.account_id,
+            account_id: principal.account_id.0,
             node_id: None,
             job_id: Some(job_id),
             accepted_seq: None,
@@ -447,7 +421,7 @@ pub fn create_in_tx(
         owner: principal.user_id,
         market: req.market.clone(),
         input_file: file.id,
-        status: "queued".into(),
+        status: JobStatus::Queued,
         items: file.lines,
         items_per_unit: i32::try_from(market.work.items_per_unit).map_err(ApiError::internal)?,
         units: units_i,
@@ -599,7 +573,10 @@ pub async fn cancel(
                 let esc = escrow_of(c, row.order_id)?;
                 return Ok(job_out(row, esc));
             }
-            if !matches!(row.status.as_str(), "queued" | "running" | "validating") {
+            if !matches!(
+                row.status,
+                JobStatus::Queued | JobStatus::Running | JobStatus::Validating
+            ) {
                 return Err(ApiError::conflict(
                     "not_cancellable",
                     format!("the job is {}; only queued or running jobs can be cancelled", row.status),

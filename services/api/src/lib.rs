@@ -37,9 +37,11 @@ pub mod markets;
 pub mod money;
 pub mod nodes;
 pub mod openapi;
-mod schema;
 pub mod settings;
 pub mod state;
+
+/// The tables, declared once in `gridbook-db`.
+use gridbook_db::schema;
 
 pub use app::Application;
 pub use error::ApiError;

@@ -139,7 +139,7 @@ fn info(m: &Market, feeds: &Feeds) -> MarketInfo {
         fee_bps: c.fee_bps,
         whale_cap_bps: c.whale_cap_bps,
         whale_window_ms: c.whale_window,
-        workload: m.work.workload.to_owned(),
+        workload: m.work.kind.as_str().to_owned(),
         items_per_unit: m.work.items_per_unit,
         seq: live.map(|(s, _)| s),
         bbo: live.map(|(_, b)| b).unwrap_or_default(),

@@ -3,15 +3,15 @@
 //! **Nodes.** `POST /v1/nodes` registers a node on probation with a challenge: embed
 //! [`CHALLENGE_ITEMS`] texts generated from a random 128-bit nonce
 //! (`executor::challenge::inputs`) with the market's MiniLM model. `POST /v1/nodes/{id}/challenge`
-//! takes the answer; the API recomputes the reference itself on CPU (the executor's `Embedder`,
-//! ONNX Runtime from `ORT_DYLIB_PATH`, models from `GRIDBOOK_MODELS_DIR`, loaded once on first
-//! use, behind a mutex, on the blocking pool) and compares per item (`executor::challenge::verify`,
+//! takes the answer; the API recomputes the reference itself on CPU (the executor's
+//! `registry::Reference`: ONNX Runtime from `ORT_DYLIB_PATH`, models from `GRIDBOOK_MODELS_DIR`,
+//! loaded once on first use, behind a mutex, on the blocking pool) and compares per item (`executor::challenge::verify`,
 //! cosine ≥ 0.999). Passed → the node may post asks; failed → it may not (one answer per node;
 //! register a new node to try again). Passing does not end probation: a node stays `probation`
 //! (with its ask cap) until it has a record of verified assignments, which the settlement
 //! worker's verifier tracks; the challenge leaves `reputation` unchanged.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -25,6 +25,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::files::{Page, paginate};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::nodes;
+use gridbook_db::status::{ChallengeStatus, NodeStatus};
 use crate::state::AppState;
 
 /// Items of a node's challenge.
@@ -50,51 +51,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 // The challenge reference (executor on CPU)
 // ---------------------------------------------------------------------------------------------
 
-fn runtime() -> Result<&'static executor::runtime::Runtime, String> {
-    static RT: OnceLock<executor::runtime::Runtime> = OnceLock::new();
-    static INIT: Mutex<()> = Mutex::new(());
-    if let Some(rt) = RT.get() {
-        return Ok(rt);
-    }
-    let _g = INIT
-        .lock()
-        .map_err(|_| "runtime lock poisoned".to_owned())?;
-    if let Some(rt) = RT.get() {
-        return Ok(rt);
-    }
-    let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig {
-        dylib_path: None,
-        provider: executor::runtime::Provider::Cpu,
-        intra_threads: 1,
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(RT.get_or_init(|| rt))
-}
-
-fn embedder() -> &'static Mutex<Option<executor::embed::Embedder>> {
-    static E: OnceLock<Mutex<Option<executor::embed::Embedder>>> = OnceLock::new();
-    E.get_or_init(|| Mutex::new(None))
-}
-
 /// Embeds `executor::challenge::inputs(nonce, items)` with the market's reference setup (CPU,
 /// the pinned MiniLM model). Blocking: call it on the blocking pool. The model is loaded on the
 /// first call and kept; a failed load is retried on the next call. This is also what a test
 /// (or an honest node on CPU) computes as its answer.
 pub fn challenge_embeddings(nonce: &str, items: usize) -> Result<Vec<Vec<f32>>, String> {
+    static REFERENCE: Mutex<executor::registry::Reference> =
+        Mutex::new(executor::registry::Reference::new());
     let items = items.min(executor::challenge::MAX_ITEMS);
-    let mut guard = embedder()
+    let mut reference = REFERENCE
         .lock()
-        .map_err(|_| "embedder lock poisoned".to_owned())?;
-    if guard.is_none() {
-        let rt = runtime()?;
-        let models = executor::models::ModelsDir::from_env().map_err(|e| e.to_string())?;
-        let e =
-            executor::embed::Embedder::load(rt, &models, executor::embed::EmbedConfig::default())
-                .map_err(|e| e.to_string())?;
-        tracing::info!("challenge reference embedder loaded");
-        *guard = Some(e);
-    }
-    let e = guard.as_ref().ok_or("embedder missing")?;
+        .map_err(|_| "reference lock poisoned".to_owned())?;
+    let w = reference
+        .workload(executor::challenge::WORKLOAD)
+        .map_err(|e| e.to_string())?;
+    let e = w
+        .embedder()
+        .ok_or("the challenge's workload has no embedder")?;
     let (out, _elapsed) = executor::challenge::run(e, nonce, items).map_err(|e| e.to_string())?;
     Ok(out)
 }
@@ -167,10 +140,10 @@ pub struct NodeRow {
     pub gpu_model: String,
     pub vram_mb: i32,
     pub region: String,
-    pub status: String,
+    pub status: NodeStatus,
     pub reputation: i32,
     pub challenge_nonce: String,
-    pub challenge_status: String,
+    pub challenge_status: ChallengeStatus,
     pub challenge_ms: Option<i32>,
     pub challenge_detail: Option<String>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
@@ -179,9 +152,9 @@ pub struct NodeRow {
 
 impl From<NodeRow> for NodeOut {
     fn from(r: NodeRow) -> Self {
-        let challenge = (r.challenge_status == "pending").then(|| ChallengeOut {
+        let challenge = (r.challenge_status == ChallengeStatus::Pending).then(|| ChallengeOut {
             nonce: r.challenge_nonce.clone(),
-            workload: executor::challenge::WORKLOAD.into(),
+            workload: executor::challenge::WORKLOAD.as_str().into(),
             items: CHALLENGE_ITEMS,
         });
         NodeOut {
@@ -190,10 +163,10 @@ impl From<NodeRow> for NodeOut {
             gpu_model: r.gpu_model,
             vram_mb: r.vram_mb,
             region: r.region,
-            status: r.status,
+            status: r.status.as_str().into(),
             reputation: r.reputation,
             challenge,
-            challenge_status: r.challenge_status,
+            challenge_status: r.challenge_status.as_str().into(),
             challenge_ms: r.challenge_ms,
             challenge_detail: r.challenge_detail,
             last_heartbeat_at: r.last_heartbeat_at,
@@ -283,10 +256,10 @@ pub async fn register(
                 gpu_model: req.gpu_model,
                 vram_mb: req.vram_mb,
                 region: req.region,
-                status: "probation".into(),
+                status: NodeStatus::Probation,
                 reputation: 5000,
                 challenge_nonce: nonce,
-                challenge_status: "pending".into(),
+                challenge_status: ChallengeStatus::Pending,
                 challenge_ms: None,
                 challenge_detail: None,
                 last_heartbeat_at: None,
@@ -341,7 +314,7 @@ pub async fn answer_challenge(
     }
     let owner = principal.user_id;
     let node = crate::db::run(&state.db, move |c| load_node(c, owner, id, false)).await?;
-    if node.challenge_status != "pending" {
+    if node.challenge_status != ChallengeStatus::Pending {
         return Err(ApiError::conflict(
             "challenge_already_answered",
             format!(
@@ -372,8 +345,8 @@ pub async fn answer_challenge(
     })?;
     let verdict = executor::challenge::verify(&reference, &answer.embeddings);
     let (status, detail) = match &verdict {
-        Ok(()) => ("passed", format!("passed on {}", answer.device)),
-        Err(why) => ("failed", why.clone()),
+        Ok(()) => (ChallengeStatus::Passed, format!("passed on {}", answer.device)),
+        Err(why) => (ChallengeStatus::Failed, why.clone()),
     };
     let elapsed = i32::try_from(answer.elapsed_ms).unwrap_or(i32::MAX);
     let row = crate::db::run(&state.db, move |c| {
@@ -381,7 +354,7 @@ pub async fn answer_challenge(
             nodes::table
                 .find(id)
                 .filter(nodes::owner.eq(owner))
-                .filter(nodes::challenge_status.eq("pending")),
+                .filter(nodes::challenge_status.eq(ChallengeStatus::Pending)),
         )
         .set((
             nodes::challenge_status.eq(status),
@@ -399,7 +372,7 @@ pub async fn answer_challenge(
         })
     })
     .await?;
-    tracing::info!(node = %row.id, user = %owner, result = status, elapsed_ms = elapsed, "node challenge answered");
+    tracing::info!(node = %row.id, user = %owner, result = status.as_str(), elapsed_ms = elapsed, "node challenge answered");
     Ok(HttpResponse::Ok().json(NodeOut::from(row)))
 }
 

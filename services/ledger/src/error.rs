@@ -61,10 +61,6 @@ pub enum LedgerError {
     Conflict,
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
-    #[error("connection error: {0}")]
-    Connection(#[from] diesel::ConnectionError),
-    #[error("migration error: {0}")]
-    Migration(String),
 }
 
 impl LedgerError {
@@ -97,7 +93,7 @@ impl LedgerError {
             AssignmentExistsWithDifferentContent(_) => "assignment_exists_with_different_content",
             AssignmentAlreadyResolved(_) => "assignment_already_resolved",
             Conflict => "conflict",
-            Database(_) | Connection(_) | Migration(_) => "internal",
+            Database(_) => "internal",
         }
     }
 

@@ -112,10 +112,6 @@ impl AccountFlags {
         debits_must_not_exceed_credits: true,
         credits_must_not_exceed_debits: false,
     };
-    pub const DEBIT_NORMAL: Self = Self {
-        debits_must_not_exceed_credits: false,
-        credits_must_not_exceed_debits: true,
-    };
 }
 
 /// Pending and posted debits and credits (never negative).

@@ -29,7 +29,7 @@ impl Db {
         let (conn, r) = tokio::task::spawn_blocking(move || {
             let mut conn = match conn {
                 Some(c) => c,
-                None => match gridbook_ledger::connect(&url) {
+                None => match gridbook_db::connect(&url) {
                     Ok(c) => c,
                     Err(e) => return (None, Err(SettlementError::from(e))),
                 },

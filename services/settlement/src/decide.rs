@@ -13,7 +13,7 @@ use gridbook_ledger::AccountId;
 use matching_core::{Event, EventKind, RejectReason, Side};
 use uuid::Uuid;
 
-use crate::orders::MarketOrder;
+use gridbook_db::market_orders::MarketOrder;
 
 /// Name of this worker in `processed_events`.
 pub const CONSUMER: &str = "settlement";
@@ -69,13 +69,6 @@ pub enum Effect {
     },
     /// The event names our order but cannot settle (logged as an error, recorded as processed).
     Refuse { why: String },
-}
-
-impl Effect {
-    /// Whether the effect touches the ledger (and so is recorded in `processed_events`).
-    pub fn is_ledger_effect(&self) -> bool {
-        !matches!(self, Effect::Skip { .. } | Effect::MarkAccepted { .. })
-    }
 }
 
 /// What an event does to a provider's ask as the marketplace shows it (`asks` table): its open
@@ -193,7 +186,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             }
             Some(Effect::Assign {
                 order_id: b.order_id,
-                provider: a.account_id,
+                provider: AccountId(a.account_id),
                 assignment: AssignmentMsg {
                     assignment_id: fill_id(market, ev.seq),
                     market: market.to_owned(),
@@ -273,7 +266,7 @@ mod tests {
             market: "M".into(),
             side,
             order_id: Uuid::from_u128(id as u128),
-            account_id: AccountId(Uuid::from_u128(1000 + id as u128)),
+            account_id: Uuid::from_u128(1000 + id as u128),
             node_id: node,
             job_id: None,
             accepted_seq: accepted,

@@ -8,6 +8,8 @@ pub enum SettlementError {
     Ledger(#[from] LedgerError),
     #[error("database: {0}")]
     Database(#[from] diesel::result::Error),
+    #[error("{0}")]
+    Db(#[from] gridbook_db::DbError),
     #[error("database connection: {0}")]
     Connection(#[from] diesel::ConnectionError),
     #[error("a database task panicked or was cancelled")]
@@ -29,6 +31,7 @@ impl SettlementError {
     pub fn is_transient(&self) -> bool {
         match self {
             SettlementError::Ledger(e) => is_transient_ledger(e),
+            SettlementError::Db(e) => !matches!(e, gridbook_db::DbError::Refused(_)),
             SettlementError::Database(_)
             | SettlementError::Connection(_)
             | SettlementError::TaskFailed
@@ -43,10 +46,7 @@ impl SettlementError {
 pub fn is_transient_ledger(e: &LedgerError) -> bool {
     matches!(
         e.root(),
-        LedgerError::Database(_)
-            | LedgerError::Connection(_)
-            | LedgerError::Conflict
-            | LedgerError::Migration(_)
+        LedgerError::Database(_) | LedgerError::Conflict
     )
 }
 

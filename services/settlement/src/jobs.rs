@@ -3,7 +3,8 @@
 //! is open or running any more the job is finished (its output and error files assembled by
 //! `results`).
 //!
-//! Units → lines: a market's unit covers `items_per_unit` input lines (`gridbook_wire::catalog`).
+//! Units → lines: a market's unit covers `items_per_unit` input lines
+//! (`gridbook_wire::catalog::items_of_units`).
 //! Fills of one bid come in order and each takes the next units: the fill's first unit is
 //! `quantity − quantity_open` of the escrow order just before the fill (job bids are never
 //! amended, so only fills lower `quantity_open` until the final cancel or expiry).
@@ -16,6 +17,8 @@ use uuid::Uuid;
 use crate::error::{Result, SettlementError};
 use crate::decide::AskChange;
 use crate::schema::{asks, files, job_assignments, jobs, nodes};
+use gridbook_db::rows::JobRow;
+use gridbook_db::status::{AskStatus, AssignmentStatus, JobStatus};
 
 /// The longest a node may take for one assignment (from the fill) unless the job's deadline is
 /// sooner; afterwards the assignment is voided and the studio refunded for it.
@@ -33,12 +36,9 @@ pub struct JobWork {
     pub units: u64,
     pub deadline_ms: u64,
     pub order_id: Uuid,
-    pub status: String,
+    pub status: JobStatus,
     pub cancel_requested: bool,
 }
-
-/// Job states (see the `jobs` table).
-pub const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
 
 /// The lines units `[unit_start, unit_start + units)` cover. `None` when the range lies outside
 /// the job (a fill the job cannot have).
@@ -51,18 +51,12 @@ pub fn work_for_fill(
     if units == 0 || unit_start.checked_add(units)? > job.units {
         return None;
     }
-    let item_start = unit_start.checked_mul(job.items_per_unit)?;
-    if item_start >= job.items {
-        return None;
-    }
-    let item_end = unit_start
-        .checked_add(units)?
-        .checked_mul(job.items_per_unit)?
-        .min(job.items);
+    let items =
+        gridbook_wire::catalog::items_of_units(job.items_per_unit, unit_start, units, job.items)?;
     Some(WorkSpec {
         input_sha256: job.input_sha256.clone(),
-        item_start,
-        item_count: item_end - item_start,
+        item_start: items.start,
+        item_count: items.end - items.start,
         unit_start,
         deadline_ms: job
             .deadline_ms
@@ -85,15 +79,15 @@ pub fn final_status(
     completed: u64,
     cancel_requested: bool,
     deadline_passed: bool,
-) -> &'static str {
+) -> JobStatus {
     if completed >= items {
-        "completed"
+        JobStatus::Completed
     } else if cancel_requested {
-        "cancelled"
+        JobStatus::Cancelled
     } else if deadline_passed {
-        "expired"
+        JobStatus::Expired
     } else {
-        "failed"
+        JobStatus::Failed
     }
 }
 
@@ -107,54 +101,28 @@ fn time_to_ms(t: DateTime<Utc>) -> u64 {
     t.timestamp_millis().max(0) as u64
 }
 
-type JobRow = (
-    Uuid,
-    Uuid,
-    String,
-    String,
-    i32,
-    i32,
-    i64,
-    DateTime<Utc>,
-    Uuid,
-    String,
-    Option<DateTime<Utc>>,
-);
-
-fn job_from_row(r: JobRow) -> JobWork {
+fn job_from_row((r, input_sha256): (JobRow, String)) -> JobWork {
     JobWork {
-        id: r.0,
-        owner: r.1,
-        market: r.2,
-        input_sha256: r.3,
-        items: r.4.max(0) as u64,
-        items_per_unit: r.5.max(1) as u64,
-        units: r.6.max(0) as u64,
-        deadline_ms: time_to_ms(r.7),
-        order_id: r.8,
-        status: r.9,
-        cancel_requested: r.10.is_some(),
+        id: r.id,
+        owner: r.owner,
+        market: r.market,
+        input_sha256,
+        items: r.items.max(0) as u64,
+        items_per_unit: r.items_per_unit.max(1) as u64,
+        units: r.units.max(0) as u64,
+        deadline_ms: time_to_ms(r.deadline),
+        order_id: r.order_id,
+        status: r.status,
+        cancel_requested: r.cancel_requested_at.is_some(),
     }
 }
 
 /// The job, with its input file's sha256.
 pub fn load_job(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobWork>> {
-    let row: Option<JobRow> = jobs::table
+    let row: Option<(JobRow, String)> = jobs::table
         .inner_join(files::table)
         .filter(jobs::id.eq(id))
-        .select((
-            jobs::id,
-            jobs::owner,
-            jobs::market,
-            files::sha256,
-            jobs::items,
-            jobs::items_per_unit,
-            jobs::units,
-            jobs::deadline,
-            jobs::order_id,
-            jobs::status,
-            jobs::cancel_requested_at,
-        ))
+        .select((JobRow::as_select(), files::sha256))
         .first(conn)
         .optional()?;
     Ok(row.map(job_from_row))
@@ -183,13 +151,13 @@ pub fn insert_assignment(conn: &mut PgConnection, a: &AssignmentMsg, work: &Work
             job_assignments::item_start.eq(i32_of(work.item_start, "item_start")?),
             job_assignments::item_count.eq(i32_of(work.item_count, "item_count")?),
             job_assignments::price.eq(i64_of(a.price, "price")?),
-            job_assignments::status.eq("assigned"),
+            job_assignments::status.eq(AssignmentStatus::Assigned),
             job_assignments::deadline.eq(ms_to_time(work.deadline_ms)),
         ))
         .on_conflict_do_nothing()
         .execute(conn)?;
-    diesel::update(jobs::table.find(job_id).filter(jobs::status.eq("queued")))
-        .set((jobs::status.eq("running"), jobs::updated_at.eq(Utc::now())))
+    diesel::update(jobs::table.find(job_id).filter(jobs::status.eq(JobStatus::Queued)))
+        .set((jobs::status.eq(JobStatus::Running), jobs::updated_at.eq(Utc::now())))
         .execute(conn)?;
     Ok(())
 }
@@ -204,11 +172,11 @@ pub struct AssignmentRow {
     pub units: u64,
     pub item_start: u64,
     pub item_count: u64,
-    pub status: String,
+    pub status: AssignmentStatus,
     pub output_sha256: Option<String>,
 }
 
-type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, String, Option<String>);
+type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, AssignmentStatus, Option<String>);
 
 fn assignment_from_row(r: ARow) -> AssignmentRow {
     AssignmentRow {
@@ -296,8 +264,8 @@ pub fn update_ask(conn: &mut PgConnection, ask: Uuid, change: AskChange) -> Resu
                 .execute(conn)?;
         }
         AskChange::Closed => {
-            diesel::update(asks::table.find(ask).filter(asks::status.ne("closed")))
-                .set((asks::status.eq("closed"), asks::updated_at.eq(Utc::now())))
+            diesel::update(asks::table.find(ask).filter(asks::status.ne(AskStatus::Closed)))
+                .set((asks::status.eq(AskStatus::Closed), asks::updated_at.eq(Utc::now())))
                 .execute(conn)?;
         }
     }
@@ -320,10 +288,14 @@ pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> 
     let n = diesel::update(
         job_assignments::table
             .find(id)
-            .filter(job_assignments::status.eq("assigned")),
+            .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
     )
     .set((
-        job_assignments::status.eq(if r.completed { "completed" } else { "failed" }),
+        job_assignments::status.eq(if r.completed {
+            AssignmentStatus::Completed
+        } else {
+            AssignmentStatus::Failed
+        }),
         job_assignments::output_sha256.eq(&r.output_sha256),
         job_assignments::merkle_root.eq(&r.merkle_root),
         job_assignments::manifest.eq(&r.manifest),
@@ -369,7 +341,7 @@ pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> 
 /// Assignments past their deadline that are still `assigned` (at most `limit`).
 pub fn overdue_assignments(conn: &mut PgConnection, limit: i64) -> Result<Vec<AssignmentRow>> {
     Ok(job_assignments::table
-        .filter(job_assignments::status.eq("assigned"))
+        .filter(job_assignments::status.eq(AssignmentStatus::Assigned))
         .filter(job_assignments::deadline.lt(Utc::now()))
         .order(job_assignments::deadline.asc())
         .limit(limit)
@@ -383,34 +355,22 @@ pub fn overdue_assignments(conn: &mut PgConnection, limit: i64) -> Result<Vec<As
 /// Jobs that are not finished and have no running assignment (candidates to finish; the caller
 /// checks that no unit of their bid is still open).
 pub fn idle_unfinished_jobs(conn: &mut PgConnection, limit: i64) -> Result<Vec<JobWork>> {
-    let rows: Vec<JobRow> = jobs::table
+    let rows: Vec<(JobRow, String)> = jobs::table
         .inner_join(files::table)
-        .filter(jobs::status.ne_all(TERMINAL))
+        .filter(jobs::status.ne_all(JobStatus::TERMINAL))
         .filter(diesel::dsl::not(diesel::dsl::exists(
             job_assignments::table
                 .filter(job_assignments::job_id.eq(jobs::id))
-                .filter(job_assignments::status.eq("assigned")),
+                .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
         )))
         .order(jobs::updated_at.asc())
         .limit(limit)
-        .select((
-            jobs::id,
-            jobs::owner,
-            jobs::market,
-            files::sha256,
-            jobs::items,
-            jobs::items_per_unit,
-            jobs::units,
-            jobs::deadline,
-            jobs::order_id,
-            jobs::status,
-            jobs::cancel_requested_at,
-        ))
+        .select((JobRow::as_select(), files::sha256))
         .load(conn)?;
     Ok(rows.into_iter().map(job_from_row).collect())
 }
 
-pub fn set_status(conn: &mut PgConnection, job: Uuid, status: &str) -> Result<()> {
+pub fn set_status(conn: &mut PgConnection, job: Uuid, status: JobStatus) -> Result<()> {
     diesel::update(jobs::table.find(job))
         .set((jobs::status.eq(status), jobs::updated_at.eq(Utc::now())))
         .execute(conn)?;
@@ -441,17 +401,17 @@ pub struct NewFile<'a> {
 pub fn finish(
     conn: &mut PgConnection,
     job: Uuid,
-    status: &str,
+    status: JobStatus,
     output: Option<NewFile<'_>>,
     errors: Option<NewFile<'_>>,
 ) -> Result<bool> {
     conn.transaction(|c| {
-        let current: String = jobs::table
+        let current: JobStatus = jobs::table
             .find(job)
             .select(jobs::status)
             .for_update()
             .first(c)?;
-        if TERMINAL.contains(&current.as_str()) {
+        if current.is_terminal() {
             return Ok(false);
         }
         let mut insert = |f: Option<NewFile<'_>>| -> Result<Option<Uuid>> {
@@ -500,7 +460,7 @@ mod tests {
             units: items.div_ceil(ipu),
             deadline_ms: 10_000_000,
             order_id: Uuid::nil(),
-            status: "queued".into(),
+            status: JobStatus::Queued,
             cancel_requested: false,
         }
     }
@@ -536,9 +496,9 @@ mod tests {
 
     #[test]
     fn final_status_prefers_completed_then_cancelled_then_expired() {
-        assert_eq!(final_status(10, 10, true, true), "completed");
-        assert_eq!(final_status(10, 9, true, true), "cancelled");
-        assert_eq!(final_status(10, 0, false, true), "expired");
-        assert_eq!(final_status(10, 3, false, false), "failed");
+        assert_eq!(final_status(10, 10, true, true), JobStatus::Completed);
+        assert_eq!(final_status(10, 9, true, true), JobStatus::Cancelled);
+        assert_eq!(final_status(10, 0, false, true), JobStatus::Expired);
+        assert_eq!(final_status(10, 3, false, false), JobStatus::Failed);
     }
 }

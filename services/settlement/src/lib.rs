@@ -24,12 +24,13 @@ pub mod db;
 pub mod decide;
 pub mod error;
 pub mod jobs;
-pub mod orders;
 pub mod results;
 pub mod verify;
-mod schema;
 pub mod settle;
 pub mod worker;
+
+/// The tables, declared once in `gridbook-db`.
+use gridbook_db::schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +84,7 @@ impl Default for Settings {
 /// dropped. A failing loop is logged and restarted after a second.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut db = db::Db::new(&settings.database_url);
-    let applied = db.with(|c| Ok(gridbook_ledger::run_migrations(c)?)).await?;
+    let applied = db.with(|c| Ok(gridbook_db::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
     let client = async_nats::ConnectOptions::new()
         .name("settlement-worker")

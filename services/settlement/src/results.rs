@@ -16,10 +16,11 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind, Context,
     consumer::{PullConsumer, pull},
-    object_store::{self, ObjectStore},
+    object_store::ObjectStore,
 };
 use diesel::Connection;
 use futures::StreamExt;
+use gridbook_db::status::{AssignmentStatus, JobStatus};
 use gridbook_ledger::escrow;
 use gridbook_wire::node::{CancelMsg, Outcome, ResultMsg};
 use gridbook_wire::{catalog, streams, subjects};
@@ -50,19 +51,12 @@ pub async fn ensure(js: &Context) -> Result<ObjectStore> {
     files_bucket(js).await
 }
 
-/// The `gridbook_files` object store (created when missing).
+/// The `gridbook_files` object store (`gridbook_wire::streams::ensure_files_bucket`: created
+/// when missing).
 pub async fn files_bucket(js: &Context) -> Result<ObjectStore> {
-    match js.get_object_store(streams::FILES_BUCKET).await {
-        Ok(s) => Ok(s),
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: streams::FILES_BUCKET.into(),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(SettlementError::nats),
-    }
+    streams::ensure_files_bucket(js)
+        .await
+        .map_err(SettlementError::nats)
 }
 
 /// Reads object `name` whole (at most [`MAX_OBJECT_BYTES`]).
@@ -169,7 +163,7 @@ pub async fn handle_result(
         warn!(assignment.id = %id, "result for an unknown assignment ignored");
         return Ok(false);
     };
-    if a.status != "assigned" {
+    if a.status != AssignmentStatus::Assigned {
         debug!(assignment.id = %id, status = %a.status, "result for a resolved assignment ignored");
         return Ok(false);
     }
@@ -287,7 +281,7 @@ async fn verify_completed(
     let (start, count, seed) = (a.item_start, a.item_count, a.id.as_u128());
     let root = merkle_root.to_owned();
     let verifier = verifier.clone();
-    let workload = work.workload;
+    let kind = work.kind;
     let verdict = tokio::task::spawn_blocking(move || -> std::result::Result<u64, VerifyError> {
         let input = String::from_utf8(input)
             .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
@@ -313,7 +307,7 @@ async fn verify_completed(
         let mut v = verifier
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
-        v.rerun(workload, &pairs)?;
+        v.rerun(kind, &pairs)?;
         Ok(checked.ok as u64)
     })
     .await
@@ -402,18 +396,16 @@ async fn void_overdue(db: &mut Db, nats: &async_nats::Client) -> Result<()> {
 /// and finishes the job.
 pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Result<()> {
     let job_id = job.id;
-    if job.status != "verifying" {
-        db.with(move |c| jobs::set_status(c, job_id, "verifying"))
+    if job.status != JobStatus::Verifying {
+        db.with(move |c| jobs::set_status(c, job_id, JobStatus::Verifying))
             .await?;
     }
     let assignments = db.with(move |c| jobs::assignments_of(c, job_id)).await?;
     let input = String::from_utf8(read_object(store, &job.input_sha256).await?)
         .map_err(|_| SettlementError::Refused("input file is not UTF-8".into()))?;
-    let ids: Vec<String> = input
-        .lines()
-        .filter(|l| !l.trim().is_empty())
+    let ids: Vec<String> = catalog::items(input.as_bytes())
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
+            serde_json::from_slice::<serde_json::Value>(l)
                 .ok()
                 .and_then(|v| v.get("custom_id")?.as_str().map(str::to_owned))
                 .unwrap_or_default()
@@ -430,7 +422,7 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
     let mut out_lines = 0u64;
     for a in &assignments {
         let range = a.item_start as usize..(a.item_start + a.item_count).min(ids.len() as u64) as usize;
-        if a.status == "completed" {
+        if a.status == AssignmentStatus::Completed {
             let sha = a.output_sha256.clone().unwrap_or_default();
             let text = String::from_utf8(read_object(store, &sha).await?)
                 .map_err(|_| SettlementError::Refused("output file is not UTF-8".into()))?;
@@ -506,7 +498,7 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
         })
         .await?;
     if done {
-        info!(job.id = %job_id, status, output_lines = out_lines, error_lines, "job finished");
+        info!(job.id = %job_id, status = status.as_str(), output_lines = out_lines, error_lines, "job finished");
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use tracing::{debug, error, warn};
 use crate::decide::{self, Effect};
 use crate::jobs;
 use crate::error::{Result, SettlementError};
-use crate::orders::{self, MarketOrder};
+use gridbook_db::market_orders::{self as orders, MarketOrder};
 
 /// What one message did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

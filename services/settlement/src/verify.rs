@@ -5,51 +5,39 @@
 //!    line's item hash is recomputed from its content (embedding bytes, or the PNG), and the
 //!    Merkle root over `(custom_id, hash)` equals the root the node committed to.
 //! 2. Re-execution ([`Verifier::rerun`]): a deterministic sample of items (seeded by the
-//!    assignment id) is run again by the market's own executor runtime (CPU) and compared:
-//!    embeddings must agree to cosine ≥ [`EMBED_MIN_COSINE`], images to a mean absolute pixel
-//!    difference ≤ [`IMAGE_MAX_MEAN_ABS_DIFF`] (out of 255).
+//!    assignment id) is run again by the market's own executor (`executor::registry::Reference`,
+//!    CPU) and compared by the workload registry (`executor::registry::compare`): embeddings
+//!    must agree to cosine ≥ `EMBED_MIN_COSINE` (0.999), images to a mean absolute pixel
+//!    difference ≤ `IMAGE_MAX_MEAN_ABS_DIFF` (2 out of 255).
 //!
 //! The product brief asks for the re-run on *another provider node*; until the market routes
 //! verification work to nodes, the settlement worker's own runtime plays that node. Canary
 //! inputs are not mixed in yet.
 
-use base64::Engine as _;
 use executor::commitment::{self, Commitment, Hash};
-use executor::workload::{ItemOutput, Workload};
+use executor::registry::{self, WorkloadKind, embedding_of, png_of};
+use executor::workload::Workload;
 use serde_json::{Map, Value};
 
-pub const EMBED_MIN_COSINE: f32 = 0.999;
-pub const IMAGE_MAX_MEAN_ABS_DIFF: f64 = 2.0;
 /// Items re-run per assignment (all of them when it has fewer).
 pub const SAMPLE_ITEMS: usize = 4;
 
 /// One input line: its custom_id and its other fields.
 pub type InputItem = (String, Map<String, Value>);
 
-/// Lines `[start, start + count)` (0-based, blank lines not counted — as the executor's and the
-/// API's parsers count them) of a JSONL input file.
+/// Items `[start, start + count)` of a JSONL input file (`gridbook_wire::catalog::select_items`:
+/// 0-based, blank lines not counted — as the executor and the API count them).
 pub fn input_items(text: &str, start: u64, count: u64) -> Result<Vec<InputItem>, String> {
-    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
-    for (i, line) in text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .skip(start as usize)
-        .take(count as usize)
-    {
-        let mut obj: Map<String, Value> = serde_json::from_str(line)
-            .map_err(|e| format!("input item {}: {e}", i + 1))?;
+    let lines = gridbook_wire::catalog::select_items(text.as_bytes(), start, count)?;
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in (start..).zip(lines) {
+        let mut obj: Map<String, Value> =
+            serde_json::from_slice(line).map_err(|e| format!("input item {}: {e}", i + 1))?;
         let id = match obj.remove("custom_id") {
             Some(Value::String(s)) => s,
             _ => return Err(format!("input item {}: no custom_id", i + 1)),
         };
         out.push((id, obj));
-    }
-    if out.len() as u64 != count {
-        return Err(format!(
-            "the input file has {} items from {start}, the assignment needs {count}",
-            out.len()
-        ));
     }
     Ok(out)
 }
@@ -60,24 +48,6 @@ pub struct OutputLine {
     pub custom_id: String,
     pub hash: Hash,
     pub record: Map<String, Value>,
-}
-
-/// The PNG bytes a render output line carries (base64 in a field named `*png_b64`).
-pub fn png_of(record: &Map<String, Value>) -> Option<Vec<u8>> {
-    record.iter().find_map(|(k, v)| {
-        let s = v.as_str().filter(|_| k.ends_with("png_b64"))?;
-        base64::engine::general_purpose::STANDARD.decode(s).ok()
-    })
-}
-
-/// The embedding an output line carries.
-pub fn embedding_of(record: &Map<String, Value>) -> Option<Vec<f32>> {
-    record
-        .get("embedding")?
-        .as_array()?
-        .iter()
-        .map(|x| x.as_f64().map(|f| f as f32))
-        .collect()
 }
 
 /// Recomputes an output line's item hash from its content.
@@ -199,66 +169,10 @@ pub fn sample(n: usize, k: usize, seed: u128) -> Vec<usize> {
     picked.into_iter().collect()
 }
 
-/// Compares a node's output line with the market's own re-run of the same input.
-pub fn compare(node: &OutputLine, ours: &ItemOutput) -> Result<(), String> {
-    if let Some(a) = embedding_of(&node.record) {
-        let b = embedding_of(&ours.record)
-            .ok_or("the re-run produced no embedding where the node did")?;
-        if a.len() != b.len() {
-            return Err(format!("embedding of {} has {} dims, expected {}", node.custom_id, a.len(), b.len()));
-        }
-        let cos = executor::embed::cosine(&a, &b);
-        return if cos >= EMBED_MIN_COSINE {
-            Ok(())
-        } else {
-            Err(format!(
-                "embedding of {} differs from the re-run: cosine {cos:.5} < {EMBED_MIN_COSINE}",
-                node.custom_id
-            ))
-        };
-    }
-    let a = png_of(&node.record).ok_or("the node's line has no image")?;
-    let b = ours
-        .artifact
-        .clone()
-        .or_else(|| png_of(&ours.record))
-        .ok_or("the re-run produced no image")?;
-    let d = mean_abs_diff(&a, &b).map_err(|e| format!("image of {}: {e}", node.custom_id))?;
-    if d <= IMAGE_MAX_MEAN_ABS_DIFF {
-        Ok(())
-    } else {
-        Err(format!(
-            "image of {} differs from the re-run: mean |Δ| {d:.2} > {IMAGE_MAX_MEAN_ABS_DIFF}",
-            node.custom_id
-        ))
-    }
-}
-
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> Result<f64, String> {
-    let load = |p: &[u8]| {
-        image::load_from_memory_with_format(p, image::ImageFormat::Png)
-            .map(|i| i.to_rgba8())
-            .map_err(|e| e.to_string())
-    };
-    let (a, b) = (load(a)?, load(b)?);
-    if a.dimensions() != b.dimensions() {
-        return Err(format!("size {:?} ≠ {:?}", a.dimensions(), b.dimensions()));
-    }
-    let n = a.as_raw().len().max(1) as f64;
-    let sum: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    Ok(sum as f64 / n)
-}
-
-/// The market's own runtime for re-runs: workloads loaded on first use, CPU.
+/// The market's own executor for re-runs (`executor::registry::Reference`: CPU, workloads
+/// loaded on first use).
 pub struct Verifier {
-    rt: Option<executor::runtime::Runtime>,
-    embed: Option<executor::embed::EmbedWorkload>,
-    terrain: Option<executor::terrain::TerrainWorkload>,
+    reference: registry::Reference,
 }
 
 impl Default for Verifier {
@@ -270,69 +184,38 @@ impl Default for Verifier {
 impl Verifier {
     pub fn new() -> Self {
         Verifier {
-            rt: None,
-            embed: None,
-            terrain: None,
+            reference: registry::Reference::new(),
         }
     }
 
-    fn runtime(&mut self) -> Result<&executor::runtime::Runtime, String> {
-        if self.rt.is_none() {
-            let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig {
-                dylib_path: None,
-                provider: executor::runtime::Provider::Cpu,
-                intra_threads: 1,
-            })
-            .map_err(|e| format!("verifier runtime: {e}"))?;
-            self.rt = Some(rt);
-        }
-        Ok(self.rt.as_ref().expect("set above"))
-    }
-
-    /// Re-runs `items` with `workload` (`gridbook_wire::catalog` name) and compares each with
-    /// the node's line. `Err` on the first disagreement.
+    /// Re-runs `items` with the workload of `kind` and compares each with the node's line
+    /// (`executor::registry::compare`). `Err` on the first disagreement.
     pub fn rerun(
         &mut self,
-        workload: &str,
+        kind: WorkloadKind,
         items: &[(InputItem, OutputLine)],
     ) -> Result<(), VerifyError> {
-        match workload {
-            "embed" => {
-                if self.embed.is_none() {
-                    let models = executor::models::ModelsDir::from_env()
-                        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-                    let rt = self.runtime().map_err(VerifyError::Unavailable)?;
-                    let embedder = executor::embed::Embedder::load(
-                        rt,
-                        &models,
-                        executor::embed::EmbedConfig::default(),
-                    )
-                    .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-                    self.embed = Some(executor::embed::EmbedWorkload { embedder });
-                }
-                let w = self.embed.as_mut().expect("loaded above");
-                rerun_with(w, items)
-            }
-            "terrain" => {
-                if self.terrain.is_none() {
-                    let models = executor::models::ModelsDir::from_env()
-                        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-                    let rt = self.runtime().map_err(VerifyError::Unavailable)?;
-                    let renderer = executor::terrain::TerrainRenderer::load(
-                        rt,
-                        &models,
-                        executor::terrain::TerrainConfig::default(),
-                    )
-                    .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-                    self.terrain = Some(executor::terrain::TerrainWorkload { renderer });
-                }
-                let w = self.terrain.as_mut().expect("loaded above");
-                rerun_with(w, items)
-            }
-            other => Err(VerifyError::Unavailable(format!(
-                "the verifier cannot re-run workload {other}"
-            ))),
+        let w = self
+            .reference
+            .workload(kind)
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        let mut inputs = Vec::with_capacity(items.len());
+        for ((id, fields), _) in items {
+            inputs.push(w.parse(id, fields).map_err(|e| {
+                VerifyError::Mismatch(format!("input {id}: {}: {}", e.field, e.message))
+            })?);
         }
+        let outs = w
+            .run(&inputs, &|_| {})
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        for ((_, node), ours) in items.iter().zip(outs) {
+            let ours = ours.map_err(|e| {
+                VerifyError::Mismatch(format!("the re-run of {} failed: {e}", node.custom_id))
+            })?;
+            registry::compare(kind, &node.custom_id, &node.record, &ours)
+                .map_err(VerifyError::Mismatch)?;
+        }
+        Ok(())
     }
 }
 
@@ -346,26 +229,6 @@ pub enum VerifyError {
     /// unchecked.
     #[error("verifier unavailable: {0}")]
     Unavailable(String),
-}
-
-fn rerun_with<W: Workload>(w: &mut W, items: &[(InputItem, OutputLine)]) -> Result<(), VerifyError> {
-    let mut inputs = Vec::with_capacity(items.len());
-    for ((id, fields), _) in items {
-        inputs.push(
-            w.parse(id, fields)
-                .map_err(|e| VerifyError::Mismatch(format!("input {id}: {}: {}", e.field, e.message)))?,
-        );
-    }
-    let outs = w
-        .run(&inputs, &|_| {})
-        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-    for ((_, node), ours) in items.iter().zip(outs) {
-        let ours = ours.map_err(|e| {
-            VerifyError::Mismatch(format!("the re-run of {} failed: {e}", node.custom_id))
-        })?;
-        compare(node, &ours).map_err(VerifyError::Mismatch)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -49,8 +49,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let user = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let mut c = gridbook_ledger::connect(&settings.database_url)?;
-                gridbook_ledger::run_migrations(&mut c)?;
+                let mut c = gridbook_db::connect(&settings.database_url)?;
+                gridbook_db::run_migrations(&mut c)?;
                 gridbook_ledger::escrow::ensure_system_accounts(&mut c, gridbook_api::money::LEDGER)?;
                 gridbook_api::accounts::create_admin(&mut c, &email, &password)
                     .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))

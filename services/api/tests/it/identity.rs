@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{TEST_PASSWORD, TestApp, error_code, unique_email};
+use gridbook_testkit::{TEST_PASSWORD, TestApp, error_code, unique_email};
 
 async fn sign_up(app: &TestApp, body: Value) -> reqwest::Response {
     app.http
@@ -628,7 +628,7 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
     use diesel::{Connection, RunQueryDsl};
     let app = TestApp::spawn_with(|s| s.db_pool_size = 2).await;
     let name = app.db.name().to_owned();
-    let server = gridbook_ledger::testing::server_url();
+    let server = gridbook_db::testing::server_url();
     let admin_sql = move |sql: String| {
         let server = server.clone();
         tokio::task::spawn_blocking(move || {

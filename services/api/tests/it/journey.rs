@@ -6,14 +6,11 @@
 //! the worker verifies (hashes, Merkle root, sampled re-run) and settles the escrow; the job
 //! completes and the studio downloads an output file keyed by `custom_id`. Money is conserved.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use executor::agent::{self, config::AgentSettings, pricing::Policy, workloads::Workloads};
+use executor::agent::pricing::Policy;
+use gridbook_testkit::{Agent, Stack, TestApp, TestUser};
 use serde_json::{Value, json};
-
-use crate::stack::Stack;
 
 const MARKET: &str = "EMBED-MINILM-L6";
 
@@ -47,7 +44,7 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     let app = &stack.app;
 
     // The provider: an account, an API key, and the executor agent with a fixed ask of 5 at 40.
-    let (provider, stop, agent_task) = start_provider(&stack, MARKET, 40, 5).await;
+    let (provider, agent) = start_provider(&stack, MARKET, 40, 5).await;
     let nodes = json_of(app.get_as(&provider, "/v1/nodes").await).await;
     let nodes = nodes.get("data").unwrap_or(&nodes).clone();
     assert_eq!(nodes[0]["challenge_status"], "passed", "{nodes}");
@@ -129,44 +126,15 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     assert!(node["last_heartbeat_at"].is_string(), "no heartbeat recorded: {node}");
     assert!(node["reputation"].as_i64().unwrap() > 5_000, "{node}");
 
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(60), agent_task).await;
+    let _ = agent.stop(Duration::from_secs(60)).await;
 }
 
 /// A provider account with a key, and its executor agent (in this process, real runtime and
 /// models) serving `market` with a fixed ask; returns once the ask is on the engine's book.
-async fn start_provider(
-    stack: &Stack,
-    market: &str,
-    price: u64,
-    qty: u64,
-) -> (
-    crate::common::TestUser,
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<Result<(), executor::agent::AgentError>>,
-) {
+async fn start_provider(stack: &Stack, market: &str, price: u64, qty: u64) -> (TestUser, Agent) {
     let app = &stack.app;
     let provider = app.signup("provider").await;
-    let dir = stack.nats.dir.join(format!("agent-{market}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut settings = AgentSettings {
-        api_url: Some(app.address.clone()),
-        nats_url: stack.nats.url.clone(),
-        state_file: dir.join("state.json"),
-        name: "journey-node".into(),
-        gpu_model: "cpu".into(),
-        region: "test".into(),
-        heartbeat_secs: 1,
-        pricing_poll_secs: 1,
-        ..AgentSettings::default()
-    };
-    settings.markets = BTreeMap::from([(market.to_owned(), Policy::Fixed { price, qty })]);
-    let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig::default())
-        .expect("ONNX Runtime (ORT_DYLIB_PATH)");
-    let models = executor::models::ModelsDir::from_env().expect("GRIDBOOK_MODELS_DIR");
-    let workloads = Arc::new(Workloads::load(&rt, &models, [market], None).expect("models"));
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let agent_task = tokio::spawn(agent::run(settings, Some(provider.key.clone()), workloads, shutdown));
+    let agent = stack.start_agent(&provider, market, Policy::Fixed { price, qty });
 
     // The node registered, passed the challenge and its ask is on the book.
     let started = Instant::now();
@@ -176,15 +144,15 @@ async fn start_provider(
             assert_eq!(book["asks"][0]["price"], price);
             break;
         }
-        assert!(!agent_task.is_finished(), "the agent stopped: {:?}", agent_task.await);
+        assert!(!agent.is_finished(), "the agent stopped: {:?}", agent.join().await);
         assert!(started.elapsed() < Duration::from_secs(120), "no ask on the book: {book}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    (provider, stop, agent_task)
+    (provider, agent)
 }
 
 /// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
-async fn submit_job(app: &crate::common::TestApp, studio: &crate::common::TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
+async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
     let file = json_of(
         app.http
             .post(app.url(&format!("/v1/files?purpose=batch&market={market}")))
@@ -214,7 +182,7 @@ async fn submit_job(app: &crate::common::TestApp, studio: &crate::common::TestUs
 }
 
 /// Polls the job until it ends; returns it and the statuses seen on the way.
-async fn wait_for_job(app: &crate::common::TestApp, studio: &crate::common::TestUser, job_id: &str) -> (Value, Vec<String>) {
+async fn wait_for_job(app: &TestApp, studio: &TestUser, job_id: &str) -> (Value, Vec<String>) {
     let started = Instant::now();
     let mut seen = vec!["queued".to_owned()];
     loop {
@@ -236,7 +204,7 @@ async fn a_render_job_comes_back_as_verified_png_images() {
     const RENDER: &str = "RENDER-TERRAIN-128";
     let stack = Stack::start("journey-render").await;
     let app = &stack.app;
-    let (provider, stop, agent_task) = start_provider(&stack, RENDER, 7, 10).await;
+    let (provider, agent) = start_provider(&stack, RENDER, 7, 10).await;
     let studio = app.signup("studio").await;
     app.credit(&studio, 10_000).await;
     let text: String = (0..3)
@@ -267,6 +235,5 @@ async fn a_render_job_comes_back_as_verified_png_images() {
     // 3 images at the resting ask's 7: the provider earned 21.
     let p = app.balance(&provider).await;
     assert_eq!(p["available"].as_i64().unwrap(), 21, "provider {p}");
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(60), agent_task).await;
+    let _ = agent.stop(Duration::from_secs(60)).await;
 }

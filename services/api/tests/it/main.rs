@@ -1,12 +1,12 @@
 //! Integration tests: the real app (bound to port 0) against real PostgreSQL (a fresh database
 //! per test) and the real NATS server (`GRIDBOOK_NATS_URL`); `cargo xtask test` provides both.
+//! The harness (`TestApp`, `Stack`: private nats-server, engine, worker, agent) is
+//! `gridbook-testkit`.
 
-mod common;
 mod market;
 mod identity;
 mod studio;
 mod provider;
 mod authz;
 mod malformed;
-mod stack;
 mod journey;

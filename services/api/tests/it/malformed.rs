@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::authz::{Obj, Objects, ROUTES, Route, allowed, fill, owner_role, seed_objects};
-use crate::common::{TestApp, TestUser};
+use gridbook_testkit::{TestApp, TestUser};
 
 /// One generated request.
 #[derive(Clone, Debug)]

@@ -3,129 +3,33 @@
 //! the engine's exact book, a client that never reads is dropped with the reason, REST agrees.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use futures::StreamExt;
+use gridbook_testkit::{EngineConfig, StackOptions, TestApp};
 use gridbook_wire::market::{L2Snapshot, MarketStats};
 use gridbook_wire::subjects;
 use matching_core::{AccountId, Amend, Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{TestApp, workspace_root};
-
 const MARKET: &str = "EMBED-MINILM-L6";
 
-/// The binaries sit next to this test's directory in the same target folder (`cargo test
-/// --workspace`, which `cargo xtask test` runs, builds them first).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p matching-engine`, or run `cargo xtask test`)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A private nats-server (so the dev market names cannot collide with anything else on the
-/// shared server) and the real engine serving `dev.toml`'s markets on it.
-struct Stack {
-    nats_url: String,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    _engine: Proc,
-    _nats: Proc,
-    _dir: PathBuf,
-}
+/// shared server), the real engine serving `dev.toml`'s markets on it, and the API; no
+/// settlement worker (these commands have no orders in the database).
+struct Stack(gridbook_testkit::Stack);
 
 impl Stack {
     async fn start(tag: &str) -> Stack {
-        let server = std::env::var("GRIDBOOK_NATS_SERVER_BIN").unwrap_or_else(|_| {
-            panic!("GRIDBOOK_NATS_SERVER_BIN is not set: this test starts its own nats-server (eval \"$(cargo xtask env)\", or cargo xtask test)")
-        });
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("gridbook-api-market-{tag}-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("nats.conf"),
-            format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-                dir.join("js").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("nats.log")).unwrap();
-        let nats = Proc(
-            Command::new(&server)
-                .arg("-c")
-                .arg(dir.join("nats.conf"))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {server}: {e}")),
-        );
-        let nats_url = format!("nats://127.0.0.1:{port}");
-        let start = Instant::now();
-        let client = loop {
-            match async_nats::connect(&nats_url).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(start.elapsed() < Duration::from_secs(20), "nats-server did not start: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        let engine_log = std::fs::File::create(dir.join("engine.log")).unwrap();
-        let engine = Proc(
-            Command::new(binary("matching-engine"))
-                .args(["run", "--config"])
-                .arg(workspace_root().join("matching-engine/engine/config/dev.toml"))
-                .env("GRIDBOOK_NATS_URL", &nats_url)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(engine_log)
-                .spawn()
-                .expect("start matching-engine"),
-        );
-        let js = jetstream::new(client.clone());
-        let stack = Stack { nats_url, client, js, _engine: engine, _nats: nats, _dir: dir };
-        // The engine answers snapshot requests once its market task runs.
-        let start = Instant::now();
-        while stack.engine_l2().await.is_none() {
-            assert!(start.elapsed() < Duration::from_secs(30), "the engine did not start; see {}", stack._dir.display());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        stack
-    }
-
-    async fn app(&self) -> TestApp {
-        let url = self.nats_url.clone();
-        TestApp::spawn_with(move |s| s.nats_url = url).await
+        let options = StackOptions { engine: EngineConfig::dev(), settlement: false };
+        Stack(gridbook_testkit::Stack::start_with(&format!("api-market-{tag}"), options).await)
     }
 
     async fn engine_l2(&self) -> Option<L2Snapshot> {
         let reply = tokio::time::timeout(
             Duration::from_secs(2),
-            self.client.request(subjects::market_snapshot(MARKET), "".into()),
+            self.0.nats.client.request(subjects::market_snapshot(MARKET), "".into()),
         )
         .await
         .ok()?
@@ -134,13 +38,15 @@ impl Stack {
     }
 
     async fn engine_stats(&self) -> MarketStats {
-        let reply = self.client.request(subjects::market_stats(MARKET), "".into()).await.unwrap();
+        let reply = self.0.nats.client.request(subjects::market_stats(MARKET), "".into()).await.unwrap();
         serde_json::from_slice(&reply.payload).unwrap()
     }
 
     /// Publishes one message (one command or an array) and waits for JetStream's ack.
     async fn publish(&self, payload: Vec<u8>) {
-        self.js
+        self.0
+            .nats
+            .jetstream()
             .publish(subjects::market_cmd(MARKET), payload.into())
             .await
             .unwrap()
@@ -306,7 +212,7 @@ async fn connect(app: &TestApp, market: &str) -> Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_rebuilds_the_engine_book_and_rest_agrees() {
     let stack = Stack::start("book").await;
-    let app = stack.app().await;
+    let app = &stack.0.app;
     let mut mix = Mix::new(7, 1);
 
     // Some history before the client joins (the snapshot carries it).
@@ -403,7 +309,7 @@ async fn a_websocket_client_rebuilds_the_engine_book_and_rest_agrees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped_while_others_keep_receiving() {
     let stack = Stack::start("slow").await;
-    let app = stack.app().await;
+    let app = &stack.0.app;
     let mut fast = connect(&app, MARKET).await;
     // The slow client: a tiny receive buffer, and it does not read.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

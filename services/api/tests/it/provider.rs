@@ -9,8 +9,8 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{TestApp, TestUser, error_code};
 use crate::studio::{EMBED, count, engine_account, outbox};
+use gridbook_testkit::{TestApp, TestUser, error_code};
 
 async fn register(app: &TestApp, p: &TestUser, name: &str) -> Value {
     let r = app

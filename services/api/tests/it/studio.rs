@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::common::{TestApp, TestUser, error_code};
+use gridbook_testkit::{TestApp, TestUser, error_code};
 
 pub const EMBED: &str = "EMBED-MINILM-L6";
 

@@ -266,7 +266,7 @@ fn recheck(
 }
 
 fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> {
-    let mut conn = gridbook_ledger::connect(&a.url)?;
+    let mut conn = gridbook_db::connect(&a.url)?;
     let last: Vec<JournalRow> = journal(&mut conn, w, 0, i64::MAX)?;
     let next = last.last().map(|r| r.seq + 1).unwrap_or(0);
     let mut rechecked = 0;
@@ -307,10 +307,7 @@ fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> 
                         continue;
                     }
                     Err(
-                        e @ (LedgerError::Database(_)
-                        | LedgerError::Connection(_)
-                        | LedgerError::Conflict
-                        | LedgerError::Migration(_)),
+                        e @ (LedgerError::Database(_) | LedgerError::Conflict),
                     ) => {
                         return Err(e.into());
                     }
@@ -333,8 +330,8 @@ fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> 
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let mut conn = gridbook_ledger::connect(&a.url)?;
-    gridbook_ledger::run_migrations(&mut conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut conn = gridbook_db::connect(&a.url)?;
+    gridbook_db::run_migrations(&mut conn).map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = setup(&mut conn, &a)?;
     let results: Vec<anyhow::Result<(u64, u64)>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..a.workers)

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
-use gridbook_ledger::testing::TestDb;
+use gridbook_db::testing::TestDb;
 use gridbook_ledger::*;
 
 #[derive(diesel::QueryableByName)]

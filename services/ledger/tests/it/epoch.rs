@@ -1,6 +1,6 @@
 use gridbook_ledger::epoch::{self, BuybackRule, FixedPrice, RewardsPolicy};
 use gridbook_ledger::escrow::{self, Bid};
-use gridbook_ledger::testing::TestDb;
+use gridbook_db::testing::TestDb;
 use gridbook_ledger::*;
 use rust_decimal::Decimal;
 

@@ -5,7 +5,6 @@ mod bank;
 mod epoch;
 mod escrow;
 mod events;
-mod migrations;
 mod rules;
 mod transfers;
 

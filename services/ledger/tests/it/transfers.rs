@@ -1,5 +1,5 @@
 use diesel::RunQueryDsl;
-use gridbook_ledger::testing::TestDb;
+use gridbook_db::testing::TestDb;
 use gridbook_ledger::*;
 
 use crate::{assert_healthy, funded};

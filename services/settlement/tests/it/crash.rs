@@ -2,54 +2,33 @@
 //! flow: after a final restart every fill settled once, every release once, every assignment
 //! was published once, and no money appeared or vanished.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gridbook_ledger::escrow;
 use gridbook_ledger::settlement;
 use gridbook_ledger::{AccountCode, AccountId};
 use gridbook_settlement::decide::fill_id;
+use gridbook_testkit::{Proc, WorkerConfig};
 use matching_core::{EventKind, Side};
 use uuid::Uuid;
 
 use crate::*;
 
-/// The worker process, killed with SIGKILL when dropped (also when the test fails).
-pub struct Worker(Child);
-
-impl Worker {
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Worker {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_settlement-worker"))
-        .arg("run")
-        .env("GRIDBOOK_DATABASE_URL", db_url)
-        .env("GRIDBOOK_NATS_URL", nats_url())
-        .env("GRIDBOOK_CONSUMER", consumer_name(market))
-        .env("GRIDBOOK_FILTER_SUBJECT", subjects::market_evt(market))
-        .env("GRIDBOOK_OUTBOX_INTERVAL_MS", "20")
-        .env("GRIDBOOK_ACK_WAIT_SECS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Worker)
-        .expect("spawn settlement-worker")
+/// The `settlement-worker` binary taking only `market`'s events, its output appended to `log`;
+/// SIGKILL on drop (also when the test fails) or `kill()`.
+pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Proc {
+    gridbook_testkit::spawn_worker(
+        &WorkerConfig {
+            database_url: db_url.to_owned(),
+            nats_url: nats_url(),
+            consumer: Some(consumer_name(market)),
+            filter_subject: Some(subjects::market_evt(market)),
+            outbox_interval_ms: Some(20),
+            ack_wait_secs: Some(2),
+            bin: Some(env!("CARGO_BIN_EXE_settlement-worker").into()),
+        },
+        log,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,35 +2,14 @@
 //! does) → the real `matching-engine` binary matches them → the real `settlement-worker`
 //! binary moves the escrow and publishes the assignments. Real PostgreSQL, real JetStream.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gridbook_ledger::AccountCode;
+use gridbook_testkit::{Engine, EngineConfig, Market, TempDir};
 use matching_core::{AccountId as EngAcct, Cancel, CommandKind, OrderId, Side};
 
 use crate::crash::spawn_worker;
 use crate::*;
-
-/// The engine binary sits next to this test's directory in the same target folder: `cargo test
-/// --workspace` (what `cargo xtask test` runs) builds it before any test starts.
-fn engine_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("matching-engine");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p matching-engine`, or run `cargo xtask test`)",
-        bin.display()
-    );
-    bin
-}
-
-struct Engine(Child);
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
@@ -38,25 +17,16 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
     let c = &mut db.conn();
     let market = unique_market("E2E");
     let js = jetstream().await;
-    let dir = std::env::temp_dir().join(format!("gridbook-e2e-{market}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("engine.toml"),
-        format!(
-            "engine_id = \"e2e-{market}\"\nlease_secs = 3\n\n[[markets]]\nmarket = \"{market}\"\n\
-             min_price = 1\nmax_price = 1000\nmax_qty = 1000\nfee_bps = {FEE_BPS}\n"
-        ),
-    )
-    .unwrap();
-    let _engine = Engine(
-        Command::new(engine_binary())
-            .args(["run", "--config"])
-            .arg(dir.join("engine.toml"))
-            .env("GRIDBOOK_NATS_URL", nats_url())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start matching-engine"),
+    let tmp = TempDir::new("settlement-e2e");
+    let dir = tmp.path();
+    let _engine = Engine::start(
+        &nats_url(),
+        EngineConfig {
+            engine_id: Some(format!("e2e-{market}")),
+            lease_secs: Some(3),
+            dir: Some(dir.to_owned()),
+            ..EngineConfig::markets(vec![Market::new(&market, FEE_BPS)])
+        },
     );
     let _worker = spawn_worker(db.url(), &market, &dir.join("worker.log"));
 

@@ -19,7 +19,8 @@ use diesel::RunQueryDsl;
 use futures::StreamExt;
 use gridbook_ledger::escrow::{self, Bid};
 use gridbook_ledger::{AccountCode, AccountId, NewAccount, NewTransfer, TransferId, store};
-use gridbook_settlement::{Settings, decide::AssignmentMsg, orders};
+use gridbook_db::market_orders as orders;
+use gridbook_settlement::{Settings, decide::AssignmentMsg};
 use gridbook_wire::{headers, market::EventFrame, streams, subjects};
 use matching_core::{
     AccountId as EngAcct, Cancel, Command, CommandKind, Event, MarketConfig, MarketId, OrderBook,
@@ -224,7 +225,7 @@ pub fn escrowed_bid(
             market: market.to_owned(),
             side: Side::Bid,
             order_id,
-            account_id: studio,
+            account_id: studio.0,
             node_id: None,
             job_id: None,
             accepted_seq: None,
@@ -249,7 +250,7 @@ pub fn provider_ask(
             market: market.to_owned(),
             side: Side::Ask,
             order_id: uuid::Uuid::now_v7(),
-            account_id: provider,
+            account_id: provider.0,
             node_id: Some(node),
             job_id: None,
             accepted_seq: None,
@@ -356,8 +357,8 @@ pub fn posted(conn: &mut diesel::PgConnection, a: AccountId) -> i128 {
 /// A fresh database for one test. Migrations run once more on it: a template made by a build
 /// whose embedded migrations predate a new migration folder would otherwise lack its tables
 /// (the worker binary runs them at start-up too).
-pub fn fresh_db() -> gridbook_ledger::testing::TestDb {
-    let db = gridbook_ledger::testing::TestDb::new();
-    gridbook_ledger::run_migrations(&mut db.conn()).expect("migrate the test database");
+pub fn fresh_db() -> gridbook_db::testing::TestDb {
+    let db = gridbook_db::testing::TestDb::new();
+    gridbook_db::run_migrations(&mut db.conn()).expect("migrate the test database");
     db
 }

@@ -1,6 +1,6 @@
 use diesel::RunQueryDsl;
 use diesel_migrations::MigrationHarness;
-use gridbook_ledger::testing::TestDb;
+use gridbook_db::testing::TestDb;
 
 #[derive(diesel::QueryableByName, Debug, PartialEq)]
 struct Name {
@@ -24,24 +24,24 @@ fn objects(c: &mut diesel::PgConnection) -> Vec<Name> {
 fn migrations_up_down_redo() {
     let db = TestDb::empty();
     let c = &mut db.conn();
-    let applied = gridbook_ledger::run_migrations(c).unwrap();
+    let applied = gridbook_db::run_migrations(c).unwrap();
     assert!(!applied.is_empty());
     let after_up = objects(c);
     assert!(!after_up.is_empty());
-    c.revert_all_migrations(gridbook_ledger::MIGRATIONS)
+    c.revert_all_migrations(gridbook_db::MIGRATIONS)
         .unwrap();
     assert_eq!(objects(c), vec![], "down removes everything up created");
-    gridbook_ledger::run_migrations(c).unwrap();
+    gridbook_db::run_migrations(c).unwrap();
     assert_eq!(objects(c), after_up);
     // redo, one migration at a time from the newest
     for _ in 0..applied.len() {
-        c.revert_last_migration(gridbook_ledger::MIGRATIONS)
+        c.revert_last_migration(gridbook_db::MIGRATIONS)
             .unwrap();
     }
-    gridbook_ledger::run_migrations(c).unwrap();
+    gridbook_db::run_migrations(c).unwrap();
     assert_eq!(objects(c), after_up);
     assert!(
-        gridbook_ledger::run_migrations(c).unwrap().is_empty(),
+        gridbook_db::run_migrations(c).unwrap().is_empty(),
         "idempotent at start-up"
     );
 }

@@ -1,25 +1,21 @@
-//! The test harness: `TestApp::spawn()` builds the real application on port 0 with its own
-//! database, and talks to it over HTTP with reqwest.
-
-#![allow(dead_code)]
-
-use std::path::PathBuf;
+//! The API in this process: `TestApp::spawn()` builds the real application on port 0 with its
+//! own database, and talks to it over HTTP with reqwest.
 
 use gridbook_api::{Application, Settings};
-use gridbook_ledger::testing::TestDb;
+use gridbook_db::testing::TestDb;
 
-pub const NATS_URL_VAR: &str = "GRIDBOOK_NATS_URL";
+use crate::dev_markets_file;
 
+const NATS_URL_VAR: &str = "GRIDBOOK_NATS_URL";
+
+/// The shared NATS server (`GRIDBOOK_NATS_URL`, which `cargo xtask test` exports).
 pub fn nats_url() -> String {
     std::env::var(NATS_URL_VAR).unwrap_or_else(|_| {
         panic!("{NATS_URL_VAR} is not set: these tests need a NATS server with JetStream (cargo xtask test starts one)")
     })
 }
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
+/// The API, running on this runtime, with its own database.
 pub struct TestApp {
     pub address: String,
     pub port: u16,
@@ -31,13 +27,15 @@ pub struct TestApp {
 
 /// Settings for a test: port 0, the test's database, plain-HTTP cookies, generous rate limits.
 pub fn test_settings(db: &TestDb) -> Settings {
-    let mut s = Settings::default();
-    s.bind = "127.0.0.1:0".into();
-    s.database_url = db.url().to_owned();
-    s.nats_url = nats_url();
-    s.markets_file = workspace_root().join("matching-engine/engine/config/dev.toml");
-    s.secure_cookies = false;
-    s.db_pool_size = 8;
+    let mut s = Settings {
+        bind: "127.0.0.1:0".into(),
+        database_url: db.url().to_owned(),
+        nats_url: nats_url(),
+        markets_file: dev_markets_file(),
+        secure_cookies: false,
+        db_pool_size: 8,
+        ..Settings::default()
+    };
     s.rate_limit.per_second = 10_000;
     s.rate_limit.burst = 10_000;
     s

@@ -1,14 +1,14 @@
 //! `market_orders`: the engine's order ids (u64) mapped to the marketplace (escrow order, ledger
-//! account, provider node, job). The API inserts rows; the worker reads them and marks bids
-//! accepted.
+//! account, provider node, job). The API inserts a row in the transaction that reserves the
+//! escrow and queues the order command, so the row exists before the engine can emit an event
+//! for the order; the settlement worker reads rows and marks bids accepted.
 
 use diesel::prelude::*;
-use gridbook_ledger::AccountId;
 use matching_core::Side;
 use uuid::Uuid;
 
-use crate::error::{Result, SettlementError};
 use crate::schema::market_orders;
+use crate::{DbError, Result};
 
 /// One engine order as the marketplace knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct MarketOrder {
     /// Bids: the escrow order id; asks: the marketplace's order id.
     pub order_id: Uuid,
     /// Bids: the studio's account; asks: the provider's payout account.
-    pub account_id: AccountId,
+    pub account_id: Uuid,
     /// Asks: the node that runs the work.
     pub node_id: Option<Uuid>,
     pub job_id: Option<Uuid>,
@@ -49,12 +49,12 @@ fn side_str(s: Side) -> &'static str {
 }
 
 fn to_i64(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| SettlementError::Refused(format!("{what} {v} exceeds i64")))
+    i64::try_from(v).map_err(|_| DbError::Refused(format!("{what} {v} exceeds i64")))
 }
 
 impl Row {
     fn into_order(self) -> Result<MarketOrder> {
-        let bad = |what: &str| SettlementError::Refused(format!("market_orders: bad {what}"));
+        let bad = |what: &str| DbError::Refused(format!("market_orders: bad {what}"));
         Ok(MarketOrder {
             engine_order_id: u64::try_from(self.engine_order_id).map_err(|_| bad("id"))?,
             market: self.market,
@@ -64,7 +64,7 @@ impl Row {
                 _ => return Err(bad("side")),
             },
             order_id: self.order_id,
-            account_id: AccountId(self.account_id),
+            account_id: self.account_id,
             node_id: self.node_id,
             job_id: self.job_id,
             accepted_seq: self.accepted_seq.and_then(|s| u64::try_from(s).ok()),
@@ -89,7 +89,7 @@ pub fn insert(conn: &mut PgConnection, o: &MarketOrder) -> Result<()> {
         market: o.market.clone(),
         side: side_str(o.side).to_owned(),
         order_id: o.order_id,
-        account_id: o.account_id.0,
+        account_id: o.account_id,
         node_id: o.node_id,
         job_id: o.job_id,
         accepted_seq: None,
@@ -111,7 +111,7 @@ pub fn insert(conn: &mut PgConnection, o: &MarketOrder) -> Result<()> {
                 }
             });
             if !same {
-                return Err(SettlementError::Refused(format!(
+                return Err(DbError::Refused(format!(
                     "market order {} exists with different content",
                     o.engine_order_id
                 )));

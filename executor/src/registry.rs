@@ -1,0 +1,562 @@
+//! The workload registry: the one place that knows every [`WorkloadKind`]. For each kind it
+//! parses and checks an input line's fields ([`parse_fields`]; the API's upload check calls the
+//! same function through [`check_fields`] / [`check_jsonl`]), loads its model(s)
+//! ([`Loaded::load`]), runs items ([`Loaded`] is a [`Workload`], so it goes through
+//! [`crate::local::run_reader`] / [`crate::workload::run_items`] like any workload) and compares
+//! two outputs of one item ([`compare`]: the market's verifier).
+//!
+//! Every caller — the CLI (`executor run --workload`), the agent ([`crate::agent::workloads`]),
+//! the API (upload check, node challenge) and the settlement worker's verifier — goes through
+//! here, and dispatch is a `match` on the enum, so adding a kind means this file, the kind's
+//! module and model entry ([`crate::models::pinned`]) and its `gridbook_wire::catalog` entry.
+//!
+//! [`Reference`] is the market's own executor: CPU, one thread, workloads loaded on first use
+//! (the API's challenge reference and the verifier's re-runs).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::commitment::Manifest;
+use crate::embed::{EmbedConfig, EmbedWorkload, Embedder};
+use crate::error::{ExecutorError, Result};
+use crate::local::Parsed;
+use crate::models::ModelsDir;
+use crate::runtime::{Provider, RunControl, Runtime, RuntimeConfig};
+use crate::sd::{LineParams, SdInput, SdPipeline, SdWorkload};
+use crate::terrain::{TerrainConfig, TerrainInput, TerrainRenderer, TerrainWorkload};
+use crate::workload::{FieldError, ItemOutput, Workload};
+
+pub use gridbook_wire::catalog::WorkloadKind;
+
+/// Embeddings of one item must agree to this cosine (product.md: cosine ≥ 0.999).
+pub const EMBED_MIN_COSINE: f32 = 0.999;
+/// Images of one item may differ by this mean absolute difference per 8-bit RGBA channel.
+pub const IMAGE_MAX_MEAN_ABS_DIFF: f64 = 2.0;
+
+/// The parsed input of one item, of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Embed(String),
+    Terrain(TerrainInput),
+    Sd(SdInput),
+}
+
+/// Parses and checks one input line's fields for `kind` (`custom_id` already taken out): the
+/// parser of every run ([`Loaded`]'s [`Workload::parse`]) and of the API's upload check
+/// ([`check_fields`]). Needs no model; `sd` is the SD pipeline's VAE factor and defaults.
+pub fn parse_fields(
+    kind: WorkloadKind,
+    custom_id: &str,
+    fields: &Map<String, Value>,
+    sd: &LineParams,
+) -> std::result::Result<Input, FieldError> {
+    match kind {
+        WorkloadKind::Embed => crate::embed::parse_input(fields).map(Input::Embed),
+        WorkloadKind::Terrain => {
+            TerrainWorkload::parse_with_id(fields, custom_id).map(Input::Terrain)
+        }
+        WorkloadKind::Sd => crate::sd::parse_input(custom_id, fields, sd).map(Input::Sd),
+    }
+}
+
+/// The upload check of one line: [`parse_fields`] with the market's SD shape
+/// ([`LineParams::SD15_512`]), so a line the API accepts is a line the executor runs.
+pub fn check_fields(
+    kind: WorkloadKind,
+    custom_id: &str,
+    fields: &Map<String, Value>,
+) -> std::result::Result<(), FieldError> {
+    parse_fields(kind, custom_id, fields, &LineParams::SD15_512).map(drop)
+}
+
+/// Checks JSONL text for `kind` with the executor's line parser ([`crate::local::parse_jsonl`]:
+/// JSON objects, unique `custom_id`s, UTF-8) and [`check_fields`]; nothing runs.
+pub fn check_jsonl(kind: WorkloadKind, reader: impl std::io::BufRead) -> Parsed<()> {
+    crate::local::parse_jsonl(&Checker(kind), reader)
+}
+
+/// A parse-only workload: [`crate::local::parse_jsonl`] calls `parse` for each line.
+struct Checker(WorkloadKind);
+
+impl Workload for Checker {
+    type Input = ();
+
+    fn id(&self) -> &'static str {
+        self.0.as_str()
+    }
+
+    fn parse(
+        &self,
+        custom_id: &str,
+        fields: &Map<String, Value>,
+    ) -> std::result::Result<(), FieldError> {
+        check_fields(self.0, custom_id, fields)
+    }
+
+    fn run_controlled(
+        &mut self,
+        _inputs: &[()],
+        _progress: &dyn Fn(u64),
+        _control: Option<&RunControl>,
+    ) -> Result<Vec<std::result::Result<ItemOutput, String>>> {
+        Err(ExecutorError::Config(
+            "the checker only parses input lines".into(),
+        ))
+    }
+
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            workload: self.0.as_str().into(),
+            models: Default::default(),
+            ort_version: String::new(),
+            execution_provider: String::new(),
+            device: String::new(),
+            dtype: String::new(),
+            gpu_name: None,
+            executor_version: String::new(),
+            parameters: Value::Null,
+        }
+    }
+}
+
+/// Where models come from and how the workloads are set up.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The models directory (`<dir>/<model>/model.onnx`); `None`: `GRIDBOOK_MODELS_DIR`, read only
+    /// by the kinds that need it.
+    pub models_dir: Option<PathBuf>,
+    /// The SD pipeline's directory (SD 1.5 ONNX export + `tokenizer.json` + `gridbook-sd.json`);
+    /// the `sd` kind needs it.
+    pub sd_model_dir: Option<PathBuf>,
+    pub embed: EmbedConfig,
+    pub terrain: TerrainConfig,
+}
+
+/// A loaded workload of any kind. It is a [`Workload`] whose inputs are [`Input`]s.
+pub enum Loaded {
+    Embed(EmbedWorkload),
+    Terrain(TerrainWorkload),
+    Sd(SdWorkload),
+}
+
+impl Loaded {
+    /// Loads the model(s) of `kind` (hash-checked, see [`crate::models`]).
+    pub fn load(kind: WorkloadKind, rt: &Runtime, opts: &Options) -> Result<Self> {
+        let models = || match &opts.models_dir {
+            Some(d) => Ok(ModelsDir::new(d)),
+            None => ModelsDir::from_env(),
+        };
+        Ok(match kind {
+            WorkloadKind::Embed => Loaded::Embed(EmbedWorkload {
+                embedder: Embedder::load(rt, &models()?, opts.embed.clone())?,
+            }),
+            WorkloadKind::Terrain => Loaded::Terrain(TerrainWorkload {
+                renderer: TerrainRenderer::load(rt, &models()?, opts.terrain.clone())?,
+            }),
+            WorkloadKind::Sd => {
+                let dir = opts.sd_model_dir.as_deref().ok_or_else(|| {
+                    ExecutorError::Config(
+                        "the sd workload needs an SD model directory (--sd-model-dir, or sd_model_dir in the node config)"
+                            .into(),
+                    )
+                })?;
+                Loaded::Sd(SdWorkload {
+                    pipeline: SdPipeline::load(rt, dir)?,
+                })
+            }
+        })
+    }
+
+    pub fn kind(&self) -> WorkloadKind {
+        match self {
+            Loaded::Embed(_) => WorkloadKind::Embed,
+            Loaded::Terrain(_) => WorkloadKind::Terrain,
+            Loaded::Sd(_) => WorkloadKind::Sd,
+        }
+    }
+
+    /// The embedder, for the hardware challenge ([`crate::challenge`]).
+    pub fn embedder(&self) -> Option<&Embedder> {
+        match self {
+            Loaded::Embed(w) => Some(&w.embedder),
+            Loaded::Terrain(_) | Loaded::Sd(_) => None,
+        }
+    }
+
+    /// What [`parse_fields`] needs of this workload's SD pipeline (the market's shape for kinds
+    /// without one; they do not read it).
+    fn line_params(&self) -> LineParams {
+        match self {
+            Loaded::Sd(w) => w.pipeline.config().line_params(),
+            Loaded::Embed(_) | Loaded::Terrain(_) => LineParams::SD15_512,
+        }
+    }
+}
+
+/// Runs `inputs` (all of `w`'s kind) through `w`.
+fn run_as<W: Workload>(
+    w: &mut W,
+    inputs: &[Input],
+    pick: fn(&Input) -> Option<&W::Input>,
+    progress: &dyn Fn(u64),
+    control: Option<&RunControl>,
+) -> Result<Vec<std::result::Result<ItemOutput, String>>>
+where
+    W::Input: Clone,
+{
+    let own = inputs
+        .iter()
+        .map(|i| {
+            pick(i).cloned().ok_or_else(|| {
+                ExecutorError::Config(format!("an input of another workload given to {}", w.id()))
+            })
+        })
+        .collect::<Result<Vec<W::Input>>>()?;
+    w.run_controlled(&own, progress, control)
+}
+
+impl Workload for Loaded {
+    type Input = Input;
+
+    fn id(&self) -> &'static str {
+        match self {
+            Loaded::Embed(w) => w.id(),
+            Loaded::Terrain(w) => w.id(),
+            Loaded::Sd(w) => w.id(),
+        }
+    }
+
+    fn parse(
+        &self,
+        custom_id: &str,
+        fields: &Map<String, Value>,
+    ) -> std::result::Result<Input, FieldError> {
+        parse_fields(self.kind(), custom_id, fields, &self.line_params())
+    }
+
+    fn run_controlled(
+        &mut self,
+        inputs: &[Input],
+        progress: &dyn Fn(u64),
+        control: Option<&RunControl>,
+    ) -> Result<Vec<std::result::Result<ItemOutput, String>>> {
+        match self {
+            Loaded::Embed(w) => run_as(
+                w,
+                inputs,
+                |i| match i {
+                    Input::Embed(x) => Some(x),
+                    _ => None,
+                },
+                progress,
+                control,
+            ),
+            Loaded::Terrain(w) => run_as(
+                w,
+                inputs,
+                |i| match i {
+                    Input::Terrain(x) => Some(x),
+                    _ => None,
+                },
+                progress,
+                control,
+            ),
+            Loaded::Sd(w) => run_as(
+                w,
+                inputs,
+                |i| match i {
+                    Input::Sd(x) => Some(x),
+                    _ => None,
+                },
+                progress,
+                control,
+            ),
+        }
+    }
+
+    fn manifest(&self) -> Manifest {
+        match self {
+            Loaded::Embed(w) => w.manifest(),
+            Loaded::Terrain(w) => w.manifest(),
+            Loaded::Sd(w) => w.manifest(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparing two outputs of one item
+// ---------------------------------------------------------------------------------------------
+
+/// The embedding an output line's fields carry (`embedding`).
+pub fn embedding_of(record: &Map<String, Value>) -> Option<Vec<f32>> {
+    record
+        .get("embedding")?
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32))
+        .collect()
+}
+
+/// The PNG bytes a render output line's fields carry (base64 in a field named `*png_b64`).
+pub fn png_of(record: &Map<String, Value>) -> Option<Vec<u8>> {
+    record.iter().find_map(|(k, v)| {
+        let s = v.as_str().filter(|_| k.ends_with("png_b64"))?;
+        base64::engine::general_purpose::STANDARD.decode(s).ok()
+    })
+}
+
+/// Compares two outputs of one item of `kind`: `node`, the fields of a node's output line
+/// (besides `custom_id`), with `ours`, the market's own run of the same input. Embeddings must
+/// agree to cosine ≥ [`EMBED_MIN_COSINE`], images to a mean absolute pixel difference ≤
+/// [`IMAGE_MAX_MEAN_ABS_DIFF`] (out of 255). `Err` says how they differ.
+pub fn compare(
+    kind: WorkloadKind,
+    custom_id: &str,
+    node: &Map<String, Value>,
+    ours: &ItemOutput,
+) -> std::result::Result<(), String> {
+    match kind {
+        WorkloadKind::Embed => {
+            let a = embedding_of(node).ok_or("the node's line has no embedding")?;
+            compare_embeddings(custom_id, &a, ours)
+        }
+        WorkloadKind::Terrain | WorkloadKind::Sd => {
+            if embedding_of(node).is_some() {
+                return Err("the re-run produced no embedding where the node did".into());
+            }
+            compare_images(custom_id, node, ours)
+        }
+    }
+}
+
+fn compare_embeddings(
+    custom_id: &str,
+    a: &[f32],
+    ours: &ItemOutput,
+) -> std::result::Result<(), String> {
+    let b =
+        embedding_of(&ours.record).ok_or("the re-run produced no embedding where the node did")?;
+    if a.len() != b.len() {
+        return Err(format!(
+            "embedding of {custom_id} has {} dims, expected {}",
+            a.len(),
+            b.len()
+        ));
+    }
+    let cos = crate::embed::cosine(a, &b);
+    if cos >= EMBED_MIN_COSINE {
+        Ok(())
+    } else {
+        Err(format!(
+            "embedding of {custom_id} differs from the re-run: cosine {cos:.5} < {EMBED_MIN_COSINE}"
+        ))
+    }
+}
+
+fn compare_images(
+    custom_id: &str,
+    node: &Map<String, Value>,
+    ours: &ItemOutput,
+) -> std::result::Result<(), String> {
+    let a = png_of(node).ok_or("the node's line has no image")?;
+    let b = ours
+        .artifact
+        .clone()
+        .or_else(|| png_of(&ours.record))
+        .ok_or("the re-run produced no image")?;
+    let d = mean_abs_diff(&a, &b).map_err(|e| format!("image of {custom_id}: {e}"))?;
+    if d <= IMAGE_MAX_MEAN_ABS_DIFF {
+        Ok(())
+    } else {
+        Err(format!(
+            "image of {custom_id} differs from the re-run: mean |Δ| {d:.2} > {IMAGE_MAX_MEAN_ABS_DIFF}"
+        ))
+    }
+}
+
+/// Mean absolute difference per RGBA channel of two PNGs of the same size.
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> std::result::Result<f64, String> {
+    let load = |p: &[u8]| {
+        image::load_from_memory_with_format(p, image::ImageFormat::Png)
+            .map(|i| i.to_rgba8())
+            .map_err(|e| e.to_string())
+    };
+    let (a, b) = (load(a)?, load(b)?);
+    if a.dimensions() != b.dimensions() {
+        return Err(format!("size {:?} ≠ {:?}", a.dimensions(), b.dimensions()));
+    }
+    let n = a.as_raw().len().max(1) as f64;
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    Ok(sum as f64 / n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The market's own executor
+// ---------------------------------------------------------------------------------------------
+
+/// The market's own executor (the API's challenge reference, the settlement worker's
+/// verifier): ONNX Runtime on the CPU with one intra-op thread (`ORT_DYLIB_PATH`), models from
+/// `GRIDBOOK_MODELS_DIR`, each workload loaded on first use and kept; a failed start or load is
+/// retried on the next use. Blocking: use it on a blocking thread.
+pub struct Reference {
+    rt: Option<Runtime>,
+    loaded: BTreeMap<WorkloadKind, Loaded>,
+}
+
+impl Default for Reference {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reference {
+    pub const fn new() -> Self {
+        Self {
+            rt: None,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    /// The workload of `kind`, loaded now if it is not yet.
+    pub fn workload(&mut self, kind: WorkloadKind) -> Result<&mut Loaded> {
+        use std::collections::btree_map::Entry;
+        match self.loaded.entry(kind) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(slot) => {
+                if self.rt.is_none() {
+                    self.rt = Some(Runtime::new(RuntimeConfig {
+                        dylib_path: None,
+                        provider: Provider::Cpu,
+                        intra_threads: 1,
+                    })?);
+                }
+                let rt = self.rt.as_ref().expect("set above");
+                let w = Loaded::load(kind, rt, &Options::default())?;
+                tracing::info!(workload = %kind, "reference workload loaded");
+                Ok(slot.insert(w))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn every_kind_parses_its_lines_without_a_model() {
+        assert_eq!(
+            parse_fields(
+                WorkloadKind::Embed,
+                "a",
+                &fields(json!({"body": {"input": "hi"}})),
+                &LineParams::SD15_512
+            ),
+            Ok(Input::Embed("hi".into()))
+        );
+        let e = check_fields(WorkloadKind::Embed, "a", &fields(json!({"input": 3}))).unwrap_err();
+        assert_eq!(e, FieldError::new("input", "expected a string"));
+        assert!(check_fields(WorkloadKind::Terrain, "a", &fields(json!({"seed": 1}))).is_ok());
+        let e = check_fields(
+            WorkloadKind::Terrain,
+            "a",
+            &fields(json!({"difficulty": 0})),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "difficulty");
+        assert!(check_fields(WorkloadKind::Sd, "a", &fields(json!({"prompt": "a cat"}))).is_ok());
+        let e = check_fields(
+            WorkloadKind::Sd,
+            "a",
+            &fields(json!({"prompt": "p", "height": 12})),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "height");
+        let Input::Sd(s) = parse_fields(
+            WorkloadKind::Sd,
+            "a",
+            &fields(json!({"prompt": "p"})),
+            &LineParams::SD15_512,
+        )
+        .unwrap() else {
+            panic!("an SD input")
+        };
+        assert_eq!((s.width, s.height, s.steps), (512, 512, 50));
+    }
+
+    #[test]
+    fn check_jsonl_is_the_executors_line_parser() {
+        let text = "{\"custom_id\":\"a\",\"input\":\"x\"}\n{\"custom_id\":\"a\",\"input\":\"y\"}\n{\"custom_id\":\"b\"}\n";
+        let p = check_jsonl(WorkloadKind::Embed, std::io::Cursor::new(text));
+        assert_eq!(p.items.len(), 1);
+        let msgs: Vec<_> = p
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(msgs, [(2, "duplicate custom_id"), (3, "missing")]);
+    }
+
+    fn item(record: Value, artifact: Option<Vec<u8>>) -> ItemOutput {
+        ItemOutput {
+            record: fields(record),
+            hash: [0; 32],
+            artifact,
+        }
+    }
+
+    #[test]
+    fn embeddings_compare_by_cosine() {
+        let ours = item(json!({"embedding": [1.0, 0.0]}), None);
+        let same = fields(json!({"embedding": [1.0, 0.001]}));
+        assert_eq!(compare(WorkloadKind::Embed, "a", &same, &ours), Ok(()));
+        let other = fields(json!({"embedding": [0.9, 0.3]}));
+        let e = compare(WorkloadKind::Embed, "a", &other, &ours).unwrap_err();
+        assert!(
+            e.contains("embedding of a differs from the re-run: cosine"),
+            "{e}"
+        );
+        let short = fields(json!({"embedding": [1.0]}));
+        assert!(
+            compare(WorkloadKind::Embed, "a", &short, &ours)
+                .unwrap_err()
+                .contains("dims")
+        );
+        let image = fields(json!({"image_png_b64": ""}));
+        assert!(compare(WorkloadKind::Embed, "a", &image, &ours).is_err());
+    }
+
+    #[test]
+    fn images_compare_by_mean_abs_diff() {
+        let png = |v: u8| crate::png::rgb8(&[v; 4 * 4 * 3], 4, 4).unwrap();
+        let b64 = |p: &[u8]| base64::engine::general_purpose::STANDARD.encode(p);
+        let ours = item(json!({}), Some(png(100)));
+        // RGB difference 2 on 3 of 4 channels (alpha equal): mean 1.5 ≤ 2.
+        let close = fields(json!({"image_png_b64": b64(&png(102))}));
+        assert_eq!(compare(WorkloadKind::Terrain, "r", &close, &ours), Ok(()));
+        let far = fields(json!({"image_png_b64": b64(&png(110))}));
+        let e = compare(WorkloadKind::Sd, "r", &far, &ours).unwrap_err();
+        assert!(
+            e.contains("image of r differs from the re-run: mean |Δ| 7.50 > 2"),
+            "{e}"
+        );
+        let emb = fields(json!({"embedding": [1.0]}));
+        assert!(compare(WorkloadKind::Terrain, "r", &emb, &ours).is_err());
+        // Our side inline (no artifact) works the same.
+        let inline = item(json!({"image_png_b64": b64(&png(100))}), None);
+        assert_eq!(compare(WorkloadKind::Terrain, "r", &close, &inline), Ok(()));
+    }
+}

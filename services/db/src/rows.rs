@@ -1,0 +1,42 @@
+//! Row types that more than one crate reads or writes.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::jobs;
+use crate::status::JobStatus;
+
+/// One row of `jobs`: a studio's batch job (the API creates it; the settlement worker moves it
+/// through its states and fills in the counts and files).
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = jobs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct JobRow {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub market: String,
+    pub input_file: Uuid,
+    pub status: JobStatus,
+    /// Input lines.
+    pub items: i32,
+    /// Input lines one unit of the market covers.
+    pub items_per_unit: i32,
+    pub units: i64,
+    /// Minor units per unit.
+    pub limit_price: i64,
+    pub fee_bps: i32,
+    pub deadline: DateTime<Utc>,
+    /// The escrow order of the job's bid.
+    pub order_id: Uuid,
+    pub engine_order_id: i64,
+    pub items_completed: i32,
+    pub items_failed: i32,
+    pub output_file: Option<Uuid>,
+    pub error_file: Option<Uuid>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub metadata: Option<serde_json::Value>,
+}

@@ -1,0 +1,285 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        prefix -> Text,
+        secret_hash -> Bytea,
+        scopes -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    asks (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        node_id -> Uuid,
+        market -> Text,
+        engine_order_id -> Int8,
+        price -> Int8,
+        qty -> Int8,
+        status -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    epoch_reports (epoch) {
+        epoch -> Int8,
+        report -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    escrow_assignments (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        provider_account_id -> Uuid,
+        quantity -> Int8,
+        trade_price -> Int8,
+        provider_hold_id -> Uuid,
+        fee_hold_id -> Nullable<Uuid>,
+        state -> Text,
+        verified_units -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    escrow_orders (order_id) {
+        order_id -> Uuid,
+        studio_account_id -> Uuid,
+        escrow_account_id -> Uuid,
+        fee_account_id -> Uuid,
+        ledger -> Text,
+        quantity -> Int8,
+        quantity_open -> Int8,
+        limit_price -> Int8,
+        fee_bps -> Int4,
+        unit_reserve -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    files (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        purpose -> Text,
+        sha256 -> Text,
+        bytes -> Int8,
+        lines -> Int4,
+        filename -> Nullable<Text>,
+        created_at -> Timestamptz,
+        market -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (user_id, key) {
+        user_id -> Uuid,
+        key -> Text,
+        route -> Text,
+        request_hash -> Bytea,
+        status -> Int2,
+        response -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    job_assignments (id) {
+        id -> Uuid,
+        job_id -> Uuid,
+        node_id -> Uuid,
+        market -> Text,
+        unit_start -> Int8,
+        units -> Int8,
+        item_start -> Int4,
+        item_count -> Int4,
+        price -> Int8,
+        status -> Text,
+        output_sha256 -> Nullable<Text>,
+        merkle_root -> Nullable<Text>,
+        manifest -> Nullable<Jsonb>,
+        detail -> Nullable<Text>,
+        deadline -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    jobs (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        market -> Text,
+        input_file -> Uuid,
+        status -> Text,
+        items -> Int4,
+        items_per_unit -> Int4,
+        units -> Int8,
+        limit_price -> Int8,
+        fee_bps -> Int4,
+        deadline -> Timestamptz,
+        order_id -> Uuid,
+        engine_order_id -> Int8,
+        items_completed -> Int4,
+        items_failed -> Int4,
+        output_file -> Nullable<Uuid>,
+        error_file -> Nullable<Uuid>,
+        cancel_requested_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        metadata -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    ledger_accounts (id) {
+        id -> Uuid,
+        ledger -> Text,
+        code -> Text,
+        debits_must_not_exceed_credits -> Bool,
+        credits_must_not_exceed_debits -> Bool,
+        debits_pending -> Int8,
+        debits_posted -> Int8,
+        credits_pending -> Int8,
+        credits_posted -> Int8,
+        reference -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ledger_transfers (id) {
+        id -> Uuid,
+        seq -> Int8,
+        kind -> Text,
+        debit_account_id -> Uuid,
+        credit_account_id -> Uuid,
+        ledger -> Text,
+        amount -> Int8,
+        pending_id -> Nullable<Uuid>,
+        expires_at -> Nullable<Timestamptz>,
+        code -> Text,
+        reference -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    market_orders (engine_order_id) {
+        engine_order_id -> Int8,
+        market -> Text,
+        side -> Text,
+        order_id -> Uuid,
+        account_id -> Uuid,
+        node_id -> Nullable<Uuid>,
+        job_id -> Nullable<Uuid>,
+        accepted_seq -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    nodes (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        name -> Text,
+        gpu_model -> Text,
+        vram_mb -> Int4,
+        region -> Text,
+        status -> Text,
+        reputation -> Int4,
+        challenge_nonce -> Text,
+        challenge_status -> Text,
+        challenge_ms -> Nullable<Int4>,
+        challenge_detail -> Nullable<Text>,
+        last_heartbeat_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Uuid,
+        subject -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    processed_events (consumer, event_id) {
+        consumer -> Text,
+        event_id -> Text,
+        processed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        account_id -> Uuid,
+        engine_account -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> users (user_id));
+diesel::joinable!(asks -> nodes (node_id));
+diesel::joinable!(asks -> users (owner));
+diesel::joinable!(escrow_assignments -> escrow_orders (order_id));
+diesel::joinable!(escrow_assignments -> ledger_accounts (provider_account_id));
+diesel::joinable!(files -> users (owner));
+diesel::joinable!(idempotency_keys -> users (user_id));
+diesel::joinable!(job_assignments -> jobs (job_id));
+diesel::joinable!(job_assignments -> nodes (node_id));
+diesel::joinable!(jobs -> users (owner));
+diesel::joinable!(market_orders -> ledger_accounts (account_id));
+diesel::joinable!(nodes -> users (owner));
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(users -> ledger_accounts (account_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    asks,
+    epoch_reports,
+    escrow_assignments,
+    escrow_orders,
+    files,
+    idempotency_keys,
+    job_assignments,
+    jobs,
+    ledger_accounts,
+    ledger_transfers,
+    market_orders,
+    nodes,
+    outbox,
+    processed_events,
+    sessions,
+    users,
+);

@@ -1,0 +1,159 @@
+//! The status columns of the marketplace tables as enums. Each is stored as the text the
+//! migration's CHECK constraint allows (`jobs.status IN ('validating', …)`), so the database
+//! and the code agree on one spelling; an unknown value read back is an error, never a default.
+
+use diesel::deserialize::{self, FromSql};
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
+
+use crate::DbError;
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+            diesel::AsExpression, diesel::FromSqlRow,
+        )]
+        #[diesel(sql_type = Text)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the migration's order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = DbError;
+            fn from_str(s: &str) -> Result<Self, DbError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(DbError::Refused(format!(
+                        "{other:?} is not a {} (expected one of {})",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl ToSql<Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl FromSql<Text, Pg> for $name {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// `jobs.status`.
+    JobStatus {
+        /// Reserved: uploads are validated when they arrive, so jobs start `queued`.
+        Validating = "validating",
+        /// The bid is on the book; nothing assigned yet.
+        Queued = "queued",
+        /// At least one assignment exists.
+        Running = "running",
+        /// Nothing left to assign or run; the output file is being assembled.
+        Verifying = "verifying",
+        Completed = "completed",
+        Failed = "failed",
+        Expired = "expired",
+        Cancelled = "cancelled",
+    }
+}
+
+impl JobStatus {
+    /// A job in one of these states never changes again.
+    pub const TERMINAL: [JobStatus; 4] = [
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Expired,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        Self::TERMINAL.contains(&self)
+    }
+}
+
+text_enum! {
+    /// `job_assignments.status`.
+    AssignmentStatus {
+        /// Sent to the node; no result yet.
+        Assigned = "assigned",
+        Verifying = "verifying",
+        /// Verified; the escrow posted for the verified units.
+        Completed = "completed",
+        /// Failed, overdue or refused; the escrow voided.
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// `nodes.status`.
+    NodeStatus {
+        /// A new identity with small caps (`limits.probation_ask_qty`).
+        Probation = "probation",
+        Active = "active",
+        Suspended = "suspended",
+    }
+}
+
+text_enum! {
+    /// `nodes.challenge_status`.
+    ChallengeStatus {
+        Pending = "pending",
+        Passed = "passed",
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// `asks.status`.
+    AskStatus {
+        Open = "open",
+        /// The API queued a Cancel; the worker closes the ask on the engine's event.
+        CancelRequested = "cancel_requested",
+        Closed = "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_unknown_text_is_an_error() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>().unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!("cancel_requested".parse::<AskStatus>().unwrap(), AskStatus::CancelRequested);
+        let e = "done".parse::<JobStatus>().unwrap_err().to_string();
+        assert!(e.contains("\"done\"") && e.contains("queued"), "{e}");
+    }
+}
