@@ -7,6 +7,7 @@ mod api;
 mod book;
 mod engine;
 mod ledger;
+mod verification;
 mod ws;
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Scenario {
     Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
     Ledger(ledger::Args),
+    /// Verification sampling: detection of cheaters under the old and the new sample rule.
+    Verification(verification::Args),
     /// The API's WebSocket market feed: many clients, per-delta lag, gaps, drops.
     Ws(ws::Args),
 }
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Book(args) => book::run(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
+        Scenario::Verification(args) => verification::run(args),
         Scenario::Ws(args) => ws::run(args),
     }
 }

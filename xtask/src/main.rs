@@ -630,6 +630,11 @@ impl Project {
         let mut children = Vec::new();
         for (name, args) in processes {
             let mut cmd = self.cargo_bin_command(&target.join("release").join(name));
+            if name == "settlement-worker" {
+                // The key of the verification sample's HMAC: one per checkout, kept in
+                // `.gridbook/` (never committed), so samples can be recomputed across restarts.
+                cmd.env("GRIDBOOK_VERIFICATION_SECRET", self.verification_secret()?);
+            }
             if name == "gridbook-api" {
                 // Local development over plain HTTP: cookies without `Secure`, the web UI at `/`.
                 cmd.env("GRIDBOOK_BIND", format!("127.0.0.1:{api_port}"))
@@ -670,6 +675,32 @@ impl Project {
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `.gridbook/verification.secret` (32 random bytes, hex, mode 0600), created once.
+    fn verification_secret(&self) -> Result<String> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.state.join("verification.secret");
+        if let Ok(s) = fs::read_to_string(&path) {
+            if s.trim().len() >= 64 {
+                return Ok(s.trim().to_owned());
+            }
+        }
+        let mut bytes = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, hex.as_bytes()))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(hex)
     }
 
     fn cargo_bin_command(&self, bin: &Path) -> Command {

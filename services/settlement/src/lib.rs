@@ -13,7 +13,8 @@
 //! - `settle`: the database edge — one message, one transaction.
 //! - `worker`: the NATS edge — streams, the consumer loop, the outbox publisher.
 //! - `jobs`: job assignments (fill → input lines, deadline), job states, finishing.
-//! - `verify`: checking a node's result (completeness, hashes, Merkle root, sampled re-run).
+//! - `verify`: checking a node's result (completeness, hashes, Merkle root, then a sample drawn
+//!   from an HMAC of the commitment under `verification_secret`, re-run and compared).
 //! - `results`: the NATS edge of results — the verifier consumer and the job finisher.
 //! - `db`: diesel on tokio's blocking pool.
 //!
@@ -62,6 +63,47 @@ pub struct Settings {
     /// Outbox rows per publish round.
     pub outbox_batch: i64,
     pub outbox_interval_ms: u64,
+    /// `GRIDBOOK_VERIFICATION_SECRET`: hex, at least 32 bytes; the key of the HMAC the
+    /// verification sample is drawn from (`verify::sample_seed`). Never logged. Unset: a random
+    /// secret per process (samples stay unpredictable, but cannot be recomputed after a restart;
+    /// set one in production so disputes can be re-checked).
+    pub verification_secret: Option<String>,
+    /// Items re-run per assignment, unless `sample_items_by_market` names the market.
+    pub sample_items: usize,
+    pub sample_items_by_market: std::collections::BTreeMap<String, usize>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL and the verification secret are never printed.
+        f.debug_struct("Settings")
+            .field("nats_url", &self.nats_url)
+            .field("consumer", &self.consumer)
+            .field("sample_items", &self.sample_items)
+            .field("sample_items_by_market", &self.sample_items_by_market)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// The verification sample policy (`verification_secret`, `sample_items*`).
+    pub fn sample_policy(&self) -> Result<verify::SamplePolicy> {
+        let secret = match &self.verification_secret {
+            Some(hex_secret) => hex::decode(hex_secret.trim()).map_err(|e| {
+                SettlementError::Refused(format!("verification_secret is not hex: {e}"))
+            })?,
+            None => {
+                tracing::warn!(
+                    "no verification_secret configured: using a random one for this process; \
+                     samples cannot be recomputed after a restart"
+                );
+                let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+                [a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat()
+            }
+        };
+        verify::SamplePolicy::new(secret, self.sample_items, self.sample_items_by_market.clone())
+            .map_err(SettlementError::Refused)
+    }
 }
 
 impl Default for Settings {
@@ -76,6 +118,9 @@ impl Default for Settings {
             ack_wait_secs: 30,
             outbox_batch: 256,
             outbox_interval_ms: 100,
+            verification_secret: None,
+            sample_items: verify::DEFAULT_SAMPLE_ITEMS,
+            sample_items_by_market: Default::default(),
         }
     }
 }

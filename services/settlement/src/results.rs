@@ -36,6 +36,9 @@ use crate::verify::{self, VerifyError};
 
 /// Durable consumer of `GRIDBOOK_RESULTS`.
 pub const VERIFIER_CONSUMER: &str = "verifier";
+
+/// The market's re-run executor and the sample policy, shared by the verifier's tasks.
+pub type SharedVerifier = Arc<Mutex<(verify::Verifier, verify::SamplePolicy)>>;
 /// Largest object (input or output file) the worker reads into memory.
 pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 
@@ -121,7 +124,8 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
         .await
         .map_err(SettlementError::nats)?;
     let mut db = Db::new(&settings.database_url);
-    let verifier = Arc::new(Mutex::new(verify::Verifier::new()));
+    let verifier: SharedVerifier =
+        Arc::new(Mutex::new((verify::Verifier::new(), settings.sample_policy()?)));
     info!(consumer = VERIFIER_CONSUMER, "verifying job results");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(SettlementError::nats)?;
@@ -148,7 +152,7 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
 pub async fn handle_result(
     db: &mut Db,
     store: &ObjectStore,
-    verifier: &Arc<Mutex<verify::Verifier>>,
+    verifier: &SharedVerifier,
     payload: &[u8],
 ) -> Result<bool> {
     let r: ResultMsg = match serde_json::from_slice(payload) {
@@ -258,7 +262,7 @@ pub async fn handle_result(
 /// wrong, `Err` when the market could not check (retry).
 async fn verify_completed(
     store: &ObjectStore,
-    verifier: &Arc<Mutex<verify::Verifier>>,
+    verifier: &SharedVerifier,
     job: &JobWork,
     a: &AssignmentRow,
     output_sha256: &str,
@@ -278,42 +282,43 @@ async fn verify_completed(
             return Ok(Err(format!("output object {output_sha256}: {e}")));
         }
     };
-    let (start, count, seed) = (a.item_start, a.item_count, a.id.as_u128());
-    let root = merkle_root.to_owned();
+    let (start, count, assignment) = (a.item_start, a.item_count, a.id);
+    let (root, out_name, market) = (merkle_root.to_owned(), output_sha256.to_owned(), job.market.clone());
     let verifier = verifier.clone();
     let kind = work.kind;
-    let verdict = tokio::task::spawn_blocking(move || -> std::result::Result<u64, VerifyError> {
+    let verdict = tokio::task::spawn_blocking(move || -> std::result::Result<verify::Verified, VerifyError> {
         let input = String::from_utf8(input)
             .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
-        let inputs = verify::input_items(&input, start, count).map_err(VerifyError::Unavailable)?;
         let output = String::from_utf8(output)
             .map_err(|_| VerifyError::Mismatch("output file is not UTF-8".into()))?;
-        let outputs = verify::parse_output(&output).map_err(VerifyError::Mismatch)?;
-        let checked = verify::check(&inputs, &outputs, &root, reported_failed)
-            .map_err(VerifyError::Mismatch)?;
-        let picks = verify::sample(outputs.len(), verify::SAMPLE_ITEMS, seed);
-        let pairs: Vec<_> = picks
-            .into_iter()
-            .map(|i| {
-                let o = outputs[i].clone();
-                let input = inputs
-                    .iter()
-                    .find(|(id, _)| *id == o.custom_id)
-                    .cloned()
-                    .expect("check() matched every output to an input");
-                (input, o)
-            })
-            .collect();
         let mut v = verifier
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
-        v.rerun(kind, &pairs)?;
-        Ok(checked.ok as u64)
+        let (verifier, policy) = &mut *v;
+        verify::verify_result(
+            verifier,
+            policy,
+            &verify::Committed {
+                assignment,
+                market: &market,
+                kind,
+                input: &input,
+                start,
+                count,
+                output: &output,
+                output_sha256: &out_name,
+                merkle_root: &root,
+                reported_failed,
+            },
+        )
     })
     .await
     .map_err(|_| SettlementError::TaskFailed)?;
     match verdict {
-        Ok(ok) => Ok(Ok(ok)),
+        Ok(v) => {
+            info!(assignment.id = %assignment, seed = %v.seed, sampled = ?v.sampled, "sample re-run agreed");
+            Ok(Ok(v.ok))
+        }
         Err(VerifyError::Mismatch(why)) => Ok(Err(why)),
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
     }

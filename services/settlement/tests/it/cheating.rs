@@ -1,0 +1,139 @@
+//! Commit, then sample, against the real MiniLM model on the real ONNX Runtime
+//! (`ORT_DYLIB_PATH`, `GRIDBOOK_MODELS_DIR`; `cargo xtask test` sets both).
+//!
+//! The attack the old rule allowed: the sample was seeded by the assignment id, which the node
+//! receives before it commits, so a node could compute exactly the items that would be checked
+//! honestly and fake all the others. Here such a cheater is built with the real model and is
+//! paid under the old rule, and caught under the new one (the sample is an HMAC of its
+//! commitment under the market's secret); an honest node still passes.
+
+use std::collections::BTreeMap;
+
+use executor::commitment::{self, Commitment};
+use executor::registry::{Reference, WorkloadKind};
+use executor::workload::Workload;
+use gridbook_settlement::verify::{self, Committed, SamplePolicy, Verifier, VerifyError};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+const ITEMS: usize = 40;
+const MARKET: &str = "EMBED-MINILM-L6";
+
+fn input_file() -> String {
+    (0..ITEMS)
+        .map(|i| json!({"custom_id": format!("s{i}"), "input": format!("sentence number {i} about item {}", i * 7)}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The honest embedding of every input, computed with the market's own model.
+fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
+    let mut reference = Reference::new();
+    let w = reference.workload(WorkloadKind::Embed).expect("the MiniLM model loads");
+    let items: Vec<_> = verify::input_items(input, 0, ITEMS as u64)
+        .unwrap()
+        .into_iter()
+        .map(|(id, fields)| w.parse(&id, &fields).unwrap())
+        .collect();
+    w.run(&items, &|_| {})
+        .unwrap()
+        .into_iter()
+        .map(|r| executor::registry::embedding_of(&r.unwrap().record).expect("an embedding"))
+        .collect()
+}
+
+/// An output file in the executor's format, with its Merkle root.
+fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
+    let mut lines = Vec::new();
+    let mut leaves = Vec::new();
+    for (i, v) in embeddings.iter().enumerate() {
+        let id = format!("s{i}");
+        let h = commitment::sha256(&commitment::embedding_bytes(v));
+        let mut rec = Map::new();
+        rec.insert("custom_id".into(), Value::String(id.clone()));
+        rec.insert("sha256".into(), Value::String(hex::encode(h)));
+        rec.insert("embedding".into(), json!(v));
+        lines.push(Value::Object(rec).to_string());
+        leaves.push((id, h));
+    }
+    (lines.join("\n"), Commitment::build(&leaves).merkle_root)
+}
+
+fn committed<'a>(a: Uuid, input: &'a str, output: &'a str, root: &'a str, sha: &'a str) -> Committed<'a> {
+    Committed {
+        assignment: a,
+        market: MARKET,
+        kind: WorkloadKind::Embed,
+        input,
+        start: 0,
+        count: ITEMS as u64,
+        output,
+        output_sha256: sha,
+        merkle_root: root,
+        reported_failed: 0,
+    }
+}
+
+#[test]
+fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_under_the_new() {
+    let input = input_file();
+    let honest = honest_embeddings(&input);
+    let assignment = Uuid::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+
+    // The cheater computes only the 4 items the old rule (seed = assignment id) would check,
+    // and fills every other item with one made-up unit vector (hashes and root consistent).
+    let old_sample = verify::sample(ITEMS, verify::DEFAULT_SAMPLE_ITEMS, assignment.as_u128());
+    let mut fake = vec![0.0f32; honest[0].len()];
+    fake[0] = 1.0;
+    let cheated: Vec<Vec<f32>> = (0..ITEMS)
+        .map(|i| if old_sample.contains(&i) { honest[i].clone() } else { fake.clone() })
+        .collect();
+    let (cheat_out, cheat_root) = output_file(&cheated);
+    let cheat_sha = hex::encode(commitment::sha256(cheat_out.as_bytes()));
+
+    let mut verifier = Verifier::new();
+    // Under the old rule the cheater passes: every item the old sample re-runs is honest.
+    let outputs = verify::parse_output(&cheat_out).unwrap();
+    let inputs = verify::input_items(&input, 0, ITEMS as u64).unwrap();
+    let old_pairs: Vec<_> = old_sample.iter().map(|&i| (inputs[i].clone(), outputs[i].clone())).collect();
+    verifier
+        .rerun(WorkloadKind::Embed, &old_pairs)
+        .expect("the old predictable sample finds nothing wrong: the attack worked");
+
+    // Under commit-then-sample the same output is caught.
+    let policy = SamplePolicy::new(vec![0x5a; 32], verify::DEFAULT_SAMPLE_ITEMS, BTreeMap::new()).unwrap();
+    let verdict = verify::verify_result(
+        &mut verifier,
+        &policy,
+        &committed(assignment, &input, &cheat_out, &cheat_root, &cheat_sha),
+    );
+    match verdict {
+        Err(VerifyError::Mismatch(why)) => assert!(why.contains("differs from the re-run"), "{why}"),
+        other => panic!("the cheater was not caught: {other:?}"),
+    }
+
+    // The honest node passes, and the evidence names the seed and the sampled items.
+    let (out, root) = output_file(&honest);
+    let sha = hex::encode(commitment::sha256(out.as_bytes()));
+    let v = verify::verify_result(&mut verifier, &policy, &committed(assignment, &input, &out, &root, &sha))
+        .expect("honest work verifies");
+    assert_eq!(v.ok, ITEMS as u64);
+    assert_eq!(v.sampled.len(), verify::DEFAULT_SAMPLE_ITEMS);
+    assert_eq!(v.seed, hex::encode(policy.seed(assignment, &root, &sha)));
+}
+
+#[test]
+fn the_sample_size_is_market_configuration() {
+    let input = input_file();
+    let honest = honest_embeddings(&input);
+    let (out, root) = output_file(&honest);
+    let sha = hex::encode(commitment::sha256(out.as_bytes()));
+    let policy = SamplePolicy::new(vec![1; 32], 2, BTreeMap::from([(MARKET.to_owned(), 9)])).unwrap();
+    let v = verify::verify_result(
+        &mut Verifier::new(),
+        &policy,
+        &committed(Uuid::from_u128(9), &input, &out, &root, &sha),
+    )
+    .unwrap();
+    assert_eq!(v.sampled.len(), 9);
+}
