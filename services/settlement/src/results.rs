@@ -207,14 +207,17 @@ pub async fn handle_result(
             )
             .await?;
             match verdict {
-                Ok(ok) => Resolution {
+                Ok(v) => Resolution {
                     completed: true,
-                    items_ok: ok,
-                    items_failed: a.item_count - ok,
+                    items_ok: v.ok,
+                    items_failed: a.item_count - v.ok,
                     output_sha256: Some(output_sha256.clone()),
                     merkle_root: Some(merkle_root.clone()),
                     manifest: Some(r.manifest.clone()),
-                    detail: format!("verified: {ok} of {} items", a.item_count),
+                    detail: format!(
+                        "verified: {} of {} items; sample seed {}, re-ran {:?}",
+                        v.ok, a.item_count, v.seed, v.sampled
+                    ),
                 },
                 Err(why) => Resolution {
                     completed: false,
@@ -258,7 +261,7 @@ pub async fn handle_result(
     Ok(applied)
 }
 
-/// Verifies a completed result: `Ok(Ok(items_ok))`, `Ok(Err(why))` when the node's result is
+/// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(why))` when the node's result is
 /// wrong, `Err` when the market could not check (retry).
 async fn verify_completed(
     store: &ObjectStore,
@@ -268,7 +271,7 @@ async fn verify_completed(
     output_sha256: &str,
     merkle_root: &str,
     reported_failed: u64,
-) -> Result<std::result::Result<u64, String>> {
+) -> Result<std::result::Result<verify::Verified, String>> {
     let Some(work) = catalog::work(&job.market) else {
         return Ok(Err(format!("market {} has no workload", job.market)));
     };
@@ -317,7 +320,7 @@ async fn verify_completed(
     match verdict {
         Ok(v) => {
             info!(assignment.id = %assignment, seed = %v.seed, sampled = ?v.sampled, "sample re-run agreed");
-            Ok(Ok(v.ok))
+            Ok(Ok(v))
         }
         Err(VerifyError::Mismatch(why)) => Ok(Err(why)),
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),

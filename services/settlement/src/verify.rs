@@ -359,10 +359,17 @@ pub fn verify_result(
         })
         .collect();
     let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
-    verifier.rerun(r.kind, &pairs)?;
+    let seed = hex::encode(seed);
+    // A failed comparison carries the evidence: the seed and the items re-run.
+    verifier.rerun(r.kind, &pairs).map_err(|e| match e {
+        VerifyError::Mismatch(why) => {
+            VerifyError::Mismatch(format!("{why} (sample seed {seed}, re-ran {sampled:?})"))
+        }
+        other => other,
+    })?;
     Ok(Verified {
         ok: checked.ok as u64,
-        seed: hex::encode(seed),
+        seed,
         sampled,
     })
 }

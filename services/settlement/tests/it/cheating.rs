@@ -108,7 +108,11 @@ fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_unde
         &committed(assignment, &input, &cheat_out, &cheat_root, &cheat_sha),
     );
     match verdict {
-        Err(VerifyError::Mismatch(why)) => assert!(why.contains("differs from the re-run"), "{why}"),
+        Err(VerifyError::Mismatch(why)) => {
+            assert!(why.contains("differs from the re-run"), "{why}");
+            let seed = hex::encode(policy.seed(assignment, &cheat_root, &cheat_sha));
+            assert!(why.contains(&format!("sample seed {seed}")), "the evidence names the seed: {why}");
+        }
         other => panic!("the cheater was not caught: {other:?}"),
     }
 
