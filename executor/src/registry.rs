@@ -409,6 +409,8 @@ fn mean_abs_diff(a: &[u8], b: &[u8]) -> std::result::Result<f64, String> {
 pub struct Reference {
     rt: Option<Runtime>,
     loaded: BTreeMap<WorkloadKind, Loaded>,
+    /// `None`: [`Options::default`] (models from `GRIDBOOK_MODELS_DIR`, no SD pipeline).
+    options: Option<Options>,
 }
 
 impl Default for Reference {
@@ -422,6 +424,15 @@ impl Reference {
         Self {
             rt: None,
             loaded: BTreeMap::new(),
+            options: None,
+        }
+    }
+
+    /// A reference that loads its workloads with `options` (e.g. the SD pipeline's directory).
+    pub fn with_options(options: Options) -> Self {
+        Self {
+            options: Some(options),
+            ..Self::new()
         }
     }
 
@@ -439,7 +450,10 @@ impl Reference {
                     })?);
                 }
                 let rt = self.rt.as_ref().expect("set above");
-                let w = Loaded::load(kind, rt, &Options::default())?;
+                let w = match &self.options {
+                    Some(o) => Loaded::load(kind, rt, o)?,
+                    None => Loaded::load(kind, rt, &Options::default())?,
+                };
                 tracing::info!(workload = %kind, "reference workload loaded");
                 Ok(slot.insert(w))
             }

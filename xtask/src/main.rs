@@ -620,7 +620,7 @@ impl Project {
             "build", "--release", "--locked", "-p", "matching-engine", "-p", "gridbook-settlement", "-p", "gridbook-api", "-p", "executor",
         ]))?;
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
-        let engine_config = self.root.join("matching-engine/engine/config/dev.toml");
+        let (engine_config, sd_model_dir) = self.run_markets()?;
         let api_port = port_from_env("GRIDBOOK_API_PORT", 8080)?;
         let processes: [(&str, Vec<&OsStr>); 3] = [
             ("matching-engine", vec![OsStr::new("run"), OsStr::new("--config"), engine_config.as_os_str()]),
@@ -634,6 +634,9 @@ impl Project {
                 // The key of the verification sample's HMAC: one per checkout, kept in
                 // `.gridbook/` (never committed), so samples can be recomputed across restarts.
                 cmd.env("GRIDBOOK_VERIFICATION_SECRET", self.verification_secret()?);
+                if let Some(dir) = &sd_model_dir {
+                    cmd.env("GRIDBOOK_SD_MODEL_DIR", dir);
+                }
             }
             if name == "gridbook-api" {
                 // Local development over plain HTTP: cookies without `Secure`, the web UI at `/`.
@@ -677,6 +680,28 @@ impl Project {
         }
     }
 
+    /// The markets `run` offers: dev.toml's, except `RENDER-SD15-512` when no SD weights are
+    /// configured (`GRIDBOOK_SD_MODEL_DIR`, an SD 1.5 ONNX export): without them the worker
+    /// cannot verify SD results, so jobs there could never settle. No PyPI package ships
+    /// the weights, so by default the market is left out and `run` says so.
+    fn run_markets(&self) -> Result<(PathBuf, Option<PathBuf>)> {
+        let dev = self.root.join("matching-engine/engine/config/dev.toml");
+        if let Some(dir) = env::var_os("GRIDBOOK_SD_MODEL_DIR").map(PathBuf::from) {
+            if dir.join("gridbook-sd.json").exists() {
+                return Ok((dev, Some(dir)));
+            }
+            return Err(format!("GRIDBOOK_SD_MODEL_DIR={} has no gridbook-sd.json", dir.display()));
+        }
+        let text = fs::read_to_string(&dev).map_err(|e| format!("reading {}: {e}", dev.display()))?;
+        let path = self.state.join("run-markets.toml");
+        fs::write(&path, without_market(&text, "RENDER-SD15-512")).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!(
+            "xtask: RENDER-SD15-512 is not offered: no SD weights to verify it with \
+             (set GRIDBOOK_SD_MODEL_DIR to an SD 1.5 ONNX export to offer it)"
+        );
+        Ok((path, None))
+    }
+
     /// `.gridbook/verification.secret` (32 random bytes, hex, mode 0600), created once.
     fn verification_secret(&self) -> Result<String> {
         use std::io::Read as _;
@@ -711,6 +736,20 @@ impl Project {
 }
 
 // -------------------------------------------------------------------- helpers
+
+/// A markets TOML file without the `[[markets]]` table of `market`.
+fn without_market(toml: &str, market: &str) -> String {
+    let mut blocks = toml.split("[[markets]]");
+    let mut out = blocks.next().unwrap_or_default().to_owned();
+    let name = format!("market = \"{market}\"");
+    for b in blocks {
+        if !b.lines().any(|l| l.trim() == name) {
+            out.push_str("[[markets]]");
+            out.push_str(b);
+        }
+    }
+    out
+}
 
 fn port_from_env(var: &str, default: u16) -> Result<u16> {
     match env::var(var) {
@@ -762,5 +801,21 @@ fn run(cmd: &mut Command) -> Result<()> {
         Ok(())
     } else {
         Err(format!("{:?} {:?} failed: {status}", cmd.get_program(), cmd.get_args().collect::<Vec<_>>()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_market_table_is_left_out_and_the_others_stay_whole() {
+        let toml = "lease_secs = 3\n\n[[markets]]\nmarket = \"A\"\nfee_bps = 1\n\n[[markets]]\nmarket = \"B\"\nfee_bps = 2\n";
+        let out = super::without_market(toml, "A");
+        assert_eq!(out, "lease_secs = 3\n\n[[markets]]\nmarket = \"B\"\nfee_bps = 2\n");
+        assert_eq!(super::without_market(toml, "C"), toml);
+        // The real dev markets: SD leaves, the other two stay.
+        let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../matching-engine/engine/config/dev.toml")).unwrap();
+        let run = super::without_market(&dev, "RENDER-SD15-512");
+        assert!(!run.contains("RENDER-SD15-512"));
+        assert!(run.contains("market = \"EMBED-MINILM-L6\"") && run.contains("market = \"RENDER-TERRAIN-128\""));
     }
 }

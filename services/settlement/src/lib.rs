@@ -71,6 +71,10 @@ pub struct Settings {
     /// Items re-run per assignment, unless `sample_items_by_market` names the market.
     pub sample_items: usize,
     pub sample_items_by_market: std::collections::BTreeMap<String, usize>,
+    /// `GRIDBOOK_SD_MODEL_DIR`: the SD pipeline the verifier re-runs `RENDER-SD15-512` items
+    /// with (the same export the nodes use). Unset: SD results cannot be verified and are
+    /// retried, never paid unchecked.
+    pub sd_model_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -121,6 +125,7 @@ impl Default for Settings {
             verification_secret: None,
             sample_items: verify::DEFAULT_SAMPLE_ITEMS,
             sample_items_by_market: Default::default(),
+            sd_model_dir: None,
         }
     }
 }

@@ -125,7 +125,10 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
         .map_err(SettlementError::nats)?;
     let mut db = Db::new(&settings.database_url);
     let verifier: SharedVerifier =
-        Arc::new(Mutex::new((verify::Verifier::new(), settings.sample_policy()?)));
+        Arc::new(Mutex::new((
+            verify::Verifier::with_sd_model_dir(settings.sd_model_dir.clone()),
+            settings.sample_policy()?,
+        )));
     info!(consumer = VERIFIER_CONSUMER, "verifying job results");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(SettlementError::nats)?;

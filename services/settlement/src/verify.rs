@@ -270,9 +270,20 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// Models from `GRIDBOOK_MODELS_DIR`; no SD pipeline (SD results are then unverifiable).
     pub fn new() -> Self {
         Verifier {
             reference: registry::Reference::new(),
+        }
+    }
+
+    /// With the SD pipeline's directory, so `sd` results can be re-run.
+    pub fn with_sd_model_dir(sd_model_dir: Option<std::path::PathBuf>) -> Self {
+        Verifier {
+            reference: registry::Reference::with_options(registry::Options {
+                sd_model_dir,
+                ..Default::default()
+            }),
         }
     }
 

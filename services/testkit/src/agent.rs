@@ -15,7 +15,8 @@ pub fn load_workloads(markets: &[&str]) -> Arc<Workloads> {
     let rt = executor::runtime::Runtime::new(executor::runtime::RuntimeConfig::default())
         .expect("ONNX Runtime (ORT_DYLIB_PATH)");
     let models = executor::models::ModelsDir::from_env().expect("GRIDBOOK_MODELS_DIR");
-    Arc::new(Workloads::load(&rt, &models, markets.iter().copied(), None).expect("models"))
+    let sd = crate::tiny_sd_fixture();
+    Arc::new(Workloads::load(&rt, &models, markets.iter().copied(), Some(&sd)).expect("models"))
 }
 
 /// A running agent task; asked to stop (and detached) when dropped.

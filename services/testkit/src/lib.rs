@@ -69,6 +69,13 @@ pub fn dev_markets_file() -> PathBuf {
 /// The workspace binary `name` next to the running test executable (`target/<profile>/<name>`;
 /// the test itself is `target/<profile>/deps/<test>-<hash>`). `cargo test --workspace`, which
 /// `cargo xtask test` runs, builds every binary first; panics with how to build it otherwise.
+/// The SD pipeline tests use: `executor/fixtures/tiny-sd`, a STRUCTURAL FIXTURE with random
+/// weights (the file layout and tensor names of an SD 1.5 ONNX export, 64×64, 4 steps). It is
+/// not Stable Diffusion; it lets the SD code path run end to end in seconds on a CPU.
+pub fn tiny_sd_fixture() -> PathBuf {
+    workspace_root().join("executor/fixtures/tiny-sd")
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe

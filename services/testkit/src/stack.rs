@@ -2,7 +2,7 @@
 //! binary serving the configured markets, the settlement worker and the API pointed at them,
 //! and on request a provider's executor agent.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use executor::agent::config::AgentSettings;
 use executor::agent::pricing::Policy;
@@ -17,6 +17,9 @@ pub struct StackOptions {
     pub engine: EngineConfig,
     /// The settlement worker in this process (outbox every 50 ms). Default: on.
     pub settlement: bool,
+    /// The SD pipeline the worker verifies `RENDER-SD15-512` with. Default: the tiny fixture
+    /// ([`crate::tiny_sd_fixture`]), the same one [`Stack::start_agent`]'s agents run.
+    pub sd_model_dir: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -24,6 +27,7 @@ impl Default for StackOptions {
         StackOptions {
             engine: EngineConfig { lease_secs: Some(3), ..EngineConfig::dev() },
             settlement: true,
+            sd_model_dir: Some(crate::tiny_sd_fixture()),
         }
     }
 }
@@ -65,6 +69,7 @@ impl Stack {
                 database_url: app.db.url().to_owned(),
                 nats_url: nats.url.clone(),
                 outbox_interval_ms: 50,
+                sd_model_dir: options.sd_model_dir.clone(),
                 ..Default::default()
             })
         });

@@ -237,3 +237,42 @@ async fn a_render_job_comes_back_as_verified_png_images() {
     assert_eq!(p["available"].as_i64().unwrap(), 21, "provider {p}");
     let _ = agent.stop(Duration::from_secs(60)).await;
 }
+
+/// `RENDER-SD15-512` settles end to end: the agent runs the SD pipeline and the worker re-runs
+/// a sample with the same pipeline. Both use the tiny random-weight fixture
+/// (`gridbook_testkit::tiny_sd_fixture`: the SD code path, not Stable Diffusion); with real
+/// weights the worker needs `GRIDBOOK_SD_MODEL_DIR`, or SD results are never paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sd_job_is_rendered_verified_by_a_re_run_and_paid() {
+    const SD: &str = "RENDER-SD15-512";
+    let stack = Stack::start("journey-sd").await;
+    let app = &stack.app;
+    let (provider, agent) = start_provider(&stack, SD, 9, 10).await;
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let text: String = (0..2)
+        .map(|i| {
+            json!({"custom_id": format!("pic-{i}"), "prompt": format!("a red cube number {i}"), "seed": 7 + i,
+                   "width": 64, "height": 64, "steps": 4})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let job_id = submit_job(app, &studio, SD, &text, 20, 2).await;
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    assert_eq!(job["request_counts"]["completed"], 2, "{job}");
+    for i in 0..2 {
+        let img = app.get_as(&studio, &format!("/v1/jobs/{job_id}/images/pic-{i}")).await;
+        assert_eq!(img.status(), 200);
+        assert_eq!(&img.bytes().await.unwrap()[1..4], b"PNG");
+    }
+    // The provider sees the verification evidence of its assignment.
+    let asg = json_of(app.get_as(&provider, "/v1/assignments").await).await;
+    let detail = asg["data"][0]["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.starts_with("verified: 2 of 2 items; sample seed "), "{asg}");
+    // 2 images at the resting ask's 9: the provider earned 18.
+    let p = app.balance(&provider).await;
+    assert_eq!(p["available"].as_i64().unwrap(), 18, "provider {p}");
+    let _ = agent.stop(Duration::from_secs(60)).await;
+}
