@@ -276,3 +276,83 @@ async fn an_sd_job_is_rendered_verified_by_a_re_run_and_paid() {
     assert_eq!(p["available"].as_i64().unwrap(), 18, "provider {p}");
     let _ = agent.stop(Duration::from_secs(60)).await;
 }
+
+/// The failure path end to end: a provider's node takes an assignment and never answers. At the
+/// assignment's deadline the worker voids it (the studio gets everything back), tells the node
+/// on `node.<id>.cancel`, lowers the node's reputation, and the job ends `expired` with an error
+/// line per item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_assignment_without_a_result_is_voided_at_its_deadline_and_the_studio_refunded() {
+    use futures::StreamExt;
+    let stack = Stack::start("journey-overdue").await;
+    let app = &stack.app;
+    let provider = app.signup("provider").await;
+    let node = crate::provider::passed_node(app, &provider).await;
+    let mut cancels = stack.nats.client.subscribe(gridbook_wire::subjects::node_cancel(&node)).await.unwrap();
+    let r = crate::provider::post_ask(app, &provider, &node, 40, 5).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the ask never reached the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let file = json_of(
+        app.http
+            .post(app.url(&format!("/v1/files?purpose=batch&market={MARKET}")))
+            .header("Authorization", studio.bearer())
+            .header("Content-Type", "application/jsonl")
+            .body(corpus(10))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The earliest deadline the API accepts: the assignment's deadline is the job's.
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(gridbook_api::jobs::MIN_DEADLINE_SECS + 2);
+    let job = json_of(
+        app.http
+            .post(app.url("/v1/jobs"))
+            .header("Authorization", studio.bearer())
+            .json(&json!({"market": MARKET, "input_file": file["id"], "limit_price": 50, "deadline": deadline.to_rfc3339()}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let job_id = job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_owned();
+
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
+    assert_eq!(job["status"], "expired", "statuses {seen:?}: {job}");
+    assert!(seen.contains(&"running".to_owned()), "the job was assigned first: {seen:?}");
+    assert_eq!(job["request_counts"]["completed"], 0, "{job}");
+
+    // The node was told to stop, and its assignment is failed with the reason.
+    let msg = tokio::time::timeout(Duration::from_secs(30), cancels.next())
+        .await
+        .expect("a cancel on node.<id>.cancel")
+        .expect("the subscription is open");
+    let cancel: gridbook_wire::node::CancelMsg = serde_json::from_slice(&msg.payload).unwrap();
+    let asg = json_of(app.get_as(&provider, "/v1/assignments").await).await;
+    assert_eq!(asg["data"].as_array().map(Vec::len), Some(1), "{asg}");
+    assert_eq!(asg["data"][0]["status"], "failed", "{asg}");
+    assert_eq!(asg["data"][0]["detail"], "no result before the deadline", "{asg}");
+    assert_eq!(cancel.assignment_ids, vec![asg["data"][0]["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()]);
+
+    // Every item has an error line; the studio has all its money back, the provider nothing.
+    let errors = app.get_as(&studio, &format!("/v1/jobs/{job_id}/errors")).await.text().await.unwrap();
+    assert_eq!(errors.lines().count(), 10, "{errors}");
+    assert!(errors.lines().all(|l| l.contains("assignment_failed")), "{errors}");
+    let s = app.balance(&studio).await;
+    assert_eq!((s["available"].as_i64(), s["held"].as_i64()), (Some(10_000), Some(0)), "studio {s}");
+    let p = app.balance(&provider).await;
+    assert_eq!(p["available"].as_i64(), Some(0), "provider {p}");
+    let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
+    assert_eq!(n["reputation"], 5_000 - 500, "{n}");
+}

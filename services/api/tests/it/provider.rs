@@ -38,7 +38,7 @@ fn reference(nonce: &str, items: usize) -> Vec<Vec<f32>> {
     })
 }
 
-async fn passed_node(app: &TestApp, p: &TestUser) -> String {
+pub(crate) async fn passed_node(app: &TestApp, p: &TestUser) -> String {
     let node = register(app, p, "passes").await;
     let nonce = node["challenge"]["nonce"].as_str().unwrap().to_owned();
     let embeddings = tokio::task::spawn_blocking(move || reference(&nonce, 32))
@@ -57,7 +57,7 @@ async fn passed_node(app: &TestApp, p: &TestUser) -> String {
     node["id"].as_str().unwrap().to_owned()
 }
 
-async fn post_ask(
+pub(crate) async fn post_ask(
     app: &TestApp,
     p: &TestUser,
     node: &str,
