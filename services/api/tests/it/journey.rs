@@ -356,3 +356,101 @@ async fn an_assignment_without_a_result_is_voided_at_its_deadline_and_the_studio
     let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
     assert_eq!(n["reputation"], 5_000 - 500, "{n}");
 }
+
+/// A cheating node, end to end through the real engine, worker and object store: this test
+/// plays the node. It takes its assignment from `node.<id>.assign`, reads the input, and instead
+/// of running the model publishes the same made-up unit vector for every item — with hashes and
+/// a Merkle root that are all consistent, so only the sampled re-run can tell. The worker
+/// catches it: the assignment fails with the evidence (seed, items re-run), the studio gets
+/// everything back, the provider is not paid and loses reputation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_not_paid() {
+    use executor::commitment::{self, Commitment};
+    use futures::StreamExt;
+    use gridbook_wire::node::{AssignmentMsg, Outcome, ResultMsg};
+    use gridbook_wire::{catalog, streams, subjects};
+    use tokio::io::AsyncReadExt;
+
+    let stack = Stack::start("journey-cheat").await;
+    let app = &stack.app;
+    let provider = app.signup("provider").await;
+    let node = crate::provider::passed_node(app, &provider).await;
+    let mut assigns = stack.nats.client.subscribe(subjects::node_assign(&node)).await.unwrap();
+    let r = crate::provider::post_ask(app, &provider, &node, 40, 5).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the ask never reached the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let job_id = submit_job(app, &studio, MARKET, &corpus(30), 50, 30).await;
+
+    // The cheating node's side.
+    let msg = tokio::time::timeout(Duration::from_secs(60), assigns.next()).await.expect("an assignment").unwrap();
+    let a: AssignmentMsg = serde_json::from_slice(&msg.payload).unwrap();
+    let work = a.work.clone().expect("a job's assignment carries its work");
+    let js = async_nats::jetstream::new(stack.nats.client.clone());
+    let store = js.get_object_store(streams::FILES_BUCKET).await.unwrap();
+    let mut input = Vec::new();
+    store.get(&work.input_sha256).await.unwrap().read_to_end(&mut input).await.unwrap();
+    let items = catalog::select_items(&input, work.item_start, work.item_count).unwrap();
+    let mut fake = vec![0.0f32; 384];
+    fake[0] = 1.0;
+    let (mut lines, mut leaves) = (String::new(), Vec::new());
+    for line in items {
+        let v: Value = serde_json::from_slice(line).unwrap();
+        let id = v["custom_id"].as_str().unwrap().to_owned();
+        let h = commitment::sha256(&commitment::embedding_bytes(&fake));
+        lines.push_str(&json!({"custom_id": id, "sha256": hex::encode(h), "embedding": fake}).to_string());
+        lines.push('\n');
+        leaves.push((id, h));
+    }
+    let output_sha256 = hex::encode(commitment::sha256(lines.as_bytes()));
+    store.put(output_sha256.as_str(), &mut lines.as_bytes()).await.unwrap();
+    let result = ResultMsg {
+        assignment_id: a.assignment_id,
+        job_id: a.job_id.unwrap(),
+        node_id: a.node_id,
+        outcome: Outcome::Completed {
+            output_sha256,
+            merkle_root: Commitment::build(&leaves).merkle_root,
+            items_ok: leaves.len() as u64,
+            items_failed: 0,
+        },
+        manifest: json!({"note": "a cheater's manifest"}),
+        elapsed_ms: 1,
+    };
+    js.publish(subjects::job_result(&job_id), serde_json::to_vec(&result).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // Caught: the assignment failed with the evidence, nothing paid, everything refunded.
+    let started = Instant::now();
+    let asg = loop {
+        let asg = json_of(app.get_as(&provider, "/v1/assignments").await).await;
+        if asg["data"][0]["status"] != "assigned" {
+            break asg;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "never verified: {asg}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(asg["data"][0]["status"], "failed", "{asg}");
+    let detail = asg["data"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("differs from the re-run") && detail.contains("sample seed "), "{detail}");
+    let p = app.balance(&provider).await;
+    assert_eq!(p["available"].as_i64(), Some(0), "the cheater is not paid: {p}");
+    let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
+    assert_eq!(n["reputation"], 5_000 - 500, "{n}");
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
+    assert_eq!(job["request_counts"]["completed"], 0, "statuses {seen:?}: {job}");
+    let s = app.balance(&studio).await;
+    assert_eq!((s["available"].as_i64(), s["held"].as_i64()), (Some(10_000), Some(0)), "studio {s}");
+}
