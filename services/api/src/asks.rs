@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::files::{Page, paginate};
+use crate::files::Page;
 use crate::nodes::{NodeRow, load_node};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::asks;
@@ -438,20 +438,10 @@ pub async fn list_asks(
     let limit = page.limit()?;
     let before = page.before;
     let owner = principal.user_id;
-    let rows = crate::db::run(&state.db, move |c| {
-        let mut q = asks::table
-            .filter(asks::owner.eq(owner))
-            .select(AskRow::as_select())
-            .order(asks::id.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if let Some(b) = before {
-            q = q.filter(asks::id.lt(b));
-        }
-        Ok(q.load(c)?)
+    let (rows, next_before) = crate::db::run(&state.db, move |c| {
+        Ok(crate::files::owned_page!(c, asks, AskRow, owner, limit, before)?)
     })
     .await?;
-    let (rows, next_before) = paginate(rows, limit, |r: &AskRow| r.id);
     Ok(HttpResponse::Ok().json(AskList {
         data: rows.into_iter().map(AskOut::from).collect(),
         next_before,

@@ -250,6 +250,27 @@ impl Page {
     }
 }
 
+/// One keyset page of `$table`'s rows owned by `$owner`, newest id first, as
+/// `Result<(rows, next_before), diesel::result::Error>`: the list routes of files, jobs, nodes
+/// and asks. The table needs `id` (Uuid, time-ordered v7) and `owner` columns; `$row` is its
+/// `Selectable` row type; the caller's module imports `diesel::prelude::*`.
+macro_rules! owned_page {
+    ($conn:expr, $table:ident, $row:ty, $owner:expr, $limit:expr, $before:expr) => {{
+        let mut q = $table::table
+            .filter($table::owner.eq($owner))
+            .select(<$row>::as_select())
+            .order($table::id.desc())
+            .limit($limit + 1)
+            .into_boxed();
+        if let Some(b) = $before {
+            q = q.filter($table::id.lt(b));
+        }
+        q.load::<$row>($conn)
+            .map(|rows| crate::files::paginate(rows, $limit, |r: &$row| r.id))
+    }};
+}
+pub(crate) use owned_page;
+
 /// The next cursor of a page fetched with `limit + 1` rows (the extra row is dropped).
 pub fn paginate<T>(
     mut rows: Vec<T>,
@@ -447,20 +468,10 @@ pub async fn list(
     let limit = page.limit()?;
     let before = page.before;
     let owner = principal.user_id;
-    let rows = crate::db::run(&state.db, move |c| {
-        let mut q = files::table
-            .filter(files::owner.eq(owner))
-            .select(FileRow::as_select())
-            .order(files::id.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if let Some(b) = before {
-            q = q.filter(files::id.lt(b));
-        }
-        Ok(q.load(c)?)
+    let (rows, next_before) = crate::db::run(&state.db, move |c| {
+        Ok(owned_page!(c, files, FileRow, owner, limit, before)?)
     })
     .await?;
-    let (rows, next_before) = paginate(rows, limit, |r| r.id);
     Ok(HttpResponse::Ok().json(FileList {
         data: rows.into_iter().map(FileOut::from).collect(),
         next_before,

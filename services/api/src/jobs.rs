@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult};
-use crate::files::{Page, paginate};
+use crate::files::Page;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::{files, jobs};
 use gridbook_db::rows::JobRow;
@@ -512,20 +512,10 @@ pub async fn list(
     let limit = page.limit()?;
     let before = page.before;
     let owner = principal.user_id;
-    let rows = crate::db::run(&state.db, move |c| {
-        let mut q = jobs::table
-            .filter(jobs::owner.eq(owner))
-            .select(JobRow::as_select())
-            .order(jobs::id.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if let Some(b) = before {
-            q = q.filter(jobs::id.lt(b));
-        }
-        Ok(q.load(c)?)
+    let (rows, next_before) = crate::db::run(&state.db, move |c| {
+        Ok(crate::files::owned_page!(c, jobs, JobRow, owner, limit, before)?)
     })
     .await?;
-    let (rows, next_before) = paginate(rows, limit, |r: &JobRow| r.id);
     Ok(HttpResponse::Ok().json(JobList {
         data: rows.into_iter().map(|r| job_out(r, None)).collect(),
         next_before,

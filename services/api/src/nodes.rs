@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::files::{Page, paginate};
+use crate::files::Page;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::nodes;
 use gridbook_db::status::{ChallengeStatus, NodeStatus};
@@ -388,20 +388,10 @@ pub async fn list_nodes(
     let limit = page.limit()?;
     let before = page.before;
     let owner = principal.user_id;
-    let rows = crate::db::run(&state.db, move |c| {
-        let mut q = nodes::table
-            .filter(nodes::owner.eq(owner))
-            .select(NodeRow::as_select())
-            .order(nodes::id.desc())
-            .limit(limit + 1)
-            .into_boxed();
-        if let Some(b) = before {
-            q = q.filter(nodes::id.lt(b));
-        }
-        Ok(q.load(c)?)
+    let (rows, next_before) = crate::db::run(&state.db, move |c| {
+        Ok(crate::files::owned_page!(c, nodes, NodeRow, owner, limit, before)?)
     })
     .await?;
-    let (rows, next_before) = paginate(rows, limit, |r: &NodeRow| r.id);
     Ok(HttpResponse::Ok().json(NodeList {
         data: rows.into_iter().map(NodeOut::from).collect(),
         next_before,

@@ -151,6 +151,24 @@ async fn start_provider(stack: &Stack, market: &str, price: u64, qty: u64) -> (T
     (provider, agent)
 }
 
+/// A provider whose node passed the challenge (over HTTP) and has an ask of 5 units at 40 on
+/// `MARKET`'s book, with no agent behind it: the test plays (or withholds) the node's part.
+async fn provider_without_agent(app: &TestApp) -> (TestUser, String) {
+    let provider = app.signup("provider").await;
+    let node = crate::provider::passed_node(app, &provider).await;
+    let r = crate::provider::post_ask(app, &provider, &node, 40, 5).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
+            return (provider, node);
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the ask never reached the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
 async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
     let file = json_of(
@@ -286,20 +304,8 @@ async fn an_assignment_without_a_result_is_voided_at_its_deadline_and_the_studio
     use futures::StreamExt;
     let stack = Stack::start("journey-overdue").await;
     let app = &stack.app;
-    let provider = app.signup("provider").await;
-    let node = crate::provider::passed_node(app, &provider).await;
+    let (provider, node) = provider_without_agent(app).await;
     let mut cancels = stack.nats.client.subscribe(gridbook_wire::subjects::node_cancel(&node)).await.unwrap();
-    let r = crate::provider::post_ask(app, &provider, &node, 40, 5).await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let started = Instant::now();
-    loop {
-        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
-        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the ask never reached the book: {book}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     let studio = app.signup("studio").await;
     app.credit(&studio, 10_000).await;
@@ -373,20 +379,8 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
 
     let stack = Stack::start("journey-cheat").await;
     let app = &stack.app;
-    let provider = app.signup("provider").await;
-    let node = crate::provider::passed_node(app, &provider).await;
+    let (provider, node) = provider_without_agent(app).await;
     let mut assigns = stack.nats.client.subscribe(subjects::node_assign(&node)).await.unwrap();
-    let r = crate::provider::post_ask(app, &provider, &node, 40, 5).await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let started = Instant::now();
-    loop {
-        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
-        if book["asks"].as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the ask never reached the book: {book}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let studio = app.signup("studio").await;
     app.credit(&studio, 10_000).await;
     let job_id = submit_job(app, &studio, MARKET, &corpus(30), 50, 30).await;
