@@ -37,8 +37,8 @@ use crate::verify::{self, VerifyError};
 /// Durable consumer of `GRIDBOOK_RESULTS`.
 pub const VERIFIER_CONSUMER: &str = "verifier";
 
-/// The market's re-run executor and the sample policy, shared by the verifier's tasks.
-pub type SharedVerifier = Arc<Mutex<(verify::Verifier, verify::SamplePolicy)>>;
+/// The market's re-run executor with its sample policy, shared by the verifier's tasks.
+pub type SharedVerifier = Arc<Mutex<verify::Verifier>>;
 /// Largest object (input or output file) the worker reads into memory.
 pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 
@@ -125,9 +125,9 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
         .map_err(SettlementError::nats)?;
     let mut db = Db::new(&settings.database_url);
     let verifier: SharedVerifier =
-        Arc::new(Mutex::new((
-            verify::Verifier::with_sd_model_dir(settings.sd_model_dir.clone()),
+        Arc::new(Mutex::new(verify::Verifier::with_sd_model_dir(
             settings.sample_policy()?,
+            settings.sd_model_dir.clone(),
         )));
     info!(consumer = VERIFIER_CONSUMER, "verifying job results");
     while let Some(msg) = messages.next().await {
@@ -300,11 +300,7 @@ async fn verify_completed(
         let mut v = verifier
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
-        let (verifier, policy) = &mut *v;
-        verify::verify_result(
-            verifier,
-            policy,
-            &verify::Committed {
+        v.verify(&verify::Committed {
                 assignment,
                 market: &market,
                 kind,
@@ -315,8 +311,7 @@ async fn verify_completed(
                 output_sha256: &out_name,
                 merkle_root: &root,
                 reported_failed,
-            },
-        )
+            })
     })
     .await
     .map_err(|_| SettlementError::TaskFailed)?;

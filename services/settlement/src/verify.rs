@@ -14,7 +14,7 @@
 //!    (`executor::registry::compare`): embeddings must agree to cosine ≥ `EMBED_MIN_COSINE`
 //!    (0.999), images to a mean absolute pixel difference ≤ `IMAGE_MAX_MEAN_ABS_DIFF` (2/255).
 //!
-//! [`verify_result`] runs all three (blocking; the results edge calls it on the blocking pool).
+//! [`Verifier::verify`] runs all three (blocking; the results edge calls it on the blocking pool).
 //! Not built yet: the re-run on *another provider node* (the worker's own runtime plays that
 //! node), canary items, re-queueing failed units, withholding.
 
@@ -98,7 +98,11 @@ pub fn sample_seed(
 ) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(b"gridbook/verification-sample/v1");
-    for field in [assignment.as_bytes().as_slice(), merkle_root.as_bytes(), output_sha256.as_bytes()] {
+    for field in [
+        assignment.as_bytes().as_slice(),
+        merkle_root.as_bytes(),
+        output_sha256.as_bytes(),
+    ] {
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field);
     }
@@ -261,30 +265,35 @@ pub fn sample(n: usize, k: usize, seed: u128) -> Vec<usize> {
 /// loaded on first use).
 pub struct Verifier {
     reference: registry::Reference,
-}
-
-impl Default for Verifier {
-    fn default() -> Self {
-        Self::new()
-    }
+    policy: SamplePolicy,
 }
 
 impl Verifier {
     /// Models from `GRIDBOOK_MODELS_DIR`; no SD pipeline (SD results are then unverifiable).
-    pub fn new() -> Self {
+    pub fn new(policy: SamplePolicy) -> Self {
         Verifier {
             reference: registry::Reference::new(),
+            policy,
         }
     }
 
     /// With the SD pipeline's directory, so `sd` results can be re-run.
-    pub fn with_sd_model_dir(sd_model_dir: Option<std::path::PathBuf>) -> Self {
+    pub fn with_sd_model_dir(
+        policy: SamplePolicy,
+        sd_model_dir: Option<std::path::PathBuf>,
+    ) -> Self {
         Verifier {
             reference: registry::Reference::with_options(registry::Options {
                 sd_model_dir,
                 ..Default::default()
             }),
+            policy,
         }
+    }
+
+    /// The sample policy this verifier draws with.
+    pub fn policy(&self) -> &SamplePolicy {
+        &self.policy
     }
 
     /// Re-runs `items` with the workload of `kind` and compares each with the node's line
@@ -344,45 +353,44 @@ pub struct Committed<'a> {
     pub reported_failed: u64,
 }
 
-/// Checks completeness and the commitment, then draws the sample from the commitment
-/// ([`SamplePolicy::seed`]) and re-runs it. Blocking (model calls).
-pub fn verify_result(
-    verifier: &mut Verifier,
-    policy: &SamplePolicy,
-    r: &Committed<'_>,
-) -> Result<Verified, VerifyError> {
-    let inputs = input_items(r.input, r.start, r.count).map_err(VerifyError::Unavailable)?;
-    let outputs = parse_output(r.output).map_err(VerifyError::Mismatch)?;
-    let checked =
-        check(&inputs, &outputs, r.merkle_root, r.reported_failed).map_err(VerifyError::Mismatch)?;
-    let seed = policy.seed(r.assignment, r.merkle_root, r.output_sha256);
-    let picks = sample(outputs.len(), policy.items(r.market), seed_u128(&seed));
-    let pairs: Vec<_> = picks
-        .into_iter()
-        .map(|i| {
-            let o = outputs[i].clone();
-            let input = inputs
-                .iter()
-                .find(|(id, _)| *id == o.custom_id)
-                .cloned()
-                .expect("check() matched every output to an input");
-            (input, o)
+impl Verifier {
+    /// Checks completeness and the commitment, then draws the sample from the commitment
+    /// ([`SamplePolicy::seed`]) and re-runs it. Blocking (model calls).
+    pub fn verify(&mut self, r: &Committed<'_>) -> Result<Verified, VerifyError> {
+        let policy = &self.policy;
+        let inputs = input_items(r.input, r.start, r.count).map_err(VerifyError::Unavailable)?;
+        let outputs = parse_output(r.output).map_err(VerifyError::Mismatch)?;
+        let checked = check(&inputs, &outputs, r.merkle_root, r.reported_failed)
+            .map_err(VerifyError::Mismatch)?;
+        let seed = policy.seed(r.assignment, r.merkle_root, r.output_sha256);
+        let picks = sample(outputs.len(), policy.items(r.market), seed_u128(&seed));
+        let pairs: Vec<_> = picks
+            .into_iter()
+            .map(|i| {
+                let o = outputs[i].clone();
+                let input = inputs
+                    .iter()
+                    .find(|(id, _)| *id == o.custom_id)
+                    .cloned()
+                    .expect("check() matched every output to an input");
+                (input, o)
+            })
+            .collect();
+        let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
+        let seed = hex::encode(seed);
+        // A failed comparison carries the evidence: the seed and the items re-run.
+        self.rerun(r.kind, &pairs).map_err(|e| match e {
+            VerifyError::Mismatch(why) => {
+                VerifyError::Mismatch(format!("{why} (sample seed {seed}, re-ran {sampled:?})"))
+            }
+            other => other,
+        })?;
+        Ok(Verified {
+            ok: checked.ok as u64,
+            seed,
+            sampled,
         })
-        .collect();
-    let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
-    let seed = hex::encode(seed);
-    // A failed comparison carries the evidence: the seed and the items re-run.
-    verifier.rerun(r.kind, &pairs).map_err(|e| match e {
-        VerifyError::Mismatch(why) => {
-            VerifyError::Mismatch(format!("{why} (sample seed {seed}, re-ran {sampled:?})"))
-        }
-        other => other,
-    })?;
-    Ok(Verified {
-        ok: checked.ok as u64,
-        seed,
-        sampled,
-    })
+    }
 }
 
 /// Why a result did not verify.
@@ -412,8 +420,13 @@ mod tests {
     }
 
     fn root(lines: &[OutputLine]) -> String {
-        Commitment::build(&lines.iter().map(|o| (o.custom_id.clone(), o.hash)).collect::<Vec<_>>())
-            .merkle_root
+        Commitment::build(
+            &lines
+                .iter()
+                .map(|o| (o.custom_id.clone(), o.hash))
+                .collect::<Vec<_>>(),
+        )
+        .merkle_root
     }
 
     #[test]
@@ -432,22 +445,35 @@ mod tests {
         // A hash that does not match the content.
         let mut v: Value = serde_json::from_str(&emb_line("a", &[0.6, 0.8])).unwrap();
         v["embedding"] = json!([0.8, 0.6]);
-        assert!(parse_output(&v.to_string()).unwrap_err().contains("does not match"));
+        assert!(
+            parse_output(&v.to_string())
+                .unwrap_err()
+                .contains("does not match")
+        );
         // A root that does not match the outputs.
         let out = parse_output(&emb_line("a", &[0.6, 0.8])).unwrap();
-        assert!(check(&inputs(&["a"]), &out, &"00".repeat(32), 0).unwrap_err().contains("Merkle"));
+        assert!(
+            check(&inputs(&["a"]), &out, &"00".repeat(32), 0)
+                .unwrap_err()
+                .contains("Merkle")
+        );
         // An output for an item not assigned, a repeated one, unreported gaps.
         let r = root(&out);
         assert!(check(&inputs(&["b"]), &out, &r, 0).is_err());
         let two = parse_output(&[emb_line("a", &[1.0]), emb_line("a", &[1.0])].join("\n")).unwrap();
         assert!(check(&inputs(&["a", "b"]), &two, &root(&two), 0).is_err());
-        assert!(check(&inputs(&["a", "b"]), &out, &r, 0).unwrap_err().contains("reported 0"));
+        assert!(
+            check(&inputs(&["a", "b"]), &out, &r, 0)
+                .unwrap_err()
+                .contains("reported 0")
+        );
         assert_eq!(check(&inputs(&["a", "b"]), &out, &r, 1).unwrap().missing, 1);
     }
 
     #[test]
     fn input_ranges_skip_blank_lines_and_must_be_whole() {
-        let text = "{\"custom_id\":\"a\",\"input\":\"x\"}\n\n{\"custom_id\":\"b\",\"input\":\"y\"}\n";
+        let text =
+            "{\"custom_id\":\"a\",\"input\":\"x\"}\n\n{\"custom_id\":\"b\",\"input\":\"y\"}\n";
         let items = input_items(text, 1, 1).unwrap();
         assert_eq!(items[0].0, "b");
         assert!(input_items(text, 1, 2).is_err());
@@ -458,7 +484,11 @@ mod tests {
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let k = [7u8; 32];
         let base = sample_seed(&k, a, "root", "out");
-        assert_eq!(base, sample_seed(&k, a, "root", "out"), "reproducible with the secret");
+        assert_eq!(
+            base,
+            sample_seed(&k, a, "root", "out"),
+            "reproducible with the secret"
+        );
         for other in [
             sample_seed(&[8u8; 32], a, "root", "out"),
             sample_seed(&k, b, "root", "out"),
@@ -481,7 +511,10 @@ mod tests {
         let p = SamplePolicy::new(vec![0; 32], 8, by).unwrap();
         assert_eq!(p.items("EMBED-MINILM-L6"), 8);
         assert_eq!(p.items("RENDER-TERRAIN-128"), 1);
-        assert!(!format!("{p:?}").contains("secret: "), "the secret is never printed");
+        assert!(
+            !format!("{p:?}").contains("secret: "),
+            "the secret is never printed"
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn input_file() -> String {
 /// The honest embedding of every input, computed with the market's own model.
 fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
     let mut reference = Reference::new();
-    let w = reference.workload(WorkloadKind::Embed).expect("the MiniLM model loads");
+    let w = reference
+        .workload(WorkloadKind::Embed)
+        .expect("the MiniLM model loads");
     let items: Vec<_> = verify::input_items(input, 0, ITEMS as u64)
         .unwrap()
         .into_iter()
@@ -59,7 +61,13 @@ fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
     (lines.join("\n"), Commitment::build(&leaves).merkle_root)
 }
 
-fn committed<'a>(a: Uuid, input: &'a str, output: &'a str, root: &'a str, sha: &'a str) -> Committed<'a> {
+fn committed<'a>(
+    a: Uuid,
+    input: &'a str,
+    output: &'a str,
+    root: &'a str,
+    sha: &'a str,
+) -> Committed<'a> {
     Committed {
         assignment: a,
         market: MARKET,
@@ -86,32 +94,51 @@ fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_unde
     let mut fake = vec![0.0f32; honest[0].len()];
     fake[0] = 1.0;
     let cheated: Vec<Vec<f32>> = (0..ITEMS)
-        .map(|i| if old_sample.contains(&i) { honest[i].clone() } else { fake.clone() })
+        .map(|i| {
+            if old_sample.contains(&i) {
+                honest[i].clone()
+            } else {
+                fake.clone()
+            }
+        })
         .collect();
     let (cheat_out, cheat_root) = output_file(&cheated);
     let cheat_sha = hex::encode(commitment::sha256(cheat_out.as_bytes()));
 
-    let mut verifier = Verifier::new();
+    let policy = SamplePolicy::new(
+        vec![0x5a; 32],
+        verify::DEFAULT_SAMPLE_ITEMS,
+        BTreeMap::new(),
+    )
+    .unwrap();
+    let mut verifier = Verifier::new(policy.clone());
     // Under the old rule the cheater passes: every item the old sample re-runs is honest.
     let outputs = verify::parse_output(&cheat_out).unwrap();
     let inputs = verify::input_items(&input, 0, ITEMS as u64).unwrap();
-    let old_pairs: Vec<_> = old_sample.iter().map(|&i| (inputs[i].clone(), outputs[i].clone())).collect();
+    let old_pairs: Vec<_> = old_sample
+        .iter()
+        .map(|&i| (inputs[i].clone(), outputs[i].clone()))
+        .collect();
     verifier
         .rerun(WorkloadKind::Embed, &old_pairs)
         .expect("the old predictable sample finds nothing wrong: the attack worked");
 
     // Under commit-then-sample the same output is caught.
-    let policy = SamplePolicy::new(vec![0x5a; 32], verify::DEFAULT_SAMPLE_ITEMS, BTreeMap::new()).unwrap();
-    let verdict = verify::verify_result(
-        &mut verifier,
-        &policy,
-        &committed(assignment, &input, &cheat_out, &cheat_root, &cheat_sha),
-    );
+    let verdict = verifier.verify(&committed(
+        assignment,
+        &input,
+        &cheat_out,
+        &cheat_root,
+        &cheat_sha,
+    ));
     match verdict {
         Err(VerifyError::Mismatch(why)) => {
             assert!(why.contains("differs from the re-run"), "{why}");
             let seed = hex::encode(policy.seed(assignment, &cheat_root, &cheat_sha));
-            assert!(why.contains(&format!("sample seed {seed}")), "the evidence names the seed: {why}");
+            assert!(
+                why.contains(&format!("sample seed {seed}")),
+                "the evidence names the seed: {why}"
+            );
         }
         other => panic!("the cheater was not caught: {other:?}"),
     }
@@ -119,7 +146,8 @@ fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_unde
     // The honest node passes, and the evidence names the seed and the sampled items.
     let (out, root) = output_file(&honest);
     let sha = hex::encode(commitment::sha256(out.as_bytes()));
-    let v = verify::verify_result(&mut verifier, &policy, &committed(assignment, &input, &out, &root, &sha))
+    let v = verifier
+        .verify(&committed(assignment, &input, &out, &root, &sha))
         .expect("honest work verifies");
     assert_eq!(v.ok, ITEMS as u64);
     assert_eq!(v.sampled.len(), verify::DEFAULT_SAMPLE_ITEMS);
@@ -132,12 +160,10 @@ fn the_sample_size_is_market_configuration() {
     let honest = honest_embeddings(&input);
     let (out, root) = output_file(&honest);
     let sha = hex::encode(commitment::sha256(out.as_bytes()));
-    let policy = SamplePolicy::new(vec![1; 32], 2, BTreeMap::from([(MARKET.to_owned(), 9)])).unwrap();
-    let v = verify::verify_result(
-        &mut Verifier::new(),
-        &policy,
-        &committed(Uuid::from_u128(9), &input, &out, &root, &sha),
-    )
-    .unwrap();
+    let policy =
+        SamplePolicy::new(vec![1; 32], 2, BTreeMap::from([(MARKET.to_owned(), 9)])).unwrap();
+    let v = Verifier::new(policy)
+        .verify(&committed(Uuid::from_u128(9), &input, &out, &root, &sha))
+        .unwrap();
     assert_eq!(v.sampled.len(), 9);
 }
