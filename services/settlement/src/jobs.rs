@@ -396,11 +396,18 @@ pub struct NewFile<'a> {
     pub filename: String,
 }
 
-/// Finishes a job: its files and its terminal status, once (`false` if it was already
-/// finished).
+/// Finishes a job: its files and its terminal status, once. `false` if it was already
+/// finished, or if the job changed since the caller read `assignments` to build the files (a
+/// fill added an assignment, or its bid still has open units): the caller tries again later.
+///
+/// The re-check runs under the job's row lock and reads the bid's open quantity before the
+/// assignments: a fill takes open units and inserts its assignment in one transaction, so once
+/// no unit is open every assignment is visible, and none can be added.
 pub fn finish(
     conn: &mut PgConnection,
     job: Uuid,
+    order_id: Uuid,
+    assignments: &[AssignmentRow],
     status: JobStatus,
     output: Option<NewFile<'_>>,
     errors: Option<NewFile<'_>>,
@@ -412,6 +419,18 @@ pub fn finish(
             .for_update()
             .first(c)?;
         if current.is_terminal() {
+            return Ok(false);
+        }
+        if gridbook_ledger::escrow::get_order(c, order_id)?.quantity_open > 0 {
+            return Ok(false);
+        }
+        let now = assignments_of(c, job)?;
+        let seen = |v: &[AssignmentRow]| -> Vec<(Uuid, AssignmentStatus)> {
+            v.iter().map(|a| (a.id, a.status)).collect()
+        };
+        if seen(&now) != seen(assignments)
+            || now.iter().any(|a| a.status == AssignmentStatus::Assigned)
+        {
             return Ok(false);
         }
         let mut insert = |f: Option<NewFile<'_>>| -> Result<Option<Uuid>> {

@@ -481,7 +481,7 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
     } else {
         None
     };
-    let owner = job.owner;
+    let (owner, order_id) = (job.owner, job.order_id);
     let done = db
         .with(move |c| {
             let output = out_sha.as_deref().map(|s| NewFile {
@@ -500,11 +500,13 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
                 lines: error_lines,
                 filename: format!("{job_id}.errors.jsonl"),
             });
-            jobs::finish(c, job_id, status, output, errors)
+            jobs::finish(c, job_id, order_id, &assignments, status, output, errors)
         })
         .await?;
     if done {
         info!(job.id = %job_id, status = status.as_str(), output_lines = out_lines, error_lines, "job finished");
+    } else {
+        debug!(job.id = %job_id, "job changed while its files were assembled (or was finished); later");
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
     let js = jetstream().await;
     let tmp = TempDir::new("settlement-e2e");
     let dir = tmp.path();
-    let _engine = Engine::start(
+    let mut engine = Engine::start(
         &nats_url(),
         EngineConfig {
             engine_id: Some(format!("e2e-{market}")),
@@ -28,6 +28,9 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
             ..EngineConfig::markets(vec![Market::new(&market, FEE_BPS)])
         },
     );
+    // The engine creates the command stream; on a fresh server nothing else has yet.
+    let client = async_nats::connect(nats_url()).await.expect("connect to NATS");
+    engine.wait_serving(&client).await;
     let _worker = spawn_worker(db.url(), &market, &dir.join("worker.log"));
 
     // What the API does: accounts, the escrow reservation, the id mapping (one transaction there).
