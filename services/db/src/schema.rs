@@ -30,6 +30,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    dead_letters (id) {
+        id -> Uuid,
+        consumer -> Text,
+        event_id -> Text,
+        stream -> Text,
+        subject -> Text,
+        stream_seq -> Nullable<Int8>,
+        event_seq -> Nullable<Int8>,
+        market -> Nullable<Text>,
+        reason -> Text,
+        detail -> Text,
+        payload -> Bytea,
+        escrow_action -> Text,
+        order_id -> Nullable<Uuid>,
+        job_id -> Nullable<Uuid>,
+        unit_start -> Nullable<Int8>,
+        units -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     epoch_reports (epoch) {
         epoch -> Int8,
         report -> Jsonb,
@@ -267,6 +289,7 @@ diesel::joinable!(users -> ledger_accounts (account_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     asks,
+    dead_letters,
     epoch_reports,
     escrow_assignments,
     escrow_orders,

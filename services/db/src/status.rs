@@ -142,6 +142,45 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// `dead_letters.reason`: why the settlement worker refused an engine event or a result
+    /// message (recorded, acked, never retried).
+    DeadLetterReason {
+        /// The message is not the expected type at all (not JSON, or not an event message /
+        /// result).
+        Undecodable = "undecodable",
+        /// It decodes but breaks the format (an invalid market symbol).
+        Malformed = "malformed",
+        /// A fill between one of our orders and an engine order the marketplace does not know
+        /// (not in `market_orders`: e.g. an order placed on NATS, not through the API).
+        UnknownOrder = "unknown_order",
+        /// One of our orders lacks what it needs to settle: the bid's escrow order, its job, the
+        /// ask's node.
+        NoEscrow = "no_escrow",
+        /// The event cannot be applied as it is (a quantity beyond i64, units outside the job,
+        /// an amend above the reservation).
+        InvalidEvent = "invalid_event",
+        /// A ledger rule refused the effect.
+        LedgerRefused = "ledger_refused",
+        /// A result for an assignment that does not exist.
+        UnknownAssignment = "unknown_assignment",
+        /// A result from a node (or for a job) that does not hold the assignment.
+        ForeignResult = "foreign_result",
+    }
+}
+
+text_enum! {
+    /// `dead_letters.escrow_action`: what the worker did about the escrow a refused event
+    /// touched.
+    DeadLetterEscrow {
+        /// The event took no escrow of ours, or left it as it rightly was (an amend above the
+        /// reservation changes nothing): nothing reserved is left behind by it.
+        Untouched = "untouched",
+        /// The units the event took from a bid were released back to the studio.
+        Released = "released",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

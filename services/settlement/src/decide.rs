@@ -14,6 +14,7 @@ use matching_core::{Event, EventKind, RejectReason, Side};
 use uuid::Uuid;
 
 use gridbook_db::market_orders::MarketOrder;
+pub use gridbook_db::status::{DeadLetterEscrow, DeadLetterReason};
 
 /// Name of this worker in `processed_events`.
 pub const CONSUMER: &str = "settlement";
@@ -34,6 +35,12 @@ pub fn fill_id(market: &str, seq: u64) -> Uuid {
 /// The release id of the cancel/expiry/rejection/amend event `seq` in `market`.
 pub fn release_id(market: &str, seq: u64) -> Uuid {
     Uuid::new_v5(&NAMESPACE, format!("release/{market}/{seq}").as_bytes())
+}
+
+/// The release id of the escrow a refused event `seq` of `market` gives back
+/// ([`Remedy`]): its own namespace, so it never meets a cancel's or an expiry's release.
+pub fn refused_release_id(market: &str, seq: u64) -> Uuid {
+    Uuid::new_v5(&NAMESPACE, format!("refused/{market}/{seq}").as_bytes())
 }
 
 pub use gridbook_wire::node::AssignmentMsg;
@@ -67,8 +74,102 @@ pub enum Effect {
         remaining: i64,
         price: u64,
     },
-    /// The event names our order but cannot settle (logged as an error, recorded as processed).
-    Refuse { why: String },
+    /// The event names our order but cannot settle: recorded as processed with a dead letter,
+    /// and the escrow it took is given back ([`Refusal::remedy`]).
+    Refuse(Refusal),
+}
+
+/// Why an event is refused, and what becomes of the escrow it touched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: DeadLetterReason,
+    pub why: String,
+    pub remedy: Remedy,
+}
+
+/// What to do about the escrow a refused event touched, so that nothing reserved stays open
+/// for ever (the finisher only finishes a job whose bid has no open unit).
+///
+/// A fill the worker refuses has still taken its units off the engine's book: the bid rests
+/// with fewer lots than its reservation holds open. Those units are **released** back to the
+/// studio (not re-offered): the escrow's open quantity again equals what the engine still
+/// holds, the job can finish, and a refused fill can never come back (a re-offer could be
+/// taken by the same stranger again, and would need a second engine order for one escrow
+/// order, which `market_orders` does not allow). The released units are the fill's place in
+/// the job (`quantity − quantity_open` before the release, like an assignment's), so the
+/// next fill takes the units after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    /// Nothing of ours was taken, or nothing must change.
+    Untouched,
+    /// Release up to `qty` open units of the bid: what a refused fill took from it.
+    ReleaseUnits {
+        order_id: Uuid,
+        release_id: Uuid,
+        qty: i64,
+    },
+    /// Release every unit still open: the engine closed the order (cancel, expiry).
+    ReleaseAllOpen { order_id: Uuid, release_id: Uuid },
+}
+
+impl Remedy {
+    /// The escrow order it releases from.
+    pub fn order_id(&self) -> Option<Uuid> {
+        match *self {
+            Remedy::Untouched => None,
+            Remedy::ReleaseUnits { order_id, .. } | Remedy::ReleaseAllOpen { order_id, .. } => {
+                Some(order_id)
+            }
+        }
+    }
+
+    /// Units to release when the order has `open` units open (never more than are open, so
+    /// the remedy itself never fails a ledger rule).
+    pub fn units(&self, open: i64) -> i64 {
+        let open = open.max(0);
+        match *self {
+            Remedy::Untouched => 0,
+            Remedy::ReleaseUnits { qty, .. } => qty.clamp(0, open),
+            Remedy::ReleaseAllOpen { .. } => open,
+        }
+    }
+}
+
+/// The remedy when `effect` (decided for event `seq` of `market`) could not be applied: a fill
+/// gives back the units it took from the bid; a cancel or expiry releases whatever is still
+/// open (the engine closed the order); a failed amend leaves the reservation as it is (the
+/// order stays on the book; a later fill beyond the reservation is refused in turn).
+pub fn remedy_after_failure(market: &str, seq: u64, effect: &Effect) -> Remedy {
+    let release_id = refused_release_id(market, seq);
+    match effect {
+        Effect::Assign {
+            order_id,
+            assignment,
+            ..
+        } => Remedy::ReleaseUnits {
+            order_id: *order_id,
+            release_id,
+            qty: i64::try_from(assignment.qty).unwrap_or(i64::MAX),
+        },
+        Effect::Release { order_id, .. } | Effect::ReleaseAllOpen { order_id, .. } => {
+            Remedy::ReleaseAllOpen {
+                order_id: *order_id,
+                release_id,
+            }
+        }
+        Effect::ReleaseDownTo { .. }
+        | Effect::Skip { .. }
+        | Effect::MarkAccepted { .. } => Remedy::Untouched,
+        Effect::Refuse(r) => r.remedy,
+    }
+}
+
+fn refuse(reason: DeadLetterReason, why: String, remedy: Remedy) -> Option<Effect> {
+    Some(Effect::Refuse(Refusal {
+        reason,
+        why,
+        remedy,
+    }))
 }
 
 /// What an event does to a provider's ask as the marketplace shows it (`asks` table): its open
@@ -164,25 +265,48 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                 Side::Ask => (maker.0, taker.0),
                 Side::Bid => (taker.0, maker.0),
             };
+            let ours_ask = orders.get(&ask_id).filter(|o| o.side == Side::Ask);
             let Some(b) = bid(bid_id) else {
+                if ours_ask.is_some() {
+                    // Our provider's ask taken by a bid without escrow: no one pays for it.
+                    return refuse(
+                        DeadLetterReason::UnknownOrder,
+                        format!(
+                            "fill of ask {ask_id} against bid {bid_id}, which is not in market_orders (no escrow)"
+                        ),
+                        Remedy::Untouched,
+                    );
+                }
                 return skip("fill of a bid not in market_orders");
             };
-            let Some(a) = orders.get(&ask_id).filter(|o| o.side == Side::Ask) else {
-                return Some(Effect::Refuse {
-                    why: format!(
+            // The fill took these units off the bid on the book: a refusal gives them back.
+            let give_back = Remedy::ReleaseUnits {
+                order_id: b.order_id,
+                release_id: refused_release_id(market, ev.seq),
+                qty: i64::try_from(qty).unwrap_or(i64::MAX),
+            };
+            let Some(a) = ours_ask else {
+                return refuse(
+                    DeadLetterReason::UnknownOrder,
+                    format!(
                         "fill of bid {bid_id} against ask {ask_id}, which is not in market_orders"
                     ),
-                });
+                    give_back,
+                );
             };
             let Some(node_id) = a.node_id else {
-                return Some(Effect::Refuse {
-                    why: format!("ask {ask_id} has no node"),
-                });
+                return refuse(
+                    DeadLetterReason::NoEscrow,
+                    format!("ask {ask_id} has no node"),
+                    give_back,
+                );
             };
             if i64::try_from(qty).is_err() || i64::try_from(price).is_err() {
-                return Some(Effect::Refuse {
-                    why: "fill quantity or price exceeds i64".into(),
-                });
+                return refuse(
+                    DeadLetterReason::InvalidEvent,
+                    "fill quantity or price exceeds i64".into(),
+                    give_back,
+                );
             }
             Some(Effect::Assign {
                 order_id: b.order_id,
@@ -215,9 +339,14 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                     release_id: release_id(market, ev.seq),
                     qty,
                 }),
-                Err(_) => Some(Effect::Refuse {
-                    why: "cancelled quantity exceeds i64".into(),
-                }),
+                Err(_) => refuse(
+                    DeadLetterReason::InvalidEvent,
+                    "cancelled quantity exceeds i64".into(),
+                    Remedy::ReleaseAllOpen {
+                        order_id: b.order_id,
+                        release_id: refused_release_id(market, ev.seq),
+                    },
+                ),
             }
         }
         EventKind::Rejected {
@@ -247,9 +376,11 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                     remaining,
                     price,
                 }),
-                Err(_) => Some(Effect::Refuse {
-                    why: "amended quantity exceeds i64".into(),
-                }),
+                Err(_) => refuse(
+                    DeadLetterReason::InvalidEvent,
+                    "amended quantity exceeds i64".into(),
+                    Remedy::Untouched,
+                ),
             }
         }
     }
@@ -363,7 +494,7 @@ mod tests {
         ));
         assert!(matches!(
             decide("M", &ev(1, fill(50, 1, Side::Bid)), &o),
-            Some(Effect::Refuse { .. })
+            Some(Effect::Refuse(Refusal { reason: DeadLetterReason::UnknownOrder, .. }))
         ));
         let delta = EventKind::Delta {
             side: Side::Bid,
@@ -420,5 +551,104 @@ mod tests {
             decide("M", &ev(8, c), &orders()),
             Some(Effect::Skip { .. })
         ));
+    }
+
+    #[test]
+    fn a_fill_of_our_bid_against_an_unknown_ask_gives_the_units_back_to_the_bid() {
+        // The attack: an ask placed straight on NATS (id 50, not in market_orders) takes 4 lots
+        // of our bid 1, as maker or as taker.
+        for (maker, taker, side) in [(50, 1, Side::Bid), (1, 50, Side::Ask)] {
+            let got = decide("M", &ev(12, fill(maker, taker, side)), &orders());
+            let Some(Effect::Refuse(r)) = got else {
+                panic!("expected a refusal, got {got:?}")
+            };
+            assert_eq!(r.reason, DeadLetterReason::UnknownOrder);
+            assert!(r.why.contains("ask 50"), "{}", r.why);
+            assert_eq!(
+                r.remedy,
+                Remedy::ReleaseUnits {
+                    order_id: Uuid::from_u128(1),
+                    release_id: refused_release_id("M", 12),
+                    qty: 4
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn our_ask_taken_by_a_bid_without_escrow_is_refused_and_touches_no_escrow() {
+        let got = decide("M", &ev(3, fill(2, 51, Side::Bid)), &orders());
+        let Some(Effect::Refuse(r)) = got else {
+            panic!("expected a refusal, got {got:?}")
+        };
+        assert_eq!(r.reason, DeadLetterReason::UnknownOrder);
+        assert_eq!(r.remedy, Remedy::Untouched);
+    }
+
+    #[test]
+    fn an_ask_without_a_node_is_refused_and_the_bid_gets_its_units_back() {
+        let mut o = orders();
+        o.get_mut(&2).unwrap().node_id = None;
+        let got = decide("M", &ev(4, fill(2, 1, Side::Bid)), &o);
+        let Some(Effect::Refuse(r)) = got else {
+            panic!("expected a refusal, got {got:?}")
+        };
+        assert_eq!(r.reason, DeadLetterReason::NoEscrow);
+        assert_eq!(r.remedy.order_id(), Some(Uuid::from_u128(1)));
+        assert_eq!(r.remedy.units(10), 4);
+    }
+
+    #[test]
+    fn a_failed_effect_releases_what_the_engine_no_longer_holds() {
+        let o = orders();
+        // A fill that fails to apply (e.g. outside the job): its 4 units go back.
+        let assign = decide("M", &ev(9, fill(2, 1, Side::Bid)), &o).unwrap();
+        assert_eq!(
+            remedy_after_failure("M", 9, &assign),
+            Remedy::ReleaseUnits {
+                order_id: Uuid::from_u128(1),
+                release_id: refused_release_id("M", 9),
+                qty: 4
+            }
+        );
+        // A cancel or expiry: the order is gone from the book, so all that is open goes back.
+        let cancel = Effect::Release {
+            order_id: Uuid::from_u128(1),
+            release_id: release_id("M", 8),
+            qty: 3,
+        };
+        let r = remedy_after_failure("M", 8, &cancel);
+        assert_eq!(
+            r,
+            Remedy::ReleaseAllOpen {
+                order_id: Uuid::from_u128(1),
+                release_id: refused_release_id("M", 8)
+            }
+        );
+        assert_ne!(refused_release_id("M", 8), release_id("M", 8));
+        assert_eq!(r.units(2), 2);
+        // A failed amend leaves the reservation as it is: the order still rests.
+        let amend = Effect::ReleaseDownTo {
+            order_id: Uuid::from_u128(1),
+            release_id: release_id("M", 7),
+            remaining: 8,
+            price: 100,
+        };
+        assert_eq!(remedy_after_failure("M", 7, &amend), Remedy::Untouched);
+    }
+
+    #[test]
+    fn a_remedy_never_releases_more_than_is_open() {
+        let r = Remedy::ReleaseUnits {
+            order_id: Uuid::from_u128(1),
+            release_id: Uuid::from_u128(2),
+            qty: 4,
+        };
+        assert_eq!(r.units(10), 4);
+        assert_eq!(r.units(3), 3);
+        assert_eq!(r.units(0), 0);
+        assert_eq!(r.units(-1), 0);
+        assert_eq!(Remedy::Untouched.units(10), 0);
+        assert_eq!(Remedy::Untouched.order_id(), None);
     }
 }

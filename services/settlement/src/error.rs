@@ -18,6 +18,12 @@ pub enum SettlementError {
     Nats(String),
     #[error("event cannot settle: {0}")]
     Refused(String),
+    /// The event (or result) cannot settle for a reason the dead letter names.
+    #[error("{why}")]
+    Unsettleable {
+        reason: gridbook_db::status::DeadLetterReason,
+        why: String,
+    },
     #[error("encoding: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -31,14 +37,29 @@ impl SettlementError {
     pub fn is_transient(&self) -> bool {
         match self {
             SettlementError::Ledger(e) => is_transient_ledger(e),
-            SettlementError::Db(e) => !matches!(e, gridbook_db::DbError::Refused(_)),
-            SettlementError::Database(_)
+            SettlementError::Db(gridbook_db::DbError::Refused(_)) => false,
+            SettlementError::Db(gridbook_db::DbError::Query(e)) | SettlementError::Database(e) => {
+                !breaks_a_constraint(e)
+            }
+            SettlementError::Db(_)
             | SettlementError::Connection(_)
             | SettlementError::TaskFailed
             | SettlementError::Nats(_) => true,
-            SettlementError::Encode(_) | SettlementError::Refused(_) => false,
+            SettlementError::Encode(_)
+            | SettlementError::Refused(_)
+            | SettlementError::Unsettleable { .. } => false,
         }
     }
+}
+
+/// A statement the data refuses (a row it names does not exist, a CHECK fails): retrying the
+/// same event gives the same answer, so it is refused, not retried.
+pub fn breaks_a_constraint(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error};
+    matches!(
+        e,
+        Error::DatabaseError(K::ForeignKeyViolation | K::CheckViolation | K::NotNullViolation, _)
+    )
 }
 
 /// Ledger errors that say nothing about the event (retry) versus business refusals (the event

@@ -91,6 +91,16 @@ pub fn final_status(
     }
 }
 
+/// How long after a job's deadline (when the engine expires its bid) units still open in its
+/// escrow count as stuck: the engine's expiry (or a fill) never settled — its message was
+/// dead-lettered — and the finisher releases them so the job can finish.
+pub const STUCK_AFTER_DEADLINE_MS: u64 = 10 * 60 * 1000;
+
+/// Whether a bid's open units are stuck at `now_ms` (see [`STUCK_AFTER_DEADLINE_MS`]).
+pub fn open_units_are_stuck(deadline_ms: u64, now_ms: u64) -> bool {
+    now_ms >= deadline_ms.saturating_add(STUCK_AFTER_DEADLINE_MS)
+}
+
 pub fn ms_to_time(ms: u64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms as i64)
         .single()
@@ -126,6 +136,28 @@ pub fn load_job(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobWork>> {
         .first(conn)
         .optional()?;
     Ok(row.map(job_from_row))
+}
+
+/// The job whose bid reserved escrow order `order_id`, if any.
+pub fn job_of_order(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Uuid>> {
+    Ok(jobs::table
+        .filter(jobs::order_id.eq(order_id))
+        .select(jobs::id)
+        .first(conn)
+        .optional()?)
+}
+
+/// Releases every unit still open on job `job`'s escrow order to the studio (one release per
+/// job, so a repeat changes nothing); returns how many.
+pub fn release_stuck_units(conn: &mut PgConnection, job: Uuid, order_id: Uuid) -> Result<i64> {
+    conn.transaction(|c| {
+        let open = gridbook_ledger::escrow::get_order(c, order_id)?.quantity_open;
+        if open > 0 {
+            let release_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("gridbook/stuck/{job}").as_bytes());
+            gridbook_ledger::escrow::release_unfilled(c, order_id, release_id, open)?;
+        }
+        Ok(open.max(0))
+    })
 }
 
 /// Records a new assignment of `job` and moves a queued job to running. Idempotent by
@@ -511,6 +543,14 @@ mod tests {
         assert_eq!(verified_units(3, 2_500, 2_499), 2);
         assert_eq!(verified_units(1, 500, 0), 0);
         assert_eq!(verified_units(5, 0, 0), 0);
+    }
+
+    #[test]
+    fn open_units_count_as_stuck_only_well_after_the_deadline() {
+        assert!(!open_units_are_stuck(1_000, 1_000));
+        assert!(!open_units_are_stuck(1_000, 1_000 + STUCK_AFTER_DEADLINE_MS - 1));
+        assert!(open_units_are_stuck(1_000, 1_000 + STUCK_AFTER_DEADLINE_MS));
+        assert!(!open_units_are_stuck(u64::MAX, u64::MAX - 1));
     }
 
     #[test]

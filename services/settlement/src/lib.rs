@@ -11,6 +11,9 @@
 //!   units and the event → ledger mapping are documented there.
 //! - `orders`: the `market_orders` table (engine order id → escrow order, account, node, job).
 //! - `settle`: the database edge — one message, one transaction.
+//! - `dead_letter`: what the worker refuses (an unknown order, an undecodable message, a bid
+//!   without escrow, a ledger rule) is recorded in `dead_letters` with the event's
+//!   `processed_events` row and acked; the escrow the event took is released (`decide::Remedy`).
 //! - `worker`: the NATS edge — streams, the consumer loop, the outbox publisher.
 //! - `jobs`: job assignments (fill → input lines, deadline), job states, finishing.
 //! - `verify`: checking a node's result (completeness, hashes, Merkle root, then a sample drawn
@@ -19,9 +22,11 @@
 //! - `db`: diesel on tokio's blocking pool.
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
-//! no escrow: their events are skipped with a debug log and not recorded as processed.
+//! no escrow: their events are skipped with a debug log and not recorded as processed — unless
+//! they trade with one of ours, which is refused and dead-lettered.
 
 pub mod db;
+pub mod dead_letter;
 pub mod decide;
 pub mod error;
 pub mod jobs;

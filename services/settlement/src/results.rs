@@ -30,6 +30,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::Settings;
 use crate::db::Db;
+use crate::dead_letter::{self, Source};
+use crate::decide::DeadLetterReason;
 use crate::error::{Result, SettlementError};
 use crate::jobs::{self, AssignmentRow, JobWork, NewFile, Resolution};
 use crate::verify::{self, VerifyError};
@@ -132,7 +134,16 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
     info!(consumer = VERIFIER_CONSUMER, "verifying job results");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(SettlementError::nats)?;
-        match handle_result(&mut db, &store, &verifier, &msg.payload).await {
+        let info = msg.info().ok();
+        let source = Source {
+            stream: info
+                .as_ref()
+                .map(|i| i.stream.to_owned())
+                .unwrap_or_else(|| streams::RESULTS.to_owned()),
+            subject: msg.subject.to_string(),
+            stream_seq: info.as_ref().map(|i| i.stream_sequence),
+        };
+        match handle_result(&mut db, &store, &verifier, &source, &msg.payload).await {
             Ok(done) => {
                 if done {
                     finished.notify_one();
@@ -150,33 +161,39 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
     Err(SettlementError::Nats("result subscription ended".into()))
 }
 
-/// Settles one result message. `Ok(true)`: an assignment was resolved; `Ok(false)`: nothing to
-/// do (duplicate, unknown, forged, undecodable — logged); `Err`: retry later.
+/// Settles one result message from `source`. `Ok(true)`: an assignment was resolved;
+/// `Ok(false)`: nothing to do (a duplicate; or refused — undecodable, for an unknown
+/// assignment, from a node that does not hold it — and recorded as a dead letter); `Err`: retry
+/// later.
 pub async fn handle_result(
     db: &mut Db,
     store: &ObjectStore,
     verifier: &SharedVerifier,
+    source: &Source,
     payload: &[u8],
 ) -> Result<bool> {
     let r: ResultMsg = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "undecodable result acked without effect");
-            return Ok(false);
+            let why = format!("undecodable result: {e}");
+            return refuse_result(db, source, DeadLetterReason::Undecodable, why, payload).await;
         }
     };
     let id = r.assignment_id;
     let Some(a) = db.with(move |c| jobs::load_assignment(c, id)).await? else {
-        warn!(assignment.id = %id, "result for an unknown assignment ignored");
-        return Ok(false);
+        let why = format!("result for assignment {id}, which does not exist");
+        return refuse_result(db, source, DeadLetterReason::UnknownAssignment, why, payload).await;
     };
     if a.status != AssignmentStatus::Assigned {
         debug!(assignment.id = %id, status = %a.status, "result for a resolved assignment ignored");
         return Ok(false);
     }
     if a.node_id != r.node_id || a.job_id != r.job_id {
-        warn!(assignment.id = %id, node.id = %r.node_id, "result from a node that does not hold the assignment ignored");
-        return Ok(false);
+        let why = format!(
+            "result for assignment {id} from node {} (job {}); node {} of job {} holds it",
+            r.node_id, r.job_id, a.node_id, a.job_id
+        );
+        return refuse_result(db, source, DeadLetterReason::ForeignResult, why, payload).await;
     }
     let job_id = a.job_id;
     let job = db
@@ -264,6 +281,24 @@ pub async fn handle_result(
     Ok(applied)
 }
 
+/// Records a refused result message as a dead letter (once per message) and returns
+/// `Ok(false)`: the message is acked. It touches no escrow: the assignment, if any, stays with
+/// its node until its own result or its deadline.
+async fn refuse_result(
+    db: &mut Db,
+    source: &Source,
+    reason: DeadLetterReason,
+    why: String,
+    payload: &[u8],
+) -> Result<bool> {
+    let (source, payload) = (source.clone(), payload.to_vec());
+    db.with(move |c| {
+        dead_letter::record_message(c, VERIFIER_CONSUMER, &source, reason, &why, &payload)
+    })
+    .await?;
+    Ok(false)
+}
+
 /// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(why))` when the node's result is
 /// wrong, `Err` when the market could not check (retry).
 async fn verify_completed(
@@ -343,7 +378,16 @@ pub async fn run_finisher(
                 .with(move |c| Ok(escrow::get_order(c, order)?.quantity_open))
                 .await?;
             if open > 0 {
-                continue;
+                // The engine expires the bid at the job's deadline; units still open long after
+                // it were left by an event that never settled (a dead-lettered message): give
+                // them back so the job can finish.
+                if !jobs::open_units_are_stuck(job.deadline_ms, now_ms()) {
+                    continue;
+                }
+                let job_id = job.id;
+                let released = db.with(move |c| jobs::release_stuck_units(c, job_id, order)).await?;
+                warn!(job.id = %job.id, order.id = %order, units = released,
+                    "bid still had open units long after the job's deadline: released to the studio");
             }
             if let Err(e) = finish_job(&mut db, &store, &job).await {
                 error!(job.id = %job.id, error = %e, "finishing a job failed; retrying");
@@ -354,6 +398,10 @@ pub async fn run_finisher(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
 async fn void_overdue(db: &mut Db, nats: &async_nats::Client) -> Result<()> {
@@ -424,6 +472,17 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
         ("not_run", "no provider took this item before the job's bid closed".to_owned())
     };
     let mut reason: Vec<Option<(&str, String)>> = vec![Some(not_run); ids.len()];
+    // Units whose fill was refused (a dead letter) went back to the studio unrun.
+    let refused = db.with(move |c| dead_letter::released_units_of_job(c, job_id)).await?;
+    for (unit_start, units) in refused {
+        if let Some(items) =
+            catalog::items_of_units(job.items_per_unit, unit_start, units, ids.len() as u64)
+        {
+            for r in &mut reason[items.start as usize..items.end as usize] {
+                *r = Some(("fill_refused", "a fill of this item could not be settled (recorded as a dead letter); it was not run and you were refunded".into()));
+            }
+        }
+    }
     let mut out = Vec::new();
     let mut out_lines = 0u64;
     for a in &assignments {

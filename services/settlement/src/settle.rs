@@ -1,14 +1,18 @@
 //! The database edge: one event message → one PostgreSQL transaction holding, for every event
-//! with a ledger effect, its `processed_events` row, the escrow effect and the outbox message.
+//! with a ledger effect, its `processed_events` row, the escrow effect and the outbox message —
+//! or, for an event it refuses, its `processed_events` row, its dead letter and the release of
+//! the escrow it took (`decide::Remedy`), so nothing reserved is left open by it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use diesel::prelude::*;
 use gridbook_ledger::{LedgerError, escrow, events};
 use gridbook_wire::{market::EventFrame, subjects};
-use tracing::{debug, error, warn};
+use matching_core::Event;
+use tracing::debug;
 
-use crate::decide::{self, Effect};
+use crate::dead_letter::{self, DeadLetter, Escrow, Source};
+use crate::decide::{self, DeadLetterReason, Effect, Refusal, Remedy};
 use crate::jobs;
 use crate::error::{Result, SettlementError};
 use gridbook_db::market_orders::{self as orders, MarketOrder};
@@ -20,17 +24,19 @@ pub struct Outcome {
     pub applied: usize,
     /// Events already processed (a redelivery or a republished message).
     pub duplicates: usize,
-    /// Events that named our orders but could not settle (logged as errors).
+    /// Events that named our orders but could not settle (each recorded as a dead letter).
     pub refused: usize,
     /// Assignments created (and queued to their node).
     pub assignments: usize,
 }
 
-/// Settles the events of one message in one transaction (committed when this returns `Ok`).
-/// Errors are transient (database, connection): the caller retries the whole message.
+/// Settles the events of one message (from `source`) in one transaction (committed when this
+/// returns `Ok`). Errors are transient (database, connection): the caller retries the whole
+/// message.
 pub fn settle_message(
     conn: &mut PgConnection,
     consumer: &str,
+    source: &Source,
     frames: &[EventFrame],
 ) -> Result<Outcome> {
     conn.transaction(|c| {
@@ -65,25 +71,116 @@ pub fn settle_message(
                     out.duplicates += 1;
                     continue;
                 }
-                // A savepoint per event: a refused event leaves no partial effect behind.
-                match c.transaction(|c| apply(c, &effect, frame.time)) {
-                    Ok(assigned) => {
-                        out.applied += 1;
-                        out.assignments += usize::from(assigned);
+                let refusal = match effect {
+                    Effect::Refuse(r) => r,
+                    effect => {
+                        // A savepoint per event: a refused event leaves no partial effect behind.
+                        match c.transaction(|c| apply(c, &effect, frame.time)) {
+                            Ok(assigned) => {
+                                out.applied += 1;
+                                out.assignments += usize::from(assigned);
+                                continue;
+                            }
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => Refusal {
+                                reason: reason_of(&e),
+                                why: e.to_string(),
+                                remedy: decide::remedy_after_failure(&frame.market, ev.seq, &effect),
+                            },
+                        }
                     }
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(SettlementError::Ledger(LedgerError::OrderNotFound(order))) => {
-                        out.refused += 1;
-                        warn!(event.id = %event_id, order.id = %order, "bid has no escrow order; event skipped");
-                    }
-                    Err(e) => {
-                        out.refused += 1;
-                        error!(event.id = %event_id, error = %e, ?effect, "event cannot settle; recorded as processed without effect");
-                    }
-                }
+                };
+                out.refused += 1;
+                dead_letter_event(c, consumer, source, &event_id, &frame.market, ev, refusal)?;
             }
         }
         Ok(out)
+    })
+}
+
+/// The dead-letter reason of an effect that failed to apply (not transiently).
+fn reason_of(e: &SettlementError) -> DeadLetterReason {
+    match e {
+        SettlementError::Unsettleable { reason, .. } => *reason,
+        SettlementError::Ledger(l) => match l.root() {
+            LedgerError::OrderNotFound(_) => DeadLetterReason::NoEscrow,
+            _ => DeadLetterReason::LedgerRefused,
+        },
+        SettlementError::Database(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        )) => DeadLetterReason::NoEscrow,
+        _ => DeadLetterReason::InvalidEvent,
+    }
+}
+
+/// Gives back the escrow a refused event took ([`Remedy`]) and records its dead letter, in the
+/// caller's transaction (the one holding the event's `processed_events` row).
+fn dead_letter_event(
+    c: &mut PgConnection,
+    consumer: &str,
+    source: &Source,
+    event_id: &str,
+    market: &str,
+    ev: &Event,
+    refusal: Refusal,
+) -> Result<()> {
+    let mut detail = refusal.why;
+    let escrow = match c.transaction(|c| give_back(c, &refusal.remedy)) {
+        Ok(e) => e,
+        Err(e) if e.is_transient() => return Err(e),
+        Err(e) => {
+            // Only a bid without an escrow order gets here: nothing of ours is reserved.
+            detail.push_str(&format!("; escrow not released: {e}"));
+            Escrow {
+                order_id: refusal.remedy.order_id(),
+                ..Escrow::default()
+            }
+        }
+    };
+    dead_letter::insert(
+        c,
+        consumer,
+        event_id,
+        &DeadLetter {
+            source: source.clone(),
+            event_seq: Some(ev.seq),
+            market: Some(market.to_owned()),
+            reason: refusal.reason,
+            detail,
+            payload: serde_json::to_vec(ev)?,
+            escrow,
+        },
+    )
+}
+
+/// Applies a remedy: releases its units (never more than are open) and says which ones. The
+/// released units are the bid's next ones (`quantity − quantity_open` before the release), as a
+/// fill would have taken them, so later fills take the units after them.
+fn give_back(c: &mut PgConnection, remedy: &Remedy) -> Result<Escrow> {
+    let (order_id, release_id) = match *remedy {
+        Remedy::Untouched => return Ok(Escrow::default()),
+        Remedy::ReleaseUnits {
+            order_id,
+            release_id,
+            ..
+        }
+        | Remedy::ReleaseAllOpen {
+            order_id,
+            release_id,
+        } => (order_id, release_id),
+    };
+    let order = escrow::get_order(c, order_id)?;
+    let units = remedy.units(order.quantity_open);
+    let unit_start = (order.terms.quantity - order.quantity_open).max(0) as u64;
+    if units > 0 {
+        escrow::release_unfilled(c, order_id, release_id, units)?;
+    }
+    Ok(Escrow {
+        order_id: Some(order_id),
+        job_id: jobs::job_of_order(c, order_id)?,
+        unit_start: (units > 0).then_some(unit_start),
+        units: units as u64,
     })
 }
 
@@ -116,7 +213,10 @@ fn load_views(
 fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
     match effect {
         Effect::Skip { .. } | Effect::MarkAccepted { .. } => Ok(false),
-        Effect::Refuse { why } => Err(SettlementError::Refused(why.clone())),
+        Effect::Refuse(r) => Err(SettlementError::Unsettleable {
+            reason: r.reason,
+            why: r.why.clone(),
+        }),
         Effect::Assign {
             order_id,
             provider,
@@ -128,14 +228,18 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
             if let Some(job_id) = a.job_id {
                 let before = escrow::get_order(c, *order_id)?;
                 let unit_start = (before.terms.quantity - before.quantity_open).max(0) as u64;
-                let job = jobs::load_job(c, job_id)?.ok_or_else(|| {
-                    SettlementError::Refused(format!("fill of job {job_id}, which does not exist"))
+                let job = jobs::load_job(c, job_id)?.ok_or_else(|| SettlementError::Unsettleable {
+                    reason: DeadLetterReason::NoEscrow,
+                    why: format!("fill of job {job_id}, which does not exist"),
                 })?;
                 let work = jobs::work_for_fill(&job, unit_start, a.qty, time).ok_or_else(|| {
-                    SettlementError::Refused(format!(
-                        "fill of units {unit_start}+{} outside job {job_id} ({} units)",
-                        a.qty, job.units
-                    ))
+                    SettlementError::Unsettleable {
+                        reason: DeadLetterReason::InvalidEvent,
+                        why: format!(
+                            "fill of units {unit_start}+{} outside job {job_id} ({} units)",
+                            a.qty, job.units
+                        ),
+                    }
                 })?;
                 jobs::insert_assignment(c, &a, &work)?;
                 a.work = Some(work);
@@ -180,11 +284,14 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
             let order = escrow::get_order(c, *order_id)?;
             let above_limit = i64::try_from(*price).map_or(true, |p| p > order.terms.limit_price);
             if above_limit || *remaining > order.quantity_open {
-                return Err(SettlementError::Refused(format!(
-                    "amend to {remaining} lots at {price} exceeds the reservation ({} lots at ≤ {}); \
-                     the API must not send such amends",
-                    order.quantity_open, order.terms.limit_price
-                )));
+                return Err(SettlementError::Unsettleable {
+                    reason: DeadLetterReason::InvalidEvent,
+                    why: format!(
+                        "amend to {remaining} lots at {price} exceeds the reservation ({} lots at ≤ {}); \
+                         the API must not send such amends",
+                        order.quantity_open, order.terms.limit_price
+                    ),
+                });
             }
             if *remaining < order.quantity_open {
                 escrow::release_unfilled(

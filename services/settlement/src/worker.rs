@@ -17,6 +17,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::Settings;
 use crate::db::Db;
+use crate::dead_letter::{self, Source};
+use crate::decide::DeadLetterReason;
 use crate::decide::CONSUMER;
 use crate::error::{Result, SettlementError};
 use crate::settle::settle_message;
@@ -83,26 +85,36 @@ async fn handle(
     max_deliver: i64,
     wake: &Notify,
 ) -> Result<()> {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let info = msg.info().ok();
+    let delivered = info.as_ref().map(|i| i.delivered).unwrap_or(1);
+    let source = Source {
+        stream: info
+            .as_ref()
+            .map(|i| i.stream.to_owned())
+            .unwrap_or_else(|| streams::EVENTS.to_owned()),
+        subject: msg.subject.to_string(),
+        stream_seq: info.as_ref().map(|i| i.stream_sequence),
+    };
     let frames = match serde_json::from_slice::<EventMessage>(&msg.payload) {
         Ok(f) if f.iter().all(|f| valid_market_symbol(&f.market)) => f,
         Ok(_) => {
-            warn!(subject = %msg.subject, "event message with an invalid market symbol acked without effect");
-            return msg.ack().await.map_err(SettlementError::nats);
+            let why = "event message with an invalid market symbol".to_owned();
+            return dead_letter_message(db, &msg, source, DeadLetterReason::Malformed, why).await;
         }
         Err(e) => {
-            warn!(subject = %msg.subject, error = %e, "undecodable event message acked without effect");
-            return msg.ack().await.map_err(SettlementError::nats);
+            let why = format!("undecodable event message: {e}");
+            return dead_letter_message(db, &msg, source, DeadLetterReason::Undecodable, why).await;
         }
     };
     let first = frames.first().map(|f| (f.market.clone(), f.first));
     let frames = Arc::new(frames);
+    let source = Arc::new(source);
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=MESSAGE_RETRIES {
-        let f = frames.clone();
-        match db.with(move |c| settle_message(c, CONSUMER, &f)).await {
+        let (f, s) = (frames.clone(), source.clone());
+        match db.with(move |c| settle_message(c, CONSUMER, &s, &f)).await {
             Ok(out) => {
-                if out.assignments > 0 {
+                if out.assignments > 0 || out.refused > 0 {
                     wake.notify_one();
                 }
                 debug!(subject = %msg.subject, applied = out.applied, duplicates = out.duplicates,
@@ -124,6 +136,36 @@ async fn handle(
     msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
         .await
         .map_err(SettlementError::nats)
+}
+
+/// Records a message nothing of which can be applied as a dead letter (once: a redelivery
+/// finds it recorded), then acks it. A database failure naks it for a later redelivery, so it
+/// is never dropped unrecorded.
+async fn dead_letter_message(
+    db: &mut Db,
+    msg: &jetstream::Message,
+    source: Source,
+    reason: DeadLetterReason,
+    why: String,
+) -> Result<()> {
+    let payload = msg.payload.to_vec();
+    let recorded = db
+        .with(move |c| dead_letter::record_message(c, CONSUMER, &source, reason, &why, &payload))
+        .await;
+    match recorded {
+        Ok(first) => {
+            if !first {
+                debug!(subject = %msg.subject, "refused message redelivered; already recorded");
+            }
+            msg.ack().await.map_err(SettlementError::nats)
+        }
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "recording a dead letter failed; redelivering later");
+            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await
+                .map_err(SettlementError::nats)
+        }
+    }
 }
 
 /// Publishes up to `batch` unpublished outbox rows, oldest first, with `Nats-Msg-Id` = the row

@@ -5,6 +5,7 @@
 
 mod cheating;
 mod crash;
+mod dead_letters;
 mod e2e;
 mod flow;
 mod settle;
