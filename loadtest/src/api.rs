@@ -544,19 +544,20 @@ async fn measure(
     gen_rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
     // NATS and the engine.
-    let (nats_url, nats_pid) = match &a.nats_url {
-        Some(u) => (u.clone(), None),
+    let (access, nats_pid) = match &a.nats_url {
+        Some(u) => (gridbook_testkit::NatsAccess::with_env_keys(u), None),
         None => {
             // A private nats-server with JetStream: fsync before every acknowledgement, like xtask's.
             let options = NatsOptions { sync_always: true, dir: Some(dir.to_owned()) };
             let nats = Nats::try_start("loadtest-api", options)
                 .await
                 .context("a private nats-server, or pass --nats-url")?;
-            let started = (nats.url.clone(), nats.pid());
+            let started = (nats.access(), nats.pid());
             procs.nats = Some(nats);
             started
         }
     };
+    let nats_url = access.url.clone();
     let engine_config = std::fs::canonicalize(&a.engine_config)
         .with_context(|| format!("{} (run from the workspace root)", a.engine_config.display()))?;
     let engine_bin = a.bin_dir.join("matching-engine");
@@ -570,7 +571,7 @@ async fn measure(
         )
     } else {
         let engine = Engine::try_start(
-            &nats_url,
+            &access,
             EngineConfig {
                 markets: Markets::File(engine_config.clone()),
                 bin: Some(engine_bin.clone()),
@@ -583,7 +584,7 @@ async fn measure(
         procs.engine = Some(engine);
         format!("{} (consumes the commands, emits events)", engine_bin.display())
     };
-    let nats = async_nats::connect(&nats_url).await.context("connect to NATS")?;
+    let nats = access.try_connect(gridbook_testkit::Service::Api).await.context("connect to NATS")?;
     let js = async_nats::jetstream::new(nats.clone());
     {
         use gridbook_wire::{streams, subjects};
@@ -618,6 +619,10 @@ async fn measure(
         bind: "127.0.0.1:0".into(),
         database_url: db_url.to_owned(),
         nats_url: nats_url.clone(),
+        nats_auth: gridbook_api::node_access::NatsAuthSettings {
+            nkey_file: access.nkey_file(gridbook_testkit::Service::Api),
+            ..Default::default()
+        },
         markets_file: engine_config.clone(),
         secure_cookies: false,
         rate_limit: gridbook_api::settings::RateLimit {
@@ -637,6 +642,7 @@ async fn measure(
     let s = gridbook_settlement::Settings {
         database_url: db_url.to_owned(),
         nats_url: nats_url.clone(),
+        nats_nkey_file: access.nkey_file(gridbook_testkit::Service::Settlement),
         consumer: format!("settlement_loadtest_{run_tag}"),
         outbox_interval_ms: a.outbox_interval_ms,
         ..Default::default()

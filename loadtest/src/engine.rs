@@ -125,16 +125,20 @@ async fn one_run(args: &Args, url: &str, n_markets: usize) -> anyhow::Result<Run
         ));
     }
     std::fs::write(dir.join("engine.toml"), config)?;
+    // The server's keys from GRIDBOOK_NATS_KEYS (cargo xtask env): the engine and this generator
+    // connect as market services, as under `cargo xtask run`.
+    let access = gridbook_testkit::NatsAccess::with_env_keys(url);
+    let mut command = Proc::new(&args.engine_bin);
+    command.args(["run", "--config"]).arg(dir.join("engine.toml")).env("GRIDBOOK_NATS_URL", url).env("RUST_LOG", "warn");
+    if let Some(f) = access.nkey_file(gridbook_testkit::Service::Engine) {
+        command.env("GRIDBOOK_NATS_NKEY_FILE", f);
+    }
     let engine = EngineProc(
-        Proc::new(&args.engine_bin)
-            .args(["run", "--config"])
-            .arg(dir.join("engine.toml"))
-            .env("GRIDBOOK_NATS_URL", url)
-            .env("RUST_LOG", "warn")
+        command
             .spawn()
             .with_context(|| format!("starting {} (build it with cargo build --release -p matching-engine)", args.engine_bin.display()))?,
     );
-    let client = async_nats::connect(url).await?;
+    let client = access.try_connect(gridbook_testkit::Service::Api).await?;
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(args.in_flight * n_markets)
         .backpressure_on_inflight(true)

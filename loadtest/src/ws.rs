@@ -69,7 +69,7 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
-async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, PathBuf)> {
+async fn start_stack(args: &Args) -> anyhow::Result<(String, gridbook_testkit::NatsAccess, Procs, PathBuf)> {
     let db = std::env::var("GRIDBOOK_DATABASE_URL").context("GRIDBOOK_DATABASE_URL (eval \"$(cargo xtask env)\")")?;
     // The logs stay in this folder after the run.
     let dir = TempDir::new("loadtest-ws").keep();
@@ -77,7 +77,7 @@ async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, Path
     let nats_url = nats.url.clone();
     let engine_config = std::fs::canonicalize(&args.engine_config)?;
     let engine = Engine::try_start(
-        &nats_url,
+        &nats.access(),
         EngineConfig {
             markets: Markets::File(engine_config.clone()),
             bin: Some(args.bin_dir.join("matching-engine")),
@@ -93,6 +93,7 @@ async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, Path
             .arg("run")
             .env("GRIDBOOK_BIND", format!("127.0.0.1:{api_port}"))
             .env("GRIDBOOK_NATS_URL", &nats_url)
+            .env("GRIDBOOK_NATS_AUTH__NKEY_FILE", nats.keys.seed_file(gridbook_testkit::Service::Api))
             .env("GRIDBOOK_DATABASE_URL", db)
             .env("GRIDBOOK_MARKETS_FILE", &engine_config)
             .env("GRIDBOOK_SECURE_COOKIES", "false")
@@ -103,8 +104,9 @@ async fn start_stack(args: &Args) -> anyhow::Result<(String, String, Procs, Path
         &dir.join("api.log"),
     )
     .context("starting gridbook-api (cargo build --release -p gridbook-api)")?;
+    let access = nats.access();
     let procs = Procs { _nats: Some(nats), _engine: Some(engine), _api: Some(api) };
-    Ok((format!("http://127.0.0.1:{api_port}"), nats_url, procs, dir))
+    Ok((format!("http://127.0.0.1:{api_port}"), access, procs, dir))
 }
 
 #[derive(Deserialize)]
@@ -181,16 +183,18 @@ async fn client(
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
-    let (api, nats_url, _procs, dir) = match &args.api {
+    let (api, access, _procs, dir) = match &args.api {
         Some(api) => (
             api.clone(),
-            args.nats_url.clone().or_else(|| std::env::var("GRIDBOOK_NATS_URL").ok()).context("--nats-url")?,
+            gridbook_testkit::NatsAccess::with_env_keys(
+                &args.nats_url.clone().or_else(|| std::env::var("GRIDBOOK_NATS_URL").ok()).context("--nats-url")?,
+            ),
             Procs::default(),
             PathBuf::new(),
         ),
         None => start_stack(&args).await?,
     };
-    let nats = async_nats::connect(&nats_url).await?;
+    let nats = access.try_connect(gridbook_testkit::Service::Api).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let http = reqwest::Client::new();
     // Wait for the API's feed to be in sync with the engine.

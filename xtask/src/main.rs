@@ -181,6 +181,8 @@ impl Project {
             ("ORT_DYLIB_PATH", self.state.join("lib/libonnxruntime.so").display().to_string()),
             ("GRIDBOOK_MODELS_DIR", self.state.join("models").display().to_string()),
             ("GRIDBOOK_NATS_SERVER_BIN", self.state.join("bin/nats-server").display().to_string()),
+            // The market services' nkeys for that server (tests connect as a service with them).
+            ("GRIDBOOK_NATS_KEYS", self.state.join("nats/keys").display().to_string()),
         ]
     }
 
@@ -393,6 +395,11 @@ impl Project {
 
     // ---------------------------------------------------------------- NATS
 
+    /// The market's NATS keys (created when missing).
+    fn nats_keys(&self) -> Result<gridbook_natsauth::keys::KeyDir> {
+        gridbook_natsauth::keys::KeyDir::ensure(&self.state.join("nats/keys")).map_err(|e| e.to_string())
+    }
+
     fn nats_pid(&self) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.state.join("nats/pid")).ok()?.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -411,11 +418,14 @@ impl Project {
         }
         let dir = self.state.join("nats");
         fs::create_dir_all(dir.join("store")).map_err(|e| e.to_string())?;
+        // Authentication (gridbook-natsauth): the services' nkeys and the callout issuer, made
+        // once into .gridbook/nats/keys (mode 0600, never committed); no anonymous connection.
+        let auth = self.nats_keys()?.server_config().map_err(|e| e.to_string())?;
         // sync_interval: always — JetStream fsyncs before it acknowledges a write, so an
         // acknowledged order command survives a power loss (see ARCHITECTURE.md, durability).
         let conf = format!(
             "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  \
-             sync_interval: always\n  max_memory_store: 1GB\n  max_file_store: 20GB\n}}\n",
+             sync_interval: always\n  max_memory_store: 1GB\n  max_file_store: 20GB\n}}\n{auth}",
             port = self.nats_port,
             store = dir.join("store").display()
         );
@@ -628,8 +638,20 @@ impl Project {
             ("gridbook-api", vec![OsStr::new("run")]),
         ];
         let mut children = Vec::new();
+        let keys = self.nats_keys()?;
+        use gridbook_natsauth::keys::Service;
         for (name, args) in processes {
             let mut cmd = self.cargo_bin_command(&target.join("release").join(name));
+            // Each market service connects with its own nkey; the API also runs the auth
+            // callout (the issuer key) and kicks revoked nodes (the system user).
+            match name {
+                "matching-engine" => cmd.env("GRIDBOOK_NATS_NKEY_FILE", keys.seed_file(Service::Engine)),
+                "settlement-worker" => cmd.env("GRIDBOOK_NATS_NKEY_FILE", keys.seed_file(Service::Settlement)),
+                _ => cmd
+                    .env("GRIDBOOK_NATS_AUTH__NKEY_FILE", keys.seed_file(Service::Api))
+                    .env("GRIDBOOK_NATS_AUTH__ISSUER_FILE", keys.issuer_file())
+                    .env("GRIDBOOK_NATS_AUTH__SYS_NKEY_FILE", keys.seed_file(Service::Sys)),
+            };
             if name == "settlement-worker" {
                 // The key of the verification sample's HMAC: one per checkout, kept in
                 // `.gridbook/` (never committed), so samples can be recomputed across restarts.

@@ -29,16 +29,30 @@ pub mod subjects {
     pub fn market_stats(market: &str) -> String {
         format!("api.market.{market}.stats")
     }
-    /// Results of one job's assignments.
-    pub fn job_result(job: &str) -> String {
-        format!("job.{job}.result")
+    /// Results published by one provider node (its id in the subject is who sent it: only that
+    /// node may publish here, see [`crate::access::node`]).
+    pub fn node_result(node: &str) -> String {
+        format!("node.{node}.result")
+    }
+    /// The prefix of one node's reply inboxes (`ConnectOptions::custom_inbox_prefix`), inside
+    /// the node's own `node.<id>.>` so a node subscribes to nothing else.
+    pub fn node_inbox_prefix(node: &str) -> String {
+        format!("node.{node}.inbox")
+    }
+    /// The node id in a `node.<id>.<verb>` subject.
+    pub fn node_of(subject: &str) -> Option<uuid::Uuid> {
+        let mut parts = subject.split('.');
+        match (parts.next(), parts.next()) {
+            (Some("node"), Some(id)) => id.parse().ok(),
+            _ => None,
+        }
     }
     /// Cancellation of assignments on one provider node ([`crate::node::CancelMsg`]).
     pub fn node_cancel(node: &str) -> String {
         format!("node.{node}.cancel")
     }
     pub const ALL_MARKET_CMDS: &str = "market.*.cmd";
-    pub const ALL_JOB_RESULTS: &str = "job.*.result";
+    pub const ALL_NODE_RESULTS: &str = "node.*.result";
     pub const ALL_NODE_HEARTBEATS: &str = "node.*.heartbeat";
     pub const ALL_MARKET_EVTS: &str = "market.*.evt";
     pub const ALL_NODE_ASSIGNS: &str = "node.*.assign";
@@ -74,7 +88,7 @@ pub mod streams {
     pub const EVENTS: &str = "GRIDBOOK_EVENTS";
     /// Assignments to provider nodes (`node.*.assign`), published from the ledger's outbox.
     pub const ASSIGNMENTS: &str = "GRIDBOOK_ASSIGNMENTS";
-    /// Results of assignments (`job.*.result`), published by executors, consumed by the
+    /// Results of assignments (`node.*.result`), published by executors, consumed by the
     /// settlement worker's verifier.
     pub const RESULTS: &str = "GRIDBOOK_RESULTS";
     /// Object store holding the engine's latest snapshot per market.
@@ -111,6 +125,73 @@ pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
     /// On an event frame: the sequence of its last event (for cheap recovery look-ups).
     pub const LAST_SEQ: &str = "Gridbook-Last-Seq";
+}
+
+/// What a provider node may do on NATS: the one statement of a node's permissions, which the
+/// API's auth callout grants to a node's connection (everything else is denied by the server).
+pub mod access {
+    use crate::{streams, subjects};
+
+    /// The subjects a node may publish to and subscribe to.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct NodePermissions {
+        pub publish: Vec<String>,
+        pub subscribe: Vec<String>,
+    }
+
+    /// Node `node` may publish its own results and heartbeats, pull from and acknowledge its
+    /// own assignment consumer (which the API creates; a node cannot create, change or delete
+    /// consumers or streams), and subscribe only below `node.<id>.` (cancellations, its reply
+    /// inboxes). It cannot read market events, publish commands, touch an object store or
+    /// key-value bucket, or use another node's subjects.
+    pub fn node(node: &str) -> NodePermissions {
+        let consumer = crate::consumers::node(node);
+        NodePermissions {
+            publish: vec![
+                subjects::node_result(node),
+                subjects::node_heartbeat(node),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{}.{consumer}", streams::ASSIGNMENTS),
+                format!("$JS.API.CONSUMER.INFO.{}.{consumer}", streams::ASSIGNMENTS),
+                format!("$JS.ACK.{}.{consumer}.>", streams::ASSIGNMENTS),
+            ],
+            subscribe: vec![format!("node.{node}.>")],
+        }
+    }
+}
+
+/// Durable consumer names.
+pub mod consumers {
+    /// The durable pull consumer of one node on `GRIDBOOK_ASSIGNMENTS` (filter
+    /// `node.<id>.assign`), created by the API when the node registers.
+    pub fn node(node: &str) -> String {
+        format!("node-{node}")
+    }
+}
+
+/// Connecting to NATS as one of the market's own services.
+pub mod connect {
+    use std::path::Path;
+
+    /// Options for a market service: its name, and its nkey seed from `nkey_file` when given
+    /// (the server of `cargo xtask` and the testkit requires one; see `gridbook-natsauth`).
+    pub fn service_options(
+        name: &str,
+        nkey_file: Option<&Path>,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        let opts = match nkey_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("reading the NATS nkey seed {}: {e}", path.display()))?;
+                let seed = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+                if !seed.starts_with('S') {
+                    return Err(format!("{} does not hold an nkey seed", path.display()));
+                }
+                async_nats::ConnectOptions::with_nkey(seed.to_owned())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
+        Ok(opts.name(name))
+    }
 }
 
 /// Messages on `market.<market>.*`.
@@ -249,10 +330,10 @@ pub mod node {
         pub reason: String,
     }
 
-    /// The message on `node.<node_id>.heartbeat`, every few seconds while the agent runs.
+    /// The message on `node.<node_id>.heartbeat`, every few seconds while the agent runs. It
+    /// names no node: the subject does, and only that node may publish on it.
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct HeartbeatMsg {
-        pub node_id: Uuid,
         /// ms since the Unix epoch, node clock.
         pub time_ms: u64,
         /// Assignments running now.
@@ -268,9 +349,11 @@ pub mod node {
     pub enum Outcome {
         /// Every item of the range produced an output or a per-item error line.
         Completed {
-            /// Object (sha256 hex) in `gridbook_files`: JSONL, one line per item, the
-            /// executor's local-mode output format (`custom_id` + `embedding` or `image_png_b64`
-            /// or `error`).
+            /// The sha256 (hex) of the output the node uploaded for this assignment
+            /// (`PUT /v1/assignments/{id}/output`; the API stores it in `gridbook_files` under
+            /// this name and records it on the assignment): JSONL, one line per item, the
+            /// executor's local-mode output format (`custom_id` + `embedding` or
+            /// `image_png_b64` or `error`).
             output_sha256: String,
             /// Merkle root (hex) over the items' leaves, as `executor`'s `Commitment` builds it.
             merkle_root: String,
@@ -281,13 +364,13 @@ pub mod node {
         Failed { reason: String },
     }
 
-    /// The message on `job.<job_id>.result` (stream `GRIDBOOK_RESULTS`, `Nats-Msg-Id` =
-    /// `result.<assignment_id>`).
+    /// The message on `node.<node_id>.result` (stream `GRIDBOOK_RESULTS`, `Nats-Msg-Id` =
+    /// `result.<assignment_id>`). It names no node: the subject does, and only that node may
+    /// publish on it.
     #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     pub struct ResultMsg {
         pub assignment_id: Uuid,
         pub job_id: Uuid,
-        pub node_id: Uuid,
         #[serde(flatten)]
         pub outcome: Outcome,
         /// The executor's manifest (model hash, ORT version, execution provider, dtype, GPU).
@@ -495,7 +578,22 @@ mod tests {
         assert_eq!(subjects::market_evt("X"), "market.X.evt");
         assert_eq!(subjects::node_assign("n1"), "node.n1.assign");
         assert_eq!(subjects::node_cancel("n1"), "node.n1.cancel");
-        assert_eq!(subjects::job_result("j"), "job.j.result");
+        assert_eq!(subjects::node_result("n1"), "node.n1.result");
+        assert_eq!(subjects::node_inbox_prefix("n1"), "node.n1.inbox");
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(subjects::node_of(&subjects::node_result(&id.to_string())), Some(id));
+        assert_eq!(subjects::node_of(&subjects::market_cmd("X")), None);
+    }
+
+    #[test]
+    fn a_node_may_use_only_its_own_subjects() {
+        let p = access::node("n1");
+        assert_eq!(p.subscribe, vec!["node.n1.>".to_owned()]);
+        for s in &p.publish {
+            assert!(s.contains("n1"), "{s} names the node");
+            assert!(!s.contains('*'), "{s}: no wildcard in a node's publish permission");
+        }
+        assert!(p.publish.iter().all(|s| !s.starts_with("market.") && !s.contains("$O.") && !s.contains("$KV.")));
     }
 
     #[test]

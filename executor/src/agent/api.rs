@@ -1,6 +1,8 @@
 //! The marketplace HTTP API as the agent uses it (provider key, scope `nodes`): register the
-//! node, answer its challenge, place/amend/cancel asks, read the top of a book. The key is sent
-//! as `Authorization: Bearer …` and never logged (`ApiClient`'s `Debug` hides it).
+//! node, answer its challenge, get the node's NATS credential, place/amend/cancel asks, read the
+//! top of a book; and with the node's credential, an assignment's grant, input and output. The
+//! key and every token are sent as `Authorization: Bearer …` and never logged (`ApiClient`'s
+//! `Debug` hides the key; [`NodeCredential`]'s and [`Grant`]'s hide theirs).
 
 use std::time::Duration;
 
@@ -150,8 +152,44 @@ impl std::fmt::Debug for ApiClient {
     }
 }
 
+/// The node's NATS credential (`POST /v1/nodes/{id}/credentials`).
+#[derive(Clone, Deserialize)]
+pub struct NodeCredential {
+    pub token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for NodeCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCredential").field("expires_at", &self.expires_at).finish_non_exhaustive()
+    }
+}
+
+/// One assignment's data grant (`POST /v1/assignments/{id}/grant`).
+#[derive(Clone, Deserialize)]
+pub struct Grant {
+    pub token: String,
+    pub input_url: String,
+    pub output_url: String,
+    pub items: u64,
+    pub max_output_bytes: u64,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant").field("input_url", &self.input_url).field("items", &self.items).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Uploaded {
+    pub sha256: String,
+}
+
 impl ApiClient {
     pub const TIMEOUT: Duration = Duration::from_secs(30);
+    /// Downloads and uploads of assignment data may take longer than a call.
+    pub const DATA_TIMEOUT: Duration = Duration::from_secs(600);
 
     pub fn new(base: &str, key: &str) -> Result<Self, ApiError> {
         let http = reqwest::Client::builder()
@@ -173,8 +211,17 @@ impl ApiClient {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
+        let body = self.send_raw(what, req.bearer_auth(&self.key)).await?;
+        let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+        serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+            what: what.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends an authorised request; the body of a 2xx answer, or the API's error.
+    async fn send_raw(&self, what: &str, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, ApiError> {
         let resp = req
-            .bearer_auth(&self.key)
             .send()
             .await
             .map_err(|e| ApiError::Transport {
@@ -204,11 +251,65 @@ impl ApiClient {
                 field: s("field"),
             });
         }
-        let body: &[u8] = if body.is_empty() { b"null" } else { &body };
-        serde_json::from_slice(body).map_err(|e| ApiError::Decode {
-            what: what.into(),
-            message: e.to_string(),
-        })
+        Ok(body)
+    }
+
+    /// A fresh NATS credential for `node` (provider key).
+    pub async fn node_credential(&self, node: Uuid) -> Result<NodeCredential, ApiError> {
+        self.send(
+            "POST /v1/nodes/{id}/credentials",
+            self.http.post(self.url(&format!("/v1/nodes/{node}/credentials"))),
+        )
+        .await
+    }
+
+    /// The grant to one assignment's data (the node's credential as bearer).
+    pub async fn grant(&self, credential: &NodeCredential, assignment: Uuid) -> Result<Grant, ApiError> {
+        let what = "POST /v1/assignments/{id}/grant";
+        let body = self
+            .send_raw(
+                what,
+                self.http
+                    .post(self.url(&format!("/v1/assignments/{assignment}/grant")))
+                    .bearer_auth(&credential.token),
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
+    }
+
+    /// The assignment's input lines, at most `max` bytes.
+    pub async fn input(&self, grant: &Grant, max: u64) -> Result<Vec<u8>, ApiError> {
+        let what = "GET /v1/assignments/{id}/input";
+        let body = self
+            .send_raw(
+                what,
+                self.http.get(self.url(&grant.input_url)).bearer_auth(&grant.token).timeout(Self::DATA_TIMEOUT),
+            )
+            .await?;
+        if body.len() as u64 > max {
+            return Err(ApiError::Decode {
+                what: what.into(),
+                message: format!("the input is {} bytes, over the node's limit of {max}", body.len()),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// Uploads the assignment's output; returns the name the market stored it under.
+    pub async fn output(&self, grant: &Grant, bytes: Vec<u8>) -> Result<Uploaded, ApiError> {
+        let what = "PUT /v1/assignments/{id}/output";
+        let body = self
+            .send_raw(
+                what,
+                self.http
+                    .put(self.url(&grant.output_url))
+                    .bearer_auth(&grant.token)
+                    .header("Content-Type", "application/x-ndjson")
+                    .timeout(Self::DATA_TIMEOUT)
+                    .body(bytes),
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
     }
 
     fn url(&self, path: &str) -> String {

@@ -40,9 +40,6 @@ pub struct AgentSettings {
     pub grace_secs: u64,
     /// Seconds between book polls of the pricing loop.
     pub pricing_poll_secs: u64,
-    /// JetStream ack wait of the assignment consumer; running assignments send "in progress"
-    /// every third of it.
-    pub ack_wait_secs: u64,
     /// Finished assignment ids remembered (state file) to ignore redeliveries.
     pub done_capacity: usize,
     /// Models directory (`GRIDBOOK_MODELS_DIR`).
@@ -70,7 +67,6 @@ impl Default for AgentSettings {
             max_concurrent: 1,
             grace_secs: 30,
             pricing_poll_secs: 10,
-            ack_wait_secs: 60,
             done_capacity: 1_024,
             models_dir: None,
             sd_model_dir: None,
@@ -88,10 +84,11 @@ impl AgentSettings {
                 self.max_concurrent
             ));
         }
-        if self.heartbeat_secs == 0 || self.ack_wait_secs < 3 || self.done_capacity == 0 {
-            return Err(
-                "heartbeat_secs, done_capacity must be positive and ack_wait_secs ≥ 3".into(),
-            );
+        if self.heartbeat_secs == 0 || self.done_capacity == 0 {
+            return Err("heartbeat_secs and done_capacity must be positive".into());
+        }
+        if self.api_url.is_none() {
+            return Err("api_url is required: the node gets its NATS credential and its assignments' data from the API".into());
         }
         for (market, policy) in &self.markets {
             if gridbook_wire::catalog::work(market).is_none() {

@@ -310,27 +310,17 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     settings.validate().map_err(AgentError::Config)?;
     let state = SharedState::load(&settings.state_file)?;
-    let api = match &settings.api_url {
-        Some(url) => {
-            let key = api_key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
-                AgentError::Config(
-                    "an API key is required with --api: --key-file FILE or GRIDBOOK_API_KEY".into(),
-                )
-            })?;
-            Some(ApiClient::new(url, &key)?)
-        }
-        None => None,
-    };
-    let node_id = match &api {
-        Some(api) => bootstrap(api, &settings, &state, &workloads).await?,
-        None => settings
-            .node_id
-            .or_else(|| state.read(|s| s.node_id))
-            .ok_or_else(|| {
-                AgentError::Config("without --api the node id must be configured (node_id)".into())
-            })?,
-    };
-    let pricing = api.map(|api| {
+    let url = settings
+        .api_url
+        .as_deref()
+        .ok_or_else(|| AgentError::Config("api_url (--api) is required".into()))?;
+    let key = api_key.filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        AgentError::Config("an API key is required: --key-file FILE or GRIDBOOK_API_KEY".into())
+    })?;
+    let api = ApiClient::new(url, &key)?;
+    let node_id = bootstrap(&api, &settings, &state, &workloads).await?;
+    let credentials = node::Credentials::new(api.clone(), node_id);
+    let pricing = Some(api).map(|api| {
         let markets: Vec<(String, Policy)> = settings
             .markets
             .iter()
@@ -345,7 +335,7 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let node = node::run_node(&settings, node_id, workloads, state, shutdown).await;
+    let node = node::run_node(&settings, node_id, credentials, workloads, state, shutdown).await;
     if let Some(p) = pricing {
         match p.await {
             Ok(r) => r?,

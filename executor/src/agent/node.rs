@@ -1,19 +1,25 @@
-//! The node's NATS side.
+//! The node's NATS side. The node is a stranger to the market: it connects with the NATS
+//! credential the API issued it (`POST /v1/nodes/{id}/credentials`, renewed before it expires,
+//! presented again on every reconnect through the client's auth callback), and the server lets
+//! it do only what `gridbook_wire::access::node` says: its own results and heartbeats, its own
+//! assignment consumer, replies below `node.<id>.inbox`. It never touches an object store: an
+//! assignment's input and output travel over HTTP with a grant for that assignment alone.
 //!
 //! * Heartbeats: [`HeartbeatMsg`] on `node.<id>.heartbeat` every `heartbeat_secs` (core NATS).
-//! * Assignments: durable pull consumer `node-<id>` on `GRIDBOOK_ASSIGNMENTS`, filter
-//!   `node.<id>.assign`, explicit ack. One message is fetched only when a run slot is free
-//!   (`max_concurrent`), so nothing waits un-acked in a local queue. Per message:
+//! * Assignments: the durable pull consumer `node-<id>` on `GRIDBOOK_ASSIGNMENTS` that the API
+//!   created (filter `node.<id>.assign`, explicit ack). One message is fetched only when a run
+//!   slot is free (`max_concurrent`), so nothing waits un-acked in a local queue. Per message:
 //!   undecodable / for another node → logged and acked; already finished (state file's bounded
 //!   done-set) → acked, not run again; already running (a redelivery) → "in progress" and
 //!   ignored (the running copy acks it). A running assignment sends "in progress" every third of
-//!   the ack wait so JetStream does not redeliver it meanwhile.
-//! * Running: input object `work.input_sha256` from `gridbook_files` → its items → the market's
-//!   workload (local-mode code path) → output JSONL uploaded under its sha256 → [`ResultMsg`] on
-//!   `job.<job>.result` with `Nats-Msg-Id: result.<assignment_id>`, publish ack awaited, THEN the
-//!   assignment is acked and recorded as done. A run that fails reports `Outcome::Failed`.
-//!   A result that cannot be published is not acked: the assignment is NAK'ed and retried
-//!   (JetStream's duplicate window drops a second identical result).
+//!   the consumer's ack wait so JetStream does not redeliver it meanwhile.
+//! * Running: a grant for the assignment (`POST /v1/assignments/{id}/grant`) → its input lines
+//!   (`GET …/input`: only the assignment's items) → the market's workload (local-mode code
+//!   path) → the output JSONL uploaded (`PUT …/output`) → [`ResultMsg`] on `node.<id>.result`
+//!   with `Nats-Msg-Id: result.<assignment_id>`, publish ack awaited, THEN the assignment is
+//!   acked and recorded as done. A run that fails reports `Outcome::Failed`. A result that
+//!   cannot be published is not acked: the assignment is NAK'ed and retried (JetStream's
+//!   duplicate window drops a second identical result).
 //! * Cancellation: core NATS subscription on `node.<id>.cancel`; a running assignment's
 //!   [`RunControl`] is cancelled (ONNX Runtime's terminate flag aborts the model call in
 //!   progress), nothing is reported, the assignment is acked. A cancel that arrives before its
@@ -27,15 +33,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, AckKind, Context, object_store::ObjectStore};
+use async_nats::jetstream::{self, AckKind, Context};
 use futures::StreamExt;
 use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg};
-use gridbook_wire::{headers, streams, subjects};
-use tokio::io::AsyncReadExt;
+use gridbook_wire::{consumers, headers, streams, subjects};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::api::{ApiClient, NodeCredential};
 use super::config::AgentSettings;
 use super::workloads::{ProgressLog, Workloads, select_items};
 use super::{AgentError, SharedState, stopped};
@@ -47,7 +53,42 @@ pub const EARLY_CANCELS: usize = 1_024;
 
 /// The durable consumer name of a node.
 pub fn consumer_name(node: Uuid) -> String {
-    format!("node-{node}")
+    consumers::node(&node.to_string())
+}
+
+/// The node's NATS credential, renewed through the API when less than a fifth of its life (or
+/// under a minute) is left. Shared by the NATS auth callback and the data grants.
+pub struct Credentials {
+    api: ApiClient,
+    node: Uuid,
+    current: tokio::sync::Mutex<Option<(NodeCredential, chrono::DateTime<chrono::Utc>)>>,
+}
+
+impl Credentials {
+    pub fn new(api: ApiClient, node: Uuid) -> Arc<Credentials> {
+        Arc::new(Credentials { api, node, current: tokio::sync::Mutex::new(None) })
+    }
+
+    /// A credential valid for a while yet.
+    pub async fn get(&self) -> Result<NodeCredential, AgentError> {
+        let mut cur = self.current.lock().await;
+        let now = chrono::Utc::now();
+        if let Some((c, issued)) = cur.as_ref() {
+            let life = c.expires_at - *issued;
+            let left = c.expires_at - now;
+            if left > life / 5 && left > chrono::Duration::seconds(60) {
+                return Ok(c.clone());
+            }
+        }
+        let c = self.api.node_credential(self.node).await?;
+        tracing::info!(node_id = %self.node, expires_at = %c.expires_at, "NATS credential issued");
+        *cur = Some((c.clone(), now));
+        Ok(c)
+    }
+
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 fn now_ms() -> u64 {
@@ -65,7 +106,7 @@ struct Running {
 struct Ctx {
     node: Uuid,
     js: Context,
-    store: ObjectStore,
+    credentials: Arc<Credentials>,
     workloads: Arc<Workloads>,
     state: Arc<SharedState>,
     running: Mutex<HashMap<Uuid, Arc<Running>>>,
@@ -79,56 +120,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Creates the streams and the bucket the agent uses when they are missing (same configuration
-/// as every other Gridbook service: `gridbook_wire::streams::config` and
-/// `gridbook_wire::streams::ensure_files_bucket`).
-pub async fn ensure_nats(js: &Context) -> Result<ObjectStore, AgentError> {
-    for (name, subject) in [
-        (streams::ASSIGNMENTS, subjects::ALL_NODE_ASSIGNS),
-        (streams::RESULTS, subjects::ALL_JOB_RESULTS),
-    ] {
-        js.get_or_create_stream(streams::config(name, subject, streams::DEFAULT_MAX_AGE))
-            .await
-            .map_err(|e| AgentError::Nats(format!("stream {name}: {e}")))?;
-    }
-    streams::ensure_files_bucket(js)
-        .await
-        .map_err(|e| AgentError::Nats(format!("bucket {}: {e}", streams::FILES_BUCKET)))
-}
-
 /// Runs the node until `shutdown` turns true: heartbeats, cancellations and assignments.
 pub async fn run_node(
     settings: &AgentSettings,
     node: Uuid,
+    credentials: Arc<Credentials>,
     workloads: Arc<Workloads>,
     state: Arc<SharedState>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     settings.validate().map_err(AgentError::Config)?;
     state.update(|s| s.node_id = Some(node))?;
-    let client = async_nats::connect(&settings.nats_url)
-        .await
-        .map_err(|e| AgentError::Nats(format!("connect {}: {e}", settings.nats_url)))?;
+    credentials.get().await?;
+    let auth = credentials.clone();
+    let client = async_nats::ConnectOptions::with_auth_callback(move |_nonce| {
+        let auth = auth.clone();
+        async move {
+            let c = auth.get().await.map_err(async_nats::AuthError::new)?;
+            let mut a = async_nats::Auth::new();
+            a.token = Some(c.token);
+            Ok(a)
+        }
+    })
+    .name(format!("node-{node}"))
+    .custom_inbox_prefix(subjects::node_inbox_prefix(&node.to_string()))
+    .connect(&settings.nats_url)
+    .await
+    .map_err(|e| AgentError::Nats(format!("connect {}: {e}", settings.nats_url)))?;
     let js = jetstream::new(client.clone());
-    let store = ensure_nats(&js).await?;
-    let ack_wait = Duration::from_secs(settings.ack_wait_secs);
+    // The API created this consumer with the node's credential; a node cannot create one.
     let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream(streams::ASSIGNMENTS)
+        .get_consumer_from_stream(consumer_name(node), streams::ASSIGNMENTS)
         .await
-        .map_err(AgentError::nats)?
-        .get_or_create_consumer(
-            &consumer_name(node),
-            jetstream::consumer::pull::Config {
-                durable_name: Some(consumer_name(node)),
-                filter_subject: subjects::node_assign(&node.to_string()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_ack_pending: (settings.max_concurrent as i64) * 2,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(AgentError::nats)?;
+        .map_err(|e| AgentError::Nats(format!("the node's assignment consumer: {e}")))?;
+    let ack_wait = consumer.cached_info().config.ack_wait;
     let mut cancels = client
         .subscribe(subjects::node_cancel(&node.to_string()))
         .await
@@ -136,7 +161,7 @@ pub async fn run_node(
     let ctx = Arc::new(Ctx {
         node,
         js,
-        store,
+        credentials,
         workloads: workloads.clone(),
         state,
         running: Mutex::new(HashMap::new()),
@@ -161,7 +186,6 @@ pub async fn run_node(
                     _ = stopped(&mut shutdown) => break,
                 }
                 let msg = HeartbeatMsg {
-                    node_id: ctx.node,
                     time_ms: now_ms(),
                     running: lock(&ctx.running).keys().copied().collect(),
                     device: ctx.workloads.device.clone(),
@@ -455,7 +479,6 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         End::Report(ResultMsg {
             assignment_id: a.assignment_id,
             job_id,
-            node_id: ctx.node,
             outcome,
             manifest,
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -463,19 +486,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     };
     let failed = |reason: String| report(Outcome::Failed { reason }, manifest());
     let Some(work) = &a.work else {
-        // No work: completed with no items (an empty output object).
-        return match upload(&ctx.store, Vec::new()).await {
-            Ok(sha) => report(
-                Outcome::Completed {
-                    output_sha256: sha,
-                    merkle_root: crate::commitment::Commitment::build(&[]).merkle_root,
-                    items_ok: 0,
-                    items_failed: 0,
-                },
-                manifest(),
-            ),
-            Err(e) => failed(e),
-        };
+        return End::Nothing("the assignment carries no work: nothing to run or report");
     };
     if !ctx.workloads.serves(&a.market) {
         return failed(format!("this node does not serve market {}", a.market));
@@ -485,11 +496,12 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     }
     tracing::info!(assignment_id = %a.assignment_id, market = %a.market, job_id = %job_id,
         items = work.item_count, item_start = work.item_start, "assignment started");
-    let input = match download(&ctx.store, &work.input_sha256, ctx.max_input_bytes).await {
+    let input = match fetch_input(ctx, a.assignment_id, ctx.max_input_bytes).await {
         Ok(b) => b,
         Err(e) => return failed(e),
     };
-    let items = match select_items(&input, work.item_start, work.item_count) {
+    // The API sent exactly the assignment's items, in order.
+    let items = match select_items(&input, 0, work.item_count) {
         Ok(i) => i,
         Err(e) => return failed(e),
     };
@@ -535,7 +547,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     }
     let items_ok = run.succeeded as u64;
     let manifest = serde_json::to_value(&run.manifest).unwrap_or(serde_json::Value::Null);
-    match upload(&ctx.store, run.output).await {
+    match deliver(ctx, a.assignment_id, run.output).await {
         Ok(sha) => report(
             Outcome::Completed {
                 output_sha256: sha,
@@ -550,40 +562,26 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     }
 }
 
-async fn download(store: &ObjectStore, sha: &str, max: u64) -> Result<Vec<u8>, String> {
-    let mut obj = store
-        .get(sha)
-        .await
-        .map_err(|e| format!("input object {sha}: {e}"))?;
-    let size = obj.info().size as u64;
-    if size > max {
-        return Err(format!(
-            "input object {sha} is {size} bytes, over the node's limit of {max}"
-        ));
-    }
-    let mut buf = Vec::with_capacity(size as usize);
-    obj.read_to_end(&mut buf)
-        .await
-        .map_err(|e| format!("input object {sha}: {e}"))?;
-    let actual = hex::encode(crate::commitment::sha256(&buf));
-    if actual != sha {
-        return Err(format!("input object {sha} has sha256 {actual}"));
-    }
-    Ok(buf)
+/// The assignment's input lines, through a grant for it.
+async fn fetch_input(ctx: &Ctx, assignment: Uuid, max: u64) -> Result<Vec<u8>, String> {
+    let api = ctx.credentials.api();
+    let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
+    let grant = api.grant(&credential, assignment).await.map_err(|e| e.to_string())?;
+    api.input(&grant, max).await.map_err(|e| e.to_string())
 }
 
-/// Stores bytes under their sha256 (hex) unless already there; returns the name.
-pub async fn upload(store: &ObjectStore, bytes: Vec<u8>) -> Result<String, String> {
-    let name = hex::encode(crate::commitment::sha256(&bytes));
-    if store.info(&name).await.is_ok() {
-        return Ok(name);
+/// Uploads the output through a grant for the assignment; returns its sha256 (checked against
+/// the name the market stored it under).
+async fn deliver(ctx: &Ctx, assignment: Uuid, bytes: Vec<u8>) -> Result<String, String> {
+    let sha = hex::encode(crate::commitment::sha256(&bytes));
+    let api = ctx.credentials.api();
+    let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
+    let grant = api.grant(&credential, assignment).await.map_err(|e| e.to_string())?;
+    let stored = api.output(&grant, bytes).await.map_err(|e| e.to_string())?;
+    if stored.sha256 != sha {
+        return Err(format!("the market stored the output as {}, its sha256 is {sha}", stored.sha256));
     }
-    let mut reader = std::io::Cursor::new(bytes);
-    store
-        .put(name.as_str(), &mut reader)
-        .await
-        .map_err(|e| format!("uploading output {name}: {e}"))?;
-    Ok(name)
+    Ok(sha)
 }
 
 async fn publish_result(ctx: &Ctx, result: &ResultMsg) -> Result<(), AgentError> {
@@ -595,7 +593,7 @@ async fn publish_result(ctx: &Ctx, result: &ResultMsg) -> Result<(), AgentError>
     let body = serde_json::to_vec(result).map_err(|e| AgentError::Nats(e.to_string()))?;
     ctx.js
         .publish_with_headers(
-            subjects::job_result(&result.job_id.to_string()),
+            subjects::node_result(&ctx.node.to_string()),
             h,
             body.into(),
         )

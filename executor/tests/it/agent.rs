@@ -1,5 +1,8 @@
-//! The provider agent over a private nats-server with JetStream (the testkit starts it from
-//! `GRIDBOOK_NATS_SERVER_BIN`), the real ONNX Runtime and the real MiniLM model.
+//! The provider agent's node (its NATS side) against the real stack — a private nats-server
+//! with the market's authentication, the real API (the node's credential, grants, input and
+//! output) — the real ONNX Runtime and the real MiniLM model. The test plays the settlement
+//! worker's part: it creates real assignments (`Stack::seed_assignment`) and publishes them,
+//! cancels them, and reads the node's results.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -7,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use executor::agent::config::AgentSettings;
-use executor::agent::node::{self, ensure_nats, upload};
+use executor::agent::node;
 use executor::agent::pricing::Policy;
 use executor::agent::workloads::Workloads;
 use executor::commitment::{self, Commitment};
 use futures::StreamExt;
-use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg, WorkSpec};
+use gridbook_testkit::{Stack, StackOptions, TestUser};
+use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg};
 use gridbook_wire::{streams, subjects};
-use gridbook_testkit::Nats;
 use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
@@ -23,11 +26,52 @@ use crate::common;
 /// Generous bound so a broken agent fails the test instead of hanging it (not a timing claim).
 const PATIENCE: Duration = Duration::from_secs(300);
 
-/// A private nats-server with JetStream (the testkit's) and a client connected to it.
-async fn start_nats(tag: &str) -> (Nats, async_nats::Client) {
-    let nats = Nats::start(&format!("executor-{tag}")).await;
-    let client = nats.client.clone();
-    (nats, client)
+/// The stack without a settlement worker (the test plays it), a studio, a provider and its
+/// registered node, and a market-service client.
+struct Fx {
+    stack: Stack,
+    studio: TestUser,
+    provider: TestUser,
+    node: Uuid,
+    client: async_nats::Client,
+}
+
+async fn fixture(tag: &str) -> Fx {
+    let stack = Stack::start_with(&format!("executor-{tag}"), StackOptions { settlement: false, ..StackOptions::default() }).await;
+    let studio = stack.app.signup("studio").await;
+    let provider = stack.app.signup("provider").await;
+    let node = stack.register_node(&provider, &format!("{tag}-node")).await;
+    let client = stack.nats.client.clone();
+    Fx { stack, studio, provider, node, client }
+}
+
+impl Fx {
+    fn agent(&self, settings: AgentSettings) -> Agent {
+        Agent(gridbook_testkit::Agent::start_node(settings, self.node, &self.provider.key, workloads()))
+    }
+
+    fn settings(&self, state_file: PathBuf) -> AgentSettings {
+        AgentSettings {
+            api_url: Some(self.stack.app.address.clone()),
+            nats_url: self.stack.nats.url.clone(),
+            node_id: Some(self.node),
+            state_file,
+            heartbeat_secs: 1,
+            markets: [("EMBED-MINILM-L6".to_owned(), Policy::Fixed { price: 100, qty: 1 })].into_iter().collect(),
+            ..AgentSettings::default()
+        }
+    }
+
+    async fn seed(&self, jsonl: &str, item_start: u64, item_count: u64) -> AssignmentMsg {
+        self.stack
+            .seed_assignment(&self.studio, self.node, "EMBED-MINILM-L6", jsonl, item_start, item_count)
+            .await
+            .msg
+    }
+
+    async fn results(&self) -> async_nats::Subscriber {
+        self.client.subscribe(subjects::node_result(&self.node.to_string())).await.unwrap()
+    }
 }
 
 /// Embed + the tiny SD fixture, loaded once on the shared CPU runtime.
@@ -47,53 +91,16 @@ pub fn workloads() -> Arc<Workloads> {
     .clone()
 }
 
-fn settings(nats: &Nats, node: Uuid, state_file: PathBuf) -> AgentSettings {
-    AgentSettings {
-        nats_url: nats.url.clone(),
-        node_id: Some(node),
-        state_file,
-        heartbeat_secs: 1,
-        ack_wait_secs: 30,
-        markets: [(
-            "EMBED-MINILM-L6".to_owned(),
-            Policy::Fixed { price: 100, qty: 1 },
-        )]
-        .into_iter()
-        .collect(),
-        ..AgentSettings::default()
-    }
-}
-
 /// The agent's assignment consumer for a known node, on the shared workloads.
 struct Agent(gridbook_testkit::Agent);
 
 impl Agent {
-    fn start(settings: AgentSettings, node: Uuid) -> Agent {
-        Agent(gridbook_testkit::Agent::start_node(settings, node, workloads()))
-    }
-
     async fn stop(self) {
         self.0
             .stop(PATIENCE)
             .await
             .expect("agent stops")
             .expect("agent ran without error");
-    }
-}
-
-fn assignment(node: Uuid, job: Uuid, work: Option<WorkSpec>, qty: u64) -> AssignmentMsg {
-    AssignmentMsg {
-        assignment_id: Uuid::new_v4(),
-        market: "EMBED-MINILM-L6".into(),
-        event_seq: 1,
-        job_id: Some(job),
-        node_id: node,
-        order_id: Uuid::new_v4(),
-        qty,
-        price: 100,
-        bid_engine_order_id: 1,
-        ask_engine_order_id: 2,
-        work,
     }
 }
 
@@ -153,12 +160,12 @@ fn texts(n: usize, seed: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
-    let (nats, client) = start_nats("embed").await;
+    let fx = fixture("embed").await;
+    let (client, node_id) = (fx.client.clone(), fx.node);
     let js = jetstream::new(client.clone());
-    let store = ensure_nats(&js).await.unwrap();
     let dir = common::tmp_dir("agent-embed");
 
-    // A job file of 60 items with blank lines among them; the assignment covers items 5..55.
+    // A job file of 60 items; the assignment covers items 5..55.
     let lines: Vec<String> = texts(60, "agent-embed")
         .into_iter()
         .enumerate()
@@ -166,13 +173,12 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
         .collect();
     let mut file = String::new();
     for (i, l) in lines.iter().enumerate() {
+        let _ = i;
         file.push_str(l);
         file.push('\n');
-        if i % 7 == 3 {
-            file.push_str("   \n");
-        }
     }
-    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
+    let a = fx.seed(&file, 5, 50).await;
+    let job = a.job_id.unwrap();
 
     // Local mode on the same 50 lines: the expected output.
     let local_in = dir.join("in.jsonl");
@@ -187,33 +193,13 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
     }
     let expected = std::fs::read(&local_out).unwrap();
 
-    let node_id = Uuid::new_v4();
-    let job = Uuid::new_v4();
     let state_file = dir.join("state.json");
-    let mut results = client
-        .subscribe(subjects::job_result(&job.to_string()))
-        .await
-        .unwrap();
-    let agent = Agent::start(settings(&nats, node_id, state_file.clone()), node_id);
+    let mut results = fx.results().await;
+    let agent = fx.agent(fx.settings(state_file.clone()));
 
-    let a = assignment(
-        node_id,
-        job,
-        Some(WorkSpec {
-            input_sha256: input_sha.clone(),
-            item_start: 5,
-            item_count: 50,
-            unit_start: 0,
-            deadline_ms: 0,
-        }),
-        1,
-    );
     publish_assignment(&js, &a).await;
     let r = next_result(&mut results).await;
-    assert_eq!(
-        (r.assignment_id, r.job_id, r.node_id),
-        (a.assignment_id, job, node_id)
-    );
+    assert_eq!((r.assignment_id, r.job_id), (a.assignment_id, job));
     let Outcome::Completed {
         output_sha256,
         merkle_root,
@@ -258,7 +244,7 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
         .get_stream(streams::RESULTS)
         .await
         .unwrap()
-        .get_last_raw_message_by_subject(&subjects::job_result(&job.to_string()))
+        .get_last_raw_message_by_subject(&subjects::node_result(&node_id.to_string()))
         .await
         .unwrap();
     let msg_id = stored.headers.get("Nats-Msg-Id").map(|v| v.to_string());
@@ -267,24 +253,26 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
         Some(format!("result.{}", a.assignment_id).as_str())
     );
 
-    // An input that is not in the store: the node reports Failed.
-    let missing = assignment(
-        node_id,
-        job,
-        Some(WorkSpec {
-            input_sha256: "00".repeat(32),
-            item_start: 0,
-            item_count: 1,
-            unit_start: 0,
-            deadline_ms: 0,
-        }),
-        1,
-    );
+    // The API stored the output under that name for this assignment, and the node uploaded it.
+    let upload: Option<String> = {
+        use gridbook_db::diesel::{QueryDsl, RunQueryDsl};
+        use gridbook_db::schema::job_assignments;
+        job_assignments::table
+            .find(a.assignment_id)
+            .select(job_assignments::upload_sha256)
+            .first(&mut fx.stack.app.db.conn())
+            .unwrap()
+    };
+    assert_eq!(upload.as_deref(), Some(output_sha256.as_str()));
+
+    // An assignment the market does not know (no grant for it): the node reports Failed.
+    let mut missing = a.clone();
+    missing.assignment_id = Uuid::new_v4();
     publish_assignment(&js, &missing).await;
     let r2 = next_result(&mut results).await;
     assert_eq!(r2.assignment_id, missing.assignment_id);
     assert!(
-        matches!(&r2.outcome, Outcome::Failed { reason } if reason.contains("input object")),
+        matches!(&r2.outcome, Outcome::Failed { reason } if reason.contains("404")),
         "{:?}",
         r2.outcome
     );
@@ -301,7 +289,7 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
     agent.stop().await;
 
     // Restart with the same state file and redeliver the first assignment: not run again.
-    let agent = Agent::start(settings(&nats, node_id, state_file.clone()), node_id);
+    let agent = fx.agent(fx.settings(state_file.clone()));
     publish_assignment(&js, &a).await;
     wait_drained(&js, node_id, 4).await;
     client.flush().await.unwrap();
@@ -319,14 +307,14 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
             .unwrap()
             .contains(&serde_json::json!(a.assignment_id))
     );
-    drop(nats);
+    drop(fx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_long_run_and_publishes_nothing() {
-    let (nats, client) = start_nats("cancel").await;
+    let fx = fixture("cancel").await;
+    let (client, node_id) = (fx.client.clone(), fx.node);
     let js = jetstream::new(client.clone());
-    let store = ensure_nats(&js).await.unwrap();
     let dir = common::tmp_dir("agent-cancel");
     // Enough work for many minutes on a CPU.
     let n = 20_000;
@@ -337,31 +325,13 @@ async fn cancel_stops_a_long_run_and_publishes_nothing() {
             serde_json::json!({"custom_id": format!("c{i}"), "input": t}).to_string() + "\n"
         })
         .collect();
-    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
-
-    let node_id = Uuid::new_v4();
-    let job = Uuid::new_v4();
-    let mut results = client
-        .subscribe(subjects::job_result(&job.to_string()))
-        .await
-        .unwrap();
+    let a = fx.seed(&file, 0, n as u64).await;
+    let mut results = fx.results().await;
     let mut beats = client
         .subscribe(subjects::node_heartbeat(&node_id.to_string()))
         .await
         .unwrap();
-    let agent = Agent::start(settings(&nats, node_id, dir.join("state.json")), node_id);
-    let a = assignment(
-        node_id,
-        job,
-        Some(WorkSpec {
-            input_sha256: input_sha,
-            item_start: 0,
-            item_count: n as u64,
-            unit_start: 0,
-            deadline_ms: 0,
-        }),
-        20,
-    );
+    let agent = fx.agent(fx.settings(dir.join("state.json")));
     publish_assignment(&js, &a).await;
 
     // Wait until a heartbeat shows it running, then cancel it.
@@ -424,7 +394,7 @@ async fn cancel_stops_a_long_run_and_publishes_nothing() {
         .state
         .messages;
     assert_eq!(js_results, 0);
-    drop(nats);
+    drop(fx);
 }
 
 async fn wait_running(beats: &mut async_nats::Subscriber, id: Uuid) {
@@ -442,9 +412,9 @@ async fn wait_running(beats: &mut async_nats::Subscriber, id: Uuid) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_a_running_assignment_and_leaves_it_for_redelivery() {
-    let (nats, client) = start_nats("shutdown").await;
+    let fx = fixture("shutdown").await;
+    let (client, node_id) = (fx.client.clone(), fx.node);
     let js = jetstream::new(client.clone());
-    let store = ensure_nats(&js).await.unwrap();
     let dir = common::tmp_dir("agent-shutdown");
     let n = 20_000;
     let file: String = texts(n, "agent-shutdown")
@@ -454,32 +424,15 @@ async fn shutdown_stops_a_running_assignment_and_leaves_it_for_redelivery() {
             serde_json::json!({"custom_id": format!("s{i}"), "input": t}).to_string() + "\n"
         })
         .collect();
-    let input_sha = upload(&store, file.into_bytes()).await.unwrap();
-    let node_id = Uuid::new_v4();
-    let job = Uuid::new_v4();
-    let mut results = client
-        .subscribe(subjects::job_result(&job.to_string()))
-        .await
-        .unwrap();
+    let a = fx.seed(&file, 0, n as u64).await;
+    let mut results = fx.results().await;
     let mut beats = client
         .subscribe(subjects::node_heartbeat(&node_id.to_string()))
         .await
         .unwrap();
-    let mut cfg = settings(&nats, node_id, dir.join("state.json"));
+    let mut cfg = fx.settings(dir.join("state.json"));
     cfg.grace_secs = 0;
-    let a = assignment(
-        node_id,
-        job,
-        Some(WorkSpec {
-            input_sha256: input_sha,
-            item_start: 0,
-            item_count: n as u64,
-            unit_start: 0,
-            deadline_ms: 0,
-        }),
-        20,
-    );
-    let agent = Agent::start(cfg.clone(), node_id);
+    let agent = fx.agent(cfg.clone());
     publish_assignment(&js, &a).await;
     wait_running(&mut beats, a.assignment_id).await;
     agent.stop().await; // grace 0: stopped and NAK'ed
@@ -493,7 +446,7 @@ async fn shutdown_stops_a_running_assignment_and_leaves_it_for_redelivery() {
             .unwrap()
             .contains(&serde_json::json!(a.assignment_id))
     );
-    let agent = Agent::start(cfg, node_id);
+    let agent = fx.agent(cfg);
     wait_running(&mut beats, a.assignment_id).await;
     client
         .publish(
@@ -515,7 +468,7 @@ async fn shutdown_stops_a_running_assignment_and_leaves_it_for_redelivery() {
         r.is_err(),
         "nothing is reported for a stopped or cancelled assignment"
     );
-    drop(nats);
+    drop(fx);
 }
 
 #[test]

@@ -15,8 +15,8 @@ use crate::{
 
 /// Create or update the streams and buckets the engine needs (idempotent).
 pub async fn connect(settings: &EngineSettings) -> anyhow::Result<Nats> {
-    let client = async_nats::ConnectOptions::new()
-        .name(settings.engine_id.clone())
+    let client = gridbook_wire::connect::service_options(&settings.engine_id, settings.nats_nkey_file.as_deref())
+        .map_err(anyhow::Error::msg)?
         .connect(&settings.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct EngineSettings {
     /// `GRIDBOOK_NATS_URL`.
     pub nats_url: String,
+    /// `GRIDBOOK_NATS_NKEY_FILE`: the engine's nkey seed (`engine.nk`, see `gridbook-natsauth`);
+    /// unset: connect without credentials (a server without authentication).
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     /// Names this process in logs.
     pub engine_id: String,
     /// The markets this process is the single writer of. Assign each market to exactly one
@@ -29,6 +32,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             nats_url: "nats://127.0.0.1:44222".into(),
+            nats_nkey_file: None,
             engine_id: "engine-1".into(),
             markets: vec![],
             snapshot_every: 50_000,

@@ -23,11 +23,6 @@ use matching_core::{
 use gridbook_testkit::{Engine, EngineConfig, Market};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn nats_url() -> String {
-    std::env::var("GRIDBOOK_NATS_URL")
-        .expect("GRIDBOOK_NATS_URL is not set: run the tests with `cargo xtask test` (it starts nats-server)")
-}
-
 fn unique_market(tag: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("T-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
@@ -59,7 +54,7 @@ fn start_engine(market: &str, snapshot_every: u64, engine_id: &str) -> Engine {
         max_levels: Some(m.max_levels.into()),
     };
     Engine::start(
-        &nats_url(),
+        &gridbook_testkit::NatsAccess::shared(),
         EngineConfig {
             engine_id: Some(engine_id.to_owned()),
             snapshot_every: Some(snapshot_every),
@@ -280,7 +275,7 @@ async fn last_command_seq(js: &jetstream::Context, market: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let market = unique_market("KILL");
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api).await.unwrap();
     let js = jetstream::new(client);
     let mut engine = start_engine(&market, 150, &format!("test-{market}"));
     // the engine creates the streams; wait for them
@@ -351,7 +346,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_joining_mid_stream_resynchronises_to_the_engine_book() {
     let market = unique_market("FEED");
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api).await.unwrap();
     let js = jetstream::new(client.clone());
     let _engine = start_engine(&market, 1_000, &format!("test-{market}"));
     wait_for_streams(&js).await;
@@ -432,7 +427,7 @@ impl Ladder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies() {
     let market = unique_market("LEASE");
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api).await.unwrap();
     let js = jetstream::new(client);
     let mut first = start_engine(&market, 100, "engine-a");
     wait_for_streams(&js).await;
@@ -460,7 +455,7 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
 async fn a_gtd_order_expires_in_a_quiet_market_without_another_command() {
     use matching_core::{AccountId, OrderId, Place, TimeInForce};
     let market = unique_market("GTD");
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api).await.unwrap();
     let js = jetstream::new(client.clone());
     let _engine = start_engine(&market, 1_000, &format!("test-{market}"));
     wait_for_streams(&js).await;

@@ -136,6 +136,7 @@ diesel::table! {
         deadline -> Timestamptz,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        upload_sha256 -> Nullable<Text>,
     }
 }
 
@@ -214,6 +215,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    node_credentials (id) {
+        id -> Uuid,
+        node_id -> Uuid,
+        token_sha256 -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     nodes (id) {
         id -> Uuid,
         owner -> Uuid,
@@ -282,6 +294,7 @@ diesel::joinable!(job_assignments -> jobs (job_id));
 diesel::joinable!(job_assignments -> nodes (node_id));
 diesel::joinable!(jobs -> users (owner));
 diesel::joinable!(market_orders -> ledger_accounts (account_id));
+diesel::joinable!(node_credentials -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(users -> ledger_accounts (account_id));
@@ -300,6 +313,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_accounts,
     ledger_transfers,
     market_orders,
+    node_credentials,
     nodes,
     outbox,
     processed_events,

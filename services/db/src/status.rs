@@ -119,7 +119,10 @@ text_enum! {
         /// A new identity with small caps (`limits.probation_ask_qty`).
         Probation = "probation",
         Active = "active",
+        /// Suspended by an admin: its credentials are revoked, it cannot connect or post asks.
         Suspended = "suspended",
+        /// Retired by its owner (`DELETE /v1/nodes/{id}`): revoked like a suspended node, for good.
+        Deleted = "deleted",
     }
 }
 

@@ -206,9 +206,12 @@ pub struct AssignmentRow {
     pub item_count: u64,
     pub status: AssignmentStatus,
     pub output_sha256: Option<String>,
+    /// What the node uploaded through its grant (`PUT /v1/assignments/{id}/output`): the only
+    /// output its result may name.
+    pub upload_sha256: Option<String>,
 }
 
-type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, AssignmentStatus, Option<String>);
+type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, AssignmentStatus, Option<String>, Option<String>);
 
 fn assignment_from_row(r: ARow) -> AssignmentRow {
     AssignmentRow {
@@ -221,6 +224,7 @@ fn assignment_from_row(r: ARow) -> AssignmentRow {
         item_count: r.6.max(0) as u64,
         status: r.7,
         output_sha256: r.8,
+        upload_sha256: r.9,
     }
 }
 
@@ -234,6 +238,7 @@ const A_COLUMNS: (
     job_assignments::item_count,
     job_assignments::status,
     job_assignments::output_sha256,
+    job_assignments::upload_sha256,
 ) = (
     job_assignments::id,
     job_assignments::job_id,
@@ -244,6 +249,7 @@ const A_COLUMNS: (
     job_assignments::item_count,
     job_assignments::status,
     job_assignments::output_sha256,
+    job_assignments::upload_sha256,
 );
 
 pub fn load_assignment(conn: &mut PgConnection, id: Uuid) -> Result<Option<AssignmentRow>> {

@@ -55,6 +55,9 @@ pub struct Settings {
     pub database_url: String,
     /// `GRIDBOOK_NATS_URL`.
     pub nats_url: String,
+    /// `GRIDBOOK_NATS_NKEY_FILE`: the worker's nkey seed (`settlement.nk`, see
+    /// `gridbook-natsauth`); unset: connect without credentials.
+    pub nats_nkey_file: Option<std::path::PathBuf>,
     /// Durable consumer name on `GRIDBOOK_EVENTS`.
     pub consumer: String,
     /// Subjects the consumer takes (one market in tests).
@@ -120,6 +123,7 @@ impl Default for Settings {
         Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_nkey_file: None,
             consumer: "settlement".into(),
             filter_subject: gridbook_wire::subjects::ALL_MARKET_EVTS.into(),
             fetch_batch: 64,
@@ -141,8 +145,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut db = db::Db::new(&settings.database_url);
     let applied = db.with(|c| Ok(gridbook_db::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
-    let client = async_nats::ConnectOptions::new()
-        .name("settlement-worker")
+    let client = gridbook_wire::connect::service_options("settlement-worker", settings.nats_nkey_file.as_deref())
+        .map_err(SettlementError::Refused)?
         .connect(&settings.nats_url)
         .await
         .map_err(SettlementError::nats)?;

@@ -48,7 +48,7 @@ pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 pub async fn ensure(js: &Context) -> Result<ObjectStore> {
     js.create_or_update_stream(streams::config(
         streams::RESULTS,
-        subjects::ALL_JOB_RESULTS,
+        subjects::ALL_NODE_RESULTS,
         streams::DEFAULT_MAX_AGE,
     ))
     .await
@@ -110,7 +110,7 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
             VERIFIER_CONSUMER,
             pull::Config {
                 durable_name: Some(VERIFIER_CONSUMER.into()),
-                filter_subject: subjects::ALL_JOB_RESULTS.into(),
+                filter_subject: subjects::ALL_NODE_RESULTS.into(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(settings.ack_wait_secs.max(30)),
                 max_deliver: settings.max_deliver,
@@ -188,10 +188,13 @@ pub async fn handle_result(
         debug!(assignment.id = %id, status = %a.status, "result for a resolved assignment ignored");
         return Ok(false);
     }
-    if a.node_id != r.node_id || a.job_id != r.job_id {
+    // Who sent it is the subject (`node.<id>.result`, which only that node may publish on), never
+    // a field of the message.
+    let sender = subjects::node_of(&source.subject);
+    if sender != Some(a.node_id) || a.job_id != r.job_id {
         let why = format!(
-            "result for assignment {id} from node {} (job {}); node {} of job {} holds it",
-            r.node_id, r.job_id, a.node_id, a.job_id
+            "result for assignment {id} on {} (job {}); node {} of job {} holds it",
+            source.subject, r.job_id, a.node_id, a.job_id
         );
         return refuse_result(db, source, DeadLetterReason::ForeignResult, why, payload).await;
     }
@@ -209,6 +212,22 @@ pub async fn handle_result(
             merkle_root: None,
             manifest: Some(r.manifest.clone()),
             detail: format!("the node failed: {reason}"),
+        },
+        Outcome::Completed {
+            output_sha256,
+            merkle_root,
+            ..
+        } if a.upload_sha256.as_deref() != Some(output_sha256.as_str()) => Resolution {
+            completed: false,
+            items_ok: 0,
+            items_failed: a.item_count,
+            output_sha256: Some(output_sha256.clone()),
+            merkle_root: Some(merkle_root.clone()),
+            manifest: Some(r.manifest.clone()),
+            detail: format!(
+                "verification failed: the result names output {output_sha256}, but the node uploaded {} for this assignment",
+                a.upload_sha256.as_deref().unwrap_or("nothing")
+            ),
         },
         Outcome::Completed {
             output_sha256,
@@ -590,15 +609,16 @@ pub async fn run_heartbeats(settings: &Settings, nats: &async_nats::Client) -> R
                 let Some(msg) = msg else {
                     return Err(SettlementError::Nats("heartbeat subscription ended".into()));
                 };
-                match serde_json::from_slice::<gridbook_wire::node::HeartbeatMsg>(&msg.payload) {
-                    // The subject names the node; a body naming another is ignored.
-                    Ok(hb) if msg.subject.as_str() == subjects::node_heartbeat(&hb.node_id.to_string()) => {
+                // The subject names the node (only that node may publish on it).
+                let node = subjects::node_of(&msg.subject);
+                match (node, serde_json::from_slice::<gridbook_wire::node::HeartbeatMsg>(&msg.payload)) {
+                    (Some(node), Ok(_)) => {
                         if seen.len() < HEARTBEAT_BATCH {
-                            seen.insert(hb.node_id);
+                            seen.insert(node);
                         }
                     }
-                    Ok(_) => debug!(subject = %msg.subject, "heartbeat for another node ignored"),
-                    Err(e) => debug!(subject = %msg.subject, error = %e, "undecodable heartbeat ignored"),
+                    (None, _) => debug!(subject = %msg.subject, "heartbeat on a subject that names no node ignored"),
+                    (_, Err(e)) => debug!(subject = %msg.subject, error = %e, "undecodable heartbeat ignored"),
                 }
             }
             _ = flush.tick() => {

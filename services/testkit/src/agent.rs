@@ -34,12 +34,16 @@ impl Agent {
         Agent { stop, task: Some(task) }
     }
 
-    /// Only the assignment consumer (`node::run_node`) of a node whose id is known.
-    pub fn start_node(settings: AgentSettings, node_id: Uuid, workloads: Arc<Workloads>) -> Agent {
+    /// Only the assignment consumer (`node::run_node`) of a registered node whose id is known:
+    /// it gets its NATS credential from `settings.api_url` with its owner's `api_key`.
+    pub fn start_node(settings: AgentSettings, node_id: Uuid, api_key: &str, workloads: Arc<Workloads>) -> Agent {
         let (stop, shutdown) = watch::channel(false);
         let state = SharedState::load(&settings.state_file).expect("the agent's state file");
+        let api = executor::agent::api::ApiClient::new(settings.api_url.as_deref().expect("api_url"), api_key)
+            .expect("an API client");
+        let credentials = node::Credentials::new(api, node_id);
         let task = tokio::spawn(async move {
-            node::run_node(&settings, node_id, workloads, state, shutdown).await
+            node::run_node(&settings, node_id, credentials, workloads, state, shutdown).await
         });
         Agent { stop, task: Some(task) }
     }

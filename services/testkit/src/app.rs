@@ -31,6 +31,10 @@ pub fn test_settings(db: &TestDb) -> Settings {
         bind: "127.0.0.1:0".into(),
         database_url: db.url().to_owned(),
         nats_url: nats_url(),
+        nats_auth: gridbook_api::node_access::NatsAuthSettings {
+            nkey_file: crate::NatsAccess::shared().nkey_file(crate::Service::Api),
+            ..Default::default()
+        },
         markets_file: dev_markets_file(),
         secure_cookies: false,
         db_pool_size: 8,

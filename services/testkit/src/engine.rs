@@ -173,7 +173,7 @@ pub struct Engine {
     proc: Option<Proc>,
     bin: PathBuf,
     config: PathBuf,
-    nats_url: String,
+    nats: crate::NatsAccess,
     log: PathBuf,
     markets: Vec<String>,
     _tmp: Option<TempDir>,
@@ -181,16 +181,16 @@ pub struct Engine {
 
 impl Engine {
     /// [`Engine::try_start`], panicking on failure. It does not wait: see [`Engine::wait_serving`].
-    pub fn start(nats_url: &str, config: EngineConfig) -> Engine {
-        match Self::try_start(nats_url, config) {
+    pub fn start(nats: &crate::NatsAccess, config: EngineConfig) -> Engine {
+        match Self::try_start(nats, config) {
             Ok(e) => e,
             Err(e) => panic!("{e:#}"),
         }
     }
 
     /// Writes the configuration (unless an existing file serves as it is) and starts the engine
-    /// on `nats_url`, with `RUST_LOG=warn` and its output in `engine.log`.
-    pub fn try_start(nats_url: &str, config: EngineConfig) -> anyhow::Result<Engine> {
+    /// on `nats` (as the engine service), with `RUST_LOG=warn` and its output in `engine.log`.
+    pub fn try_start(nats: &crate::NatsAccess, config: EngineConfig) -> anyhow::Result<Engine> {
         let (dir, tmp) = match &config.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -222,7 +222,7 @@ impl Engine {
             proc: None,
             bin,
             config: path,
-            nats_url: nats_url.to_owned(),
+            nats: nats.clone(),
             log: dir.join("engine.log"),
             markets,
             _tmp: tmp,
@@ -233,15 +233,16 @@ impl Engine {
 
     fn try_respawn(&mut self) -> anyhow::Result<()> {
         if self.proc.is_none() {
-            let proc = Proc::spawn(
-                "matching-engine",
-                Command::new(&self.bin)
-                    .args(["run", "--config"])
-                    .arg(&self.config)
-                    .env("GRIDBOOK_NATS_URL", &self.nats_url)
-                    .env("RUST_LOG", "warn"),
-                &self.log,
-            )?;
+            let mut command = Command::new(&self.bin);
+            command
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("GRIDBOOK_NATS_URL", &self.nats.url)
+                .env("RUST_LOG", "warn");
+            if let Some(f) = self.nats.nkey_file(crate::Service::Engine) {
+                command.env("GRIDBOOK_NATS_NKEY_FILE", f);
+            }
+            let proc = Proc::spawn("matching-engine", &mut command, &self.log)?;
             self.proc = Some(proc);
         }
         Ok(())

@@ -34,7 +34,7 @@ mod app;
 mod stack;
 
 pub use engine::{Engine, EngineConfig, Market, Markets};
-pub use nats::{Nats, NatsOptions};
+pub use nats::{KeyDir, Nats, NatsAccess, NatsOptions, Service};
 pub use worker::{WorkerConfig, spawn_worker};
 
 #[cfg(feature = "agent")]

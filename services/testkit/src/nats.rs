@@ -1,13 +1,67 @@
 //! A private nats-server with JetStream: its own port and store folder, so the durable
-//! consumers, streams and market leases of one test never meet another's.
+//! consumers, streams and market leases of one test never meet another's. It runs with the
+//! market's authentication (`gridbook-natsauth`: service nkeys generated into its folder, the
+//! auth callout for everyone else), exactly as `cargo xtask` configures its server; nothing
+//! connects anonymously.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+pub use gridbook_natsauth::keys::{KeyDir, Service};
 
 use crate::{Proc, TempDir, free_port};
+
+/// A NATS server and the market's keys for it: what a service needs to connect.
+#[derive(Clone, Debug)]
+pub struct NatsAccess {
+    pub url: String,
+    /// The folder of seeds (`gridbook-natsauth`); `None` for a server without authentication.
+    pub keys: Option<KeyDir>,
+}
+
+const NATS_KEYS_VAR: &str = "GRIDBOOK_NATS_KEYS";
+
+impl NatsAccess {
+    /// The shared server of `cargo xtask test` (`GRIDBOOK_NATS_URL`) with its keys
+    /// (`GRIDBOOK_NATS_KEYS`, which `cargo xtask env` and `cargo xtask test` export).
+    pub fn shared() -> NatsAccess {
+        Self::with_env_keys(&crate::nats_url())
+    }
+
+    /// A server at `url` with the keys in `GRIDBOOK_NATS_KEYS` (none when unset: a server
+    /// without authentication).
+    pub fn with_env_keys(url: &str) -> NatsAccess {
+        NatsAccess {
+            url: url.to_owned(),
+            keys: std::env::var_os(NATS_KEYS_VAR).map(|d| KeyDir::open(Path::new(&d))),
+        }
+    }
+
+    /// The seed file of `service`, if the server has authentication.
+    pub fn nkey_file(&self, service: Service) -> Option<PathBuf> {
+        self.keys.as_ref().map(|k| k.seed_file(service))
+    }
+
+    /// Connection options for `service` (its nkey when the server has authentication).
+    pub fn options(&self, service: Service) -> async_nats::ConnectOptions {
+        let file = self.nkey_file(service);
+        gridbook_wire::connect::service_options(&format!("test-{service:?}"), file.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A client connected as `service`.
+    pub async fn connect(&self, service: Service) -> async_nats::Client {
+        self.try_connect(service)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to NATS at {} as {service:?}: {e}", self.url))
+    }
+
+    pub async fn try_connect(&self, service: Service) -> Result<async_nats::Client, async_nats::ConnectError> {
+        self.options(service).connect(&self.url).await
+    }
+}
 
 /// How [`Nats`] configures the server. The default is what the tests use: JetStream with
 /// `max_payload: 8MB` and the server's periodic fsync.
@@ -25,7 +79,9 @@ pub struct NatsOptions {
 /// is killed on drop.
 pub struct Nats {
     pub url: String,
+    /// Connected as the API (a market service: it may do anything).
     pub client: async_nats::Client,
+    pub keys: KeyDir,
     dir: PathBuf,
     proc: Proc,
     _tmp: Option<TempDir>,
@@ -62,19 +118,22 @@ impl Nats {
         };
         let port = free_port();
         let sync = if options.sync_always { "  sync_interval: always\n" } else { "" };
+        let keys = KeyDir::ensure(&dir.join("keys"))?;
         std::fs::write(
             dir.join("nats.conf"),
             format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n",
-                dir.join("js").display()
+                "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n{sync}}}\n{}",
+                dir.join("js").display(),
+                keys.server_config()?
             ),
         )?;
         let log = dir.join("nats.log");
         let mut proc = Proc::spawn("nats-server", Command::new(&bin).arg("-c").arg(dir.join("nats.conf")), &log)?;
         let url = format!("nats://127.0.0.1:{port}");
+        let access = NatsAccess { url: url.clone(), keys: Some(keys.clone()) };
         let start = Instant::now();
         let client = loop {
-            match async_nats::connect(&url).await {
+            match access.try_connect(Service::Api).await {
                 Ok(c) => break c,
                 Err(e) => {
                     if let Some(status) = proc.exited() {
@@ -89,7 +148,12 @@ impl Nats {
                 }
             }
         };
-        Ok(Nats { url, client, dir, proc, _tmp: tmp })
+        Ok(Nats { url, client, keys, dir, proc, _tmp: tmp })
+    }
+
+    /// The URL and the keys of this server.
+    pub fn access(&self) -> NatsAccess {
+        NatsAccess { url: self.url.clone(), keys: Some(self.keys.clone()) }
     }
 
     pub fn jetstream(&self) -> async_nats::jetstream::Context {

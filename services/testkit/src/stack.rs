@@ -58,16 +58,26 @@ impl Stack {
         )
         .await;
         let mut engine = Engine::start(
-            &nats.url,
+            &nats.access(),
             EngineConfig { dir: Some(dir.path().join("engine")), ..options.engine },
         );
         engine.wait_serving(&nats.client).await;
         let url = nats.url.clone();
-        let app = TestApp::spawn_with(move |s| s.nats_url = url).await;
+        let keys = nats.keys.clone();
+        // The API answers the server's auth callout and may kick revoked nodes, as under
+        // `cargo xtask run`.
+        let app = TestApp::spawn_with(move |s| {
+            s.nats_url = url;
+            s.nats_auth.nkey_file = Some(keys.seed_file(crate::Service::Api));
+            s.nats_auth.issuer_file = Some(keys.issuer_file());
+            s.nats_auth.sys_nkey_file = Some(keys.seed_file(crate::Service::Sys));
+        })
+        .await;
         let worker = options.settlement.then(|| {
             InProcessWorker::spawn(gridbook_settlement::Settings {
                 database_url: app.db.url().to_owned(),
                 nats_url: nats.url.clone(),
+                nats_nkey_file: Some(nats.keys.seed_file(crate::Service::Settlement)),
                 outbox_interval_ms: 50,
                 sd_model_dir: options.sd_model_dir.clone(),
                 ..Default::default()
@@ -116,5 +126,109 @@ impl Stack {
     pub fn start_agent(&self, provider: &TestUser, market: &str, policy: Policy) -> Agent {
         let settings = self.agent_settings(market, policy);
         Agent::start(settings, Some(provider.key.clone()), load_workloads(&[market]))
+    }
+}
+
+/// An assignment a test hands to a node itself, playing the settlement worker's part: a real job
+/// (uploaded and submitted through the API by `studio`), a real `job_assignments` row for
+/// `node` over items `[item_start, item_start + item_count)`, and the message the worker would
+/// publish. The node's grant, input and output then go through the real API.
+pub struct SeededAssignment {
+    pub msg: gridbook_wire::node::AssignmentMsg,
+    pub job_id: uuid::Uuid,
+}
+
+impl Stack {
+    /// See [`SeededAssignment`]. `jsonl` is the job's whole input file (the studio is credited
+    /// enough to submit it).
+    pub async fn seed_assignment(
+        &self,
+        studio: &TestUser,
+        node: uuid::Uuid,
+        market: &str,
+        jsonl: &str,
+        item_start: u64,
+        item_count: u64,
+    ) -> SeededAssignment {
+        use gridbook_db::diesel::{self, RunQueryDsl};
+        let app = &self.app;
+        app.credit(studio, 100_000_000).await;
+        let file: serde_json::Value = app
+            .http
+            .post(app.url(&format!("/v1/files?purpose=batch&market={market}")))
+            .header("Authorization", studio.bearer())
+            .header("Content-Type", "application/jsonl")
+            .body(jsonl.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        let job: serde_json::Value = app
+            .http
+            .post(app.url("/v1/jobs"))
+            .header("Authorization", studio.bearer())
+            .json(&serde_json::json!({"market": market, "input_file": file["id"], "limit_price": 100, "deadline": deadline}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let job_id: uuid::Uuid = job["id"].as_str().unwrap_or_else(|| panic!("job: {job}")).parse().unwrap();
+        let sha = file["sha256"].as_str().unwrap_or_else(|| panic!("file: {file}")).to_owned();
+        let id = uuid::Uuid::now_v7();
+        let mut c = app.db.conn();
+        diesel::sql_query(
+            "INSERT INTO job_assignments (id, job_id, node_id, market, unit_start, units, item_start, item_count, price, status, deadline)
+             VALUES ($1, $2, $3, $4, 0, 1, $5, $6, 100, 'assigned', now() + interval '1 hour')",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .bind::<diesel::sql_types::Uuid, _>(job_id)
+        .bind::<diesel::sql_types::Uuid, _>(node)
+        .bind::<diesel::sql_types::Text, _>(market)
+        .bind::<diesel::sql_types::Integer, _>(item_start as i32)
+        .bind::<diesel::sql_types::Integer, _>(item_count as i32)
+        .execute(&mut c)
+        .expect("insert the assignment");
+        let msg = gridbook_wire::node::AssignmentMsg {
+            assignment_id: id,
+            market: market.to_owned(),
+            event_seq: 1,
+            job_id: Some(job_id),
+            node_id: node,
+            order_id: uuid::Uuid::new_v4(),
+            qty: 1,
+            price: 100,
+            bid_engine_order_id: 1,
+            ask_engine_order_id: 2,
+            work: Some(gridbook_wire::node::WorkSpec {
+                input_sha256: sha,
+                item_start,
+                item_count,
+                unit_start: 0,
+                deadline_ms: 0,
+            }),
+        };
+        SeededAssignment { msg, job_id }
+    }
+
+    /// Registers a node for `provider` through the API (no agent): its id.
+    pub async fn register_node(&self, provider: &TestUser, name: &str) -> uuid::Uuid {
+        let r: serde_json::Value = self
+            .app
+            .http
+            .post(self.app.url("/v1/nodes"))
+            .header("Authorization", provider.bearer())
+            .json(&serde_json::json!({"name": name, "gpu_model": "cpu", "vram_mb": 0, "region": "test"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["id"].as_str().unwrap_or_else(|| panic!("register: {r}")).parse().unwrap()
     }
 }

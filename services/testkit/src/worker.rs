@@ -12,6 +12,8 @@ use crate::{Proc, binary};
 pub struct WorkerConfig {
     pub database_url: String,
     pub nats_url: String,
+    /// The worker's nkey seed (`NatsAccess::nkey_file(Service::Settlement)`).
+    pub nkey_file: Option<PathBuf>,
     /// The durable consumer on `GRIDBOOK_EVENTS`.
     pub consumer: Option<String>,
     /// The event subjects it takes (one market in tests).
@@ -37,6 +39,7 @@ pub fn spawn_worker(config: &WorkerConfig, log: &Path) -> Proc {
         ("GRIDBOOK_FILTER_SUBJECT", config.filter_subject.clone()),
         ("GRIDBOOK_OUTBOX_INTERVAL_MS", config.outbox_interval_ms.map(|n| n.to_string())),
         ("GRIDBOOK_ACK_WAIT_SECS", config.ack_wait_secs.map(|n| n.to_string())),
+        ("GRIDBOOK_NATS_NKEY_FILE", config.nkey_file.as_ref().map(|p| p.display().to_string())),
     ];
     for (k, v) in optional {
         if let Some(v) = v {

@@ -21,6 +21,7 @@ pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Proc {
         &WorkerConfig {
             database_url: db_url.to_owned(),
             nats_url: nats_url(),
+            nkey_file: gridbook_testkit::NatsAccess::shared().nkey_file(gridbook_testkit::Service::Settlement),
             consumer: Some(consumer_name(market)),
             filter_subject: Some(subjects::market_evt(market)),
             outbox_interval_ms: Some(20),

@@ -347,7 +347,7 @@ async fn a_raw_ask_on_nats_that_fills_a_job_bid_is_dead_lettered_its_units_relea
     let nats = Nats::start("settlement-attack").await;
     let js = nats.jetstream();
     let mut engine = Engine::start(
-        &nats.url,
+        &nats.access(),
         EngineConfig {
             engine_id: Some(format!("attack-{market}")),
             lease_secs: Some(3),
@@ -361,6 +361,7 @@ async fn a_raw_ask_on_nats_that_fills_a_job_bid_is_dead_lettered_its_units_relea
         &WorkerConfig {
             database_url: db.url().to_owned(),
             nats_url: nats.url.clone(),
+            nkey_file: nats.access().nkey_file(gridbook_testkit::Service::Settlement),
             outbox_interval_ms: Some(20),
             ack_wait_secs: Some(2),
             bin: Some(env!("CARGO_BIN_EXE_settlement-worker").into()),
@@ -482,20 +483,20 @@ async fn a_raw_ask_on_nats_that_fills_a_job_bid_is_dead_lettered_its_units_relea
         use gridbook_db::schema::job_assignments as a;
         a::table.select(a::id).first(c).unwrap()
     };
-    let result = |node_id| ResultMsg {
+    let result = ResultMsg {
         assignment_id: assignment,
         job_id: job.id,
-        node_id,
         outcome: NodeOutcome::Failed {
             reason: "no GPU today".into(),
         },
         manifest: serde_json::json!({}),
         elapsed_ms: 1,
     };
+    // Who sent a result is its subject (`node.<id>.result`): the other node's subject first.
     for node_id in [Uuid::now_v7(), provider_node] {
         js.publish(
-            subjects::job_result(&job.id.to_string()),
-            serde_json::to_vec(&result(node_id)).unwrap().into(),
+            subjects::node_result(&node_id.to_string()),
+            serde_json::to_vec(&result).unwrap().into(),
         )
         .await
         .unwrap()

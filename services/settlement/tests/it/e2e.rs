@@ -20,7 +20,7 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
     let tmp = TempDir::new("settlement-e2e");
     let dir = tmp.path();
     let mut engine = Engine::start(
-        &nats_url(),
+        &gridbook_testkit::NatsAccess::shared(),
         EngineConfig {
             engine_id: Some(format!("e2e-{market}")),
             lease_secs: Some(3),
@@ -29,7 +29,7 @@ async fn a_bid_matched_by_the_real_engine_is_settled_by_the_real_worker() {
         },
     );
     // The engine creates the command stream; on a fresh server nothing else has yet.
-    let client = async_nats::connect(nats_url()).await.expect("connect to NATS");
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api).await.expect("connect to NATS");
     engine.wait_serving(&client).await;
     let _worker = spawn_worker(db.url(), &market, &dir.join("worker.log"));
 

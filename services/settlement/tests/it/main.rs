@@ -52,7 +52,7 @@ pub fn unique_market(tag: &str) -> String {
 }
 
 pub async fn jetstream() -> Context {
-    let client = async_nats::connect(nats_url())
+    let client = gridbook_testkit::NatsAccess::shared().try_connect(gridbook_testkit::Service::Api)
         .await
         .expect("connect to NATS");
     let js = jetstream::new(client);
@@ -67,6 +67,7 @@ pub fn settings(db_url: &str, market: &str) -> Settings {
     Settings {
         database_url: db_url.to_owned(),
         nats_url: nats_url(),
+        nats_nkey_file: gridbook_testkit::NatsAccess::shared().nkey_file(gridbook_testkit::Service::Settlement),
         consumer: consumer_name(market),
         filter_subject: subjects::market_evt(market),
         outbox_interval_ms: 50,
