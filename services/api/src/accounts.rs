@@ -175,6 +175,20 @@ pub fn create_user(
     })
 }
 
+/// Locks the user's row (`SELECT … FOR UPDATE`) until the caller's transaction ends, so that
+/// count-then-insert caps on the user's objects (live API keys, nodes) hold under concurrent
+/// requests: a second creation waits for the first to commit and then counts its row.
+pub fn lock_user(conn: &mut PgConnection, user_id: Uuid) -> ApiResult<()> {
+    users::table
+        .find(user_id)
+        .select(users::id)
+        .for_update()
+        .first::<Uuid>(conn)
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(())
+}
+
 fn email_taken() -> ApiError {
     ApiError::conflict("email_taken", "an account with this email already exists").with_field("email")
 }
@@ -200,6 +214,7 @@ pub fn create_admin(conn: &mut PgConnection, email: &str, password: &str) -> Api
 )]
 pub async fn sign_up(
     state: web::Data<AppState>,
+    bounds: web::Data<crate::limits::Bounds>,
     body: web::Json<SignUp>,
 ) -> ApiResult<HttpResponse> {
     let SignUp {
@@ -221,8 +236,8 @@ pub async fn sign_up(
             ));
         }
     };
-    // Hash off the async executor and without holding a database connection.
-    let hash = auth::hash_password_blocking(password).await?;
+    // Hash off the async executor, without holding a database connection, in a bounded slot.
+    let hash = auth::hash_password_blocking(&bounds.hashes, password).await?;
     let user = db::run(&state.db, move |c| create_user(c, &email, &hash, role)).await?;
     tracing::info!(user.id = %user.id, user.role = user.role.as_str(), "user signed up");
     Ok(HttpResponse::Created().json(user))
@@ -235,21 +250,33 @@ pub struct LogIn {
 }
 
 /// Log in: sets the session cookie `gridbook_session` (HttpOnly, SameSite=Strict, Secure).
+///
+/// Bounded twice: per account, after `login.max_failures` wrong passwords the email backs off
+/// (429 `login_locked`, Retry-After doubling per further failure; a success resets), and per
+/// process, at most `limits.password_hashes` verifications run with `limits.password_queue`
+/// waiting (beyond: 503 `busy`, Retry-After).
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "identity",
     request_body = LogIn,
     responses(
         (status = 200, description = "Logged in; Set-Cookie: gridbook_session", body = User),
         (status = 401, description = "`invalid_credentials` (unknown email or wrong password)", body = ErrorResponse),
+        (status = 429, description = "`login_locked`: too many failures for this account (Retry-After), or `rate_limited`", body = ErrorResponse),
+        (status = 503, description = "`busy`: too many log-ins being processed (Retry-After)", body = ErrorResponse),
     )
 )]
 pub async fn log_in(
     state: web::Data<AppState>,
+    bounds: web::Data<crate::limits::Bounds>,
     body: web::Json<LogIn>,
 ) -> ApiResult<HttpResponse> {
     let LogIn { email, password } = body.into_inner();
     let hours = state.settings.session_hours;
     let email = normalize_email(&email).unwrap_or_default();
+    // Before any database or hashing work: a backing-off account, or a full hashing queue,
+    // costs nothing.
+    let attempt = bounds.logins.begin(&email)?;
+    let hash_slot = bounds.hashes.admit()?;
     let lookup = email.clone();
     let row: Option<(Uuid, String, String, Uuid, DateTime<Utc>)> = db::run(&state.db, move |c| {
         Ok(users::table
@@ -268,12 +295,11 @@ pub async fn log_in(
     // Verify on the blocking pool; against a dummy hash when the user is unknown, so both
     // cases cost the same time.
     let phc = row.as_ref().map(|r| r.1.clone());
-    let ok = actix_web::rt::task::spawn_blocking(move || {
-        auth::verify_password(&password, phc.as_deref())
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let ok = hash_slot
+        .run(move || auth::verify_password(&password, phc.as_deref()))
+        .await?;
     let Some((id, _, role, account_id, created_at)) = row.filter(|_| ok) else {
+        attempt.failed();
         tracing::info!("log-in refused");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -281,6 +307,7 @@ pub async fn log_in(
             "wrong email or password",
         ));
     };
+    attempt.succeeded();
     let role = Role::parse(&role).ok_or_else(|| ApiError::internal("bad role in users"))?;
     let token = db::run(&state.db, move |c| auth::create_session(c, id, hours)).await?;
     let user = User {
@@ -476,6 +503,8 @@ pub async fn create_key(
             c,
             request,
             |c| {
+                // The cap holds under concurrency: creations of one user serialise here.
+                lock_user(c, user_id)?;
                 let live: i64 = api_keys::table
                     .filter(api_keys::user_id.eq(user_id))
                     .filter(api_keys::revoked_at.is_null())

@@ -20,11 +20,13 @@ pub struct Application {
 }
 
 /// Bad JSON, bad query strings and bad paths answer with the API's JSON error, naming what is
-/// wrong (serde's message carries the field and the position).
+/// wrong and where: serde's message carries the position (and the field when one is missing or
+/// unknown); a type error also gets `field`, the path of the value at that position. Errors of
+/// other extractors and of routing (405, 404) are turned into the same shape by `json_errors`.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
-        .error_handler(|err, _req| {
+        .error_handler(|err, req| {
             use actix_web::error::JsonPayloadError as E;
             let e = match &err {
                 E::OverflowKnownLength { length, limit } => ApiError::new(
@@ -42,11 +44,25 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
                     "unsupported_media_type",
                     "send Content-Type: application/json",
                 ),
-                E::Deserialize(e) => ApiError::new(
-                    actix_web::http::StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("request body: {e}"),
-                ),
+                E::Payload(p) => crate::body::payload_error(p),
+                E::Deserialize(e) => {
+                    let base = ApiError::new(
+                        actix_web::http::StatusCode::BAD_REQUEST,
+                        "invalid_json",
+                        format!("request body: {e}"),
+                    );
+                    // A type error names the field it found (the body guard kept the body).
+                    let field = e.is_data().then(|| {
+                        use actix_web::HttpMessage;
+                        req.extensions()
+                            .get::<crate::body::BufferedJson>()
+                            .and_then(|b| crate::validate::json_path_at(&b.0, e.line(), e.column()))
+                    });
+                    match field.flatten() {
+                        Some(f) => base.with_field(f),
+                        None => base,
+                    }
+                }
                 other => ApiError::new(
                     actix_web::http::StatusCode::BAD_REQUEST,
                     "invalid_json",
@@ -57,26 +73,101 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
         })
 }
 
+/// The parameter a query or path error is about: the one serde names (missing or unknown
+/// field), else the only parameter whose value cannot be what the message says was expected
+/// (an integer, a number, a UUID, a boolean). `None` when that is ambiguous.
+pub fn locate_param(message: &str, params: &[(String, String)]) -> Option<String> {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(marker).nth(1)
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            return Some(name.to_owned());
+        }
+    }
+    let m = message.to_ascii_lowercase();
+    let fails: fn(&str) -> bool = if m.contains("invalid digit")
+        || m.contains("number too")
+        || m.contains("integer")
+    {
+        |v| v.parse::<i128>().is_err()
+    } else if m.contains("float") {
+        |v| v.parse::<f64>().is_err()
+    } else if m.contains("uuid") {
+        |v| uuid::Uuid::parse_str(v).is_err()
+    } else if m.contains("`true` or `false`") {
+        |v| v.parse::<bool>().is_err()
+    } else {
+        return None;
+    };
+    let mut bad = params.iter().filter(|(_, v)| fails(v));
+    match (bad.next(), bad.next()) {
+        (Some((k, _)), None) => Some(k.clone()),
+        _ => None,
+    }
+}
+
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err, _req| {
-        ApiError::new(
+    web::QueryConfig::default().error_handler(|err, req| {
+        let message = err.to_string();
+        let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
+        let e = ApiError::new(
             actix_web::http::StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("query string: {err}"),
-        )
-        .into()
+            format!("query string: {message}"),
+        );
+        match locate_param(&message, &params) {
+            Some(p) => {
+                let mut e = e.with_field(p.clone());
+                e.message = format!("query string: parameter `{p}`: {message}");
+                e.into()
+            }
+            None => e.into(),
+        }
     })
 }
 
 pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default().error_handler(|err, _req| {
-        ApiError::new(
+    web::PathConfig::default().error_handler(|err, req| {
+        let message = err.to_string();
+        let params: Vec<(String, String)> = req
+            .match_info()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let e = ApiError::new(
             actix_web::http::StatusCode::NOT_FOUND,
             "not_found",
-            format!("path: {err}"),
-        )
-        .into()
+            format!("path: {message}"),
+        );
+        match locate_param(&message, &params) {
+            Some(p) => {
+                let mut e = e.with_field(p.clone());
+                e.message = format!("path: segment `{p}`: {message}");
+                e.into()
+            }
+            None => e.into(),
+        }
     })
+}
+
+/// Every route of the API (the OpenAPI test walks exactly these): the probes and the document at
+/// the root, the rest under `/v1`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(crate::health::configure)
+        .configure(crate::openapi::configure)
+        .service(
+            web::scope("/v1")
+                .configure(crate::accounts::configure)
+                .configure(crate::money::configure)
+                .configure(crate::files::configure)
+                .configure(crate::jobs::configure)
+                .configure(crate::nodes::configure)
+                .configure(crate::asks::configure)
+                .configure(crate::assignments::configure)
+                .configure(crate::markets::configure),
+        );
 }
 
 impl Application {
@@ -133,10 +224,29 @@ impl Application {
                 }
             });
         }
+        let bounds = web::Data::new(crate::limits::Bounds::new(&settings.limits, &settings.login));
+        {
+            // Forget stale log-in back-off entries every 30 s; stops when the server is gone.
+            let weak = Arc::downgrade(&bounds.clone().into_inner());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(b) => b.logins.retain_recent(),
+                        None => break,
+                    }
+                }
+            });
+        }
+        let guard = web::Data::new(crate::body::Guard::new(&settings));
+        let http = settings.http.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(feeds.clone())
+                .app_data(bounds.clone())
+                .app_data(guard.clone())
                 .app_data(json_config(json_limit))
                 .app_data(query_config())
                 .app_data(path_config())
@@ -144,25 +254,15 @@ impl Application {
                 // (web::Payload) enforce their own limit.
                 .app_data(web::PayloadConfig::new(json_limit))
                 .app_data(limiters.clone())
-                // Innermost first: rate limits, then JSON errors for everything, then the
-                // request id header, all inside the tracing span.
+                // Innermost first: the body guard (timeouts, NUL), rate limits, then JSON
+                // errors for everything, then the request id header, all inside the tracing
+                // span.
+                .wrap(actix_web::middleware::from_fn(crate::body::body_guard))
                 .wrap(actix_web::middleware::from_fn(rate_limit))
                 .wrap(actix_web::middleware::from_fn(json_errors))
                 .wrap(actix_web::middleware::from_fn(request_id))
                 .wrap(tracing_actix_web::TracingLogger::default())
-                .configure(crate::health::configure)
-                .configure(crate::openapi::configure)
-                .service(
-                    web::scope("/v1")
-                        .configure(crate::accounts::configure)
-                        .configure(crate::money::configure)
-                        .configure(crate::files::configure)
-                        .configure(crate::jobs::configure)
-                        .configure(crate::nodes::configure)
-                        .configure(crate::asks::configure)
-                        .configure(crate::assignments::configure)
-                        .configure(crate::markets::configure),
-                )
+                .configure(routes)
                 .configure(|cfg| {
                     // The trader UI (static files), when `web_dir` is set and exists.
                     if let Some(dir) = &web_dir {
@@ -174,6 +274,12 @@ impl Application {
                 }))
         })
         .workers(settings.workers.max(1))
+        // Explicit connection timeouts (settings.http): a client that does not send its request
+        // head in time, or idles on a kept-alive connection, is disconnected. Body stalls are
+        // the body guard's (408).
+        .client_request_timeout(Duration::from_millis(http.request_head_timeout_ms.max(1)))
+        .client_disconnect_timeout(Duration::from_millis(http.disconnect_timeout_ms.max(1)))
+        .keep_alive(Duration::from_secs(http.keep_alive_secs.max(1)))
         .listen(listener)?
         .run();
         info!(port, "gridbook-api listening");
@@ -276,15 +382,11 @@ async fn rate_limit(
         Err(wait) => {
             let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             tracing::info!(retry_after = secs, "rate limited");
-            let mut res = actix_web::ResponseError::error_response(&ApiError::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            let res = actix_web::ResponseError::error_response(&ApiError::too_many(
                 "rate_limited",
                 format!("too many requests; retry in {secs} s"),
+                secs,
             ));
-            if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&secs.to_string()) {
-                res.headers_mut()
-                    .insert(actix_web::http::header::RETRY_AFTER, v);
-            }
             Ok(req.into_response(res))
         }
     }

@@ -4,8 +4,9 @@
 //!
 //! Secrets are never stored or logged: sessions and API keys are looked up by the sha256 of
 //! their secret (256 random bits, so a fast hash suffices); passwords by argon2id with OWASP's
-//! parameters (m = 19456 KiB, t = 2, p = 1), always on the blocking pool ([`hash_password`] and
-//! [`verify_password`] are blocking functions: call them from `db::run` or
+//! parameters (m = 19456 KiB, t = 2, p = 1), always on the blocking pool and never more at once
+//! than `limits.password_hashes` ([`hash_password`] and [`verify_password`] are blocking
+//! functions: handlers call them through [`crate::limits::HashSlots::run`], e.g.
 //! [`hash_password_blocking`], never directly in an async handler).
 //!
 //! Rate limits per caller are enforced by the middleware in `app` (per presented credential and
@@ -181,11 +182,13 @@ pub fn hash_password(password: &str) -> ApiResult<String> {
         .map_err(|e| ApiError::internal(format!("argon2 hash: {e}")))
 }
 
-/// [`hash_password`] on the blocking pool.
-pub async fn hash_password_blocking(password: String) -> ApiResult<String> {
-    actix_web::rt::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+/// [`hash_password`] on the blocking pool, in one of the process's hash slots (503 `busy` when
+/// they and their queue are full).
+pub async fn hash_password_blocking(
+    slots: &crate::limits::HashSlots,
+    password: String,
+) -> ApiResult<String> {
+    slots.run(move || hash_password(&password)).await?
 }
 
 /// A hash of a random password, verified against when the user does not exist so that an

@@ -37,6 +37,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub details: Vec<ErrorDetail>,
+    /// Sent as `Retry-After` (whole seconds) with 429 and 503 answers.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -47,7 +49,25 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            retry_after: None,
         }
+    }
+    /// Adds `Retry-After: secs` (at least 1).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+    /// 429 `code` with `Retry-After`.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, code, message).with_retry_after(retry_after)
+    }
+    /// 503 `code` with `Retry-After`: a bounded resource of this process is full.
+    pub fn busy(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).with_retry_after(retry_after)
+    }
+    /// 408 `request_timeout`: the client stopped sending the body.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
     }
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
@@ -112,7 +132,15 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.body())
+        let mut b = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            b.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: do not keep the connection for it.
+            b.force_close();
+        }
+        b.json(self.body())
     }
 }
 

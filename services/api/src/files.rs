@@ -11,10 +11,14 @@
 //! the job (assignments address items by line index).
 //!
 //! Bounds: the body is read chunk by chunk and refused (413) as soon as it exceeds
-//! `limits.file_bytes`; at most [`MAX_CONCURRENT_UPLOADS`] uploads are buffered at once, so
-//! upload memory is at most that many times `file_bytes`.
-
-use std::sync::OnceLock;
+//! `limits.file_bytes`; one account may have `limits.uploads_per_account` uploads in progress
+//! (beyond: 429 `too_many_uploads`) and the process buffers at most `limits.uploads_total` at
+//! once (beyond: 503 `uploads_busy`), so upload memory is at most that many times `file_bytes`.
+//! A body that stalls (`http.body_idle_timeout_secs`) or trickles past `http.body_timeout_secs`
+//! is aborted with 408 `request_timeout` by the app's body guard; nothing is stored.
+//!
+//! Idempotency: `Idempotency-Key` is honoured as on the other creating POSTs; the request hash
+//! covers the query (purpose, market, filename) and the bytes of the file.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -29,14 +33,13 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, Role, Scope};
 use crate::error::{ApiError, ApiResult, ErrorDetail};
+use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::files;
 use crate::settings::Limits;
 use crate::state::AppState;
 
 /// At most this many problems are reported for a bad file.
 pub const MAX_DETAILS: usize = 100;
-/// Uploads buffered at the same time (each at most `limits.file_bytes`).
-pub const MAX_CONCURRENT_UPLOADS: usize = 4;
 /// Page size bounds of the list routes.
 pub const MAX_PAGE: i64 = 100;
 pub const DEFAULT_PAGE: i64 = 20;
@@ -116,6 +119,16 @@ pub fn validate_jsonl(
             details.push(ErrorDetail {
                 line: n,
                 message: "blank line: every line must be one JSON object".into(),
+            });
+        } else if crate::validate::may_contain_nul(line)
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+            && let Err(e) = crate::validate::json(&v)
+        {
+            // custom_id and other strings reach PostgreSQL later (assignment details).
+            flagged.insert(n);
+            details.push(ErrorDetail {
+                line: n,
+                message: e.message,
             });
         }
     }
@@ -283,11 +296,6 @@ pub fn paginate<T>(
     (rows, next)
 }
 
-fn upload_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS))
-}
-
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -296,23 +304,39 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// What the idempotency hash of an upload covers: the query and the content.
+#[derive(Serialize)]
+struct UploadIdentity<'a> {
+    purpose: &'a str,
+    market: &'a str,
+    filename: Option<&'a str>,
+    sha256: &'a str,
+}
+
 /// Upload a JSONL batch input file.
 #[utoipa::path(
     post, path = "/v1/files", tag = "files",
-    params(UploadQuery),
+    params(UploadQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "optional; 1-255 characters; the same key, query and content replay the first response")),
     request_body(content = String, content_type = "application/jsonl",
         description = "JSONL: one JSON object per line with a unique `custom_id` and the market's input fields"),
     responses(
         (status = 201, body = FileOut),
         (status = 400, description = "`invalid_file` with per-line `details`", body = crate::error::ErrorResponse),
+        (status = 408, description = "`request_timeout`: the body stalled or took too long; nothing was stored", body = crate::error::ErrorResponse),
         (status = 413, body = crate::error::ErrorResponse),
         (status = 415, body = crate::error::ErrorResponse),
+        (status = 422, description = "`idempotency_key_reused`", body = crate::error::ErrorResponse),
+        (status = 429, description = "`too_many_uploads`: this account's uploads in progress are at the limit (Retry-After)", body = crate::error::ErrorResponse),
+        (status = 503, description = "`uploads_busy`: the server's upload slots are full (Retry-After)", body = crate::error::ErrorResponse),
     ),
     security(("api_key" = []), ("session" = []))
 )]
 pub async fn upload(
     state: web::Data<AppState>,
+    bounds: web::Data<crate::limits::Bounds>,
     principal: Principal,
+    idem: IdempotencyKey,
     req: HttpRequest,
     query: web::Query<UploadQuery>,
     mut payload: web::Payload,
@@ -328,13 +352,14 @@ pub async fn upload(
         .get(&q.market)
         .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", q.market)))?;
     let work = market.work;
-    if let Some(f) = &q.filename
-        && (f.is_empty() || f.len() > 255)
-    {
-        return Err(ApiError::invalid(
-            "filename",
-            "filename must be 1 to 255 bytes",
-        ));
+    if let Some(f) = &q.filename {
+        if f.is_empty() || f.len() > 255 {
+            return Err(ApiError::invalid(
+                "filename",
+                "filename must be 1 to 255 bytes",
+            ));
+        }
+        crate::validate::text("filename", f)?;
     }
     let ctype = req
         .headers()
@@ -369,36 +394,48 @@ pub async fn upload(
     {
         return Err(too_large(limit));
     }
-    let _slot = upload_slots().acquire().await.map_err(ApiError::internal)?;
+    // Held until the handler returns, whatever happens (refused at once when full).
+    let _slot = bounds.uploads.acquire(principal.user_id)?;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                format!("reading the body: {e}"),
-            )
-        })?;
+        let chunk = chunk.map_err(|e| crate::body::payload_error(&e))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }
     let body = body.freeze();
+    let sha256 = {
+        let body = body.clone();
+        actix_web::rt::task::spawn_blocking(move || hex::encode(Sha256::digest(&body)))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let request = idempotency::Request::from_hash(
+        principal.user_id,
+        idem,
+        "POST /v1/files",
+        idempotency::hash_json(&UploadIdentity {
+            purpose: &q.purpose,
+            market: &q.market,
+            filename: q.filename.as_deref(),
+            sha256: &sha256,
+        })?,
+    );
+    // A replay (or a reused key) is answered before the file is checked and stored again.
+    if let Some(outcome) = idempotency::peek(&state.db, &request).await? {
+        return Ok(outcome.into_response());
+    }
     let limits = state.settings.limits.clone();
     let checked = {
         let body = body.clone();
-        actix_web::rt::task::spawn_blocking(move || {
-            let r = validate_jsonl(work, &body, &limits);
-            let sha = hex::encode(Sha256::digest(&body));
-            (r, sha)
-        })
-        .await
-        .map_err(ApiError::internal)?
+        actix_web::rt::task::spawn_blocking(move || validate_jsonl(work, &body, &limits))
+            .await
+            .map_err(ApiError::internal)?
     };
-    let (checked, sha256) = match checked {
-        (Ok(c), sha) => (c, sha),
-        (Err(details), _) => {
+    let checked = match checked {
+        Ok(c) => c,
+        Err(details) => {
             tracing::info!(user = %principal.user_id, market = %q.market, problems = details.len(), "file refused");
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -434,15 +471,19 @@ pub async fn upload(
         created_at: Utc::now(),
         market: Some(q.market.clone()),
     };
-    let row = crate::db::run(&state.db, move |c| {
-        Ok(diesel::insert_into(files::table)
-            .values(&row)
-            .returning(FileRow::as_returning())
-            .get_result(c)?)
+    let market_name = q.market;
+    let outcome = crate::db::run(&state.db, move |c| {
+        idempotency::run(c, request, |c| {
+            let row = diesel::insert_into(files::table)
+                .values(&row)
+                .returning(FileRow::as_returning())
+                .get_result(c)?;
+            tracing::info!(file = %row.id, user = %row.owner, market = %market_name, bytes = row.bytes, lines = row.lines, "file stored");
+            Ok((StatusCode::CREATED, FileOut::from(row)))
+        })
     })
     .await?;
-    tracing::info!(file = %row.id, user = %row.owner, market = %q.market, bytes = row.bytes, lines = row.lines, "file stored");
-    Ok(HttpResponse::Created().json(FileOut::from(row)))
+    Ok(outcome.into_response())
 }
 
 /// A file of `owner` (404 for anyone else's).

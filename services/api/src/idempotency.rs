@@ -37,7 +37,9 @@
 //! }
 //! ```
 //!
-//! Uploads that hash raw bytes use [`Request::from_hash`] with [`hash_bytes`]. The lower-level
+//! Uploads (`POST /v1/files`) hash their query and the file's sha256 with [`hash_json`] into
+//! [`Request::from_hash`], answer replays early with [`peek`] (before checking and storing the
+//! file again) and create the row through [`run`]. The lower-level
 //! pair [`check`] + [`store`] is public for handlers that manage their own transaction: call
 //! `check` first inside the transaction (it takes the lock), then `store` before commit.
 
@@ -191,6 +193,31 @@ pub fn check(
         )
         .with_field(HEADER)),
     }
+}
+
+/// An early, read-only look at the request's key in a short transaction of its own, for
+/// handlers that do expensive work before their creating transaction (uploads: checking and
+/// storing a file): `Some` replays the stored response, `Err` 422 refuses a reused key, `None`
+/// (also without a key) means "go on". [`run`] checks again under the lock before creating, so
+/// this is an optimisation, never the guarantee.
+pub async fn peek(pool: &crate::db::DbPool, request: &Request) -> ApiResult<Option<Outcome>> {
+    let Some(key) = request.key.clone() else {
+        return Ok(None);
+    };
+    let (user_id, route, hash) = (
+        request.user_id,
+        request.route.clone(),
+        request.request_hash.clone(),
+    );
+    let stored = crate::db::run(pool, move |c| {
+        c.transaction::<_, ApiError, _>(|c| check(c, user_id, &key, &route, &hash))
+    })
+    .await?;
+    Ok(stored.map(|(status, body)| Outcome {
+        status,
+        body,
+        replayed: true,
+    }))
 }
 
 /// Stores the response of a creation under the key (same transaction as the creation).

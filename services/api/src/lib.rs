@@ -20,12 +20,17 @@
 //! - `markets`: the market catalogue and the trader REST + WebSocket routes.
 //! - `feed`: live market data: per-market book, tape and bounded WebSocket fan-out.
 //! - `openapi`: the OpenAPI document, served at `/openapi.json`.
+//! - `body`: the body guard middleware (body timeouts → 408, NUL checks of JSON and queries).
+//! - `validate`: the one NUL check of every text that reaches PostgreSQL.
+//! - `limits`: per-process bounds (uploads per account and in total, password hashes, per-account
+//!   log-in back-off).
 
 pub mod accounts;
 pub mod app;
 pub mod asks;
 pub mod assignments;
 pub mod auth;
+pub mod body;
 pub mod db;
 pub mod error;
 pub mod feed;
@@ -33,12 +38,14 @@ pub mod files;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
+pub mod limits;
 pub mod markets;
 pub mod money;
 pub mod nodes;
 pub mod openapi;
 pub mod settings;
 pub mod state;
+pub mod validate;
 
 /// The tables, declared once in `gridbook-db`.
 use gridbook_db::schema;

@@ -86,14 +86,15 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long a dropped client's close frame may wait behind its unread backlog.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
-/// Trader routes (mounted under `/v1`). Public: no login.
+/// Trader routes (mounted under `/v1`). Public: no login. Resources (not `cfg.route`), so that
+/// another method on these paths is 405, not 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/markets", web::get().to(list_markets))
-        .route("/markets/{market}", web::get().to(get_market))
-        .route("/markets/{market}/book", web::get().to(get_book))
-        .route("/markets/{market}/trades", web::get().to(get_trades))
-        .route("/markets/{market}/candles", web::get().to(get_candles))
-        .route("/markets/{market}/ws", web::get().to(market_ws));
+    cfg.service(web::resource("/markets").route(web::get().to(list_markets)))
+        .service(web::resource("/markets/{market}").route(web::get().to(get_market)))
+        .service(web::resource("/markets/{market}/book").route(web::get().to(get_book)))
+        .service(web::resource("/markets/{market}/trades").route(web::get().to(get_trades)))
+        .service(web::resource("/markets/{market}/candles").route(web::get().to(get_candles)))
+        .service(web::resource("/markets/{market}/ws").route(web::get().to(market_ws)));
 }
 
 /// A market's configuration and its live top of book.
@@ -394,3 +395,11 @@ async fn client_loop(
         None => debug!(market = %market, "WebSocket client left"),
     }
 }
+
+/// The OpenAPI paths of this module (merged by `openapi::document`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list_markets, get_market, get_book, get_trades, get_candles, market_ws),
+    tags((name = "markets", description = "public market data: catalogue, book, trades, candles, the live WebSocket feed"))
+)]
+pub struct ApiDoc;

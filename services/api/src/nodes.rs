@@ -239,6 +239,8 @@ pub async fn register(
     let request = idempotency::Request::new(&principal, idem, "POST /v1/nodes", &req)?;
     let outcome = crate::db::run(&state.db, move |c| {
         idempotency::run(c, request, |c| {
+            // The cap holds under concurrency: registrations of one provider serialise here.
+            crate::accounts::lock_user(c, principal.user_id)?;
             let n: i64 = nodes::table
                 .filter(nodes::owner.eq(principal.user_id))
                 .count()

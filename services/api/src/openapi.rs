@@ -59,11 +59,14 @@ impl Modify for Security {
             snake_case codes. Every POST that creates something honours an optional \
             `Idempotency-Key` header (1-255 characters): the same key and request replay the first \
             response; the same key with another request is 422 `idempotency_key_reused`. Requests \
-            are rate-limited per credential and per client IP (429 `rate_limited`, Retry-After)."
+            are rate-limited per credential and per client IP (429 `rate_limited`, Retry-After); a \
+            request body that stalls is cut off with 408 `request_timeout`; text fields may not \
+            contain NUL (400 naming the field)."
     ),
     paths(
         crate::health::healthz,
         crate::health::readyz,
+        serve,
         crate::accounts::sign_up,
         crate::accounts::log_in,
         crate::accounts::log_out,
@@ -81,11 +84,14 @@ impl Modify for Security {
         (name = "identity", description = "sign-up, sessions, API keys"),
         (name = "money", description = "credits, balance, statement"),
         (name = "health", description = "probes"),
+        (name = "docs", description = "this document"),
     )
 )]
 pub struct ApiDoc;
 
-/// The whole document: this crate's routes plus every module's `ApiDoc`.
+/// The whole document: this crate's routes plus every module's `ApiDoc`. Every route mounted by
+/// `app::routes` must appear here: the integration test `openapi::every_mounted_route_is_documented`
+/// walks the mounted routes and fails on an undocumented one.
 pub fn document() -> utoipa::openapi::OpenApi {
     #[allow(unused_mut)]
     let mut doc = ApiDoc::openapi();
@@ -95,6 +101,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::nodes::ApiDoc::openapi());
     doc.merge(crate::asks::ApiDoc::openapi());
     doc.merge(crate::assignments::ApiDoc::openapi());
+    doc.merge(crate::markets::ApiDoc::openapi());
     doc
 }
 
@@ -104,7 +111,9 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_else(|e| format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}"))
 });
 
-/// The OpenAPI document.
+/// The OpenAPI document (this one).
+#[utoipa::path(get, path = "/openapi.json", tag = "docs",
+    responses((status = 200, description = "this OpenAPI 3.1 document (JSON)")))]
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

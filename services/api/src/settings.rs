@@ -22,6 +22,10 @@ pub struct Settings {
     pub session_hours: u64,
     pub limits: Limits,
     pub rate_limit: RateLimit,
+    /// Connection and body timeouts (see [`Http`]).
+    pub http: Http,
+    /// Per-account log-in back-off (see [`Login`]).
+    pub login: Login,
     /// Directory of the trader web UI (`web/dist`), served at `/` when it exists.
     pub web_dir: Option<PathBuf>,
 }
@@ -40,6 +44,50 @@ pub struct Limits {
     pub probation_ask_qty: u64,
     /// Most nodes one provider may register.
     pub nodes_per_provider: i64,
+    /// Uploads one account may have in progress at once (beyond: 429 `too_many_uploads`).
+    pub uploads_per_account: usize,
+    /// Uploads buffered at once in this process, all accounts together (beyond: 503
+    /// `uploads_busy` with Retry-After); upload memory is at most this × `file_bytes`.
+    pub uploads_total: usize,
+    /// Password hashes (argon2id, 19 MiB each) computed at once; 0 = twice the CPU cores.
+    pub password_hashes: usize,
+    /// Log-ins and sign-ups that may wait for a hash slot; beyond: 503 `busy` with Retry-After.
+    pub password_queue: usize,
+}
+
+/// Timeouts of the HTTP server. A client that stalls is cut off instead of holding a worker,
+/// a connection or an upload slot.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Http {
+    /// Time a client has to send the request head (actix `client_request_timeout`); after it
+    /// the connection is closed with 408.
+    pub request_head_timeout_ms: u64,
+    /// Time the server waits for a client to acknowledge the close of a connection (actix
+    /// `client_disconnect_timeout`).
+    pub disconnect_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this.
+    pub keep_alive_secs: u64,
+    /// A request body (JSON or upload) that sends no byte for this long is aborted with 408
+    /// `request_timeout`; nothing is stored.
+    pub body_idle_timeout_secs: u64,
+    /// The whole body of a request must arrive within this, however it trickles (408).
+    pub body_timeout_secs: u64,
+}
+
+/// Per-account log-in back-off (in memory, per API process): after `max_failures` wrong
+/// passwords for one email, with no more than `window_secs` between them, the account's log-in
+/// answers 429 `login_locked` with Retry-After for `base_delay_secs`, doubling with every
+/// further failure up to `max_delay_secs`. A successful log-in resets it.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Login {
+    pub max_failures: u32,
+    pub window_secs: u64,
+    pub base_delay_secs: u64,
+    pub max_delay_secs: u64,
+    /// Most emails tracked at once (bounded memory; see `limits::LoginBackoff`).
+    pub max_tracked: usize,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -63,6 +111,8 @@ impl Default for Settings {
             session_hours: 24,
             limits: Limits::default(),
             rate_limit: RateLimit::default(),
+            http: Http::default(),
+            login: Login::default(),
             web_dir: None,
         }
     }
@@ -77,6 +127,45 @@ impl Default for Limits {
             line_bytes: 64 * 1024,
             probation_ask_qty: 100,
             nodes_per_provider: 100,
+            uploads_per_account: 2,
+            uploads_total: 8,
+            password_hashes: 0,
+            password_queue: 16,
+        }
+    }
+}
+
+impl Limits {
+    /// `password_hashes`, with 0 resolved to twice the CPU cores.
+    pub fn password_hashes(&self) -> usize {
+        if self.password_hashes > 0 {
+            self.password_hashes
+        } else {
+            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            request_head_timeout_ms: 5_000,
+            disconnect_timeout_ms: 1_000,
+            keep_alive_secs: 15,
+            body_idle_timeout_secs: 10,
+            body_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        Login {
+            max_failures: 5,
+            window_secs: 15 * 60,
+            base_delay_secs: 2,
+            max_delay_secs: 15 * 60,
+            max_tracked: 100_000,
         }
     }
 }
