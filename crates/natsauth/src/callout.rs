@@ -52,7 +52,10 @@ impl std::fmt::Debug for ConnectOpts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a credential.
         f.debug_struct("ConnectOpts")
-            .field("auth_token", &(!self.auth_token.is_empty()).then_some("<redacted>"))
+            .field(
+                "auth_token",
+                &(!self.auth_token.is_empty()).then_some("<redacted>"),
+            )
             .field("user", &self.user)
             .field("name", &self.name)
             .finish()
@@ -81,7 +84,8 @@ struct RequestNats {
 
 /// Decodes and verifies an authorization request (signed by a server key, not expired).
 pub fn decode_request(token: &[u8]) -> Result<AuthRequest, AuthError> {
-    let token = std::str::from_utf8(token).map_err(|_| AuthError::Jwt("request is not UTF-8".into()))?;
+    let token =
+        std::str::from_utf8(token).map_err(|_| AuthError::Jwt("request is not UTF-8".into()))?;
     let claims = jwt::decode(token, 'N')?;
     let nats = claims
         .get("nats")
@@ -90,11 +94,19 @@ pub fn decode_request(token: &[u8]) -> Result<AuthRequest, AuthError> {
     // `authorization_request` (nats-server 2.10.x wrote `authorization`).
     match nats.get("type").and_then(Value::as_str) {
         Some("authorization_request" | "authorization") => {}
-        other => return Err(AuthError::Jwt(format!("not an authorization request (type {other:?})"))),
+        other => {
+            return Err(AuthError::Jwt(format!(
+                "not an authorization request (type {other:?})"
+            )));
+        }
     }
-    let r: RequestNats = serde_json::from_value(nats).map_err(|e| AuthError::Jwt(format!("request: {e}")))?;
+    let r: RequestNats =
+        serde_json::from_value(nats).map_err(|e| AuthError::Jwt(format!("request: {e}")))?;
     if !r.user_nkey.starts_with('U') {
-        return Err(AuthError::Jwt(format!("user nkey {} is not a user key", r.user_nkey)));
+        return Err(AuthError::Jwt(format!(
+            "user nkey {} is not a user key",
+            r.user_nkey
+        )));
     }
     Ok(AuthRequest {
         server: r.server_id,
@@ -143,7 +155,11 @@ pub fn user_jwt(issuer: &KeyPair, user_nkey: &str, grant: &Grant) -> Result<Stri
 
 /// The signed response to `request`: the grant's user JWT, or the refusal `Err(reason)` (the
 /// server logs the reason and closes the connection with "Authorization Violation").
-pub fn respond(issuer: &KeyPair, request: &AuthRequest, outcome: Result<&Grant, &str>) -> Result<String, AuthError> {
+pub fn respond(
+    issuer: &KeyPair,
+    request: &AuthRequest,
+    outcome: Result<&Grant, &str>,
+) -> Result<String, AuthError> {
     let nats = match outcome {
         Ok(grant) => json!({
             "jwt": user_jwt(issuer, &request.user_nkey, grant)?,
@@ -200,7 +216,10 @@ mod tests {
         let r = decode_request(request(&server, &user, "gbn_x").as_bytes()).unwrap();
         assert_eq!(r.connect.auth_token, "gbn_x");
         assert_eq!(r.client.id, 7);
-        assert!(!format!("{r:?}").contains("gbn_x"), "Debug never prints the credential");
+        assert!(
+            !format!("{r:?}").contains("gbn_x"),
+            "Debug never prints the credential"
+        );
         let grant = Grant {
             name: "node-1".into(),
             account: "GRIDBOOK".into(),

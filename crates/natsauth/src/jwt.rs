@@ -40,27 +40,37 @@ pub fn encode(mut claims: Map<String, Value>, signer: &KeyPair) -> Result<String
 /// Returns the claims.
 pub fn decode(token: &str, issuer_prefix: char) -> Result<Map<String, Value>, AuthError> {
     let mut parts = token.trim().split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::jwt("not three dot-separated parts"));
     };
-    let header: Value = serde_json::from_slice(&B64.decode(h).map_err(|e| AuthError::jwt(format!("header: {e}")))?)
-        .map_err(|e| AuthError::jwt(format!("header: {e}")))?;
+    let header: Value = serde_json::from_slice(
+        &B64.decode(h)
+            .map_err(|e| AuthError::jwt(format!("header: {e}")))?,
+    )
+    .map_err(|e| AuthError::jwt(format!("header: {e}")))?;
     if header.get("alg").and_then(Value::as_str) != Some("ed25519-nkey") {
         return Err(AuthError::jwt(format!("unsupported header {header}")));
     }
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&B64.decode(c).map_err(|e| AuthError::jwt(format!("claims: {e}")))?)
-            .map_err(|e| AuthError::jwt(format!("claims: {e}")))?;
+    let claims: Map<String, Value> = serde_json::from_slice(
+        &B64.decode(c)
+            .map_err(|e| AuthError::jwt(format!("claims: {e}")))?,
+    )
+    .map_err(|e| AuthError::jwt(format!("claims: {e}")))?;
     let iss = claims
         .get("iss")
         .and_then(Value::as_str)
         .ok_or_else(|| AuthError::jwt("no iss"))?;
     if !iss.starts_with(issuer_prefix) {
-        return Err(AuthError::jwt(format!("issuer {iss} is not a '{issuer_prefix}' key")));
+        return Err(AuthError::jwt(format!(
+            "issuer {iss} is not a '{issuer_prefix}' key"
+        )));
     }
     let key = KeyPair::from_public_key(iss).map_err(|e| AuthError::Nkey(e.to_string()))?;
-    let sig = B64.decode(s).map_err(|e| AuthError::jwt(format!("signature: {e}")))?;
+    let sig = B64
+        .decode(s)
+        .map_err(|e| AuthError::jwt(format!("signature: {e}")))?;
     key.verify(format!("{h}.{c}").as_bytes(), &sig)
         .map_err(|_| AuthError::jwt("bad signature"))?;
     if let Some(exp) = claims.get("exp").and_then(Value::as_i64)
@@ -83,7 +93,11 @@ mod tests {
     #[test]
     fn round_trip_verifies_and_sets_issuer() {
         let kp = KeyPair::new_account();
-        let t = encode(obj(serde_json::json!({"sub": "x", "nats": {"type": "user"}})), &kp).unwrap();
+        let t = encode(
+            obj(serde_json::json!({"sub": "x", "nats": {"type": "user"}})),
+            &kp,
+        )
+        .unwrap();
         let c = decode(&t, 'A').unwrap();
         assert_eq!(c["iss"], kp.public_key());
         assert_eq!(c["sub"], "x");
@@ -98,7 +112,10 @@ mod tests {
         let forged = B64.encode(br#"{"sub":"y","iss":"AAAA"}"#);
         parts[1] = &forged;
         assert!(decode(&parts.join("."), 'A').is_err());
-        assert!(decode(&t, 'N').is_err(), "an account key is not a server key");
+        assert!(
+            decode(&t, 'N').is_err(),
+            "an account key is not a server key"
+        );
         let old = encode(obj(serde_json::json!({"sub": "x", "exp": 1})), &kp).unwrap();
         assert!(matches!(decode(&old, 'A'), Err(AuthError::Jwt(m)) if m == "expired"));
         // Signed by another key of the right kind, with the first key's name in iss.

@@ -27,7 +27,12 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 4] = [Service::Engine, Service::Settlement, Service::Api, Service::Sys];
+    pub const ALL: [Service; 4] = [
+        Service::Engine,
+        Service::Settlement,
+        Service::Api,
+        Service::Sys,
+    ];
 
     pub fn file_name(self) -> &'static str {
         match self {
@@ -48,13 +53,20 @@ pub struct KeyDir {
 }
 
 fn io(path: &Path, source: std::io::Error) -> AuthError {
-    AuthError::Io { path: path.display().to_string(), source }
+    AuthError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Reads a seed file (first non-empty line) into a key pair.
 pub fn load_seed(path: &Path) -> Result<KeyPair, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-    let seed = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     KeyPair::from_seed(seed).map_err(|e| AuthError::Nkey(format!("{}: {e}", path.display())))
 }
 
@@ -75,16 +87,22 @@ impl KeyDir {
     /// The folder, with every seed created (mode 0600) where missing; existing seeds are kept.
     pub fn ensure(dir: &Path) -> Result<KeyDir, AuthError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let kd = KeyDir { dir: dir.to_owned() };
+        let kd = KeyDir {
+            dir: dir.to_owned(),
+        };
         let issuer = kd.issuer_file();
         if !issuer.exists() {
-            let seed = KeyPair::new_account().seed().map_err(|e| AuthError::Nkey(e.to_string()))?;
+            let seed = KeyPair::new_account()
+                .seed()
+                .map_err(|e| AuthError::Nkey(e.to_string()))?;
             write_secret(&issuer, &format!("{seed}\n"))?;
         }
         for s in Service::ALL {
             let f = kd.seed_file(s);
             if !f.exists() {
-                let seed = KeyPair::new_user().seed().map_err(|e| AuthError::Nkey(e.to_string()))?;
+                let seed = KeyPair::new_user()
+                    .seed()
+                    .map_err(|e| AuthError::Nkey(e.to_string()))?;
                 write_secret(&f, &format!("{seed}\n"))?;
             }
         }
@@ -93,7 +111,9 @@ impl KeyDir {
 
     /// An existing folder (nothing is created).
     pub fn open(dir: &Path) -> KeyDir {
-        KeyDir { dir: dir.to_owned() }
+        KeyDir {
+            dir: dir.to_owned(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -162,11 +182,18 @@ mod tests {
         let kd = KeyDir::ensure(&dir).unwrap();
         let api = kd.public_key(Service::Api).unwrap();
         let again = KeyDir::ensure(&dir).unwrap();
-        assert_eq!(again.public_key(Service::Api).unwrap(), api, "existing seeds are kept");
+        assert_eq!(
+            again.public_key(Service::Api).unwrap(),
+            api,
+            "existing seeds are kept"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(kd.issuer_file()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(kd.issuer_file())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let conf = kd.server_config().unwrap();
@@ -174,7 +201,10 @@ mod tests {
         assert!(conf.contains(&load_seed(&kd.issuer_file()).unwrap().public_key()));
         for s in Service::ALL {
             let seed = std::fs::read_to_string(kd.seed_file(s)).unwrap();
-            assert!(!conf.contains(seed.trim()), "no seed in the server's configuration");
+            assert!(
+                !conf.contains(seed.trim()),
+                "no seed in the server's configuration"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

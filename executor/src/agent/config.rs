@@ -87,14 +87,14 @@ impl AgentSettings {
         if self.heartbeat_secs == 0 || self.done_capacity == 0 {
             return Err("heartbeat_secs and done_capacity must be positive".into());
         }
-        if self.api_url.is_none() {
-            return Err("api_url is required: the node gets its NATS credential and its assignments' data from the API".into());
-        }
         for (market, policy) in &self.markets {
             if gridbook_wire::catalog::work(market).is_none() {
                 return Err(format!("unknown market {market:?}"));
             }
             policy.validate().map_err(|e| format!("{market}: {e}"))?;
+        }
+        if self.api_url.is_none() {
+            return Err("api_url is required: the node gets its NATS credential and its assignments' data from the API".into());
         }
         Ok(())
     }
@@ -138,5 +138,7 @@ mod tests {
         s.markets
             .insert("NOPE".into(), Policy::Fixed { price: 1, qty: 1 });
         assert!(s.validate().unwrap_err().contains("unknown market"));
+        s.markets.clear();
+        assert!(s.validate().unwrap_err().contains("api_url"));
     }
 }

@@ -164,6 +164,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::files::configure)
                 .configure(crate::jobs::configure)
                 .configure(crate::nodes::configure)
+                .configure(crate::node_access::configure)
                 .configure(crate::asks::configure)
                 .configure(crate::assignments::configure)
                 .configure(crate::markets::configure),
@@ -189,19 +190,30 @@ impl Application {
             })
             .await??;
         }
-        let nats = async_nats::ConnectOptions::new()
-            .name("gridbook-api")
+        let nats = gridbook_wire::connect::service_options("gridbook-api", settings.nats_auth.nkey_file.as_deref())
+            .map_err(anyhow::Error::msg)?
             .connect(&settings.nats_url)
             .await?;
         let js = async_nats::jetstream::new(nats.clone());
+        let node_access = Arc::new(crate::node_access::NodeAccess::build(&settings).await?);
         let state = AppState {
             db,
             nats,
             js,
             markets,
             settings: Arc::new(settings.clone()),
+            node_access: node_access.clone(),
         };
+        if let Some(issuer) = &node_access.issuer {
+            let (state, issuer) = (state.clone(), Arc::new(issuer.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = crate::node_access::run_callout(state, issuer).await {
+                    tracing::error!(error = %e, "the NATS auth callout stopped");
+                }
+            });
+        }
         crate::files::ensure_bucket(&state).await?;
+        crate::node_access::ensure_streams(&state.js).await?;
         let feeds = web::Data::new(crate::feed::Feeds::start(state.nats.clone(), &state.markets));
         let web_dir = settings.web_dir.clone().filter(|d| d.is_dir());
 

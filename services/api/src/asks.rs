@@ -227,6 +227,9 @@ pub async fn create_ask(
                 )
                 .with_field("node_id"));
             }
+            if node.status == NodeStatus::Deleted {
+                return Err(ApiError::conflict("node_deleted", "the node was deleted").with_field("node_id"));
+            }
             if node.status == NodeStatus::Suspended {
                 return Err(ApiError::conflict("node_suspended", "the node is suspended").with_field("node_id"));
             }
@@ -424,6 +427,30 @@ pub async fn cancel_ask(
     })
     .await?;
     Ok(HttpResponse::Ok().json(AskOut::from(row)))
+}
+
+/// Queues a Cancel for every open ask of `node` (its owner's engine account); returns how many.
+/// In the caller's transaction (node deletion).
+pub(crate) fn cancel_open_asks_of_node(c: &mut PgConnection, node: Uuid, engine_account: u64) -> ApiResult<usize> {
+    let open: Vec<AskRow> = diesel::update(
+        asks::table
+            .filter(asks::node_id.eq(node))
+            .filter(asks::status.eq(AskStatus::Open)),
+    )
+    .set((asks::status.eq(AskStatus::CancelRequested), asks::updated_at.eq(Utc::now())))
+    .returning(AskRow::as_returning())
+    .get_results(c)?;
+    for row in &open {
+        enqueue(
+            c,
+            &row.market,
+            CommandKind::Cancel(Cancel {
+                id: OrderId(u64::try_from(row.engine_order_id).map_err(ApiError::internal)?),
+                account: matching_core::AccountId(engine_account),
+            }),
+        )?;
+    }
+    Ok(open.len())
 }
 
 /// The caller's asks, newest first.

@@ -41,6 +41,7 @@ pub mod jobs;
 pub mod limits;
 pub mod markets;
 pub mod money;
+pub mod node_access;
 pub mod nodes;
 pub mod openapi;
 pub mod settings;

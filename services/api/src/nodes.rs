@@ -39,7 +39,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(register))
             .route(web::get().to(list_nodes)),
     )
-    .service(web::resource("/nodes/{id}").route(web::get().to(get_node)))
+    .service(
+        web::resource("/nodes/{id}")
+            .route(web::get().to(get_node))
+            .route(web::delete().to(crate::node_access::delete_node)),
+    )
     .service(
         web::resource("/nodes/{id}/challenge")
             .app_data(crate::app::json_config(CHALLENGE_BODY_BYTES))

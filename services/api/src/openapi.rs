@@ -40,6 +40,14 @@ impl Modify for Security {
             ),
         );
         c.add_security_scheme(
+            "node_credential",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("gbn_<hex>").build()),
+        );
+        c.add_security_scheme(
+            "assignment_grant",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("gbg_<hex>").build()),
+        );
+        c.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
                 crate::auth::SESSION_COOKIE,
@@ -99,6 +107,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::files::ApiDoc::openapi());
     doc.merge(crate::jobs::ApiDoc::openapi());
     doc.merge(crate::nodes::ApiDoc::openapi());
+    doc.merge(crate::node_access::ApiDoc::openapi());
     doc.merge(crate::asks::ApiDoc::openapi());
     doc.merge(crate::assignments::ApiDoc::openapi());
     doc.merge(crate::markets::ApiDoc::openapi());

@@ -13,6 +13,9 @@ pub struct Settings {
     /// `GRIDBOOK_DATABASE_URL`. Never logged.
     pub database_url: String,
     pub nats_url: String,
+    /// NATS authentication: this API's nkey, the auth callout for provider nodes, node
+    /// credentials and assignment grants (`GRIDBOOK_NATS_AUTH__*`; see `node_access`).
+    pub nats_auth: crate::node_access::NatsAuthSettings,
     /// The engine's configuration file; the API serves the same `[[markets]]`.
     pub markets_file: PathBuf,
     pub db_pool_size: u32,
@@ -104,6 +107,7 @@ impl Default for Settings {
             bind: "127.0.0.1:8080".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_auth: Default::default(),
             markets_file: "matching-engine/engine/config/dev.toml".into(),
             db_pool_size: 16,
             workers: 2,

@@ -15,4 +15,6 @@ pub struct AppState {
     pub js: jetstream::Context,
     pub markets: Arc<Markets>,
     pub settings: Arc<Settings>,
+    /// The auth callout's issuer, the system connection, the grant key (`node_access`).
+    pub node_access: Arc<crate::node_access::NodeAccess>,
 }

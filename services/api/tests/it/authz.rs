@@ -25,6 +25,9 @@ pub enum Access {
     Any,
     /// Only these roles.
     Roles(&'static [&'static str]),
+    /// Only a provider node's own credential or an assignment grant (`node_access`): every
+    /// user's key or session is refused with 401. The node's side is `attacks.rs`.
+    NodeOnly,
 }
 
 /// The object a route acts on (its path names A's object).
@@ -64,7 +67,7 @@ const fn r(
     }
 }
 
-use Access::{Any, Public, Roles};
+use Access::{Any, NodeOnly, Public, Roles};
 
 const STUDIO: Access = Roles(&["studio"]);
 const PROVIDER: Access = Roles(&["provider"]);
@@ -122,6 +125,12 @@ pub const ROUTES: &[Route] = &[
         Some(r#"{"name":"n","gpu_model":"RTX 4090","vram_mb":24000,"region":"eu-west"}"#),
     ),
     r("GET", "/v1/nodes/{node}", PROVIDER, Obj::Node, None),
+    r("POST", "/v1/nodes/{node}/credentials", PROVIDER, Obj::Node, None),
+    r("DELETE", "/v1/nodes/{node}", PROVIDER, Obj::Node, None),
+    // a node's own routes (its credential or a grant as bearer)
+    r("POST", "/v1/assignments/{node}/grant", NodeOnly, Obj::None, None),
+    r("GET", "/v1/assignments/{node}/input", NodeOnly, Obj::None, None),
+    r("PUT", "/v1/assignments/{node}/output", NodeOnly, Obj::None, None),
     r(
         "POST",
         "/v1/nodes/{node}/challenge",
@@ -152,6 +161,8 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/healthz", Public, Obj::None, None),
     r("GET", "/readyz", Public, Obj::None, None),
     r("GET", "/openapi.json", Public, Obj::None, None),
+    // last: it suspends A's node
+    r("POST", "/v1/admin/nodes/{node}/suspend", ADMIN, Obj::None, None),
 ];
 
 pub const ROLES: [&str; 4] = ["studio", "provider", "trader", "admin"];
@@ -301,6 +312,7 @@ pub fn allowed(access: Access, role: &str) -> bool {
     match access {
         Public | Any => true,
         Roles(rs) => rs.contains(&role),
+        NodeOnly => false,
     }
 }
 
@@ -358,7 +370,9 @@ async fn no_route_lets_a_user_reach_another_users_objects() {
             let s = res.status().as_u16();
             let text = res.text().await.unwrap_or_default();
             let role_ok = allowed(route.access, &intruder.role);
-            let bad = if !role_ok {
+            let bad = if route.access == NodeOnly {
+                s != 401
+            } else if !role_ok {
                 s != 403 && !(route.object != Obj::None && s == 404)
             } else if route.object != Obj::None {
                 s != 404 && s != 403

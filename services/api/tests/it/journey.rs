@@ -374,8 +374,7 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
     use executor::commitment::{self, Commitment};
     use futures::StreamExt;
     use gridbook_wire::node::{AssignmentMsg, Outcome, ResultMsg};
-    use gridbook_wire::{catalog, streams, subjects};
-    use tokio::io::AsyncReadExt;
+    use gridbook_wire::{catalog, subjects};
 
     let stack = Stack::start("journey-cheat").await;
     let app = &stack.app;
@@ -389,11 +388,30 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
     let msg = tokio::time::timeout(Duration::from_secs(60), assigns.next()).await.expect("an assignment").unwrap();
     let a: AssignmentMsg = serde_json::from_slice(&msg.payload).unwrap();
     let work = a.work.clone().expect("a job's assignment carries its work");
-    let js = async_nats::jetstream::new(stack.nats.client.clone());
-    let store = js.get_object_store(streams::FILES_BUCKET).await.unwrap();
-    let mut input = Vec::new();
-    store.get(&work.input_sha256).await.unwrap().read_to_end(&mut input).await.unwrap();
-    let items = catalog::select_items(&input, work.item_start, work.item_count).unwrap();
+    // It is a stranger: its credential, a grant for this assignment, only its lines.
+    let cred = json_of(app.post_as(&provider, &format!("/v1/nodes/{node}/credentials"), &json!({})).await).await;
+    let token = cred["token"].as_str().expect("a credential").to_owned();
+    let grant = json_of(
+        app.http
+            .post(app.url(&format!("/v1/assignments/{}/grant", a.assignment_id)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let gtoken = grant["token"].as_str().expect("a grant").to_owned();
+    let input = app
+        .http
+        .get(app.url(grant["input_url"].as_str().unwrap()))
+        .bearer_auth(&gtoken)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let items = catalog::select_items(&input, 0, work.item_count).unwrap();
     let mut fake = vec![0.0f32; 384];
     fake[0] = 1.0;
     let (mut lines, mut leaves) = (String::new(), Vec::new());
@@ -406,11 +424,20 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
         leaves.push((id, h));
     }
     let output_sha256 = hex::encode(commitment::sha256(lines.as_bytes()));
-    store.put(output_sha256.as_str(), &mut lines.as_bytes()).await.unwrap();
+    let up = json_of(
+        app.http
+            .put(app.url(grant["output_url"].as_str().unwrap()))
+            .bearer_auth(&gtoken)
+            .body(lines.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(up["sha256"], output_sha256.as_str());
     let result = ResultMsg {
         assignment_id: a.assignment_id,
         job_id: a.job_id.unwrap(),
-        node_id: a.node_id,
         outcome: Outcome::Completed {
             output_sha256,
             merkle_root: Commitment::build(&leaves).merkle_root,
@@ -420,11 +447,18 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
         manifest: json!({"note": "a cheater's manifest"}),
         elapsed_ms: 1,
     };
-    js.publish(subjects::job_result(&job_id), serde_json::to_vec(&result).unwrap().into())
+    let node_nats = async_nats::ConnectOptions::with_token(token)
+        .custom_inbox_prefix(subjects::node_inbox_prefix(&node))
+        .connect(&stack.nats.url)
+        .await
+        .expect("the node connects with its credential");
+    async_nats::jetstream::new(node_nats)
+        .publish(subjects::node_result(&node), serde_json::to_vec(&result).unwrap().into())
         .await
         .unwrap()
         .await
         .unwrap();
+    let _ = job_id;
 
     // Caught: the assignment failed with the evidence, nothing paid, everything refunded.
     let started = Instant::now();

@@ -1,0 +1,934 @@
+//! Providers are strangers: what a node may reach, and how it proves who it is.
+//!
+//! * **NATS credentials.** `POST /v1/nodes/{id}/credentials` (the node's owner) issues a
+//!   `gbn_…` token (256 random bits; only its sha256 is stored in `node_credentials`) that
+//!   expires after `nats_auth.credential_ttl_secs`. A node connects to NATS with it as its auth
+//!   token; nats-server hands every connection that is not a market service to the **auth
+//!   callout** this API runs ([`run_callout`], on `$SYS.REQ.USER.AUTH`), which looks the token
+//!   up and answers with a user JWT (`gridbook_natsauth::callout`) carrying exactly
+//!   `gridbook_wire::access::node(id)` — its own results, heartbeats and assignment consumer —
+//!   and an expiry of at most `jwt_ttl_secs` (the server then closes the connection; the agent
+//!   reconnects and is checked again). Anything else (no token, an unknown, expired or revoked
+//!   one, a suspended or deleted node) is refused, and logged with the reason.
+//! * **Revocation.** Deleting a node (`DELETE /v1/nodes/{id}`) or suspending it
+//!   (`POST /v1/admin/nodes/{id}/suspend`) revokes its credentials and kicks its live
+//!   connections through the system account (`CONNZ` by user `node-<id>`, then `KICK`).
+//! * **Per-assignment data.** `POST /v1/assignments/{id}/grant` (the node's credential as
+//!   bearer) returns a `gbg_…` grant: an HMAC-SHA256 over (assignment, node, expiry) under a
+//!   key of this process, valid `grant_ttl_secs`. With it, `GET /v1/assignments/{id}/input`
+//!   streams only the assignment's lines of the job's input and `PUT /v1/assignments/{id}/output`
+//!   stores the node's output (sha256-named, recorded as the assignment's `upload_sha256`, the
+//!   only output the verifier accepts for it). Every use re-checks in PostgreSQL that the
+//!   assignment is still `assigned`, before its deadline, and the node's; after it ends the grant
+//!   no longer works.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use futures::StreamExt;
+use gridbook_db::status::{AssignmentStatus, NodeStatus};
+use gridbook_natsauth::callout::{self, Grant};
+use gridbook_wire::{access, catalog, consumers, streams, subjects};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::schema::{files, job_assignments, jobs, node_credentials, nodes};
+use crate::state::AppState;
+
+pub const CREDENTIAL_PREFIX: &str = "gbn_";
+pub const GRANT_PREFIX: &str = "gbg_";
+/// Live credentials kept per node; issuing another revokes the oldest.
+pub const CREDENTIALS_PER_NODE: i64 = 4;
+/// Authorization requests answered at once (each is one indexed query).
+const CALLOUT_CONCURRENCY: usize = 64;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsAuthSettings {
+    /// This API's nkey seed (`api.nk`). Unset: connect without credentials.
+    pub nkey_file: Option<PathBuf>,
+    /// The callout issuer's account seed (`issuer.nk`). Set: this API answers the server's
+    /// authorization requests (exactly one API per server should).
+    pub issuer_file: Option<PathBuf>,
+    /// The system account's seed (`sys.nk`): kicking revoked nodes' live connections.
+    pub sys_nkey_file: Option<PathBuf>,
+    /// A node credential's lifetime.
+    pub credential_ttl_secs: u64,
+    /// Longest life of one NATS connection's grant (then the server closes it and the node
+    /// reconnects through the callout again).
+    pub jwt_ttl_secs: u64,
+    /// An assignment grant's lifetime.
+    pub grant_ttl_secs: u64,
+    /// Largest output a node may upload for one assignment.
+    pub max_output_bytes: u64,
+}
+
+impl Default for NatsAuthSettings {
+    fn default() -> Self {
+        NatsAuthSettings {
+            nkey_file: None,
+            issuer_file: None,
+            sys_nkey_file: None,
+            credential_ttl_secs: 24 * 3600,
+            jwt_ttl_secs: 600,
+            grant_ttl_secs: 900,
+            max_output_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the API holds for node access: the callout's issuer, the system connection, the grant
+/// key (random per process: grants are short-lived, a node asks again after a restart).
+pub struct NodeAccess {
+    pub issuer: Option<nkeys::KeyPair>,
+    pub sys: Option<async_nats::Client>,
+    grant_key: [u8; 32],
+}
+
+impl NodeAccess {
+    pub async fn build(settings: &crate::settings::Settings) -> anyhow::Result<NodeAccess> {
+        let a = &settings.nats_auth;
+        let issuer = match &a.issuer_file {
+            Some(f) => Some(gridbook_natsauth::keys::load_seed(f)?),
+            None => None,
+        };
+        let sys = match &a.sys_nkey_file {
+            Some(f) => Some(
+                gridbook_wire::connect::service_options("gridbook-api-sys", Some(f))
+                    .map_err(anyhow::Error::msg)?
+                    .connect(&settings.nats_url)
+                    .await?,
+            ),
+            None => None,
+        };
+        let mut grant_key = [0u8; 32];
+        getrandom::fill(&mut grant_key).map_err(|e| anyhow::anyhow!("random grant key: {e}"))?;
+        Ok(NodeAccess {
+            issuer,
+            sys,
+            grant_key,
+        })
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/nodes/{id}/credentials").route(web::post().to(issue_credential)))
+        .service(web::resource("/admin/nodes/{id}/suspend").route(web::post().to(suspend_node)))
+        .service(web::resource("/assignments/{id}/grant").route(web::post().to(grant)))
+        .service(web::resource("/assignments/{id}/input").route(web::get().to(input)))
+        .service(
+            web::resource("/assignments/{id}/output")
+                .app_data(web::PayloadConfig::new(usize::MAX))
+                .route(web::put().to(output)),
+        );
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    Sha256::digest(b).to_vec()
+}
+
+fn random_token(prefix: &str) -> ApiResult<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(ApiError::internal)?;
+    Ok(format!("{prefix}{}", hex::encode(b)))
+}
+
+fn bearer<'a>(req: &'a HttpRequest, prefix: &str) -> ApiResult<&'a str> {
+    let v = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized(format!("send Authorization: Bearer {prefix}…")))?;
+    if !v.starts_with(prefix) {
+        return Err(ApiError::unauthorized(format!(
+            "this route takes a {prefix}… credential"
+        )));
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NatsGrantOut {
+    /// The user name the server shows for the node's connections.
+    pub user: String,
+    /// Set as the client's inbox prefix (replies arrive below the node's own subjects).
+    pub inbox_prefix: String,
+    /// The node's durable pull consumer on `stream`.
+    pub consumer: String,
+    pub stream: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CredentialOut {
+    pub node_id: Uuid,
+    /// The NATS auth token (`gbn_…`); shown once. Also the bearer of
+    /// `POST /v1/assignments/{id}/grant`.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub nats: NatsGrantOut,
+}
+
+/// The streams nodes read and write (the worker creates them too, with the same configuration):
+/// nodes cannot create streams.
+pub async fn ensure_streams(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    for (name, subject) in [
+        (streams::ASSIGNMENTS, subjects::ALL_NODE_ASSIGNS),
+        (streams::RESULTS, subjects::ALL_NODE_RESULTS),
+    ] {
+        js.get_or_create_stream(streams::config(name, subject, streams::DEFAULT_MAX_AGE))
+            .await
+            .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The node's durable assignment consumer (idempotent). A node cannot create consumers itself.
+pub async fn ensure_node_consumer(state: &AppState, node: Uuid) -> ApiResult<()> {
+    let stream = state
+        .js
+        .get_or_create_stream(streams::config(
+            streams::ASSIGNMENTS,
+            subjects::ALL_NODE_ASSIGNS,
+            streams::DEFAULT_MAX_AGE,
+        ))
+        .await
+        .map_err(ApiError::internal)?;
+    let name = consumers::node(&node.to_string());
+    stream
+        .get_or_create_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            &name,
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subjects::node_assign(&node.to_string()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(())
+}
+
+/// Issue a NATS credential for one of the caller's nodes (probation or active).
+#[utoipa::path(post, path = "/v1/nodes/{id}/credentials", tag = "nodes",
+    responses((status = 201, body = CredentialOut), (status = 404, body = crate::error::ErrorResponse),
+        (status = 409, description = "`node_suspended` or `node_deleted`", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn issue_credential(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_provider(true)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let token = random_token(CREDENTIAL_PREFIX)?;
+    let hash = sha256(token.as_bytes());
+    let ttl = chrono::Duration::seconds(state.settings.nats_auth.credential_ttl_secs.max(1) as i64);
+    let expires_at = crate::db::run(&state.db, move |c| {
+        c.transaction(|c| {
+            let node = crate::nodes::load_node(c, owner, id, true)?;
+            refuse_closed(node.status)?;
+            let now = Utc::now();
+            let expires_at = now + ttl;
+            diesel::insert_into(node_credentials::table)
+                .values((
+                    node_credentials::id.eq(Uuid::now_v7()),
+                    node_credentials::node_id.eq(id),
+                    node_credentials::token_sha256.eq(&hash),
+                    node_credentials::created_at.eq(now),
+                    node_credentials::expires_at.eq(expires_at),
+                ))
+                .execute(c)?;
+            // Bounded: keep the newest CREDENTIALS_PER_NODE live ones.
+            let keep: Vec<Uuid> = node_credentials::table
+                .filter(node_credentials::node_id.eq(id))
+                .filter(node_credentials::revoked_at.is_null())
+                .order(node_credentials::created_at.desc())
+                .limit(CREDENTIALS_PER_NODE)
+                .select(node_credentials::id)
+                .load(c)?;
+            diesel::update(
+                node_credentials::table
+                    .filter(node_credentials::node_id.eq(id))
+                    .filter(node_credentials::revoked_at.is_null())
+                    .filter(node_credentials::id.ne_all(keep)),
+            )
+            .set(node_credentials::revoked_at.eq(now))
+            .execute(c)?;
+            Ok(expires_at)
+        })
+    })
+    .await?;
+    ensure_node_consumer(&state, id).await?;
+    tracing::info!(node = %id, user = %owner, %expires_at, "node credential issued");
+    let node = id.to_string();
+    let perms = access::node(&node);
+    Ok(HttpResponse::Created().json(CredentialOut {
+        node_id: id,
+        token,
+        expires_at,
+        nats: NatsGrantOut {
+            user: format!("node-{node}"),
+            inbox_prefix: subjects::node_inbox_prefix(&node),
+            consumer: consumers::node(&node),
+            stream: streams::ASSIGNMENTS.into(),
+            publish: perms.publish,
+            subscribe: perms.subscribe,
+        },
+    }))
+}
+
+fn refuse_closed(status: NodeStatus) -> ApiResult<()> {
+    match status {
+        NodeStatus::Suspended => Err(ApiError::conflict(
+            "node_suspended",
+            "the node is suspended",
+        )),
+        NodeStatus::Deleted => Err(ApiError::conflict("node_deleted", "the node was deleted")),
+        NodeStatus::Probation | NodeStatus::Active => Ok(()),
+    }
+}
+
+/// The node a `gbn_…` token belongs to, if it may act now: (node, owner, credential expiry).
+fn node_of_credential(
+    c: &mut PgConnection,
+    token: &str,
+) -> Result<(Uuid, Uuid, DateTime<Utc>), String> {
+    let hash = sha256(token.as_bytes());
+    let row: Option<(Uuid, Uuid, DateTime<Utc>, Option<DateTime<Utc>>, NodeStatus)> =
+        node_credentials::table
+            .inner_join(nodes::table)
+            .filter(node_credentials::token_sha256.eq(&hash))
+            .select((
+                nodes::id,
+                nodes::owner,
+                node_credentials::expires_at,
+                node_credentials::revoked_at,
+                nodes::status,
+            ))
+            .first(c)
+            .optional()
+            .map_err(|e| format!("lookup failed: {e}"))?;
+    let Some((node, owner, expires_at, revoked_at, status)) = row else {
+        return Err("unknown credential".into());
+    };
+    if revoked_at.is_some() {
+        return Err(format!("credential of node {node} was revoked"));
+    }
+    if expires_at <= Utc::now() {
+        return Err(format!("credential of node {node} expired at {expires_at}"));
+    }
+    match status {
+        NodeStatus::Probation | NodeStatus::Active => Ok((node, owner, expires_at)),
+        s => Err(format!("node {node} is {s}")),
+    }
+}
+
+/// The calling node (`Authorization: Bearer gbn_…`).
+async fn calling_node(state: &AppState, req: &HttpRequest) -> ApiResult<Uuid> {
+    let token = bearer(req, CREDENTIAL_PREFIX)?.to_owned();
+    let r = crate::db::run(&state.db, move |c| Ok(node_of_credential(c, &token))).await?;
+    match r {
+        Ok((node, _, _)) => Ok(node),
+        Err(why) => {
+            tracing::warn!(reason = %why, path = %req.path(), "node credential refused");
+            Err(ApiError::unauthorized(why))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The auth callout
+// ---------------------------------------------------------------------------------------------
+
+/// Answers nats-server's authorization requests until the subscription ends. Bounded: at most
+/// [`CALLOUT_CONCURRENCY`] answered at once.
+pub async fn run_callout(state: AppState, issuer: Arc<nkeys::KeyPair>) -> anyhow::Result<()> {
+    let mut sub = state
+        .nats
+        .queue_subscribe(callout::AUTH_SUBJECT, "gridbook-auth-callout".into())
+        .await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(CALLOUT_CONCURRENCY));
+    tracing::info!("NATS auth callout running");
+    while let Some(msg) = sub.next().await {
+        let permit = slots.clone().acquire_owned().await?;
+        let (state, issuer) = (state.clone(), issuer.clone());
+        tokio::spawn(async move {
+            answer(&state, &issuer, msg).await;
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+async fn answer(state: &AppState, issuer: &nkeys::KeyPair, msg: async_nats::Message) {
+    let Some(reply) = msg.reply.clone() else {
+        return;
+    };
+    let request = match callout::decode_request(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            // Not from a server we trust (or garbled): nothing to answer to.
+            tracing::warn!(error = %e, "authorization request refused: undecodable");
+            return;
+        }
+    };
+    let outcome = authorize(state, &request).await;
+    let (host, cid) = (request.client.host.clone(), request.client.id);
+    match &outcome {
+        Ok(g) => {
+            tracing::info!(user = %g.name, %host, cid, expires_at = g.expires_at, "NATS connection authorized")
+        }
+        Err(why) => {
+            tracing::warn!(reason = %why, %host, cid, client = %request.client.name, "NATS connection refused")
+        }
+    }
+    let token = match callout::respond(issuer, &request, outcome.as_ref().map_err(String::as_str)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "signing the authorization response failed");
+            return;
+        }
+    };
+    if let Err(e) = state.nats.publish(reply, token.into()).await {
+        tracing::warn!(error = %e, "authorization response not sent");
+    }
+}
+
+async fn authorize(state: &AppState, request: &callout::AuthRequest) -> Result<Grant, String> {
+    let token = request.connect.auth_token.clone();
+    if !token.starts_with(CREDENTIAL_PREFIX) {
+        return Err("no node credential presented (anonymous connections are not allowed)".into());
+    }
+    let found = crate::db::run(&state.db, move |c| Ok(node_of_credential(c, &token)))
+        .await
+        .map_err(|e| format!("lookup failed: {}", e.message))??;
+    let (node, _owner, credential_expires) = found;
+    let ttl = state.settings.nats_auth.jwt_ttl_secs.max(1) as i64;
+    let expires_at = credential_expires
+        .timestamp()
+        .min(Utc::now().timestamp() + ttl);
+    let perms = access::node(&node.to_string());
+    Ok(Grant {
+        name: format!("node-{node}"),
+        account: gridbook_natsauth::ACCOUNT.into(),
+        publish: perms.publish,
+        subscribe: perms.subscribe,
+        expires_at,
+        max_subscriptions: 64,
+        max_payload: 1024 * 1024,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation: delete, suspend, kick
+// ---------------------------------------------------------------------------------------------
+
+/// Revokes every credential of `node` (in the caller's transaction).
+pub fn revoke_credentials(c: &mut PgConnection, node: Uuid) -> QueryResult<usize> {
+    diesel::update(
+        node_credentials::table
+            .filter(node_credentials::node_id.eq(node))
+            .filter(node_credentials::revoked_at.is_null()),
+    )
+    .set(node_credentials::revoked_at.eq(Utc::now()))
+    .execute(c)
+}
+
+/// Closes the live NATS connections of `node` (every server that answers `CONNZ`); returns how
+/// many were kicked. Without a system connection nothing is kicked and the node's connections
+/// end when their grant expires (`jwt_ttl_secs`).
+pub async fn kick_node(state: &AppState, node: Uuid) -> usize {
+    let Some(sys) = &state.node_access.sys else {
+        tracing::warn!(node = %node, "no NATS system connection: live connections end at their grant's expiry");
+        return 0;
+    };
+    let user = format!("node-{node}");
+    let q = serde_json::json!({"user": user, "auth": true, "limit": 4096});
+    let reply = match tokio::time::timeout(
+        Duration::from_secs(5),
+        sys.request("$SYS.REQ.SERVER.PING.CONNZ", q.to_string().into()),
+    )
+    .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node, error = %e, "CONNZ failed");
+            return 0;
+        }
+        Err(_) => {
+            tracing::warn!(node = %node, "CONNZ timed out");
+            return 0;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    let server = v["server"]["id"].as_str().unwrap_or_default().to_owned();
+    let mut kicked = 0;
+    for conn in v["data"]["connections"].as_array().into_iter().flatten() {
+        // The server filters by user; check again in case it ignored the filter.
+        if conn["authorized_user"].as_str() != Some(user.as_str()) {
+            continue;
+        }
+        let Some(cid) = conn["cid"].as_u64() else {
+            continue;
+        };
+        let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            sys.request(subject, serde_json::json!({"cid": cid}).to_string().into()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => kicked += 1,
+            _ => tracing::warn!(node = %node, cid, "KICK failed"),
+        }
+    }
+    tracing::info!(node = %node, kicked, "node's NATS connections kicked");
+    kicked
+}
+
+/// Delete one of the caller's nodes: its credentials are revoked, its live NATS connections
+/// closed, its open asks cancelled; it can never connect or get work again. Its history stays.
+#[utoipa::path(delete, path = "/v1/nodes/{id}", tag = "nodes",
+    responses((status = 200, body = crate::nodes::NodeOut), (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn delete_node(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_provider(true)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let row = crate::db::run(&state.db, move |c| {
+        c.transaction(|c| {
+            crate::nodes::load_node(c, owner, id, true)?;
+            let row: crate::nodes::NodeRow = diesel::update(nodes::table.find(id))
+                .set(nodes::status.eq(NodeStatus::Deleted))
+                .returning(crate::nodes::NodeRow::as_returning())
+                .get_result(c)?;
+            let revoked = revoke_credentials(c, id)?;
+            let cancelled = crate::asks::cancel_open_asks_of_node(c, id, principal.engine_account)?;
+            tracing::info!(node = %id, user = %owner, revoked, cancelled, "node deleted");
+            Ok(row)
+        })
+    })
+    .await?;
+    kick_node(&state, id).await;
+    Ok(HttpResponse::Ok().json(crate::nodes::NodeOut::from(row)))
+}
+
+/// Suspend a node (admins): credentials revoked, live connections closed, no new asks.
+#[utoipa::path(post, path = "/v1/admin/nodes/{id}/suspend", tag = "nodes",
+    responses((status = 200, body = crate::nodes::NodeOut), (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn suspend_node(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    principal.require_role(&[Role::Admin])?;
+    let id = id.into_inner();
+    let row = crate::db::run(&state.db, move |c| {
+        c.transaction(|c| {
+            let row: Option<crate::nodes::NodeRow> = diesel::update(
+                nodes::table
+                    .find(id)
+                    .filter(nodes::status.ne(NodeStatus::Deleted)),
+            )
+            .set(nodes::status.eq(NodeStatus::Suspended))
+            .returning(crate::nodes::NodeRow::as_returning())
+            .get_result(c)
+            .optional()?;
+            let row = row.ok_or_else(|| ApiError::not_found("node"))?;
+            let revoked = revoke_credentials(c, id)?;
+            tracing::info!(node = %id, admin = %principal.user_id, revoked, "node suspended");
+            Ok(row)
+        })
+    })
+    .await?;
+    kick_node(&state, id).await;
+    Ok(HttpResponse::Ok().json(crate::nodes::NodeOut::from(row)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-assignment grants and data
+// ---------------------------------------------------------------------------------------------
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn grant_mac(key: &[u8; 32], assignment: Uuid, node: Uuid, expires_ms: i64) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"gridbook-assignment-grant-v1");
+    mac.update(assignment.as_bytes());
+    mac.update(node.as_bytes());
+    mac.update(&expires_ms.to_be_bytes());
+    mac
+}
+
+fn make_grant(key: &[u8; 32], assignment: Uuid, node: Uuid, expires_ms: i64) -> String {
+    let tag = grant_mac(key, assignment, node, expires_ms)
+        .finalize()
+        .into_bytes();
+    let mut raw = Vec::with_capacity(72);
+    raw.extend_from_slice(assignment.as_bytes());
+    raw.extend_from_slice(node.as_bytes());
+    raw.extend_from_slice(&expires_ms.to_be_bytes());
+    raw.extend_from_slice(&tag);
+    format!("{GRANT_PREFIX}{}", hex::encode(raw))
+}
+
+/// (node) of a valid, unexpired grant for `assignment`; Err says why not.
+fn check_grant(key: &[u8; 32], token: &str, assignment: Uuid) -> Result<Uuid, String> {
+    let raw = token
+        .strip_prefix(GRANT_PREFIX)
+        .and_then(|h| hex::decode(h).ok())
+        .filter(|r| r.len() == 72)
+        .ok_or("malformed grant")?;
+    let a = Uuid::from_slice(&raw[0..16]).map_err(|_| "malformed grant")?;
+    let node = Uuid::from_slice(&raw[16..32]).map_err(|_| "malformed grant")?;
+    let expires_ms = i64::from_be_bytes(raw[32..40].try_into().map_err(|_| "malformed grant")?);
+    grant_mac(key, a, node, expires_ms)
+        .verify_slice(&raw[40..72])
+        .map_err(|_| "grant signature does not verify")?;
+    if a != assignment {
+        return Err(format!("the grant is for assignment {a}, not {assignment}"));
+    }
+    if expires_ms <= Utc::now().timestamp_millis() {
+        return Err("the grant expired".into());
+    }
+    Ok(node)
+}
+
+/// What the data routes need of an open assignment.
+struct OpenAssignment {
+    input_sha256: String,
+    item_start: u64,
+    item_count: u64,
+}
+
+/// The assignment, if it is `assigned`, before its deadline, and `node`'s.
+fn open_assignment(
+    c: &mut PgConnection,
+    assignment: Uuid,
+    node: Uuid,
+) -> ApiResult<OpenAssignment> {
+    let row: Option<(Uuid, AssignmentStatus, DateTime<Utc>, i32, i32, String)> =
+        job_assignments::table
+            .inner_join(jobs::table.inner_join(files::table))
+            .filter(job_assignments::id.eq(assignment))
+            .select((
+                job_assignments::node_id,
+                job_assignments::status,
+                job_assignments::deadline,
+                job_assignments::item_start,
+                job_assignments::item_count,
+                files::sha256,
+            ))
+            .first(c)
+            .optional()?;
+    let Some((owner_node, status, deadline, item_start, item_count, sha)) = row else {
+        return Err(ApiError::not_found("assignment"));
+    };
+    if owner_node != node {
+        return Err(ApiError::forbidden(
+            "the assignment belongs to another node",
+        ));
+    }
+    if status != AssignmentStatus::Assigned {
+        return Err(ApiError::conflict(
+            "assignment_closed",
+            format!("the assignment is {status}"),
+        ));
+    }
+    if deadline <= Utc::now() {
+        return Err(ApiError::conflict(
+            "assignment_closed",
+            "the assignment is past its deadline",
+        ));
+    }
+    Ok(OpenAssignment {
+        input_sha256: sha,
+        item_start: item_start as u64,
+        item_count: item_count as u64,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GrantOut {
+    pub assignment_id: Uuid,
+    /// `gbg_…`: the bearer of the input and output routes of this assignment only.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// `GET` it: the assignment's input lines (JSONL).
+    pub input_url: String,
+    pub items: u64,
+    /// `PUT` the output JSONL there.
+    pub output_url: String,
+    pub max_output_bytes: u64,
+}
+
+/// A short-lived grant to one open assignment's data (the node's credential as bearer).
+#[utoipa::path(post, path = "/v1/assignments/{id}/grant", tag = "nodes",
+    responses((status = 200, body = GrantOut), (status = 401, body = crate::error::ErrorResponse),
+        (status = 403, description = "another node's assignment", body = crate::error::ErrorResponse),
+        (status = 409, description = "`assignment_closed`", body = crate::error::ErrorResponse)),
+    security(("node_credential" = [])))]
+pub async fn grant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let node = calling_node(&state, &req).await?;
+    let id = id.into_inner();
+    let open = crate::db::run(&state.db, move |c| open_assignment(c, id, node))
+        .await
+        .inspect_err(|e| tracing::warn!(node = %node, assignment = %id, code = e.code, "assignment grant refused"))?;
+    let ttl = state.settings.nats_auth.grant_ttl_secs.max(1) as i64;
+    let expires_at = Utc::now() + chrono::Duration::seconds(ttl);
+    let token = make_grant(
+        &state.node_access.grant_key,
+        id,
+        node,
+        expires_at.timestamp_millis(),
+    );
+    Ok(HttpResponse::Ok().json(GrantOut {
+        assignment_id: id,
+        token,
+        expires_at,
+        input_url: format!("/v1/assignments/{id}/input"),
+        items: open.item_count,
+        output_url: format!("/v1/assignments/{id}/output"),
+        max_output_bytes: state.settings.nats_auth.max_output_bytes,
+    }))
+}
+
+async fn granted(
+    state: &AppState,
+    req: &HttpRequest,
+    id: Uuid,
+) -> ApiResult<(Uuid, OpenAssignment)> {
+    let token = bearer(req, GRANT_PREFIX)?;
+    let node = check_grant(&state.node_access.grant_key, token, id).map_err(|why| {
+        tracing::warn!(assignment = %id, reason = %why, path = %req.path(), "assignment grant refused");
+        ApiError::unauthorized(why)
+    })?;
+    let open = crate::db::run(&state.db, move |c| open_assignment(c, id, node))
+        .await
+        .inspect_err(|e| tracing::warn!(node = %node, assignment = %id, code = e.code, "assignment data refused"))?;
+    Ok((node, open))
+}
+
+/// The assignment's input: items `[item_start, item_start + item_count)` of the job's file, one
+/// per line, streamed.
+#[utoipa::path(get, path = "/v1/assignments/{id}/input", tag = "nodes",
+    responses((status = 200, description = "JSONL: the assignment's items", content_type = "application/x-ndjson"),
+        (status = 401, body = crate::error::ErrorResponse), (status = 409, body = crate::error::ErrorResponse)),
+    security(("assignment_grant" = [])))]
+pub async fn input(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let id = id.into_inner();
+    let (node, open) = granted(&state, &req, id).await?;
+    let store = streams::ensure_files_bucket(&state.js)
+        .await
+        .map_err(ApiError::internal)?;
+    let object = store
+        .get(&open.input_sha256)
+        .await
+        .map_err(ApiError::internal)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+    let (start, end) = (open.item_start, open.item_start + open.item_count);
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(object);
+        let mut line = Vec::new();
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        let mut item = 0u64;
+        while item < end {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            let content = line.strip_suffix(b"\n").unwrap_or(&line);
+            if catalog::is_blank(content) {
+                continue;
+            }
+            if item >= start {
+                chunk.extend_from_slice(content);
+                chunk.push(b'\n');
+                if chunk.len() >= 64 * 1024
+                    && tx
+                        .send(Ok(std::mem::take(&mut chunk).into()))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            item += 1;
+        }
+        if item < end {
+            let _ = tx
+                .send(Err(std::io::Error::other(format!(
+                    "the input has {item} items, the assignment ends at {end}"
+                ))))
+                .await;
+            return;
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(chunk.into())).await;
+        }
+    });
+    tracing::info!(node = %node, assignment = %id, items = open.item_count, "assignment input served");
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Gridbook-Items", open.item_count.to_string()))
+        .streaming(body))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UploadOut {
+    pub assignment_id: Uuid,
+    /// The name the output is stored under; the node's result must name it.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Store the assignment's output (the body, at most `max_output_bytes`). Uploading again while
+/// the assignment is open replaces the recorded output.
+#[utoipa::path(put, path = "/v1/assignments/{id}/output", tag = "nodes",
+    responses((status = 200, body = UploadOut), (status = 401, body = crate::error::ErrorResponse),
+        (status = 409, body = crate::error::ErrorResponse), (status = 413, body = crate::error::ErrorResponse)),
+    security(("assignment_grant" = [])))]
+pub async fn output(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    mut body: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let id = id.into_inner();
+    let (node, _open) = granted(&state, &req, id).await?;
+    let max = state.settings.nats_auth.max_output_bytes;
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid("body", format!("reading the upload: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "output_too_large",
+                format!("an assignment's output may be at most {max} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let sha = hex::encode(sha256(&buf));
+    let bytes = buf.len() as u64;
+    let store = streams::ensure_files_bucket(&state.js)
+        .await
+        .map_err(ApiError::internal)?;
+    if store.info(&sha).await.is_err() {
+        let mut reader = std::io::Cursor::new(buf);
+        store
+            .put(sha.as_str(), &mut reader)
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let recorded = sha.clone();
+    let updated = crate::db::run(&state.db, move |c| {
+        Ok(diesel::update(
+            job_assignments::table
+                .find(id)
+                .filter(job_assignments::node_id.eq(node))
+                .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
+        )
+        .set(job_assignments::upload_sha256.eq(&recorded))
+        .execute(c)?)
+    })
+    .await?;
+    if updated == 0 {
+        return Err(ApiError::conflict(
+            "assignment_closed",
+            "the assignment closed during the upload",
+        ));
+    }
+    tracing::info!(node = %node, assignment = %id, %sha, bytes, "assignment output stored");
+    Ok(HttpResponse::Ok().json(UploadOut {
+        assignment_id: id,
+        sha256: sha,
+        bytes,
+    }))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(issue_credential, delete_node, suspend_node, grant, input, output))]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_works_only_for_its_assignment_until_it_expires_and_cannot_be_forged() {
+        let key = [7u8; 32];
+        let (a, n) = (Uuid::new_v4(), Uuid::new_v4());
+        let later = Utc::now().timestamp_millis() + 60_000;
+        let g = make_grant(&key, a, n, later);
+        assert_eq!(check_grant(&key, &g, a), Ok(n));
+        assert!(
+            check_grant(&key, &g, Uuid::new_v4())
+                .unwrap_err()
+                .contains("not")
+        );
+        assert!(
+            check_grant(&[8u8; 32], &g, a)
+                .unwrap_err()
+                .contains("signature")
+        );
+        let past = make_grant(&key, a, n, Utc::now().timestamp_millis() - 1);
+        assert_eq!(
+            check_grant(&key, &past, a).unwrap_err(),
+            "the grant expired"
+        );
+        // Another node's id spliced into a valid grant.
+        let mut raw = hex::decode(g.strip_prefix(GRANT_PREFIX).unwrap()).unwrap();
+        raw[16..32].copy_from_slice(Uuid::new_v4().as_bytes());
+        let spliced = format!("{GRANT_PREFIX}{}", hex::encode(raw));
+        assert!(
+            check_grant(&key, &spliced, a)
+                .unwrap_err()
+                .contains("signature")
+        );
+        assert_eq!(
+            check_grant(&key, "gbg_zz", a).unwrap_err(),
+            "malformed grant"
+        );
+    }
+}
