@@ -37,7 +37,11 @@ struct Fx {
 }
 
 async fn fixture(tag: &str) -> Fx {
-    let stack = Stack::start_with(&format!("executor-{tag}"), StackOptions { settlement: false, ..StackOptions::default() }).await;
+    fixture_with(tag, StackOptions { settlement: false, ..StackOptions::default() }).await
+}
+
+async fn fixture_with(tag: &str, options: StackOptions) -> Fx {
+    let stack = Stack::start_with(&format!("executor-{tag}"), options).await;
     let studio = stack.app.signup("studio").await;
     let provider = stack.app.signup("provider").await;
     let node = stack.register_node(&provider, &format!("{tag}-node")).await;
@@ -522,4 +526,51 @@ fn run_control_terminates_a_model_call_in_progress() {
         .embed_encoded_controlled(&enc[..2], Batching::default(), &|_| {}, Some(&c))
         .unwrap();
     assert_eq!(ok.len(), 2);
+}
+
+/// The server closes a node's connection when its NATS grant expires (here every 2 s); the agent
+/// reconnects through the auth callout with its credential and keeps taking work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_working_across_the_expiry_of_its_nats_grant() {
+    let fx = fixture_with(
+        "expiry",
+        StackOptions {
+            settlement: false,
+            api: Some(|s| s.nats_auth.jwt_ttl_secs = 2),
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let js = jetstream::new(fx.client.clone());
+    let dir = common::tmp_dir("agent-expiry");
+    let mut results = fx.results().await;
+    // The server announces every connection in the system account.
+    let sys = fx.stack.nats.access().connect(gridbook_testkit::Service::Sys).await;
+    let mut connects = sys.subscribe("$SYS.ACCOUNT.GRIDBOOK.CONNECT").await.unwrap();
+    sys.flush().await.unwrap();
+    let agent = fx.agent(fx.settings(dir.join("state.json")));
+    let file: String = texts(3, "agent-expiry")
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"custom_id": format!("e{i}"), "input": t}).to_string() + "\n")
+        .collect();
+    // Wait until the node has connected three times: the first grant and two after expiries.
+    let node = fx.node.to_string();
+    let mut seen = 0;
+    while seen < 3 {
+        let m = tokio::time::timeout(PATIENCE, connects.next())
+            .await
+            .expect("the node reconnects after its grant expires")
+            .unwrap();
+        if String::from_utf8_lossy(&m.payload).contains(&node) {
+            seen += 1;
+        }
+    }
+    let a = fx.seed(&file, 0, 3).await;
+    publish_assignment(&js, &a).await;
+    let r = next_result(&mut results).await;
+    assert_eq!(r.assignment_id, a.assignment_id);
+    assert!(matches!(r.outcome, Outcome::Completed { items_ok: 3, .. }), "{:?}", r.outcome);
+    agent.stop().await;
+    drop(fx);
 }

@@ -20,6 +20,8 @@ pub struct StackOptions {
     /// The SD pipeline the worker verifies `RENDER-SD15-512` with. Default: the tiny fixture
     /// ([`crate::tiny_sd_fixture`]), the same one [`Stack::start_agent`]'s agents run.
     pub sd_model_dir: Option<PathBuf>,
+    /// Changes to the API's settings (after the stack's own). Default: none.
+    pub api: Option<fn(&mut gridbook_api::Settings)>,
 }
 
 impl Default for StackOptions {
@@ -28,6 +30,7 @@ impl Default for StackOptions {
             engine: EngineConfig { lease_secs: Some(3), ..EngineConfig::dev() },
             settlement: true,
             sd_model_dir: Some(crate::tiny_sd_fixture()),
+            api: None,
         }
     }
 }
@@ -71,6 +74,9 @@ impl Stack {
             s.nats_auth.nkey_file = Some(keys.seed_file(crate::Service::Api));
             s.nats_auth.issuer_file = Some(keys.issuer_file());
             s.nats_auth.sys_nkey_file = Some(keys.seed_file(crate::Service::Sys));
+            if let Some(tweak) = options.api {
+                tweak(s);
+            }
         })
         .await;
         let worker = options.settlement.then(|| {
