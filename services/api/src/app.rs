@@ -165,6 +165,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::jobs::configure)
                 .configure(crate::nodes::configure)
                 .configure(crate::node_access::configure)
+                .configure(crate::dead_letters::configure)
                 .configure(crate::asks::configure)
                 .configure(crate::assignments::configure)
                 .configure(crate::markets::configure),

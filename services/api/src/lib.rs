@@ -32,6 +32,7 @@ pub mod assignments;
 pub mod auth;
 pub mod body;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod feed;
 pub mod files;

@@ -108,6 +108,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::jobs::ApiDoc::openapi());
     doc.merge(crate::nodes::ApiDoc::openapi());
     doc.merge(crate::node_access::ApiDoc::openapi());
+    doc.merge(crate::dead_letters::ApiDoc::openapi());
     doc.merge(crate::asks::ApiDoc::openapi());
     doc.merge(crate::assignments::ApiDoc::openapi());
     doc.merge(crate::markets::ApiDoc::openapi());

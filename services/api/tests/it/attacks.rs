@@ -437,3 +437,38 @@ async fn a_node_with_valid_credentials_can_do_nothing_but_its_own_work() {
         assert!(log.contains(what), "nats-server's log names {what:?}");
     }
 }
+
+/// What settlement refuses is recorded, and an admin can read it (nobody else can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_read_the_dead_letters_settlement_recorded() {
+    let stack = Stack::start("dead-letters").await;
+    let app = &stack.app;
+    // Garbage where the engine's events go (only a market service could publish it now).
+    stack
+        .nats
+        .jetstream()
+        .publish(subjects::market_evt(MARKET), "not an event frame".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let admin = app.admin().await;
+    let start = Instant::now();
+    let list = loop {
+        let l = json_of(app.get_as(&admin, "/v1/admin/dead-letters").await).await;
+        if l["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break l;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no dead letter: {l}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let d = &list["data"][0];
+    assert_eq!(d["reason"], "undecodable", "{d}");
+    assert_eq!(d["subject"], subjects::market_evt(MARKET));
+    assert_eq!(d["escrow_action"], "untouched");
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD.decode(d["payload_b64"].as_str().unwrap()).unwrap();
+    assert_eq!(payload, b"not an event frame");
+    let studio = app.signup("studio").await;
+    assert_eq!(app.get_as(&studio, "/v1/admin/dead-letters").await.status(), 403);
+}

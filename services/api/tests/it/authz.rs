@@ -161,6 +161,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/healthz", Public, Obj::None, None),
     r("GET", "/readyz", Public, Obj::None, None),
     r("GET", "/openapi.json", Public, Obj::None, None),
+    r("GET", "/v1/admin/dead-letters", ADMIN, Obj::None, None),
     // last: it suspends A's node
     r("POST", "/v1/admin/nodes/{node}/suspend", ADMIN, Obj::None, None),
 ];
