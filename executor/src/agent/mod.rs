@@ -337,9 +337,14 @@ pub async fn run(
     });
     let node = node::run_node(&settings, node_id, credentials, workloads, state, shutdown).await;
     if let Some(p) = pricing {
-        match p.await {
-            Ok(r) => r?,
-            Err(e) => tracing::error!(error = %e, "pricing task panicked"),
+        if node.is_err() {
+            // The node cannot go on (e.g. it was deleted): its asks are the market's to close.
+            p.abort();
+        } else {
+            match p.await {
+                Ok(r) => r?,
+                Err(e) => tracing::error!(error = %e, "pricing task panicked"),
+            }
         }
     }
     node

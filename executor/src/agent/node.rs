@@ -62,15 +62,39 @@ pub struct Credentials {
     api: ApiClient,
     node: Uuid,
     current: tokio::sync::Mutex<Option<(NodeCredential, chrono::DateTime<chrono::Utc>)>>,
+    /// Set when the API refuses the node a credential because it was deleted or suspended: the
+    /// agent then stops instead of reconnecting forever.
+    retired: Mutex<Option<String>>,
 }
 
 impl Credentials {
     pub fn new(api: ApiClient, node: Uuid) -> Arc<Credentials> {
-        Arc::new(Credentials { api, node, current: tokio::sync::Mutex::new(None) })
+        Arc::new(Credentials {
+            api,
+            node,
+            current: tokio::sync::Mutex::new(None),
+            retired: Mutex::new(None),
+        })
+    }
+
+    /// Forget the cached credential (the server refused it): the next [`Credentials::get`]
+    /// asks the API.
+    pub fn invalidate(&self) {
+        if let Ok(mut cur) = self.current.try_lock() {
+            *cur = None;
+        }
+    }
+
+    /// Why the node may not run any more (deleted or suspended), once the API said so.
+    pub fn retired(&self) -> Option<String> {
+        lock(&self.retired).clone()
     }
 
     /// A credential valid for a while yet.
     pub async fn get(&self) -> Result<NodeCredential, AgentError> {
+        if let Some(why) = self.retired() {
+            return Err(AgentError::Config(why));
+        }
         let mut cur = self.current.lock().await;
         let now = chrono::Utc::now();
         if let Some((c, issued)) = cur.as_ref() {
@@ -80,7 +104,16 @@ impl Credentials {
                 return Ok(c.clone());
             }
         }
-        let c = self.api.node_credential(self.node).await?;
+        let c = match self.api.node_credential(self.node).await {
+            Ok(c) => c,
+            Err(e @ super::api::ApiError::Status { status: 409, .. }) => {
+                let why = format!("node {} may not connect any more: {e}", self.node);
+                tracing::error!(node_id = %self.node, error = %e, "the market retired this node; stopping");
+                *lock(&self.retired) = Some(why.clone());
+                return Err(AgentError::Config(why));
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::info!(node_id = %self.node, expires_at = %c.expires_at, "NATS credential issued");
         *cur = Some((c.clone(), now));
         Ok(c)
@@ -133,6 +166,7 @@ pub async fn run_node(
     state.update(|s| s.node_id = Some(node))?;
     credentials.get().await?;
     let auth = credentials.clone();
+    let refused = credentials.clone();
     let client = async_nats::ConnectOptions::with_auth_callback(move |_nonce| {
         let auth = auth.clone();
         async move {
@@ -140,6 +174,21 @@ pub async fn run_node(
             let mut a = async_nats::Auth::new();
             a.token = Some(c.token);
             Ok(a)
+        }
+    })
+    .event_callback(move |event| {
+        let refused = refused.clone();
+        async move {
+            // Disconnected (a grant expired, a kick) or refused: the next attempt asks the API,
+            // which also says when the node was deleted or suspended.
+            match &event {
+                async_nats::Event::Disconnected => refused.invalidate(),
+                async_nats::Event::ServerError(e) if e.to_string().to_lowercase().contains("authoriz") => {
+                    tracing::warn!(error = %e, "NATS refused the node's credential; asking the API again");
+                    refused.invalidate();
+                }
+                _ => {}
+            }
         }
     })
     .name(format!("node-{node}"))
@@ -240,8 +289,13 @@ pub async fn run_node(
     // Assignments: fetch one message per free slot.
     let slots = Arc::new(Semaphore::new(settings.max_concurrent));
     let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut retired = None;
     'fetch: loop {
         while tasks.try_join_next().is_some() {}
+        if let Some(why) = ctx.credentials.retired() {
+            retired = Some(why);
+            break 'fetch;
+        }
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.map_err(AgentError::nats)?,
             _ = stopped(&mut shutdown) => break 'fetch,
@@ -316,10 +370,17 @@ pub async fn run_node(
         }
     }
     cancel_task.abort();
-    let _ = hb.await;
-    let _ = client.flush().await;
+    if retired.is_some() {
+        hb.abort();
+    } else {
+        let _ = hb.await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     tracing::info!(node_id = %node, "node stopped");
-    Ok(())
+    match retired {
+        Some(why) => Err(AgentError::Config(why)),
+        None => Ok(()),
+    }
 }
 
 /// Decides what to do with one assignment message; returns the run to spawn, if any.

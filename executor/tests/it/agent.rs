@@ -574,3 +574,30 @@ async fn a_node_keeps_working_across_the_expiry_of_its_nats_grant() {
     agent.stop().await;
     drop(fx);
 }
+
+/// Deleted by its owner while running: the server closes the connection, the API refuses a new
+/// credential (409), and the agent stops with an error that says so instead of reconnecting
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_stops_with_a_clear_error() {
+    let fx = fixture("deleted").await;
+    let dir = common::tmp_dir("agent-deleted");
+    let mut beats = fx.client.subscribe(subjects::node_heartbeat(&fx.node.to_string())).await.unwrap();
+    let agent = fx.agent(fx.settings(dir.join("state.json")));
+    tokio::time::timeout(PATIENCE, beats.next()).await.expect("the node runs").unwrap();
+    let r = fx
+        .stack
+        .app
+        .http
+        .delete(fx.stack.app.url(&format!("/v1/nodes/{}", fx.node)))
+        .header("Authorization", fx.provider.bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ended = tokio::time::timeout(PATIENCE, agent.0.join()).await.expect("the agent stops by itself");
+    let e = ended.expect_err("a deleted node is an error");
+    assert!(e.to_string().contains("may not connect any more"), "{e}");
+    drop(fx);
+}
+
