@@ -107,6 +107,21 @@ pub mod streams {
         }
     }
 
+    /// The streams provider nodes read and write — [`ASSIGNMENTS`] (`node.*.assign`) and
+    /// [`RESULTS`] (`node.*.result`) — created or brought to [`config`] (idempotent). The API
+    /// and the settlement worker both call it: nodes cannot create streams.
+    pub async fn ensure_node_streams(js: &jetstream::Context) -> Result<(), String> {
+        for (name, subject) in [
+            (ASSIGNMENTS, crate::subjects::ALL_NODE_ASSIGNS),
+            (RESULTS, crate::subjects::ALL_NODE_RESULTS),
+        ] {
+            js.create_or_update_stream(config(name, subject, DEFAULT_MAX_AGE))
+                .await
+                .map_err(|e| format!("stream {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// The [`FILES_BUCKET`] object store, created with [`files_bucket_config`] when missing
     /// (idempotent; every service that reads or writes files calls it).
     pub async fn ensure_files_bucket(

@@ -214,7 +214,8 @@ impl Application {
             });
         }
         crate::files::ensure_bucket(&state).await?;
-        crate::node_access::ensure_streams(&state.js).await?;
+        // Nodes cannot create streams: the ones they use exist before any node connects.
+        gridbook_wire::streams::ensure_node_streams(&state.js).await.map_err(anyhow::Error::msg)?;
         let feeds = web::Data::new(crate::feed::Feeds::start(state.nats.clone(), &state.markets));
         let web_dir = settings.web_dir.clone().filter(|d| d.is_dir());
 

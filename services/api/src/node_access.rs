@@ -185,20 +185,6 @@ pub struct CredentialOut {
     pub nats: NatsGrantOut,
 }
 
-/// The streams nodes read and write (the worker creates them too, with the same configuration):
-/// nodes cannot create streams.
-pub async fn ensure_streams(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-    for (name, subject) in [
-        (streams::ASSIGNMENTS, subjects::ALL_NODE_ASSIGNS),
-        (streams::RESULTS, subjects::ALL_NODE_RESULTS),
-    ] {
-        js.get_or_create_stream(streams::config(name, subject, streams::DEFAULT_MAX_AGE))
-            .await
-            .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
-    }
-    Ok(())
-}
-
 /// The node's durable assignment consumer (idempotent). A node cannot create consumers itself.
 pub async fn ensure_node_consumer(state: &AppState, node: Uuid) -> ApiResult<()> {
     let stream = state

@@ -46,13 +46,7 @@ pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 
 /// Creates `GRIDBOOK_RESULTS` and the files bucket when missing.
 pub async fn ensure(js: &Context) -> Result<ObjectStore> {
-    js.create_or_update_stream(streams::config(
-        streams::RESULTS,
-        subjects::ALL_NODE_RESULTS,
-        streams::DEFAULT_MAX_AGE,
-    ))
-    .await
-    .map_err(SettlementError::nats)?;
+    streams::ensure_node_streams(js).await.map_err(SettlementError::Nats)?;
     files_bucket(js).await
 }
 

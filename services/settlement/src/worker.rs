@@ -34,13 +34,7 @@ pub async fn ensure_streams(js: &Context) -> Result<()> {
     js.get_or_create_stream(streams::config(streams::EVENTS, subjects::ALL_MARKET_EVTS, streams::DEFAULT_MAX_AGE))
     .await
     .map_err(SettlementError::nats)?;
-    js.create_or_update_stream(streams::config(
-        streams::ASSIGNMENTS,
-        subjects::ALL_NODE_ASSIGNS,
-        streams::DEFAULT_MAX_AGE,
-    ))
-    .await
-    .map_err(SettlementError::nats)?;
+    streams::ensure_node_streams(js).await.map_err(SettlementError::Nats)?;
     Ok(())
 }
 
