@@ -40,6 +40,7 @@ struct AmendFrom {
 }
 
 /// The incoming (taking) side of a match.
+#[derive(Clone, Copy)]
 struct Taker {
     id: OrderId,
     account: AccountId,
@@ -56,8 +57,25 @@ enum Stop {
     Done,
     NoMore,
     SelfTrade,
-    Whale,
     Budget,
+}
+
+/// How `run_match` runs: for real (changing the book, emitting events) or as a dry run that
+/// changes nothing and only computes how the match would end (FOK, bounds). One routine for
+/// both, so a dry run always predicts exactly what the real match does.
+enum Mode<'a> {
+    Real(&'a mut Vec<Event>),
+    Dry,
+}
+
+/// What a dry run has taken so far (lookups only, never iterated).
+#[derive(Clone, Debug, Default)]
+struct DryState {
+    /// Slot → quantity taken from it (a self-trade cancel takes all of it).
+    taken: HashMap<u32, u64, FxBuild>,
+    /// Owner → fills not recorded in the anti-whale window.
+    owner: HashMap<OwnerId, u64, FxBuild>,
+    total: u64,
 }
 
 /// One market's book. Single-threaded, deterministic: the same commands from the same state give
@@ -80,7 +98,7 @@ pub struct OrderBook {
     /// The command being applied.
     cmd: u64,
     now: u64,
-    scratch: Vec<(OwnerId, u64)>,
+    dry: DryState,
 }
 
 impl OrderBook {
@@ -99,6 +117,7 @@ impl OrderBook {
                 config.whale_cap_bps,
                 config.whale_window,
                 config.whale_min_volume,
+                config.whale_min_owners,
             ),
             whale_on: config.whale_enabled(),
             next_event_seq: 1,
@@ -107,7 +126,7 @@ impl OrderBook {
             last_time: 0,
             cmd: 0,
             now: 0,
-            scratch: Vec::new(),
+            dry: DryState::default(),
             cfg: config,
         })
     }
@@ -310,6 +329,9 @@ impl OrderBook {
                 if let TimeInForce::Gtd { expires_at } = o.tif {
                     b.expiries.insert((expires_at, o.id), s);
                 }
+                if b.whale_on && side == Side::Ask {
+                    b.whale.add_resting(o.owner);
+                }
             }
         }
         for e in &snap.whale_window {
@@ -346,12 +368,20 @@ impl OrderBook {
             budget: p.budget,
             stp: p.stp.unwrap_or(self.cfg.stp),
         };
-        if p.tif == TimeInForce::Fok && !self.fok_fillable(&t) {
+        let refused = if p.tif == TimeInForce::Fok {
+            let (_, left) = self.dry_run(&t);
+            (left > 0).then_some(RejectReason::FokUnfillable)
+        } else if let (true, Some(px)) = (p.tif.rests(), p.price) {
+            self.check_rest_room(&t, px, None).err()
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
             self.emit(
                 out,
                 EventKind::Rejected {
                     id: Some(p.id),
-                    reason: RejectReason::FokUnfillable,
+                    reason,
                 },
             );
             return;
@@ -366,7 +396,7 @@ impl OrderBook {
                 qty: p.qty,
             },
         );
-        let stop = self.run_match(&mut t, out);
+        let stop = self.run_match(&mut t, &mut Mode::Real(out));
         if t.qty == 0 {
             return;
         }
@@ -391,7 +421,6 @@ impl OrderBook {
             }
             Stop::NoMore | Stop::Done => CancelReason::Unfilled,
             Stop::SelfTrade => CancelReason::SelfTrade,
-            Stop::Whale => CancelReason::WhaleCap,
             Stop::Budget => CancelReason::Budget,
         };
         self.emit(
@@ -435,27 +464,75 @@ impl OrderBook {
         if self.index.contains_key(&p.id) {
             return Err(DuplicateOrderId);
         }
-        if let (true, Some(px)) = (p.tif.rests(), p.price) {
-            if self.index.len() >= self.cfg.max_orders as usize {
-                return Err(BookFull);
-            }
-            self.check_level_room(p.side, px)?;
-            if p.post_only && self.crosses(p.side, px) {
-                return Err(PostOnlyWouldCross);
-            }
+        if let (true, Some(px)) = (p.tif.rests(), p.price)
+            && p.post_only
+            && self.crosses(p.side, px)
+        {
+            return Err(PostOnlyWouldCross);
         }
         Ok(())
     }
 
-    /// An order that could rest at `price` must find its level non-empty or room for a new one.
-    fn check_level_room(&self, side: Side, price: Price) -> Result<(), RejectReason> {
+    /// The bounds (`max_orders`, `max_levels`), judged on what would rest after matching: would
+    /// the remainder of taker `t`, resting at `price`, fit into the book as its match would
+    /// leave it? `amend_from`: the level an amended order leaves (freed if it was alone there).
+    ///
+    /// Matching only removes orders and levels, so when the book has room now there is nothing to
+    /// compute. Otherwise a dry run (`run_match` in `Mode::Dry`, the same code as the real match)
+    /// tells whether anything would rest; a remainder rests only after a match that ran out of
+    /// crossing liquidity (`Stop::NoMore`), which means every crossing opposite order is gone, so
+    /// the book after matching is the book without the opposite levels that cross `price`.
+    fn check_rest_room(
+        &mut self,
+        t: &Taker,
+        price: Price,
+        amend_from: Option<Price>,
+    ) -> Result<(), RejectReason> {
+        let max_orders = self.cfg.max_orders as usize;
+        let max_levels = self.cfg.max_levels;
         let i = (price - self.cfg.min_price) as usize;
-        if self.ladder(side).levels[i].count == 0
-            && self.bids.nonempty + self.asks.nonempty >= self.cfg.max_levels
-        {
+        let new_level = self.ladder(t.side).levels[i].count == 0;
+        let freed = amend_from.is_some_and(|old| {
+            self.ladder(t.side).levels[(old - self.cfg.min_price) as usize].count == 1
+        });
+        let orders = self.index.len() - usize::from(amend_from.is_some());
+        let levels = self.bids.nonempty + self.asks.nonempty - u32::from(freed);
+        if orders < max_orders && (!new_level || levels < max_levels) {
+            return Ok(());
+        }
+        let (stop, left) = self.dry_run(t);
+        if left == 0 || stop != Stop::NoMore {
+            return Ok(()); // nothing would rest
+        }
+        let (gone_orders, gone_levels) = self.crossing_liquidity(t.side, price);
+        if orders - gone_orders >= max_orders {
+            return Err(RejectReason::BookFull);
+        }
+        if new_level && levels - gone_levels >= max_levels {
             return Err(RejectReason::TooManyLevels);
         }
         Ok(())
+    }
+
+    /// Orders and levels of the side opposite `side` that cross an order at `price`.
+    fn crossing_liquidity(&self, side: Side, price: Price) -> (usize, u32) {
+        let opp = self.ladder(side.opposite());
+        let (mut orders, mut levels) = (0usize, 0u32);
+        let mut cur = opp.best;
+        while let Some(i) = cur {
+            let px = self.cfg.min_price + i as u64;
+            let crosses = match side {
+                Side::Bid => px <= price,
+                Side::Ask => px >= price,
+            };
+            if !crosses {
+                break;
+            }
+            orders += opp.levels[i as usize].count as usize;
+            levels += 1;
+            cur = opp.next_worse(i);
+        }
+        (orders, levels)
     }
 
     /// Whether a `side` order at `price` would meet the best opposite level.
@@ -569,6 +646,26 @@ impl OrderBook {
             return;
         }
         // Price change: leave the old level, match as a taker at the new price, rest the rest.
+        let mut t = Taker {
+            id: o.id,
+            account: o.account,
+            owner: o.owner,
+            side: o.side,
+            limit: new_price,
+            qty: new_qty,
+            budget: None,
+            stp: o.stp.unwrap_or(self.cfg.stp),
+        };
+        if let Err(reason) = self.check_rest_room(&t, new_price, Some(o.price)) {
+            self.emit(
+                out,
+                EventKind::Rejected {
+                    id: Some(a.id),
+                    reason,
+                },
+            );
+            return;
+        }
         self.unlink(s);
         self.emit(
             out,
@@ -580,17 +677,7 @@ impl OrderBook {
             },
         );
         self.delta(o.side, o.price, out);
-        let mut t = Taker {
-            id: o.id,
-            account: o.account,
-            owner: o.owner,
-            side: o.side,
-            limit: new_price,
-            qty: new_qty,
-            budget: None,
-            stp: o.stp.unwrap_or(self.cfg.stp),
-        };
-        let stop = self.run_match(&mut t, out);
+        let stop = self.run_match(&mut t, &mut Mode::Real(out));
         if t.qty == 0 {
             self.release(s);
             return;
@@ -604,7 +691,6 @@ impl OrderBook {
                 return;
             }
             Stop::SelfTrade => CancelReason::SelfTrade,
-            Stop::Whale => CancelReason::WhaleCap,
         };
         self.release(s);
         self.emit(
@@ -635,7 +721,6 @@ impl OrderBook {
             if px < self.cfg.min_price || px > self.cfg.max_price {
                 return Err(PriceOutOfRange);
             }
-            self.check_level_room(o.side, px)?;
             if o.post_only && self.crosses(o.side, px) {
                 return Err(PostOnlyWouldCross);
             }
@@ -661,11 +746,40 @@ impl OrderBook {
 
     // ---- matching -------------------------------------------------------------------------
 
-    /// Matches `t` against the opposite side in price-time priority (with the anti-whale skip),
-    /// emitting fills, STP cancels and one delta per touched level.
-    fn run_match(&mut self, t: &mut Taker, out: &mut Vec<Event>) -> Stop {
+    /// Matches `t` against the opposite side in price-time priority, with the anti-whale rule
+    /// (module `whale`): when the cap is in force for an incoming bid, a priority phase that
+    /// passes over asks of owners at their cap, then, if the bid still crosses what was passed
+    /// over (its quantity or, for a market bid, its budget not used up), a no-veto phase in
+    /// plain price-time priority. In `Mode::Real` it emits fills, STP
+    /// cancels and one delta per touched level and pass; in `Mode::Dry` it changes nothing
+    /// visible (only `self.dry`) and `t` ends as the real match would leave it.
+    fn run_match(&mut self, t: &mut Taker, mode: &mut Mode<'_>) -> Stop {
+        let capped = self.whale_on && t.side == Side::Bid && self.whale.in_force();
+        let (stop, passed_over) = self.match_pass(t, mode, capped);
+        // A budget that ran short at a dearer ask may still pay for a cheaper one passed over.
+        if capped && passed_over && matches!(stop, Stop::NoMore | Stop::Budget) {
+            return self.match_pass(t, mode, false).0;
+        }
+        stop
+    }
+
+    /// The dry run of `run_match` for `t`: how it would stop and what would be left of it.
+    fn dry_run(&mut self, t: &Taker) -> (Stop, Qty) {
+        self.dry.taken.clear();
+        self.dry.owner.clear();
+        self.dry.total = 0;
+        let mut t = *t;
+        let stop = self.run_match(&mut t, &mut Mode::Dry);
+        (stop, t.qty)
+    }
+
+    /// One price-time pass over the crossing levels. `capped`: asks whose owner has no allowance
+    /// left are passed over and fills are limited to the allowance. Returns how it stopped and
+    /// whether it passed over crossing quantity because of the cap.
+    fn match_pass(&mut self, t: &mut Taker, mode: &mut Mode<'_>, capped: bool) -> (Stop, bool) {
         let opp = t.side.opposite();
         let min = self.cfg.min_price;
+        let mut passed_over = false;
         let mut lvl = self.ladder(opp).best;
         while let Some(i) = lvl {
             let price = min + i as u64;
@@ -674,15 +788,22 @@ impl OrderBook {
                 Side::Ask => price >= t.limit,
             };
             if !crosses {
-                return Stop::NoMore;
+                return (Stop::NoMore, passed_over);
             }
             let mut s = self.ladder(opp).levels[i as usize].head;
             let mut touched = false;
             let mut stop = None;
             while s != NIL {
                 let m = &self.slots[s as usize];
-                let (next, m_id, m_account, m_owner, m_qty) =
-                    (m.next, m.id, m.account, m.owner, m.qty);
+                let (next, m_id, m_account, m_owner) = (m.next, m.id, m.account, m.owner);
+                let m_qty = match mode {
+                    Mode::Real(_) => m.qty,
+                    Mode::Dry => m.qty - self.dry.taken.get(&s).copied().unwrap_or(0),
+                };
+                if m_qty == 0 {
+                    s = next; // taken earlier in this dry run
+                    continue;
+                }
                 let mut q = t.qty.min(m_qty);
                 if let Some(b) = t.budget {
                     let afford = b / price;
@@ -697,31 +818,29 @@ impl OrderBook {
                 } else {
                     t.owner
                 };
-                if self.whale_on {
-                    let allow = self.whale.allow(ask_owner, 0, 0);
+                if capped {
+                    let allow = match mode {
+                        Mode::Real(_) => self.whale.allow(ask_owner, 0, 0),
+                        Mode::Dry => self.whale.allow(
+                            ask_owner,
+                            self.dry.owner.get(&ask_owner).copied().unwrap_or(0),
+                            self.dry.total,
+                        ),
+                    };
                     if allow == 0 {
-                        if t.side == Side::Bid {
-                            s = next; // capped ask: keeps its place, skipped
-                            continue;
-                        }
-                        stop = Some(Stop::Whale);
-                        break;
+                        passed_over = true; // capped ask: keeps its place, passed over
+                        s = next;
+                        continue;
                     }
-                    q = q.min(allow);
+                    if allow < q {
+                        passed_over = true;
+                        q = allow;
+                    }
                 }
                 if m_account == t.account {
                     match t.stp {
                         StpMode::CancelOldest => {
-                            self.unlink(s);
-                            self.release(s);
-                            self.emit(
-                                out,
-                                EventKind::Cancelled {
-                                    id: m_id,
-                                    qty: m_qty,
-                                    reason: CancelReason::SelfTrade,
-                                },
-                            );
+                            self.stp_cancel(s, m_qty, mode);
                             touched = true;
                             s = next;
                             continue;
@@ -731,16 +850,7 @@ impl OrderBook {
                             break;
                         }
                         StpMode::CancelBoth => {
-                            self.unlink(s);
-                            self.release(s);
-                            self.emit(
-                                out,
-                                EventKind::Cancelled {
-                                    id: m_id,
-                                    qty: m_qty,
-                                    reason: CancelReason::SelfTrade,
-                                },
-                            );
+                            self.stp_cancel(s, m_qty, mode);
                             touched = true;
                             stop = Some(Stop::SelfTrade);
                             break;
@@ -748,37 +858,47 @@ impl OrderBook {
                     }
                 }
                 // Fill q at the maker's price.
-                let maker_left = m_qty - q;
-                self.slots[s as usize].qty = maker_left;
-                self.ladder_mut(opp).levels[i as usize].total -= q;
                 t.qty -= q;
                 if let Some(b) = t.budget.as_mut() {
                     *b -= q * price;
                 }
-                if self.whale_on {
-                    self.whale.record(self.now, ask_owner, q);
+                let maker_left = m_qty - q;
+                match mode {
+                    Mode::Real(out) => {
+                        self.slots[s as usize].qty = maker_left;
+                        self.ladder_mut(opp).levels[i as usize].total -= q;
+                        if self.whale_on {
+                            self.whale.record(self.now, ask_owner, q);
+                        }
+                        let fee = ((price as u128 * q as u128 * self.cfg.fee_bps as u128) / 10_000)
+                            as u64;
+                        self.emit(
+                            out,
+                            EventKind::Fill {
+                                maker: m_id,
+                                taker: t.id,
+                                maker_account: m_account,
+                                taker_account: t.account,
+                                taker_side: t.side,
+                                price,
+                                qty: q,
+                                fee,
+                                maker_left,
+                                taker_left: t.qty,
+                            },
+                        );
+                        if maker_left == 0 {
+                            self.unlink(s);
+                            self.release(s);
+                        }
+                    }
+                    Mode::Dry => {
+                        *self.dry.taken.entry(s).or_insert(0) += q;
+                        *self.dry.owner.entry(ask_owner).or_insert(0) += q;
+                        self.dry.total += q;
+                    }
                 }
-                let fee = ((price as u128 * q as u128 * self.cfg.fee_bps as u128) / 10_000) as u64;
-                self.emit(
-                    out,
-                    EventKind::Fill {
-                        maker: m_id,
-                        taker: t.id,
-                        maker_account: m_account,
-                        taker_account: t.account,
-                        taker_side: t.side,
-                        price,
-                        qty: q,
-                        fee,
-                        maker_left,
-                        taker_left: t.qty,
-                    },
-                );
                 touched = true;
-                if maker_left == 0 {
-                    self.unlink(s);
-                    self.release(s);
-                }
                 if t.qty == 0 {
                     stop = Some(Stop::Done);
                     break;
@@ -790,94 +910,37 @@ impl OrderBook {
                 s = next;
             }
             let next_lvl = self.ladder(opp).next_worse(i);
-            if touched {
+            if touched && let Mode::Real(out) = mode {
                 self.delta(opp, price, out);
             }
             if let Some(st) = stop {
-                return st;
+                return (st, passed_over);
             }
             lvl = next_lvl;
         }
-        Stop::NoMore
+        (Stop::NoMore, passed_over)
     }
 
-    /// Dry run of `run_match` for FOK: could `t` fill completely right now?
-    fn fok_fillable(&mut self, t: &Taker) -> bool {
-        let opp = t.side.opposite();
-        let min = self.cfg.min_price;
-        let mut need = t.qty;
-        let mut budget = t.budget;
-        let mut extra_total = 0u64;
-        self.scratch.clear();
-        let mut lvl = self.ladder(opp).best;
-        while let Some(i) = lvl {
-            let price = min + i as u64;
-            let crosses = match t.side {
-                Side::Bid => price <= t.limit,
-                Side::Ask => price >= t.limit,
-            };
-            if !crosses {
-                return false;
+    /// Self-trade prevention cancels resting order `s` (`qty` left on it).
+    fn stp_cancel(&mut self, s: u32, qty: Qty, mode: &mut Mode<'_>) {
+        match mode {
+            Mode::Real(out) => {
+                let id = self.slots[s as usize].id;
+                self.unlink(s);
+                self.release(s);
+                self.emit(
+                    out,
+                    EventKind::Cancelled {
+                        id,
+                        qty,
+                        reason: CancelReason::SelfTrade,
+                    },
+                );
             }
-            let mut s = self.ladder(opp).levels[i as usize].head;
-            while s != NIL {
-                let m = &self.slots[s as usize];
-                let next = m.next;
-                let mut q = need.min(m.qty);
-                if let Some(b) = budget {
-                    let afford = b / price;
-                    if afford == 0 {
-                        return false;
-                    }
-                    q = q.min(afford);
-                }
-                let ask_owner = if t.side == Side::Bid {
-                    m.owner
-                } else {
-                    t.owner
-                };
-                if self.whale_on {
-                    let extra = self
-                        .scratch
-                        .iter()
-                        .find(|(o, _)| *o == ask_owner)
-                        .map_or(0, |x| x.1);
-                    let allow = self.whale.allow(ask_owner, extra, extra_total);
-                    if allow == 0 {
-                        if t.side == Side::Bid {
-                            s = next;
-                            continue;
-                        }
-                        return false;
-                    }
-                    q = q.min(allow);
-                }
-                if m.account == t.account {
-                    if t.stp == StpMode::CancelOldest {
-                        s = next;
-                        continue;
-                    }
-                    return false;
-                }
-                need -= q;
-                if let Some(b) = budget.as_mut() {
-                    *b -= q * price;
-                }
-                if self.whale_on {
-                    extra_total += q;
-                    match self.scratch.iter_mut().find(|(o, _)| *o == ask_owner) {
-                        Some(x) => x.1 += q,
-                        None => self.scratch.push((ask_owner, q)),
-                    }
-                }
-                if need == 0 {
-                    return true;
-                }
-                s = next;
+            Mode::Dry => {
+                *self.dry.taken.entry(s).or_insert(0) += qty;
             }
-            lvl = self.ladder(opp).next_worse(i);
         }
-        false
     }
 
     // ---- plumbing -------------------------------------------------------------------------
@@ -937,12 +1000,15 @@ impl OrderBook {
         let o = &mut self.slots[s as usize];
         o.priority = self.next_priority;
         self.next_priority += 1;
-        let (id, side, price, tif) = (o.id, o.side, o.price, o.tif);
+        let (id, side, price, tif, owner) = (o.id, o.side, o.price, o.tif, o.owner);
         self.link(s);
         if new {
             self.index.insert(id, s);
             if let TimeInForce::Gtd { expires_at } = tif {
                 self.expiries.insert((expires_at, id), s);
+            }
+            if self.whale_on && side == Side::Ask {
+                self.whale.add_resting(owner);
             }
         }
         self.delta(side, price, out);
@@ -1010,9 +1076,12 @@ impl OrderBook {
     /// Forgets an unlinked order: index, expiry, slot.
     fn release(&mut self, s: u32) {
         let o = &self.slots[s as usize];
-        let id = o.id;
+        let (id, side, owner) = (o.id, o.side, o.owner);
         if let TimeInForce::Gtd { expires_at } = o.tif {
             self.expiries.remove(&(expires_at, id));
+        }
+        if self.whale_on && side == Side::Ask {
+            self.whale.remove_resting(owner);
         }
         self.index.remove(&id);
         self.free.push(s);
@@ -1021,8 +1090,8 @@ impl OrderBook {
     /// Checks the internal structure; for tests. Returns a description of the first violation.
     ///
     /// Checks: level lists, counts and totals; strictly increasing priority within a level;
-    /// best prices; index and expiry consistency; and that the book is not crossed unless the
-    /// anti-whale rule is on (the one documented way it can be, see `whale`).
+    /// best prices; index and expiry consistency; the anti-whale rule's counts; and that the
+    /// book is not crossed (best bid < best ask whenever both exist), anti-whale rule or not.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut seen = 0usize;
         for (side, lad) in [(Side::Bid, &self.bids), (Side::Ask, &self.asks)] {
@@ -1080,11 +1149,17 @@ impl OrderBook {
                 return Err(format!("expiry index wrong for {id:?}"));
             }
         }
-        if !self.whale_on
-            && let (Some(b), Some(a)) = (self.best_bid(), self.best_ask())
+        if let (Some(b), Some(a)) = (self.best_bid(), self.best_ask())
             && b >= a
         {
             return Err(format!("crossed book: bid {b} >= ask {a}"));
+        }
+        if self.whale_on {
+            let mut resting = BTreeMap::new();
+            for o in self.orders(Side::Ask) {
+                *resting.entry(o.owner).or_insert(0u32) += 1;
+            }
+            self.whale.check(&resting)?;
         }
         Ok(())
     }

@@ -8,11 +8,14 @@
 //! - Prices are integer ticks in `min_price..=max_price`, quantities integer lots; the decimal
 //!   `tick_size`/`lot_size` of [`MarketConfig`] are for the edges that parse and print.
 //! - Price-time priority; a trade executes at the resting order's price. The one deliberate
-//!   exception is the anti-whale rule (module `whale`): asks whose owner holds its cap share of
-//!   the window's matched volume keep their place but are skipped.
+//!   exception is the anti-whale rule (module `whale`), a priority rule and never a veto: an
+//!   incoming bid first takes the asks of owners under their cap share of the window's matched
+//!   volume (a capped owner's asks keep their place but are passed over), then whatever it still
+//!   crosses. After every command the book is not crossed.
 //! - Every command is answered: `accepted` (+ fills, cancels, deltas) or `rejected` with a
-//!   typed [`RejectReason`]. Overload (`max_orders`, `max_levels`) and out-of-range input are
-//!   rejections, never panics.
+//!   typed [`RejectReason`]. Overload (`max_orders`, `max_levels`, judged on what would rest
+//!   after matching) and out-of-range input are rejections, never panics; a rejected command
+//!   changes nothing.
 //! - [`OrderBook::snapshot`] / [`OrderBook::restore`] round-trip exactly, including the next
 //!   event sequence number and the anti-whale window.
 //!

@@ -118,6 +118,10 @@ pub struct MarketConfig {
     /// While the window's total matched volume is below this, any owner may fill up to the
     /// amount that brings the total to it (so a quiet market is not blocked). See `whale`.
     pub whale_min_volume: Qty,
+    /// The cap applies to a command only if at least this many distinct owners are active when
+    /// it arrives: owners with matched volume in the window or with a resting ask. 0 or 1: the
+    /// cap always applies (the default). See `whale`.
+    pub whale_min_owners: u32,
     /// Most live (resting) orders in the book.
     pub max_orders: u32,
     /// Most non-empty price levels, both sides together.
@@ -143,6 +147,7 @@ impl Default for MarketConfig {
             whale_cap_bps: 0,
             whale_window: 0,
             whale_min_volume: 0,
+            whale_min_owners: 0,
             max_orders: 1_000_000,
             max_levels: 100_000,
             stp: StpMode::CancelNewest,
@@ -373,9 +378,12 @@ pub enum RejectReason {
     UnknownOrder,
     /// The order belongs to another account.
     NotOwner,
-    /// The book holds `max_orders` live orders.
+    /// What would rest after matching does not fit: the book would hold more than `max_orders`
+    /// live orders. Judged on the book as matching would leave it, so an order that fills
+    /// completely (or whose remainder is cancelled anyway) is never refused for it.
     BookFull,
-    /// The order would open a level beyond `max_levels`.
+    /// What would rest after matching would open a level beyond `max_levels` (judged, like
+    /// `book_full`, on the book after matching; an amend's emptied old level counts as freed).
     TooManyLevels,
     /// A post-only order (or amend of one) would take liquidity.
     PostOnlyWouldCross,
@@ -397,7 +405,8 @@ pub enum CancelReason {
     Budget,
     /// Self-trade prevention.
     SelfTrade,
-    /// An incoming ask's owner reached the anti-whale cap; its crossing remainder cannot rest.
+    /// No longer produced (the anti-whale cap is a priority rule, never a veto: see `whale`).
+    /// Kept so that event logs written before that change still parse.
     WhaleCap,
 }
 
