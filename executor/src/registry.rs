@@ -377,8 +377,9 @@ fn compare_images(
     }
 }
 
-/// Mean absolute difference per RGBA channel of two PNGs of the same size.
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> std::result::Result<f64, String> {
+/// Mean absolute difference per RGBA channel of two PNGs of the same size (the figure
+/// `compare` judges images by; the verifier records it as evidence).
+pub fn mean_abs_diff(a: &[u8], b: &[u8]) -> std::result::Result<f64, String> {
     let load = |p: &[u8]| {
         image::load_from_memory_with_format(p, image::ImageFormat::Png)
             .map(|i| i.to_rgba8())

@@ -168,6 +168,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::dead_letters::configure)
                 .configure(crate::asks::configure)
                 .configure(crate::assignments::configure)
+                .configure(crate::verification::configure)
                 .configure(crate::markets::configure),
         );
 }

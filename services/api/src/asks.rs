@@ -432,25 +432,11 @@ pub async fn cancel_ask(
 /// Queues a Cancel for every open ask of `node` (its owner's engine account); returns how many.
 /// In the caller's transaction (node deletion).
 pub(crate) fn cancel_open_asks_of_node(c: &mut PgConnection, node: Uuid, engine_account: u64) -> ApiResult<usize> {
-    let open: Vec<AskRow> = diesel::update(
-        asks::table
-            .filter(asks::node_id.eq(node))
-            .filter(asks::status.eq(AskStatus::Open)),
-    )
-    .set((asks::status.eq(AskStatus::CancelRequested), asks::updated_at.eq(Utc::now())))
-    .returning(AskRow::as_returning())
-    .get_results(c)?;
-    for row in &open {
-        enqueue(
-            c,
-            &row.market,
-            CommandKind::Cancel(Cancel {
-                id: OrderId(u64::try_from(row.engine_order_id).map_err(ApiError::internal)?),
-                account: matching_core::AccountId(engine_account),
-            }),
-        )?;
+    let cancels = gridbook_db::nodes::cancel_open_asks(c, node, None, engine_account)?;
+    for (market, cmd) in &cancels {
+        enqueue(c, market, cmd.clone())?;
     }
-    Ok(open.len())
+    Ok(cancels.len())
 }
 
 /// The caller's asks, newest first.

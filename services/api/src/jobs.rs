@@ -30,7 +30,7 @@ use diesel::prelude::*;
 use gridbook_ledger::LedgerError;
 use gridbook_ledger::escrow::{self, Bid};
 use gridbook_db::market_orders::{self as orders, MarketOrder};
-use matching_core::{Cancel, CommandKind, OrderId, Place, Side, TimeInForce};
+use matching_core::{Cancel, CommandKind, OrderId, Side};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -197,6 +197,12 @@ pub fn escrow_of(conn: &mut PgConnection, order_id: Uuid) -> ApiResult<Option<Es
         for tr in &page {
             if tr.debit_account == t.escrow_account && tr.credit_account == t.studio_account {
                 released = released.saturating_add(tr.amount);
+            } else if tr.debit_account == t.studio_account
+                && tr.credit_account == t.escrow_account
+                && tr.code == "escrow_reoffer_reserve"
+            {
+                // Failed units offered again took back the improvement their fill released.
+                released = released.saturating_sub(tr.amount);
             }
         }
         after = page.last().map(|tr| tr.seq);
@@ -295,20 +301,14 @@ pub fn place_bid(
     req: &CreateJob,
     units: u64,
 ) -> CommandKind {
-    CommandKind::Place(Place {
-        id: OrderId(engine_order_id),
-        account: matching_core::AccountId(engine_account),
-        owner: None,
-        side: Side::Bid,
-        price: Some(req.limit_price as u64),
-        qty: units,
-        tif: TimeInForce::Gtd {
-            expires_at: req.deadline.timestamp_millis().max(0) as u64,
-        },
-        post_only: false,
-        budget: None,
-        stp: None,
-    })
+    // The one builder of a job's bid (the settlement worker's re-bids of failed units use it).
+    orders::place_bid_command(
+        engine_order_id,
+        engine_account,
+        req.limit_price as u64,
+        units,
+        req.deadline.timestamp_millis().max(0) as u64,
+    )
 }
 
 /// The escrow figures of an order the moment its reservation is created: everything reserved is
@@ -586,6 +586,19 @@ pub async fn cancel(
                 &gridbook_wire::subjects::market_cmd(&row.market),
                 &serde_json::to_value(cmd).map_err(ApiError::internal)?,
             )?;
+            // Re-bids of failed units (the settlement worker's) are the job's bid too; one
+            // already closed answers with a rejection the worker ignores.
+            for rebid in orders::rebids_of_job(c, row.id)? {
+                let cmd = CommandKind::Cancel(Cancel {
+                    id: OrderId(rebid),
+                    account: matching_core::AccountId(principal.engine_account),
+                });
+                gridbook_ledger::events::enqueue_outbox(
+                    c,
+                    &gridbook_wire::subjects::market_cmd(&row.market),
+                    &serde_json::to_value(cmd).map_err(ApiError::internal)?,
+                )?;
+            }
             tracing::info!(job = %row.id, user = %principal.user_id, engine_order_id = row.engine_order_id, "job cancel requested");
             let esc = escrow_of(c, row.order_id)?;
             Ok(job_out(row, esc))

@@ -48,6 +48,7 @@ pub mod openapi;
 pub mod settings;
 pub mod state;
 pub mod validate;
+pub mod verification;
 
 /// The tables, declared once in `gridbook-db`.
 use gridbook_db::schema;

@@ -431,13 +431,7 @@ async fn authorize(state: &AppState, request: &callout::AuthRequest) -> Result<G
 
 /// Revokes every credential of `node` (in the caller's transaction).
 pub fn revoke_credentials(c: &mut PgConnection, node: Uuid) -> QueryResult<usize> {
-    diesel::update(
-        node_credentials::table
-            .filter(node_credentials::node_id.eq(node))
-            .filter(node_credentials::revoked_at.is_null()),
-    )
-    .set(node_credentials::revoked_at.eq(Utc::now()))
-    .execute(c)
+    gridbook_db::nodes::revoke_credentials(c, node)
 }
 
 /// Closes the live NATS connections of `node` (every server that answers `CONNZ`); returns how

@@ -111,6 +111,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::dead_letters::ApiDoc::openapi());
     doc.merge(crate::asks::ApiDoc::openapi());
     doc.merge(crate::assignments::ApiDoc::openapi());
+    doc.merge(crate::verification::ApiDoc::openapi());
     doc.merge(crate::markets::ApiDoc::openapi());
     doc
 }

@@ -161,3 +161,131 @@ pub fn mark_accepted(conn: &mut PgConnection, engine_order_id: u64, seq: u64) ->
     .execute(conn)?;
     Ok(())
 }
+
+/// The engine command that places a job's bid (the API's first bid and the settlement worker's
+/// re-bids alike): a limit bid of `units` lots at `limit_price` ticks for the studio's engine
+/// account, good till `expires_at_ms` (the job's deadline).
+pub fn place_bid_command(
+    engine_order_id: u64,
+    engine_account: u64,
+    limit_price: u64,
+    units: u64,
+    expires_at_ms: u64,
+) -> matching_core::CommandKind {
+    use matching_core::{AccountId, CommandKind, OrderId, Place, TimeInForce};
+    CommandKind::Place(Place {
+        id: OrderId(engine_order_id),
+        account: AccountId(engine_account),
+        owner: None,
+        side: Side::Bid,
+        price: Some(limit_price),
+        qty: units,
+        tif: TimeInForce::Gtd {
+            expires_at: expires_at_ms,
+        },
+        post_only: false,
+        budget: None,
+        stp: None,
+    })
+}
+
+/// Where a job bid's next `qty` units start: engine order `engine_order_id` covers the job's
+/// units from its `unit_start` and hands them out in order. Records that `qty` more are taken
+/// (a fill, or a refused fill's release) and returns the first of them. In the caller's
+/// transaction, which settles one market's events in order.
+pub fn take_units(conn: &mut PgConnection, engine_order_id: u64, qty: u64) -> Result<u64> {
+    let id = to_i64(engine_order_id, "engine order id")?;
+    let qty = to_i64(qty, "units")?;
+    let end: Option<i64> = diesel::update(market_orders::table.find(id))
+        .set(market_orders::units_taken.eq(market_orders::units_taken + qty))
+        .returning(market_orders::unit_start + market_orders::units_taken)
+        .get_result(conn)
+        .optional()?;
+    let end = end.ok_or_else(|| DbError::Refused(format!("market order {engine_order_id} missing")))?;
+    Ok((end - qty).max(0) as u64)
+}
+
+/// A re-bid: the units of failed assignment `reoffer_of` (its `unit_start`), offered again for
+/// the `reoffer`-th time on the job's escrow order `bid.order_id`.
+pub fn insert_rebid(
+    conn: &mut PgConnection,
+    bid: &MarketOrder,
+    unit_start: u64,
+    reoffer: u32,
+    reoffer_of: Uuid,
+) -> Result<()> {
+    if bid.side != Side::Bid || bid.job_id.is_none() || reoffer == 0 {
+        return Err(DbError::Refused("a re-bid is a job's bid, offered again".into()));
+    }
+    diesel::insert_into(market_orders::table)
+        .values((
+            market_orders::engine_order_id.eq(to_i64(bid.engine_order_id, "engine order id")?),
+            market_orders::market.eq(&bid.market),
+            market_orders::side.eq(side_str(Side::Bid)),
+            market_orders::order_id.eq(bid.order_id),
+            market_orders::account_id.eq(bid.account_id),
+            market_orders::job_id.eq(bid.job_id),
+            market_orders::unit_start.eq(to_i64(unit_start, "unit start")?),
+            market_orders::reoffer.eq(i32::try_from(reoffer).unwrap_or(i32::MAX)),
+            market_orders::reoffer_of.eq(Some(reoffer_of)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// How many times the units of engine order `engine_order_id` had been offered again (0: the
+/// API's first bid, or an order that is not ours).
+pub fn reoffer_count(conn: &mut PgConnection, engine_order_id: u64) -> Result<u32> {
+    let Ok(id) = i64::try_from(engine_order_id) else {
+        return Ok(0);
+    };
+    let n: Option<i32> = market_orders::table
+        .find(id)
+        .select(market_orders::reoffer)
+        .first(conn)
+        .optional()?;
+    Ok(n.unwrap_or(0).max(0) as u32)
+}
+
+/// For a re-bid, the units it still holds on the book (its failed assignment's units less what
+/// its fills took); `None` for any other order. A rejected or stuck re-bid releases only these,
+/// never the units of the job's other bids on the same escrow order.
+pub fn rebid_units_left(conn: &mut PgConnection, engine_order_id: u64) -> Result<Option<u64>> {
+    use crate::schema::job_assignments;
+    let Ok(id) = i64::try_from(engine_order_id) else {
+        return Ok(None);
+    };
+    let row: Option<(i64, i64)> = market_orders::table
+        .inner_join(job_assignments::table.on(market_orders::reoffer_of.eq(job_assignments::id.nullable())))
+        .filter(market_orders::engine_order_id.eq(id))
+        .select((job_assignments::units, market_orders::units_taken))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(units, taken)| (units - taken).max(0) as u64))
+}
+
+/// How many units engine order `engine_order_id` has handed out (0 when it is not ours).
+pub fn units_taken(conn: &mut PgConnection, engine_order_id: u64) -> Result<u64> {
+    let Ok(id) = i64::try_from(engine_order_id) else {
+        return Ok(0);
+    };
+    let n: Option<i64> = market_orders::table
+        .find(id)
+        .select(market_orders::units_taken)
+        .first(conn)
+        .optional()?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+/// The engine order ids of a job's re-bids (failed units offered again), oldest first.
+pub fn rebids_of_job(conn: &mut PgConnection, job: Uuid) -> Result<Vec<u64>> {
+    Ok(market_orders::table
+        .filter(market_orders::job_id.eq(job))
+        .filter(market_orders::reoffer_of.is_not_null())
+        .order(market_orders::engine_order_id.asc())
+        .select(market_orders::engine_order_id)
+        .load::<i64>(conn)?
+        .into_iter()
+        .map(|i| i.max(0) as u64)
+        .collect())
+}

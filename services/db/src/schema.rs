@@ -30,6 +30,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    assignment_verifications (assignment_id) {
+        assignment_id -> Uuid,
+        job_id -> Uuid,
+        node_id -> Uuid,
+        market -> Text,
+        outcome -> Text,
+        failed_check -> Nullable<Text>,
+        detail -> Text,
+        sample_seed -> Nullable<Text>,
+        sampled_items -> Jsonb,
+        item_figures -> Jsonb,
+        output_sha256 -> Nullable<Text>,
+        merkle_root -> Nullable<Text>,
+        node_manifest -> Nullable<Jsonb>,
+        reference_manifest -> Nullable<Jsonb>,
+        verified_items -> Int4,
+        remedy -> Text,
+        reoffer_engine_order_id -> Nullable<Int8>,
+        node_action -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     dead_letters (id) {
         id -> Uuid,
         consumer -> Text,
@@ -137,6 +161,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         upload_sha256 -> Nullable<Text>,
+        bid_engine_order_id -> Nullable<Int8>,
     }
 }
 
@@ -211,6 +236,10 @@ diesel::table! {
         job_id -> Nullable<Uuid>,
         accepted_seq -> Nullable<Int8>,
         created_at -> Timestamptz,
+        unit_start -> Int8,
+        units_taken -> Int8,
+        reoffer -> Int4,
+        reoffer_of -> Nullable<Uuid>,
     }
 }
 
@@ -286,6 +315,10 @@ diesel::table! {
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(asks -> nodes (node_id));
 diesel::joinable!(asks -> users (owner));
+diesel::joinable!(assignment_verifications -> job_assignments (assignment_id));
+diesel::joinable!(assignment_verifications -> jobs (job_id));
+diesel::joinable!(assignment_verifications -> market_orders (reoffer_engine_order_id));
+diesel::joinable!(assignment_verifications -> nodes (node_id));
 diesel::joinable!(escrow_assignments -> escrow_orders (order_id));
 diesel::joinable!(escrow_assignments -> ledger_accounts (provider_account_id));
 diesel::joinable!(files -> users (owner));
@@ -293,6 +326,7 @@ diesel::joinable!(idempotency_keys -> users (user_id));
 diesel::joinable!(job_assignments -> jobs (job_id));
 diesel::joinable!(job_assignments -> nodes (node_id));
 diesel::joinable!(jobs -> users (owner));
+diesel::joinable!(market_orders -> job_assignments (reoffer_of));
 diesel::joinable!(market_orders -> ledger_accounts (account_id));
 diesel::joinable!(node_credentials -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
@@ -302,6 +336,7 @@ diesel::joinable!(users -> ledger_accounts (account_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     asks,
+    assignment_verifications,
     dead_letters,
     epoch_reports,
     escrow_assignments,

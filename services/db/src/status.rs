@@ -184,6 +184,69 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// `assignment_verifications.outcome`.
+    VerificationOutcome {
+        /// The checks passed; the verified units were paid.
+        Passed = "passed",
+        /// A check failed (`FailedCheck`): the row is the dispute record.
+        Failed = "failed",
+    }
+}
+
+text_enum! {
+    /// `assignment_verifications.failed_check`: which check a failed assignment failed.
+    FailedCheck {
+        /// The node reported that it could not run the assignment.
+        NodeFailed = "node_failed",
+        /// The result names an output other than the one the node uploaded (or none exists).
+        WrongOutput = "wrong_output",
+        /// The output file cannot be read as the executor's format.
+        OutputFormat = "output_format",
+        /// An output line's sha256 does not match its content.
+        ItemHash = "item_hash",
+        /// Outputs missing, extra, repeated or out of order against the node's report.
+        MissingItems = "missing_items",
+        /// The Merkle root does not match the outputs.
+        MerkleRoot = "merkle_root",
+        /// A sampled item's re-run disagrees with the node's output.
+        SampleMismatch = "sample_mismatch",
+        /// No result before the assignment's deadline.
+        Overdue = "overdue",
+    }
+}
+
+impl FailedCheck {
+    /// A failure the node's own result proves (its output is wrong, not merely missing): the
+    /// node is suspended. `NodeFailed` and `Overdue` only cancel its open asks.
+    pub fn is_proven_cheat(self) -> bool {
+        !matches!(self, FailedCheck::NodeFailed | FailedCheck::Overdue)
+    }
+}
+
+text_enum! {
+    /// `assignment_verifications.remedy`: what became of an assignment's units.
+    UnitsRemedy {
+        /// The verified units were paid (the rest, reported failed by the node, refunded).
+        Paid = "paid",
+        /// Put back on the book as a re-bid of the same job from the same reservation.
+        Reoffered = "reoffered",
+        /// Refunded to the studio.
+        Refunded = "refunded",
+    }
+}
+
+text_enum! {
+    /// `assignment_verifications.node_action`: what a failure did to the node.
+    NodeAction {
+        Nothing = "none",
+        /// Its open asks were cancelled (before the re-bid reaches the book).
+        AsksCancelled = "asks_cancelled",
+        /// Suspended: credentials revoked, open asks cancelled, no new asks or grants.
+        Suspended = "suspended",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

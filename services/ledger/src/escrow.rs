@@ -329,6 +329,35 @@ pub fn void(conn: &mut PgConnection, assignment: Uuid) -> Result<AssignmentState
     })
 }
 
+/// Failure with the work redone (`settlement::reoffer`): voids the assignment's holds and
+/// puts its units back into the order's open reservation (the price improvement reserved again
+/// from the studio). Returns the order after it. Fails without effect when the studio's balance
+/// cannot cover the improvement (the caller then voids instead) or the assignment is resolved.
+pub fn reoffer(conn: &mut PgConnection, assignment: Uuid) -> Result<OrderState> {
+    store::with_retry(conn, |c| {
+        // The order's row first (as a fill locks it), then the assignment's.
+        let order_id = load_assignment(c, assignment, false)?
+            .ok_or(LedgerError::AssignmentNotFound(assignment))?
+            .order_id;
+        let order = load_order(c, order_id, true)?;
+        let asg = load_assignment(c, assignment, true)?
+            .ok_or(LedgerError::AssignmentNotFound(assignment))?;
+        let (next_order, next, transfers) = settlement::reoffer(&order, &asg)?;
+        store::create_transfers(c, &transfers)?;
+        diesel::update(escrow_assignments::table.find(assignment))
+            .set((
+                escrow_assignments::state.eq(status_str(next.status)),
+                escrow_assignments::verified_units.eq(next.verified_units),
+                escrow_assignments::resolved_at.eq(diesel::dsl::now),
+            ))
+            .execute(c)?;
+        diesel::update(escrow_orders::table.find(asg.order_id))
+            .set(escrow_orders::quantity_open.eq(next_order.quantity_open))
+            .execute(c)?;
+        Ok(next_order)
+    })
+}
+
 /// Cancellation or expiry of `qty` unfilled units; `release_id` is the cancel/expiry event and
 /// makes the call idempotent.
 pub fn release_unfilled(

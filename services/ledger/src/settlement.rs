@@ -322,6 +322,70 @@ pub fn void(
     Ok((next, transfers))
 }
 
+/// Failure with the work redone: the assignment's units go back to the order's open
+/// reservation, to be offered again on the book from the same escrow order. Both holds are
+/// voided (their amount stays in the escrow account) and the price improvement the fill
+/// released is reserved again from the studio, so every open unit is again covered by
+/// `unit_reserve` (the re-bid may fill at any price up to the limit): studio → escrow
+/// `q·unit_reserve − q·p − ⌈q·p·f⌉`. The studio's net cost is unchanged by a re-offer: it still
+/// pays only the units verified later, at their trade price plus fee. The transfer fails (no
+/// effect) when the studio's balance no longer covers that improvement.
+pub fn reoffer(
+    order: &OrderState,
+    asg: &AssignmentState,
+) -> Result<(OrderState, AssignmentState, Vec<NewTransfer>)> {
+    if asg.status != AssignmentStatus::Held {
+        return Err(LedgerError::AssignmentAlreadyResolved(asg.id));
+    }
+    let t = &order.terms;
+    let open = order
+        .quantity_open
+        .checked_add(asg.quantity)
+        .filter(|&o| o <= t.quantity)
+        .ok_or_else(|| {
+            LedgerError::Invalid(format!(
+                "re-offering {} units would open more than the order's {}",
+                asg.quantity, t.quantity
+            ))
+        })?;
+    let a = asg.id.to_string();
+    let gross = cost(asg.quantity, asg.trade_price)?;
+    let fee_held = fee(gross, t.fee_bps)?;
+    let improvement = cost(asg.quantity, order.unit_reserve)? - gross - fee_held;
+    let mut transfers = vec![
+        NewTransfer::void(
+            tid(&["assignment", &a, "reoffer_void_provider"]),
+            asg.provider_hold,
+            "escrow_reoffer_void",
+        )
+        .with_reference(asg.id),
+    ];
+    if let Some(h) = asg.fee_hold {
+        transfers.push(
+            NewTransfer::void(tid(&["assignment", &a, "reoffer_void_fee"]), h, "escrow_reoffer_void")
+                .with_reference(asg.id),
+        );
+    }
+    if improvement > 0 {
+        transfers.push(
+            NewTransfer::posted(
+                tid(&["assignment", &a, "reoffer_reserve"]),
+                t.studio_account,
+                t.escrow_account,
+                improvement,
+                "escrow_reoffer_reserve",
+            )
+            .with_reference(asg.id),
+        );
+    }
+    let mut next_order = order.clone();
+    next_order.quantity_open = open;
+    let mut next = asg.clone();
+    next.status = AssignmentStatus::Voided;
+    next.verified_units = Some(0);
+    Ok((next_order, next, transfers))
+}
+
 /// Cancellation or expiry of `qty` unfilled units (`release_id`: the cancel/expiry event).
 pub fn release_unfilled(
     order: &OrderState,
@@ -353,4 +417,96 @@ pub fn release_unfilled(
     let mut next = order.clone();
     next.quantity_open -= qty;
     Ok((next, transfers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AccountFlags;
+    use crate::rules::MemLedger;
+
+    const CREDIT_NORMAL: AccountFlags = AccountFlags::CREDIT_NORMAL;
+
+    /// A studio with `funds`, a 3-unit bid at limit 100 (fee 250 bps), the ledger holding it.
+    fn setup(funds: i64) -> (MemLedger, OrderState, AccountId, AccountId) {
+        let mut l = MemLedger::default();
+        let (studio, provider, op) = (AccountId::new(), AccountId::new(), AccountId::new());
+        let order_id = Uuid::now_v7();
+        let terms = OrderTerms {
+            order_id,
+            studio_account: studio,
+            escrow_account: escrow_account_id(order_id),
+            fee_account: AccountId::new(),
+            ledger: "USD".into(),
+            quantity: 3,
+            limit_price: 100,
+            fee_bps: 250,
+        };
+        for a in [studio, provider, terms.escrow_account, terms.fee_account] {
+            l.open(a, "USD", CREDIT_NORMAL);
+        }
+        l.open(op, "USD", AccountFlags::NONE);
+        let now = chrono::Utc::now();
+        l.execute(&[NewTransfer::posted(TransferId::new(), op, studio, funds, "deposit")], now)
+            .unwrap();
+        let (order, t) = reserve(terms).unwrap();
+        l.execute(&t, now).unwrap();
+        (l, order, studio, provider)
+    }
+
+    fn posted(l: &MemLedger, a: AccountId) -> i128 {
+        l.accounts[&a].balances.posted()
+    }
+
+    #[test]
+    fn a_reoffer_puts_the_units_back_into_the_reservation_and_the_studio_pays_only_verified_work() {
+        let (mut l, order, studio, provider) = setup(10_000);
+        let now = chrono::Utc::now();
+        let escrow = order.terms.escrow_account;
+        assert_eq!(posted(&l, studio), 10_000 - 3 * 103);
+        // A cheater fills 2 units at 60: the improvement 2·103 − 120 − 3 goes back at once.
+        let (order, cheat, t) = fill(&order, Uuid::now_v7(), provider, 2, 60).unwrap();
+        l.execute(&t, now).unwrap();
+        assert_eq!(posted(&l, studio), 10_000 - 103 - 123);
+        // Caught: the 2 units return to the open reservation, the improvement reserved again.
+        let (order, voided, t) = reoffer(&order, &cheat).unwrap();
+        l.execute(&t, now).unwrap();
+        assert_eq!(order.quantity_open, 3);
+        assert_eq!(voided.status, AssignmentStatus::Voided);
+        assert_eq!(posted(&l, studio), 10_000 - 3 * 103, "back to the whole reservation");
+        assert_eq!(posted(&l, escrow), 3 * 103, "every open unit covered at the limit");
+        assert_eq!(posted(&l, provider), 0);
+        assert!(reoffer(&order, &voided).is_err(), "once");
+        // An honest node fills all 3 at 90 and is verified: the studio pays 3·90 + ⌈6.75⌉.
+        let (order, honest, t) = fill(&order, Uuid::now_v7(), provider, 3, 90).unwrap();
+        l.execute(&t, now).unwrap();
+        let (_, t) = complete(&order, &honest, 3).unwrap();
+        l.execute(&t, now).unwrap();
+        assert_eq!(posted(&l, studio), 10_000 - 270 - 7);
+        assert_eq!(posted(&l, provider), 270);
+        assert_eq!(posted(&l, escrow), 0);
+        l.check().unwrap();
+    }
+
+    #[test]
+    fn a_reoffer_the_studio_cannot_cover_fails_and_never_opens_more_than_the_order() {
+        // The studio holds exactly the reservation: after the fill's improvement came back it
+        // spends it elsewhere, so re-reserving it fails (the caller refunds instead).
+        let (mut l, order, studio, provider) = setup(3 * 103);
+        let now = chrono::Utc::now();
+        let (order, cheat, t) = fill(&order, Uuid::now_v7(), provider, 2, 60).unwrap();
+        l.execute(&t, now).unwrap();
+        let spent = posted(&l, studio) as i64;
+        l.execute(&[NewTransfer::posted(TransferId::new(), studio, provider, spent, "elsewhere")], now)
+            .unwrap();
+        let (_, _, t) = reoffer(&order, &cheat).unwrap();
+        assert!(l.clone().execute(&t, now).is_err(), "no credits for the improvement");
+        let (_, t) = void(&order, &cheat).unwrap();
+        l.execute(&t, now).unwrap();
+        l.check().unwrap();
+        // Never more open than the order.
+        let mut full = order.clone();
+        full.quantity_open = 3;
+        assert!(reoffer(&full, &cheat).is_err());
+    }
 }

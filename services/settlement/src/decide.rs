@@ -59,17 +59,23 @@ pub enum Effect {
         provider: AccountId,
         assignment: AssignmentMsg,
     },
-    /// Cancel or expiry of `qty` unfilled lots of our bid.
+    /// Cancel or expiry of `qty` unfilled lots of our bid (engine order `bid`).
     Release {
         order_id: Uuid,
+        bid: u64,
         release_id: Uuid,
         qty: i64,
     },
-    /// A rejected place: release everything still open.
-    ReleaseAllOpen { order_id: Uuid, release_id: Uuid },
+    /// A rejected place: release everything engine order `bid` still holds open.
+    ReleaseAllOpen {
+        order_id: Uuid,
+        bid: u64,
+        release_id: Uuid,
+    },
     /// An amend of our bid to `remaining` lots at `price`: release what it gave up.
     ReleaseDownTo {
         order_id: Uuid,
+        bid: u64,
         release_id: Uuid,
         remaining: i64,
         price: u64,
@@ -102,14 +108,22 @@ pub struct Refusal {
 pub enum Remedy {
     /// Nothing of ours was taken, or nothing must change.
     Untouched,
-    /// Release up to `qty` open units of the bid: what a refused fill took from it.
+    /// Release up to `qty` open units of the bid (engine order `bid`): what a refused fill took
+    /// from it.
     ReleaseUnits {
         order_id: Uuid,
+        bid: u64,
         release_id: Uuid,
         qty: i64,
     },
-    /// Release every unit still open: the engine closed the order (cancel, expiry).
-    ReleaseAllOpen { order_id: Uuid, release_id: Uuid },
+    /// Release every unit engine order `bid` still holds open: the engine closed the order
+    /// (cancel, expiry). A job's bid may be several engine orders on one escrow order (re-bids
+    /// of failed units): only this one's units go back.
+    ReleaseAllOpen {
+        order_id: Uuid,
+        bid: u64,
+        release_id: Uuid,
+    },
 }
 
 impl Remedy {
@@ -123,8 +137,8 @@ impl Remedy {
         }
     }
 
-    /// Units to release when the order has `open` units open (never more than are open, so
-    /// the remedy itself never fails a ledger rule).
+    /// Units to release when engine order `bid` holds `open` units open (never more than are
+    /// open, so the remedy itself never fails a ledger rule).
     pub fn units(&self, open: i64) -> i64 {
         let open = open.max(0);
         match *self {
@@ -148,12 +162,14 @@ pub fn remedy_after_failure(market: &str, seq: u64, effect: &Effect) -> Remedy {
             ..
         } => Remedy::ReleaseUnits {
             order_id: *order_id,
+            bid: assignment.bid_engine_order_id,
             release_id,
             qty: i64::try_from(assignment.qty).unwrap_or(i64::MAX),
         },
-        Effect::Release { order_id, .. } | Effect::ReleaseAllOpen { order_id, .. } => {
+        Effect::Release { order_id, bid, .. } | Effect::ReleaseAllOpen { order_id, bid, .. } => {
             Remedy::ReleaseAllOpen {
                 order_id: *order_id,
+                bid: *bid,
                 release_id,
             }
         }
@@ -282,6 +298,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             // The fill took these units off the bid on the book: a refusal gives them back.
             let give_back = Remedy::ReleaseUnits {
                 order_id: b.order_id,
+                bid: bid_id,
                 release_id: refused_release_id(market, ev.seq),
                 qty: i64::try_from(qty).unwrap_or(i64::MAX),
             };
@@ -336,6 +353,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             match i64::try_from(qty) {
                 Ok(qty) => Some(Effect::Release {
                     order_id: b.order_id,
+                    bid: id.0,
                     release_id: release_id(market, ev.seq),
                     qty,
                 }),
@@ -344,6 +362,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                     "cancelled quantity exceeds i64".into(),
                     Remedy::ReleaseAllOpen {
                         order_id: b.order_id,
+                        bid: id.0,
                         release_id: refused_release_id(market, ev.seq),
                     },
                 ),
@@ -362,6 +381,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             }
             Some(Effect::ReleaseAllOpen {
                 order_id: b.order_id,
+                bid: id.0,
                 release_id: release_id(market, ev.seq),
             })
         }
@@ -372,6 +392,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
             match i64::try_from(qty) {
                 Ok(remaining) => Some(Effect::ReleaseDownTo {
                     order_id: b.order_id,
+                    bid: id.0,
                     release_id: release_id(market, ev.seq),
                     remaining,
                     price,
@@ -539,6 +560,7 @@ mod tests {
             decide("M", &ev(8, c), &orders()),
             Some(Effect::Release {
                 order_id: Uuid::from_u128(1),
+                bid: 1,
                 release_id: release_id("M", 8),
                 qty: 3
             })
@@ -568,6 +590,7 @@ mod tests {
                 r.remedy,
                 Remedy::ReleaseUnits {
                     order_id: Uuid::from_u128(1),
+                    bid: 1,
                     release_id: refused_release_id("M", 12),
                     qty: 4
                 }
@@ -607,6 +630,7 @@ mod tests {
             remedy_after_failure("M", 9, &assign),
             Remedy::ReleaseUnits {
                 order_id: Uuid::from_u128(1),
+                bid: 1,
                 release_id: refused_release_id("M", 9),
                 qty: 4
             }
@@ -614,6 +638,7 @@ mod tests {
         // A cancel or expiry: the order is gone from the book, so all that is open goes back.
         let cancel = Effect::Release {
             order_id: Uuid::from_u128(1),
+            bid: 1,
             release_id: release_id("M", 8),
             qty: 3,
         };
@@ -622,6 +647,7 @@ mod tests {
             r,
             Remedy::ReleaseAllOpen {
                 order_id: Uuid::from_u128(1),
+                bid: 1,
                 release_id: refused_release_id("M", 8)
             }
         );
@@ -630,6 +656,7 @@ mod tests {
         // A failed amend leaves the reservation as it is: the order still rests.
         let amend = Effect::ReleaseDownTo {
             order_id: Uuid::from_u128(1),
+            bid: 1,
             release_id: release_id("M", 7),
             remaining: 8,
             price: 100,
@@ -641,6 +668,7 @@ mod tests {
     fn a_remedy_never_releases_more_than_is_open() {
         let r = Remedy::ReleaseUnits {
             order_id: Uuid::from_u128(1),
+            bid: 1,
             release_id: Uuid::from_u128(2),
             qty: 4,
         };

@@ -5,9 +5,10 @@
 //!
 //! Units → lines: a market's unit covers `items_per_unit` input lines
 //! (`gridbook_wire::catalog::items_of_units`).
-//! Fills of one bid come in order and each takes the next units: the fill's first unit is
-//! `quantity − quantity_open` of the escrow order just before the fill (job bids are never
-//! amended, so only fills lower `quantity_open` until the final cancel or expiry).
+//! Fills of one bid come in order and each takes the bid's next units: a job's bid may be
+//! several engine orders on one escrow order (the API's first bid and re-bids of failed units,
+//! `crate::redo`); each covers units from its `market_orders.unit_start` and hands them out in
+//! order (`market_orders::take_units`).
 
 use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
@@ -185,6 +186,7 @@ pub fn insert_assignment(conn: &mut PgConnection, a: &AssignmentMsg, work: &Work
             job_assignments::price.eq(i64_of(a.price, "price")?),
             job_assignments::status.eq(AssignmentStatus::Assigned),
             job_assignments::deadline.eq(ms_to_time(work.deadline_ms)),
+            job_assignments::bid_engine_order_id.eq(Some(i64_of(a.bid_engine_order_id, "bid")?)),
         ))
         .on_conflict_do_nothing()
         .execute(conn)?;
@@ -319,7 +321,14 @@ pub fn touch_nodes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize> {
 
 /// Moves an `assigned` assignment to `completed` or `failed`, counts its items on the job and
 /// adjusts the node's reputation. `false` when it was no longer `assigned` (nothing done).
-pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> Result<bool> {
+/// `count_failed`: whether its unverified items count as failed on the job (not when they are
+/// offered again: `crate::redo`).
+pub fn resolve_assignment(
+    conn: &mut PgConnection,
+    id: Uuid,
+    r: &Resolution,
+    count_failed: bool,
+) -> Result<bool> {
     let Some(a) = load_assignment(conn, id)? else {
         return Ok(false);
     };
@@ -349,7 +358,7 @@ pub fn resolve_assignment(conn: &mut PgConnection, id: Uuid, r: &Resolution) -> 
     diesel::update(jobs::table.find(a.job_id))
         .set((
             jobs::items_completed.eq(jobs::items_completed + ok),
-            jobs::items_failed.eq(jobs::items_failed + failed),
+            jobs::items_failed.eq(jobs::items_failed + if count_failed { failed } else { 0 }),
             jobs::updated_at.eq(Utc::now()),
         ))
         .execute(conn)?;

@@ -19,6 +19,9 @@
 //! - `verify`: checking a node's result (completeness, hashes, Merkle root, then a sample drawn
 //!   from an HMAC of the commitment under `verification_secret`, re-run and compared).
 //! - `results`: the NATS edge of results — the verifier consumer and the job finisher.
+//! - `redo`: what a verification leaves behind — pay, or (failed) re-offer the units on the book
+//!   from the same reservation / refund, cancel the node's asks or suspend it, and the
+//!   `assignment_verifications` record (the dispute record when it failed).
 //! - `db`: diesel on tokio's blocking pool.
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
@@ -30,6 +33,7 @@ pub mod dead_letter;
 pub mod decide;
 pub mod error;
 pub mod jobs;
+pub mod redo;
 pub mod results;
 pub mod verify;
 pub mod settle;
@@ -83,6 +87,10 @@ pub struct Settings {
     /// with (the same export the nodes use). Unset: SD results cannot be verified and are
     /// retried, never paid unchecked.
     pub sd_model_dir: Option<std::path::PathBuf>,
+    /// `GRIDBOOK_MAX_REOFFERS`: how many times the units of a failed assignment may go back to
+    /// the book as a re-bid of the same job (`redo`); after that they are refunded. 0: refund
+    /// at once (the behaviour before re-offers).
+    pub max_reoffers: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -93,11 +101,19 @@ impl std::fmt::Debug for Settings {
             .field("consumer", &self.consumer)
             .field("sample_items", &self.sample_items)
             .field("sample_items_by_market", &self.sample_items_by_market)
+            .field("max_reoffers", &self.max_reoffers)
             .finish_non_exhaustive()
     }
 }
 
 impl Settings {
+    /// How failed work is redone (`max_reoffers`).
+    pub fn redo_policy(&self) -> redo::RedoPolicy {
+        redo::RedoPolicy {
+            max_reoffers: self.max_reoffers,
+        }
+    }
+
     /// The verification sample policy (`verification_secret`, `sample_items*`).
     pub fn sample_policy(&self) -> Result<verify::SamplePolicy> {
         let secret = match &self.verification_secret {
@@ -135,6 +151,7 @@ impl Default for Settings {
             sample_items: verify::DEFAULT_SAMPLE_ITEMS,
             sample_items_by_market: Default::default(),
             sd_model_dir: None,
+            max_reoffers: redo::DEFAULT_MAX_REOFFERS,
         }
     }
 }

@@ -20,7 +20,7 @@ use async_nats::jetstream::{
 };
 use diesel::Connection;
 use futures::StreamExt;
-use gridbook_db::status::{AssignmentStatus, JobStatus};
+use gridbook_db::status::{AssignmentStatus, FailedCheck, JobStatus};
 use gridbook_ledger::escrow;
 use gridbook_wire::node::{CancelMsg, Outcome, ResultMsg};
 use gridbook_wire::{catalog, streams, subjects};
@@ -34,6 +34,7 @@ use crate::dead_letter::{self, Source};
 use crate::decide::DeadLetterReason;
 use crate::error::{Result, SettlementError};
 use crate::jobs::{self, AssignmentRow, JobWork, NewFile, Resolution};
+use crate::redo::{self, RedoPolicy};
 use crate::verify::{self, VerifyError};
 
 /// Durable consumer of `GRIDBOOK_RESULTS`.
@@ -137,7 +138,7 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
             subject: msg.subject.to_string(),
             stream_seq: info.as_ref().map(|i| i.stream_sequence),
         };
-        match handle_result(&mut db, &store, &verifier, &source, &msg.payload).await {
+        match handle_result(&mut db, &store, &verifier, settings.redo_policy(), &source, &msg.payload).await {
             Ok(done) => {
                 if done {
                     finished.notify_one();
@@ -163,6 +164,7 @@ pub async fn handle_result(
     db: &mut Db,
     store: &ObjectStore,
     verifier: &SharedVerifier,
+    policy: RedoPolicy,
     source: &Source,
     payload: &[u8],
 ) -> Result<bool> {
@@ -197,32 +199,47 @@ pub async fn handle_result(
         .with(move |c| jobs::load_job(c, job_id))
         .await?
         .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
-    let resolution = match &r.outcome {
-        Outcome::Failed { reason } => Resolution {
+    let failed = |check: FailedCheck, detail: String, evidence: verify::Evidence, out: Option<(&str, &str)>| {
+        let res = Resolution {
             completed: false,
             items_ok: 0,
             items_failed: a.item_count,
-            output_sha256: None,
-            merkle_root: None,
+            output_sha256: out.map(|o| o.0.to_owned()),
+            merkle_root: out.map(|o| o.1.to_owned()),
             manifest: Some(r.manifest.clone()),
-            detail: format!("the node failed: {reason}"),
-        },
+            detail: detail.clone(),
+        };
+        let rec = redo::Record {
+            failed_check: Some(check),
+            detail,
+            evidence,
+            output_sha256: res.output_sha256.clone(),
+            merkle_root: res.merkle_root.clone(),
+            node_manifest: Some(r.manifest.clone()),
+            verified_items: 0,
+        };
+        (res, rec)
+    };
+    let (resolution, record) = match &r.outcome {
+        Outcome::Failed { reason } => failed(
+            FailedCheck::NodeFailed,
+            format!("the node failed: {reason}"),
+            verify::Evidence::default(),
+            None,
+        ),
         Outcome::Completed {
             output_sha256,
             merkle_root,
             ..
-        } if a.upload_sha256.as_deref() != Some(output_sha256.as_str()) => Resolution {
-            completed: false,
-            items_ok: 0,
-            items_failed: a.item_count,
-            output_sha256: Some(output_sha256.clone()),
-            merkle_root: Some(merkle_root.clone()),
-            manifest: Some(r.manifest.clone()),
-            detail: format!(
+        } if a.upload_sha256.as_deref() != Some(output_sha256.as_str()) => failed(
+            FailedCheck::WrongOutput,
+            format!(
                 "verification failed: the result names output {output_sha256}, but the node uploaded {} for this assignment",
                 a.upload_sha256.as_deref().unwrap_or("nothing")
             ),
-        },
+            verify::Evidence::default(),
+            Some((output_sha256, merkle_root)),
+        ),
         Outcome::Completed {
             output_sha256,
             merkle_root,
@@ -240,58 +257,64 @@ pub async fn handle_result(
             )
             .await?;
             match verdict {
-                Ok(v) => Resolution {
-                    completed: true,
-                    items_ok: v.ok,
-                    items_failed: a.item_count - v.ok,
-                    output_sha256: Some(output_sha256.clone()),
-                    merkle_root: Some(merkle_root.clone()),
-                    manifest: Some(r.manifest.clone()),
-                    detail: format!(
+                Ok(v) => {
+                    let detail = format!(
                         "verified: {} of {} items; sample seed {}, re-ran {:?}",
                         v.ok, a.item_count, v.seed, v.sampled
-                    ),
-                },
-                Err(why) => Resolution {
-                    completed: false,
-                    items_ok: 0,
-                    items_failed: a.item_count,
-                    output_sha256: Some(output_sha256.clone()),
-                    merkle_root: Some(merkle_root.clone()),
-                    manifest: Some(r.manifest.clone()),
-                    detail: format!("verification failed: {why}"),
-                },
+                    );
+                    let res = Resolution {
+                        completed: true,
+                        items_ok: v.ok,
+                        items_failed: a.item_count - v.ok,
+                        output_sha256: Some(output_sha256.clone()),
+                        merkle_root: Some(merkle_root.clone()),
+                        manifest: Some(r.manifest.clone()),
+                        detail: detail.clone(),
+                    };
+                    let rec = redo::Record {
+                        failed_check: None,
+                        detail,
+                        evidence: verify::Evidence {
+                            seed: Some(v.seed),
+                            sampled: v.sampled,
+                            items: v.items,
+                            reference_manifest: Some(v.reference_manifest),
+                        },
+                        output_sha256: Some(output_sha256.clone()),
+                        merkle_root: Some(merkle_root.clone()),
+                        node_manifest: Some(r.manifest.clone()),
+                        verified_items: v.ok,
+                    };
+                    (res, rec)
+                }
+                Err(f) => failed(
+                    f.check,
+                    format!("verification failed: {f}"),
+                    f.evidence,
+                    Some((output_sha256, merkle_root)),
+                ),
             }
         }
     };
-    let units = a.units;
-    let count = a.item_count;
-    let res = resolution.clone();
-    let applied = db
+    let (res, rec, row) = (resolution.clone(), record, a.clone());
+    let now = now_ms();
+    let settled = db
         .with(move |c| {
             c.transaction(|c| {
-                if !jobs::resolve_assignment(c, id, &res)? {
-                    return Ok(false);
-                }
-                let paid = if res.completed {
-                    jobs::verified_units(units, count, res.items_ok)
+                if res.completed {
+                    redo::settle_pass(c, &row, &res, &rec)
                 } else {
-                    0
-                };
-                if paid > 0 {
-                    escrow::complete(c, id, paid as i64)?;
-                } else {
-                    escrow::void(c, id)?;
+                    redo::settle_failure(c, &row, &res, &rec, policy, now)
                 }
-                Ok(true)
             })
         })
         .await?;
-    if applied {
+    if let Some(s) = settled {
         info!(assignment.id = %id, job.id = %job_id, completed = resolution.completed,
-            items_ok = resolution.items_ok, detail = %resolution.detail, "assignment resolved");
+            items_ok = resolution.items_ok, remedy = %s.remedy, node_action = %s.node_action,
+            detail = %resolution.detail, "assignment resolved");
     }
-    Ok(applied)
+    Ok(settled.is_some())
 }
 
 /// Records a refused result message as a dead letter (once per message) and returns
@@ -312,8 +335,8 @@ async fn refuse_result(
     Ok(false)
 }
 
-/// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(why))` when the node's result is
-/// wrong, `Err` when the market could not check (retry).
+/// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(failure))` when the node's result
+/// is wrong, `Err` when the market could not check (retry).
 async fn verify_completed(
     store: &ObjectStore,
     verifier: &SharedVerifier,
@@ -322,18 +345,23 @@ async fn verify_completed(
     output_sha256: &str,
     merkle_root: &str,
     reported_failed: u64,
-) -> Result<std::result::Result<verify::Verified, String>> {
+) -> Result<std::result::Result<verify::Verified, verify::Failure>> {
+    let fail = |check, why: String| verify::Failure {
+        check,
+        why,
+        evidence: verify::Evidence::default(),
+    };
     let Some(work) = catalog::work(&job.market) else {
-        return Ok(Err(format!("market {} has no workload", job.market)));
+        return Ok(Err(fail(FailedCheck::OutputFormat, format!("market {} has no workload", job.market))));
     };
     let input = read_object(store, &job.input_sha256).await?;
     let output = match read_object(store, output_sha256).await {
         Ok(o) => o,
-        Err(SettlementError::Refused(why)) => return Ok(Err(why)),
+        Err(SettlementError::Refused(why)) => return Ok(Err(fail(FailedCheck::OutputFormat, why))),
         Err(e) => {
             // A missing object is the node's fault only once it had time to upload: the node
             // publishes the result after the upload, so a missing object is a lie.
-            return Ok(Err(format!("output object {output_sha256}: {e}")));
+            return Ok(Err(fail(FailedCheck::WrongOutput, format!("output object {output_sha256}: {e}"))));
         }
     };
     let (start, count, assignment) = (a.item_start, a.item_count, a.id);
@@ -344,7 +372,7 @@ async fn verify_completed(
         let input = String::from_utf8(input)
             .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
         let output = String::from_utf8(output)
-            .map_err(|_| VerifyError::Mismatch("output file is not UTF-8".into()))?;
+            .map_err(|_| VerifyError::mismatch(FailedCheck::OutputFormat, "output file is not UTF-8".into()))?;
         let mut v = verifier
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
@@ -368,7 +396,7 @@ async fn verify_completed(
             info!(assignment.id = %assignment, seed = %v.seed, sampled = ?v.sampled, "sample re-run agreed");
             Ok(Ok(v))
         }
-        Err(VerifyError::Mismatch(why)) => Ok(Err(why)),
+        Err(VerifyError::Mismatch(f)) => Ok(Err(*f)),
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
     }
 }
@@ -383,7 +411,7 @@ pub async fn run_finisher(
     let store = files_bucket(js).await?;
     let mut db = Db::new(&settings.database_url);
     loop {
-        void_overdue(&mut db, nats).await?;
+        void_overdue(&mut db, nats, settings.redo_policy()).await?;
         let jobs = db.with(|c| jobs::idle_unfinished_jobs(c, 64)).await?;
         for job in jobs {
             let order = job.order_id;
@@ -417,10 +445,11 @@ fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
-async fn void_overdue(db: &mut Db, nats: &async_nats::Client) -> Result<()> {
+async fn void_overdue(db: &mut Db, nats: &async_nats::Client, policy: RedoPolicy) -> Result<()> {
     let overdue = db.with(|c| jobs::overdue_assignments(c, 64)).await?;
     for a in overdue {
         let id = a.id;
+        let detail = "no result before the deadline".to_owned();
         let res = Resolution {
             completed: false,
             items_ok: 0,
@@ -428,21 +457,26 @@ async fn void_overdue(db: &mut Db, nats: &async_nats::Client) -> Result<()> {
             output_sha256: None,
             merkle_root: None,
             manifest: None,
-            detail: "no result before the deadline".into(),
+            detail: detail.clone(),
         };
-        let voided = db
-            .with(move |c| {
-                c.transaction(|c| {
-                    if !jobs::resolve_assignment(c, id, &res)? {
-                        return Ok(false);
-                    }
-                    escrow::void(c, id)?;
-                    Ok(true)
-                })
-            })
+        let rec = redo::Record {
+            failed_check: Some(FailedCheck::Overdue),
+            detail,
+            evidence: verify::Evidence::default(),
+            output_sha256: None,
+            merkle_root: None,
+            node_manifest: None,
+            verified_items: 0,
+        };
+        let row = a.clone();
+        let now = now_ms();
+        let settled = db
+            .with(move |c| c.transaction(|c| redo::settle_failure(c, &row, &res, &rec, policy, now)))
             .await?;
+        let voided = settled.is_some();
         if voided {
-            warn!(assignment.id = %id, node.id = %a.node_id, "assignment overdue: voided, studio refunded");
+            let remedy = settled.map(|s| s.remedy.as_str()).unwrap_or_default();
+            warn!(assignment.id = %id, node.id = %a.node_id, remedy, "assignment overdue: voided");
             let msg = CancelMsg {
                 assignment_ids: vec![id],
                 reason: "deadline passed".into(),
@@ -496,9 +530,17 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
             }
         }
     }
+    // Failed assignments first: units offered again after a failure were completed by a later
+    // assignment, whose output wins.
+    for a in assignments.iter().filter(|a| a.status != AssignmentStatus::Completed) {
+        let range = a.item_start as usize..(a.item_start + a.item_count).min(ids.len() as u64) as usize;
+        for r in &mut reason[range] {
+            *r = Some(("assignment_failed", "the provider's result for this item was not delivered or did not verify; you were refunded".into()));
+        }
+    }
     let mut out = Vec::new();
     let mut out_lines = 0u64;
-    for a in &assignments {
+    for a in assignments.iter().filter(|a| a.status == AssignmentStatus::Completed) {
         let range = a.item_start as usize..(a.item_start + a.item_count).min(ids.len() as u64) as usize;
         if a.status == AssignmentStatus::Completed {
             let sha = a.output_sha256.clone().unwrap_or_default();
@@ -522,10 +564,6 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
                 } else {
                     Some(("item_failed", "the provider reported this item as failed".into()))
                 };
-            }
-        } else {
-            for r in &mut reason[range] {
-                *r = Some(("assignment_failed", "the provider's result for this item was not delivered or did not verify; you were refunded".into()));
             }
         }
     }

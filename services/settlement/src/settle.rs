@@ -154,26 +154,44 @@ fn dead_letter_event(
     )
 }
 
-/// Applies a remedy: releases its units (never more than are open) and says which ones. The
-/// released units are the bid's next ones (`quantity − quantity_open` before the release), as a
-/// fill would have taken them, so later fills take the units after them.
+/// Units engine order `bid` of escrow order `order` still holds open: a re-bid its failed
+/// assignment's units less what it gave out, the first bid the order's quantity less what it
+/// gave out (never more than the order has open). An order not in `market_orders` has none of
+/// its own: everything open.
+fn bid_open(c: &mut PgConnection, order: &gridbook_ledger::settlement::OrderState, bid: u64) -> Result<i64> {
+    let left = match orders::rebid_units_left(c, bid)? {
+        Some(left) => i64::try_from(left).unwrap_or(i64::MAX),
+        None => match orders::get(c, bid)? {
+            Some(_) => order.terms.quantity - orders::units_taken(c, bid)? as i64,
+            None => order.quantity_open,
+        },
+    };
+    Ok(left.clamp(0, order.quantity_open.max(0)))
+}
+
+/// Applies a remedy: releases its units (never more than its engine order holds open) and says
+/// which ones. The released units are that engine order's next ones (`market_orders::take_units`),
+/// as a fill would have taken them, so later fills take the units after them.
 fn give_back(c: &mut PgConnection, remedy: &Remedy) -> Result<Escrow> {
-    let (order_id, release_id) = match *remedy {
+    let (order_id, bid, release_id) = match *remedy {
         Remedy::Untouched => return Ok(Escrow::default()),
         Remedy::ReleaseUnits {
             order_id,
+            bid,
             release_id,
             ..
         }
         | Remedy::ReleaseAllOpen {
             order_id,
+            bid,
             release_id,
-        } => (order_id, release_id),
+        } => (order_id, bid, release_id),
     };
     let order = escrow::get_order(c, order_id)?;
-    let units = remedy.units(order.quantity_open);
-    let unit_start = (order.terms.quantity - order.quantity_open).max(0) as u64;
+    let units = remedy.units(bid_open(c, &order, bid)?);
+    let mut unit_start = 0;
     if units > 0 {
+        unit_start = orders::take_units(c, bid, units as u64)?;
         escrow::release_unfilled(c, order_id, release_id, units)?;
     }
     Ok(Escrow {
@@ -226,8 +244,9 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
             // was filled before this fill.
             let mut a = a.clone();
             if let Some(job_id) = a.job_id {
-                let before = escrow::get_order(c, *order_id)?;
-                let unit_start = (before.terms.quantity - before.quantity_open).max(0) as u64;
+                // The bid (the job's first, or a re-bid of failed units) hands out its units in
+                // order from where it starts in the job.
+                let unit_start = orders::take_units(c, a.bid_engine_order_id, a.qty)?;
                 let job = jobs::load_job(c, job_id)?.ok_or_else(|| SettlementError::Unsettleable {
                     reason: DeadLetterReason::NoEscrow,
                     why: format!("fill of job {job_id}, which does not exist"),
@@ -259,24 +278,30 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
         }
         Effect::Release {
             order_id,
+            bid,
             release_id,
             qty,
         } => {
             escrow::release_unfilled(c, *order_id, *release_id, *qty)?;
+            orders::take_units(c, *bid, *qty as u64)?;
             Ok(false)
         }
         Effect::ReleaseAllOpen {
             order_id,
+            bid,
             release_id,
         } => {
-            let open = escrow::get_order(c, *order_id)?.quantity_open;
+            let order = escrow::get_order(c, *order_id)?;
+            let open = bid_open(c, &order, *bid)?;
             if open > 0 {
                 escrow::release_unfilled(c, *order_id, *release_id, open)?;
+                orders::take_units(c, *bid, open as u64)?;
             }
             Ok(false)
         }
         Effect::ReleaseDownTo {
             order_id,
+            bid,
             release_id,
             remaining,
             price,
@@ -300,6 +325,8 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
                     *release_id,
                     order.quantity_open - remaining,
                 )?;
+                // The units given up count as handed out (before later fills' units).
+                orders::take_units(c, *bid, (order.quantity_open - remaining) as u64)?;
             }
             Ok(false)
         }

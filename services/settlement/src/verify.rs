@@ -15,8 +15,12 @@
 //!    (0.999), images to a mean absolute pixel difference ≤ `IMAGE_MAX_MEAN_ABS_DIFF` (2/255).
 //!
 //! [`Verifier::verify`] runs all three (blocking; the results edge calls it on the blocking pool).
-//! Not built yet: the re-run on *another provider node* (the worker's own runtime plays that
-//! node), canary items, re-queueing failed units, withholding.
+//! Either way it returns the evidence ([`Evidence`]: the seed, the sampled ids, per sampled item
+//! both sides' hashes and the comparison figure, the reference's manifest); a failure also says
+//! which check failed ([`Failure`], `FailedCheck`). The results edge stores it in
+//! `assignment_verifications` (the dispute record when it failed) and re-offers failed units
+//! (`crate::redo`). Not built yet: the re-run on *another provider node* (the worker's own
+//! runtime plays that node), canary items, withholding.
 
 use executor::commitment::{self, Commitment, Hash};
 use executor::registry::{self, WorkloadKind, embedding_of, png_of};
@@ -24,6 +28,9 @@ use executor::workload::Workload;
 use serde_json::{Map, Value};
 
 use std::collections::BTreeMap;
+
+use gridbook_db::status::FailedCheck;
+use serde::{Deserialize, Serialize};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -297,44 +304,184 @@ impl Verifier {
     }
 
     /// Re-runs `items` with the workload of `kind` and compares each with the node's line
-    /// (`executor::registry::compare`). `Err` on the first disagreement.
+    /// (`executor::registry::compare` decides; the figures are the evidence). `Err` when any
+    /// item disagrees, with the figures of all of them.
     pub fn rerun(
         &mut self,
         kind: WorkloadKind,
         items: &[(InputItem, OutputLine)],
-    ) -> Result<(), VerifyError> {
+    ) -> Result<Rerun, VerifyError> {
         let w = self
             .reference
             .workload(kind)
             .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        let reference_manifest = serde_json::to_value(w.manifest()).unwrap_or(Value::Null);
         let mut inputs = Vec::with_capacity(items.len());
         for ((id, fields), _) in items {
             inputs.push(w.parse(id, fields).map_err(|e| {
-                VerifyError::Mismatch(format!("input {id}: {}: {}", e.field, e.message))
+                VerifyError::mismatch(
+                    FailedCheck::SampleMismatch,
+                    format!("input {id}: {}: {}", e.field, e.message),
+                )
             })?);
         }
         let outs = w
             .run(&inputs, &|_| {})
             .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        let mut figures = Vec::with_capacity(items.len());
+        let mut first_bad = None;
         for ((_, node), ours) in items.iter().zip(outs) {
-            let ours = ours.map_err(|e| {
-                VerifyError::Mismatch(format!("the re-run of {} failed: {e}", node.custom_id))
-            })?;
-            registry::compare(kind, &node.custom_id, &node.record, &ours)
-                .map_err(VerifyError::Mismatch)?;
+            let fig = match ours {
+                Ok(ours) => {
+                    let verdict = registry::compare(kind, &node.custom_id, &node.record, &ours);
+                    let mut f = ItemFigure::of(node, &ours);
+                    if let Err(why) = verdict {
+                        f.ok = false;
+                        f.error = Some(why);
+                    }
+                    f
+                }
+                Err(e) => ItemFigure {
+                    custom_id: node.custom_id.clone(),
+                    node_sha256: hex::encode(node.hash),
+                    reference_sha256: None,
+                    cosine: None,
+                    mean_abs_diff: None,
+                    ok: false,
+                    error: Some(format!("the re-run of {} failed: {e}", node.custom_id)),
+                },
+            };
+            if !fig.ok && first_bad.is_none() {
+                first_bad = fig.error.clone();
+            }
+            figures.push(fig);
+        }
+        let evidence = Rerun {
+            items: figures,
+            reference_manifest,
+        };
+        match first_bad {
+            None => Ok(evidence),
+            Some(why) => Err(VerifyError::Mismatch(Box::new(Failure {
+                check: FailedCheck::SampleMismatch,
+                why,
+                evidence: Evidence {
+                    items: evidence.items,
+                    reference_manifest: Some(evidence.reference_manifest),
+                    ..Evidence::default()
+                },
+            }))),
+        }
+    }
+}
+
+/// What a re-run of the sample found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rerun {
+    pub items: Vec<ItemFigure>,
+    /// How the market's reference produced its outputs (`executor::commitment::Manifest`).
+    pub reference_manifest: Value,
+}
+
+/// One sampled item, both sides: the node's item hash, the reference's, and the comparison
+/// figure (cosine for embeddings, mean |Δ| per RGBA channel out of 255 for images).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemFigure {
+    pub custom_id: String,
+    pub node_sha256: String,
+    pub reference_sha256: Option<String>,
+    pub cosine: Option<f64>,
+    pub mean_abs_diff: Option<f64>,
+    pub ok: bool,
+    /// Why it disagrees.
+    pub error: Option<String>,
+}
+
+impl ItemFigure {
+    fn of(node: &OutputLine, ours: &executor::workload::ItemOutput) -> Self {
+        let mut f = ItemFigure {
+            custom_id: node.custom_id.clone(),
+            node_sha256: hex::encode(node.hash),
+            reference_sha256: Some(hex::encode(ours.hash)),
+            cosine: None,
+            mean_abs_diff: None,
+            ok: true,
+            error: None,
+        };
+        if let (Some(a), Some(b)) = (embedding_of(&node.record), embedding_of(&ours.record)) {
+            if a.len() == b.len() {
+                f.cosine = Some(f64::from(executor::embed::cosine(&a, &b)));
+            }
+        } else if let (Some(a), Some(b)) = (
+            png_of(&node.record),
+            ours.artifact.clone().or_else(|| png_of(&ours.record)),
+        ) {
+            f.mean_abs_diff = registry::mean_abs_diff(&a, &b).ok();
+        }
+        f
+    }
+}
+
+/// The evidence of one verification, passed or failed (what `assignment_verifications` keeps).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evidence {
+    /// The sample seed (hex), once the commitment checked out.
+    pub seed: Option<String>,
+    /// The custom_ids re-run.
+    pub sampled: Vec<String>,
+    pub items: Vec<ItemFigure>,
+    pub reference_manifest: Option<Value>,
+}
+
+/// Why a result failed, which check, and the evidence gathered up to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub check: FailedCheck,
+    pub why: String,
+    pub evidence: Evidence,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)?;
+        if let Some(seed) = &self.evidence.seed {
+            write!(f, " (sample seed {seed}, re-ran {:?})", self.evidence.sampled)?;
         }
         Ok(())
     }
 }
 
+/// The check a failure of [`parse_output`] or [`check`] names.
+pub fn classify(why: &str) -> FailedCheck {
+    if why.contains("does not match its content") {
+        FailedCheck::ItemHash
+    } else if why.contains("Merkle root") {
+        FailedCheck::MerkleRoot
+    } else if why.contains("have no output") || why.contains("is not an input of the assignment") {
+        FailedCheck::MissingItems
+    } else {
+        FailedCheck::OutputFormat
+    }
+}
+
 /// What a passing verification found: the verified items and the evidence of the sample.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Verified {
     pub ok: u64,
     /// The sample seed (hex): recomputable by whoever holds the market secret.
     pub seed: String,
     /// The custom_ids that were re-run.
     pub sampled: Vec<String>,
+    /// Per sampled item, both sides and the figure.
+    pub items: Vec<ItemFigure>,
+    pub reference_manifest: Value,
+}
+
+/// A job's private model, opened in memory for the re-run (never written to disk).
+pub struct PrivateModel {
+    /// The sha256 the job pinned; the plaintext must hash to it.
+    pub sha256: String,
+    pub plaintext: Vec<u8>,
 }
 
 /// One committed result of an assignment, as the node published it.
@@ -359,9 +506,10 @@ impl Verifier {
     pub fn verify(&mut self, r: &Committed<'_>) -> Result<Verified, VerifyError> {
         let policy = &self.policy;
         let inputs = input_items(r.input, r.start, r.count).map_err(VerifyError::Unavailable)?;
-        let outputs = parse_output(r.output).map_err(VerifyError::Mismatch)?;
+        let outputs =
+            parse_output(r.output).map_err(|why| VerifyError::mismatch(classify(&why), why))?;
         let checked = check(&inputs, &outputs, r.merkle_root, r.reported_failed)
-            .map_err(VerifyError::Mismatch)?;
+            .map_err(|why| VerifyError::mismatch(classify(&why), why))?;
         let seed = policy.seed(r.assignment, r.merkle_root, r.output_sha256);
         let picks = sample(outputs.len(), policy.items(r.market), seed_u128(&seed));
         let pairs: Vec<_> = picks
@@ -378,10 +526,12 @@ impl Verifier {
             .collect();
         let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
         let seed = hex::encode(seed);
-        // A failed comparison carries the evidence: the seed and the items re-run.
-        self.rerun(r.kind, &pairs).map_err(|e| match e {
-            VerifyError::Mismatch(why) => {
-                VerifyError::Mismatch(format!("{why} (sample seed {seed}, re-ran {sampled:?})"))
+        // A failed comparison carries the evidence: the seed, the items re-run, the figures.
+        let rerun = self.rerun(r.kind, &pairs).map_err(|e| match e {
+            VerifyError::Mismatch(mut f) => {
+                f.evidence.seed = Some(seed.clone());
+                f.evidence.sampled = sampled.clone();
+                VerifyError::Mismatch(f)
             }
             other => other,
         })?;
@@ -389,6 +539,8 @@ impl Verifier {
             ok: checked.ok as u64,
             seed,
             sampled,
+            items: rerun.items,
+            reference_manifest: rerun.reference_manifest,
         })
     }
 }
@@ -398,11 +550,22 @@ impl Verifier {
 pub enum VerifyError {
     /// The node's result is wrong: it fails and is not paid.
     #[error("{0}")]
-    Mismatch(String),
+    Mismatch(Box<Failure>),
     /// The market could not check (runtime or model missing): retried later, never paid
     /// unchecked.
     #[error("verifier unavailable: {0}")]
     Unavailable(String),
+}
+
+impl VerifyError {
+    /// A failure of `check` with no evidence beyond its reason.
+    pub fn mismatch(check: FailedCheck, why: String) -> Self {
+        VerifyError::Mismatch(Box::new(Failure {
+            check,
+            why,
+            evidence: Evidence::default(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -468,6 +631,33 @@ mod tests {
                 .contains("reported 0")
         );
         assert_eq!(check(&inputs(&["a", "b"]), &out, &r, 1).unwrap().missing, 1);
+    }
+
+    #[test]
+    fn each_failure_of_the_commitment_names_its_check() {
+        let mut v: Value = serde_json::from_str(&emb_line("a", &[0.6, 0.8])).unwrap();
+        v["embedding"] = json!([0.8, 0.6]);
+        let why = parse_output(&v.to_string()).unwrap_err();
+        assert_eq!(classify(&why), FailedCheck::ItemHash);
+        assert_eq!(classify(&parse_output("not json").unwrap_err()), FailedCheck::OutputFormat);
+        let out = parse_output(&emb_line("a", &[0.6, 0.8])).unwrap();
+        let why = check(&inputs(&["a"]), &out, &"00".repeat(32), 0).unwrap_err();
+        assert_eq!(classify(&why), FailedCheck::MerkleRoot);
+        let r = root(&out);
+        let why = check(&inputs(&["a", "b"]), &out, &r, 0).unwrap_err();
+        assert_eq!(classify(&why), FailedCheck::MissingItems);
+        let why = check(&inputs(&["b"]), &out, &r, 0).unwrap_err();
+        assert_eq!(classify(&why), FailedCheck::MissingItems);
+        // The message of a failure names the seed and the sample once there is one.
+        let mut f = Failure {
+            check: FailedCheck::SampleMismatch,
+            why: "cosine 0.1 < 0.999".into(),
+            evidence: Evidence::default(),
+        };
+        assert_eq!(f.to_string(), "cosine 0.1 < 0.999");
+        f.evidence.seed = Some("ab".into());
+        f.evidence.sampled = vec!["a".into()];
+        assert_eq!(f.to_string(), "cosine 0.1 < 0.999 (sample seed ab, re-ran [\"a\"])");
     }
 
     #[test]

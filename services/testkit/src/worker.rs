@@ -20,6 +20,8 @@ pub struct WorkerConfig {
     pub filter_subject: Option<String>,
     pub outbox_interval_ms: Option<u64>,
     pub ack_wait_secs: Option<u64>,
+    /// `GRIDBOOK_MAX_REOFFERS`: times failed units may go back to the book (0: refund at once).
+    pub max_reoffers: Option<u32>,
     /// The binary; default: [`binary`]`("settlement-worker")`.
     pub bin: Option<PathBuf>,
 }
@@ -39,6 +41,7 @@ pub fn spawn_worker(config: &WorkerConfig, log: &Path) -> Proc {
         ("GRIDBOOK_FILTER_SUBJECT", config.filter_subject.clone()),
         ("GRIDBOOK_OUTBOX_INTERVAL_MS", config.outbox_interval_ms.map(|n| n.to_string())),
         ("GRIDBOOK_ACK_WAIT_SECS", config.ack_wait_secs.map(|n| n.to_string())),
+        ("GRIDBOOK_MAX_REOFFERS", config.max_reoffers.map(|n| n.to_string())),
         ("GRIDBOOK_NATS_NKEY_FILE", config.nkey_file.as_ref().map(|p| p.display().to_string())),
     ];
     for (k, v) in optional {

@@ -115,6 +115,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/jobs/{job}/output", Any, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/errors", Any, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/images/tile-0", Any, Obj::Job, None),
+    r("GET", "/v1/jobs/{job}/verifications", Any, Obj::Job, None),
     // nodes, asks, assignments, earnings
     r("GET", "/v1/nodes", PROVIDER, Obj::None, None),
     r(
@@ -151,6 +152,9 @@ pub const ROUTES: &[Route] = &[
     r("DELETE", "/v1/asks/{ask}", PROVIDER, Obj::Ask, None),
     r("GET", "/v1/assignments", PROVIDER, Obj::None, None),
     r("GET", "/v1/earnings", PROVIDER, Obj::None, None),
+    // an id that is no assignment: 404 for everyone (the owners' side is
+    // `verification_outcomes_are_readable_by_the_jobs_studio_and_the_nodes_provider_only`)
+    r("GET", "/v1/assignments/{node}/verification", Any, Obj::None, None),
     // markets (public)
     r("GET", "/v1/markets", Public, Obj::None, None),
     r("GET", "/v1/markets/EMBED-MINILM-L6", Public, Obj::None, None),
@@ -515,4 +519,108 @@ async fn the_route_table_covers_the_openapi_document() {
     }
     assert!(missing.is_empty(), "routes missing from authz::ROUTES: {missing:?}");
     let _ = json!(null);
+}
+
+/// `GET /v1/assignments/{id}/verification` and `GET /v1/jobs/{id}/verifications`: the studio
+/// that owns the job reads both, the provider that owns the node its assignment's outcome;
+/// another studio, another provider, a trader and an admin get 404; nobody anonymous.
+#[tokio::test]
+async fn verification_outcomes_are_readable_by_the_jobs_studio_and_the_nodes_provider_only() {
+    let app = TestApp::spawn().await;
+    let (studio, provider) = (app.signup("studio").await, app.signup("provider").await);
+    let (sa, pa) = (seed_objects(&app, &studio).await, seed_objects(&app, &provider).await);
+    let (job, node, assignment) = (sa.job.unwrap(), pa.node.unwrap(), Uuid::new_v4());
+    let pool = app.app.db.clone();
+    tokio::task::spawn_blocking(move || {
+        use diesel::RunQueryDsl;
+        use diesel::sql_types::Uuid as U;
+        let mut c = pool.get().unwrap();
+        diesel::sql_query(
+            "INSERT INTO job_assignments (id, job_id, node_id, market, unit_start, units, item_start, \
+             item_count, price, status, deadline, detail) VALUES ($1, $2, $3, 'EMBED-MINILM-L6', 0, 1, \
+             0, 1, 10, 'failed', now(), 'verification failed')",
+        )
+        .bind::<U, _>(assignment)
+        .bind::<U, _>(job)
+        .bind::<U, _>(node)
+        .execute(&mut c)
+        .unwrap();
+        diesel::sql_query(
+            "INSERT INTO assignment_verifications (assignment_id, job_id, node_id, market, outcome, \
+             failed_check, detail, sample_seed, sampled_items, item_figures, remedy, node_action) \
+             VALUES ($1, $2, $3, 'EMBED-MINILM-L6', 'failed', 'sample_mismatch', 'differs', 'ab', \
+             '[\"i0\"]', '[{\"custom_id\":\"i0\",\"node_sha256\":\"11\",\"reference_sha256\":\"22\",\
+             \"cosine\":0.5,\"mean_abs_diff\":null,\"ok\":false,\"error\":\"cosine\"}]', 'refunded', 'suspended')",
+        )
+        .bind::<U, _>(assignment)
+        .bind::<U, _>(job)
+        .bind::<U, _>(node)
+        .execute(&mut c)
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let one = format!("/v1/assignments/{assignment}/verification");
+    let all = format!("/v1/jobs/{job}/verifications");
+    let get = |who: &TestUser, path: &str| {
+        let (who, path) = (who.clone(), path.to_owned());
+        let app = &app;
+        async move { app.get_as(&who, &path).await }
+    };
+    // The owners.
+    for who in [&studio, &provider] {
+        let r = get(who, &one).await;
+        assert_eq!(r.status(), 200, "{}", who.role);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!((v["outcome"].as_str(), v["failed_check"].as_str()), (Some("failed"), Some("sample_mismatch")));
+        assert_eq!(v["items"][0]["cosine"], json!(0.5));
+        assert_eq!(v["sampled_items"], json!(["i0"]));
+    }
+    let r = get(&studio, &all).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"][0]["assignment_id"], json!(assignment.to_string()));
+    assert_eq!(get(&provider, &all).await.status(), 404, "a job's list is its studio's");
+    // Everyone else.
+    let intruders = [
+        app.signup("studio").await,
+        app.signup("provider").await,
+        app.signup("trader").await,
+        app.admin().await,
+    ];
+    for who in &intruders {
+        for path in [&one, &all] {
+            let r = get(who, path).await;
+            let s = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            assert_eq!(s, 404, "{} on {path}: {text}", who.role);
+            assert!(!text.contains("sample_mismatch"), "{text}");
+        }
+    }
+    for path in [&one, &all] {
+        assert_eq!(app.http.get(app.url(path)).send().await.unwrap().status(), 401);
+    }
+    // Not verified yet: 404 not_ready for the owner.
+    let pending = Uuid::new_v4();
+    let pool = app.app.db.clone();
+    tokio::task::spawn_blocking(move || {
+        use diesel::RunQueryDsl;
+        use diesel::sql_types::Uuid as U;
+        let mut c = pool.get().unwrap();
+        diesel::sql_query(
+            "INSERT INTO job_assignments (id, job_id, node_id, market, unit_start, units, item_start, \
+             item_count, price, status, deadline) VALUES ($1, $2, $3, 'EMBED-MINILM-L6', 0, 1, 0, 1, 10, \
+             'assigned', now())",
+        )
+        .bind::<U, _>(pending)
+        .bind::<U, _>(job)
+        .bind::<U, _>(node)
+        .execute(&mut c)
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    let r = get(&studio, &format!("/v1/assignments/{pending}/verification")).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("not_ready"));
 }

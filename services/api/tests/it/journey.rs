@@ -367,10 +367,14 @@ async fn an_assignment_without_a_result_is_voided_at_its_deadline_and_the_studio
 /// plays the node. It takes its assignment from `node.<id>.assign`, reads the input, and instead
 /// of running the model publishes the same made-up unit vector for every item — with hashes and
 /// a Merkle root that are all consistent, so only the sampled re-run can tell. The worker
-/// catches it: the assignment fails with the evidence (seed, items re-run), the studio gets
-/// everything back, the provider is not paid and loses reputation.
+/// catches it: the assignment fails with the evidence (seed, items re-run, figures), the
+/// provider is not paid, loses reputation and is suspended (its ask leaves the book), and the
+/// units go back to the book as a re-bid of the same job; an honest node's agent takes them,
+/// the job completes with every line embedded for real, and the studio pays exactly that
+/// node's trade plus fee. Both sides read the outcome through the verification routes; nobody
+/// else can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_not_paid() {
+async fn a_node_that_fakes_its_embeddings_is_caught_unpaid_suspended_and_its_units_redone_by_an_honest_node() {
     use executor::commitment::{self, Commitment};
     use futures::StreamExt;
     use gridbook_wire::node::{AssignmentMsg, Outcome, ResultMsg};
@@ -477,8 +481,86 @@ async fn a_node_that_fakes_its_embeddings_is_caught_by_the_sampled_re_run_and_no
     assert_eq!(p["available"].as_i64(), Some(0), "the cheater is not paid: {p}");
     let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
     assert_eq!(n["reputation"], 5_000 - 500, "{n}");
+    assert_eq!(n["status"], "suspended", "a proven cheat suspends the node: {n}");
+
+    // The dispute record, as the studio and the provider read it.
+    let asg_id = asg["data"][0]["id"].as_str().unwrap().to_owned();
+    let route = format!("/v1/assignments/{asg_id}/verification");
+    let v = json_of(app.get_as(&studio, &route).await).await;
+    assert_eq!((v["outcome"].as_str(), v["failed_check"].as_str()), (Some("failed"), Some("sample_mismatch")), "{v}");
+    assert_eq!((v["remedy"].as_str(), v["node_action"].as_str()), (Some("reoffered"), Some("suspended")), "{v}");
+    assert!(v["sample_seed"].as_str().is_some_and(|s| s.len() == 64), "{v}");
+    assert_eq!(v["sampled_items"].as_array().map(Vec::len), Some(4), "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{v}");
+    assert!(items.iter().any(|i| i["ok"] == false && i["cosine"].as_f64().unwrap() < 0.999), "{v}");
+    assert!(items.iter().all(|i| i["node_sha256"].is_string() && i["reference_sha256"].is_string()), "{v}");
+    assert_eq!(v["node_manifest"]["note"], "a cheater's manifest", "{v}");
+    assert!(v["reference_manifest"]["execution_provider"].is_string(), "{v}");
+    assert_eq!(v["merkle_root"], json!(Commitment::build(&leaves).merkle_root), "{v}");
+    assert_eq!(json_of(app.get_as(&provider, &route).await).await["assignment_id"], json!(asg_id));
+    let (other_studio, other_provider) = (app.signup("studio").await, app.signup("provider").await);
+    for intruder in [&other_studio, &other_provider] {
+        assert_eq!(app.get_as(intruder, &route).await.status(), 404, "{}", intruder.role);
+        assert_eq!(app.get_as(intruder, &format!("/v1/jobs/{job_id}/verifications")).await.status(), 404);
+    }
+    assert_eq!(app.http.get(app.url(&route)).send().await.unwrap().status(), 401);
+
+    // The cheater's ask left the book (cancelled before the re-bid was placed); the re-bid rests.
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().is_some_and(|a| a.is_empty()) && book["bids"].as_array().is_some_and(|b| !b.is_empty()) {
+            assert_eq!(book["bids"][0]["price"], 50, "the re-bid is at the job's limit: {book}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no re-bid alone on the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An honest node takes the units and the job completes.
+    let (honest, agent) = start_provider(&stack, MARKET, 45, 5).await;
     let (job, seen) = wait_for_job(app, &studio, &job_id).await;
-    assert_eq!(job["request_counts"]["completed"], 0, "statuses {seen:?}: {job}");
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    assert_eq!((job["request_counts"]["completed"].as_i64(), job["request_counts"]["failed"].as_i64()), (Some(30), Some(0)), "{job}");
+    let out = app.get_as(&studio, &format!("/v1/jobs/{job_id}/output")).await.text().await.unwrap();
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 30);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["custom_id"], format!("req-{i:05}"));
+        let v: Vec<f64> = l["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(v.len(), 384);
+        assert!(v[0] < 0.99, "line {i} is the cheater's vector");
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    }
+    let errors = app.get_as(&studio, &format!("/v1/jobs/{job_id}/errors")).await;
+    assert_eq!(errors.status(), 404, "no error file: every line was redone");
+
+    // Both outcomes for the studio: the failed one (re-offered) and the honest one (paid).
+    let all = json_of(app.get_as(&studio, &format!("/v1/jobs/{job_id}/verifications")).await).await;
+    let all = all["data"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!((all[0]["outcome"].as_str(), all[0]["remedy"].as_str()), (Some("failed"), Some("reoffered")));
+    assert_eq!((all[1]["outcome"].as_str(), all[1]["remedy"].as_str()), (Some("passed"), Some("paid")));
+    assert_eq!(all[1]["verified_items"], 30);
+    assert!(all[1]["items"].as_array().unwrap().iter().all(|i| i["ok"] == true && i["cosine"].as_f64().unwrap() >= 0.999));
+
+    // Money: the cheater got nothing; the honest node its trade; the studio paid exactly that
+    // trade plus the fee, and holds nothing; the ledger's invariants hold.
+    let redone = json_of(app.get_as(&honest, "/v1/assignments").await).await;
+    let price = redone["data"][0]["price"].as_i64().unwrap();
+    let fee_bps = job["fee_bps"].as_i64().unwrap();
+    let fee = (price * fee_bps + 9_999) / 10_000;
+    assert_eq!(app.balance(&provider).await["available"].as_i64(), Some(0));
+    assert_eq!(app.balance(&honest).await["available"].as_i64(), Some(price));
     let s = app.balance(&studio).await;
-    assert_eq!((s["available"].as_i64(), s["held"].as_i64()), (Some(10_000), Some(0)), "studio {s}");
+    assert_eq!((s["available"].as_i64(), s["held"].as_i64()), (Some(10_000 - price - fee), Some(0)), "studio {s}");
+    {
+        use diesel::RunQueryDsl;
+        let mut c = app.db.conn();
+        let broken = diesel::sql_query("SELECT * FROM ledger_check_invariants()").execute(&mut c).expect("ledger invariants");
+        assert_eq!(broken, 0, "ledger invariants broken");
+    }
+    let _ = agent.stop(Duration::from_secs(60)).await;
 }

@@ -132,13 +132,28 @@ fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_unde
         &cheat_sha,
     ));
     match verdict {
-        Err(VerifyError::Mismatch(why)) => {
+        Err(VerifyError::Mismatch(f)) => {
+            let why = f.to_string();
             assert!(why.contains("differs from the re-run"), "{why}");
             let seed = hex::encode(policy.seed(assignment, &cheat_root, &cheat_sha));
             assert!(
                 why.contains(&format!("sample seed {seed}")),
                 "the evidence names the seed: {why}"
             );
+            // The dispute evidence: which check, the seed, and per sampled item both sides'
+            // hashes and the cosine (the faked ones far below 0.999).
+            assert_eq!(f.check, gridbook_db::status::FailedCheck::SampleMismatch);
+            assert_eq!(f.evidence.seed.as_deref(), Some(seed.as_str()));
+            assert_eq!(f.evidence.items.len(), verify::DEFAULT_SAMPLE_ITEMS);
+            assert!(f.evidence.reference_manifest.is_some());
+            let bad: Vec<_> = f.evidence.items.iter().filter(|i| !i.ok).collect();
+            assert!(!bad.is_empty());
+            for i in &f.evidence.items {
+                assert!(i.reference_sha256.is_some(), "{i:?}");
+                let cos = i.cosine.expect("a cosine per embedding");
+                assert_eq!(i.ok, cos >= 0.999, "{i:?}");
+                assert_eq!(i.ok, i.node_sha256 == *i.reference_sha256.as_ref().unwrap() || cos >= 0.999);
+            }
         }
         other => panic!("the cheater was not caught: {other:?}"),
     }

@@ -26,6 +26,7 @@ pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Proc {
             filter_subject: Some(subjects::market_evt(market)),
             outbox_interval_ms: Some(20),
             ack_wait_secs: Some(2),
+            max_reoffers: None,
             bin: Some(env!("CARGO_BIN_EXE_settlement-worker").into()),
         },
         log,

@@ -170,7 +170,7 @@ async fn garbage_on_the_events_subject_is_dead_lettered_acked_and_the_next_event
 }
 
 /// A users row for a ledger account (what the API's signup creates).
-fn user(c: &mut PgConnection, role: &str, account: AccountId) -> Uuid {
+pub fn user(c: &mut PgConnection, role: &str, account: AccountId) -> Uuid {
     let id = Uuid::now_v7();
     diesel::sql_query(
         "INSERT INTO users (id, email, password_hash, role, account_id) VALUES ($1, $2, 'x', $3, $4)",
@@ -184,7 +184,7 @@ fn user(c: &mut PgConnection, role: &str, account: AccountId) -> Uuid {
     id
 }
 
-fn node(c: &mut PgConnection, owner: Uuid) -> Uuid {
+pub fn node(c: &mut PgConnection, owner: Uuid) -> Uuid {
     let id = Uuid::now_v7();
     diesel::sql_query(
         "INSERT INTO nodes (id, owner, name, gpu_model, vram_mb, region, status, challenge_nonce, challenge_status) \
@@ -199,7 +199,7 @@ fn node(c: &mut PgConnection, owner: Uuid) -> Uuid {
 
 /// A studio's job as the API creates it (input object stored, `files` row, escrow reservation,
 /// `market_orders` row, `jobs` row): `items` lines, one unit each. Returns the job row.
-async fn job(
+pub async fn job(
     c: &mut PgConnection,
     js: &jetstream::Context,
     market: &str,
@@ -287,7 +287,7 @@ async fn job(
     row
 }
 
-fn job_status(c: &mut PgConnection, id: Uuid) -> JobStatus {
+pub fn job_status(c: &mut PgConnection, id: Uuid) -> JobStatus {
     use gridbook_db::schema::jobs;
     jobs::table.find(id).select(jobs::status).first(c).unwrap()
 }
@@ -364,6 +364,9 @@ async fn a_raw_ask_on_nats_that_fills_a_job_bid_is_dead_lettered_its_units_relea
             nkey_file: nats.access().nkey_file(gridbook_testkit::Service::Settlement),
             outbox_interval_ms: Some(20),
             ack_wait_secs: Some(2),
+            // The provider's failed unit is refunded at once (not offered again): this test is
+            // about the refused fill; re-offers are `redo.rs`'s.
+            max_reoffers: Some(0),
             bin: Some(env!("CARGO_BIN_EXE_settlement-worker").into()),
             ..WorkerConfig::default()
         },

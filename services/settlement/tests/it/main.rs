@@ -8,6 +8,7 @@ mod crash;
 mod dead_letters;
 mod e2e;
 mod flow;
+mod redo;
 mod settle;
 
 use std::time::{Duration, Instant};
