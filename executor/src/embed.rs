@@ -136,6 +136,43 @@ impl Embedder {
     pub fn load(rt: &Runtime, models: &ModelsDir, config: EmbedConfig) -> Result<Self> {
         let spec = models.spec(MODEL_DIR, &config.model_sha256)?;
         let session = rt.session(&spec)?;
+        Self::with_session(rt, models, config, spec, session)
+    }
+
+    /// The market's embedder on a studio's private model: `bytes` (plaintext `.onnx`, in
+    /// memory) must hash to `sha256` and keep the market's contract (inputs `input_ids`,
+    /// `attention_mask`, `token_type_ids`; output `last_hidden_state` of width [`HIDDEN`]); the
+    /// tokenizer, pooling and batching stay the market's.
+    pub fn load_private(
+        rt: &Runtime,
+        models: &ModelsDir,
+        mut config: EmbedConfig,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Self> {
+        let sha = crate::models::Sha256Hex::parse(sha256)?;
+        let session = rt.session_from_memory(name, bytes, &sha)?;
+        config.model_sha256 = sha.to_string();
+        let spec = ModelSpec {
+            name: name.to_owned(),
+            // Only for messages: the private model has no file; the tokenizer is the market's.
+            path: models.model_dir(MODEL_DIR).join("model.onnx"),
+            sha256: sha,
+        };
+        let e = Self::with_session(rt, models, config, spec, session)?;
+        // One call proves the output shape before any assignment depends on it.
+        e.embed(&["gridbook model check"])?;
+        Ok(e)
+    }
+
+    fn with_session(
+        rt: &Runtime,
+        models: &ModelsDir,
+        config: EmbedConfig,
+        spec: ModelSpec,
+        session: SharedSession,
+    ) -> Result<Self> {
         {
             let s = runtime::lock(&session);
             let names: Vec<&str> = s.inputs().iter().map(|o| o.name()).collect();
@@ -412,7 +449,11 @@ impl EmbedWorkload {
             ort_version: e.ort_version.clone(),
             execution_provider: e.provider.clone(),
             device: e.device.clone(),
-            dtype: "float32 (int8 weights)".into(),
+            dtype: if e.spec.sha256.as_str() == pinned::MINILM_L6_INT8 {
+                "float32 (int8 weights)".into()
+            } else {
+                "float32".into()
+            },
             gpu_name: e.gpu_name.clone(),
             executor_version: env!("CARGO_PKG_VERSION").into(),
             parameters: serde_json::json!({

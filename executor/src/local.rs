@@ -74,6 +74,8 @@ pub fn parse_jsonl<W: Workload>(workload: &W, reader: impl BufRead) -> Parsed<W:
             continue;
         }
         let text = match std::str::from_utf8(&bytes) {
+            // A UTF-8 byte-order mark before the first line is not part of the JSON.
+            Ok(t) if line_no == 1 => t.strip_prefix('\u{feff}').unwrap_or(t).trim(),
             Ok(t) => t.trim(),
             Err(_) => {
                 errors.push(LineError {
@@ -167,12 +169,65 @@ impl OutputPaths {
     }
 }
 
+/// How local mode writes its output and error lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// `{"custom_id", <fields>}` per item; errors `{"line","custom_id","field","message"}`.
+    #[default]
+    Gridbook,
+    /// OpenAI's Batch envelope, what Batch users' parsers read: outputs
+    /// `{"id","custom_id","response":{"status_code":200,"request_id","body"},"error":null}`,
+    /// errors `{"id","custom_id","response":null,"error":{"code","message"}}`. An embedding's
+    /// body is an embeddings response (`object: list`, one `embedding` at index 0, `model`);
+    /// another workload's body is its Gridbook fields. No token usage is reported (none is
+    /// counted).
+    OpenAiBatch,
+}
+
+/// An output line (the Gridbook record, `custom_id` included) in OpenAI's Batch envelope;
+/// `n` numbers the request (1-based, input order).
+pub fn openai_batch_output(n: usize, model: &str, mut record: Map<String, Value>) -> Value {
+    let custom_id = record.remove("custom_id").unwrap_or(Value::Null);
+    let body = match record.remove("embedding") {
+        Some(embedding) => serde_json::json!({
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+            "model": model,
+        }),
+        None => Value::Object(record),
+    };
+    serde_json::json!({
+        "id": format!("batch_req_{n:06}"),
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": format!("gridbook-{n:06}"), "body": body},
+        "error": null,
+    })
+}
+
+/// An error line in OpenAI's Batch envelope: `invalid_request` for a line refused before it
+/// ran, `item_failed` for an item whose run failed; the message names the line and field.
+pub fn openai_batch_error(n: usize, e: &LineError) -> Value {
+    let code = if e.field.is_some() || e.custom_id.is_none() { "invalid_request" } else { "item_failed" };
+    let message = match &e.field {
+        Some(f) => format!("line {}: {f}: {}", e.line, e.message),
+        None => format!("line {}: {}", e.line, e.message),
+    };
+    serde_json::json!({
+        "id": format!("batch_req_{n:06}"),
+        "custom_id": e.custom_id,
+        "response": null,
+        "error": {"code": code, "message": message},
+    })
+}
+
 /// Summary of a local run.
 #[derive(Debug)]
 pub struct LocalReport {
     pub paths: OutputPaths,
     pub succeeded: usize,
     pub failed: usize,
+    /// The first few errors (by line), for the command line.
+    pub first_errors: Vec<LineError>,
     pub commitment: Commitment,
     pub manifest: Manifest,
     pub elapsed: std::time::Duration,
@@ -319,6 +374,7 @@ pub fn run_file<W: Workload>(
     workload: &mut W,
     input: &Path,
     output: &Path,
+    format: OutputFormat,
     progress: &dyn Fn(u64),
     on_total: &dyn Fn(u64),
 ) -> Result<LocalReport> {
@@ -338,7 +394,21 @@ pub fn run_file<W: Workload>(
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| ExecutorError::io(dir, e))?;
     }
-    std::fs::write(output, &run.output).map_err(|e| ExecutorError::io(output, e))?;
+    let bytes = match format {
+        OutputFormat::Gridbook => run.output,
+        OutputFormat::OpenAiBatch => {
+            let mut out = Vec::with_capacity(run.output.len() + run.output.len() / 8);
+            for (i, line) in run.output.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let rec: Map<String, Value> = serde_json::from_slice(line)
+                    .map_err(|e| ExecutorError::io(output, e.into()))?;
+                serde_json::to_writer(&mut out, &openai_batch_output(i + 1, &run.manifest.workload, rec))
+                    .map_err(|e| ExecutorError::io(output, e.into()))?;
+                out.push(b'\n');
+            }
+            out
+        }
+    };
+    std::fs::write(output, &bytes).map_err(|e| ExecutorError::io(output, e))?;
     let errors = run.errors;
     let result = run.commitment;
     let manifest = run.manifest;
@@ -347,9 +417,12 @@ pub fn run_file<W: Workload>(
     let mut ef = BufWriter::new(
         std::fs::File::create(&paths.errors).map_err(|e| ExecutorError::io(&paths.errors, e))?,
     );
-    for e in &errors {
-        serde_json::to_writer(&mut ef, e)
-            .map_err(|er| ExecutorError::io(&paths.errors, er.into()))?;
+    for (i, e) in errors.iter().enumerate() {
+        match format {
+            OutputFormat::Gridbook => serde_json::to_writer(&mut ef, e),
+            OutputFormat::OpenAiBatch => serde_json::to_writer(&mut ef, &openai_batch_error(succeeded + i + 1, e)),
+        }
+        .map_err(|er| ExecutorError::io(&paths.errors, er.into()))?;
         ef.write_all(b"\n")
             .map_err(|er| ExecutorError::io(&paths.errors, er))?;
     }
@@ -366,6 +439,7 @@ pub fn run_file<W: Workload>(
         paths,
         succeeded,
         failed: errors.len(),
+        first_errors: errors.iter().take(5).cloned().collect(),
         commitment: result,
         manifest,
         elapsed: started.elapsed(),

@@ -73,6 +73,10 @@ enum Cmd {
         /// SD: model directory (SD 1.5 ONNX export layout + tokenizer.json + gridbook-sd.json).
         #[arg(long)]
         sd_model_dir: Option<PathBuf>,
+        /// Output and error lines: `gridbook` (`{"custom_id", …}`) or `openai-batch` (OpenAI's
+        /// Batch envelope: `{"id","custom_id","response":{"status_code","body"},"error"}`).
+        #[arg(long, default_value = "gridbook", value_parser = ["gridbook", "openai-batch"])]
+        format: String,
     },
     /// Measure throughput per workload (and the Python onnxruntime baseline for embeddings).
     Bench {
@@ -128,7 +132,35 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exits 1 with `error: …` on stderr, each cause said once (a cause whose text the message
+/// already carries is not repeated).
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `e` and its causes joined by ": ", skipping a cause already contained in what precedes it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -162,7 +194,13 @@ fn main() -> anyhow::Result<()> {
             max_batch_size,
             render_batch,
             sd_model_dir,
+            format,
         } => {
+            let format = if format == "openai-batch" {
+                local::OutputFormat::OpenAiBatch
+            } else {
+                local::OutputFormat::Gridbook
+            };
             let opts = registry::Options {
                 models_dir: cli.models_dir.clone(),
                 sd_model_dir,
@@ -179,7 +217,7 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let mut w = registry::Loaded::load(workload, &rt, &opts)?;
-            run_local(&mut w, &input, &output)
+            run_local(&mut w, &input, &output, format)
         }
         Cmd::Bench {
             sentences,
@@ -458,10 +496,13 @@ fn spinner(msg: &'static str) -> ProgressBar {
     pb
 }
 
+/// Runs a file locally; fails (exit 1) when no item succeeded — an empty file, or every line
+/// refused or failed — after writing the error file. The first errors go to stderr.
 fn run_local<W: Workload>(
     w: &mut W,
     input: &std::path::Path,
     output: &std::path::Path,
+    format: local::OutputFormat,
 ) -> anyhow::Result<()> {
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -471,7 +512,7 @@ fn run_local<W: Workload>(
         .progress_chars("=> "),
     );
     pb.set_message(w.id());
-    let report = local::run_file(w, input, output, &|n| pb.inc(n), &|total| {
+    let report = local::run_file(w, input, output, format, &|n| pb.inc(n), &|total| {
         pb.set_length(total)
     })
     .with_context(|| format!("running {} on {}", w.id(), input.display()))?;
@@ -487,5 +528,20 @@ fn run_local<W: Workload>(
     println!("output: {}", report.paths.output.display());
     println!("errors: {}", report.paths.errors.display());
     println!("commitment: {}", report.paths.commitment.display());
+    for e in &report.first_errors {
+        let field = e.field.as_deref().map(|f| format!(" {f}:")).unwrap_or_default();
+        let id = e.custom_id.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+        eprintln!("line {}{id}:{field} {}", e.line, e.message);
+    }
+    if report.failed > report.first_errors.len() {
+        eprintln!("… and {} more in {}", report.failed - report.first_errors.len(), report.paths.errors.display());
+    }
+    if report.succeeded == 0 {
+        anyhow::bail!(if report.failed == 0 {
+            format!("{} has no input lines", input.display())
+        } else {
+            format!("no item succeeded: all {} lines failed (see {})", report.failed, report.paths.errors.display())
+        });
+    }
     Ok(())
 }

@@ -170,6 +170,40 @@ impl Loaded {
         })
     }
 
+    /// The workload of `kind` on a studio's private model (`bytes`, plaintext in memory, must
+    /// hash to `sha256`). Only embeddings take private models: a BERT-style encoder with the
+    /// market's tokenizer and a 384-wide `last_hidden_state` (see [`Embedder::load_private`]).
+    pub fn load_private(
+        kind: WorkloadKind,
+        rt: &Runtime,
+        opts: &Options,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Self> {
+        match kind {
+            WorkloadKind::Embed => {
+                let models = match &opts.models_dir {
+                    Some(d) => ModelsDir::new(d),
+                    None => ModelsDir::from_env()?,
+                };
+                Ok(Loaded::Embed(EmbedWorkload {
+                    embedder: Embedder::load_private(
+                        rt,
+                        &models,
+                        opts.embed.clone(),
+                        name,
+                        bytes,
+                        sha256,
+                    )?,
+                }))
+            }
+            WorkloadKind::Terrain | WorkloadKind::Sd => Err(ExecutorError::Config(format!(
+                "the {kind} workload does not take private models"
+            ))),
+        }
+    }
+
     pub fn kind(&self) -> WorkloadKind {
         match self {
             Loaded::Embed(_) => WorkloadKind::Embed,
@@ -407,9 +441,14 @@ pub fn mean_abs_diff(a: &[u8], b: &[u8]) -> std::result::Result<f64, String> {
 /// verifier): ONNX Runtime on the CPU with one intra-op thread (`ORT_DYLIB_PATH`), models from
 /// `GRIDBOOK_MODELS_DIR`, each workload loaded on first use and kept; a failed start or load is
 /// retried on the next use. Blocking: use it on a blocking thread.
+/// Private models the market's own executor keeps loaded at once (each holds its weights).
+pub const PRIVATE_MODELS_KEPT: usize = 2;
+
 pub struct Reference {
     rt: Option<Runtime>,
     loaded: BTreeMap<WorkloadKind, Loaded>,
+    /// Private models by sha256, most recently used last, at most [`PRIVATE_MODELS_KEPT`].
+    private: Vec<(String, Loaded)>,
     /// `None`: [`Options::default`] (models from `GRIDBOOK_MODELS_DIR`, no SD pipeline).
     options: Option<Options>,
 }
@@ -425,6 +464,7 @@ impl Reference {
         Self {
             rt: None,
             loaded: BTreeMap::new(),
+            private: Vec::new(),
             options: None,
         }
     }
@@ -437,19 +477,70 @@ impl Reference {
         }
     }
 
+    fn runtime(&mut self) -> Result<&Runtime> {
+        if self.rt.is_none() {
+            self.rt = Some(Runtime::new(RuntimeConfig {
+                dylib_path: None,
+                provider: Provider::Cpu,
+                intra_threads: 1,
+            })?);
+        }
+        Ok(self.rt.as_ref().expect("set above"))
+    }
+
+    /// The workload of `kind` on a private model whose plaintext `bytes()` gives (called only
+    /// when the model is not kept already), hash-checked against `sha256`.
+    pub fn private_workload(
+        &mut self,
+        kind: WorkloadKind,
+        sha256: &str,
+        bytes: impl FnOnce() -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<&mut Loaded> {
+        if let Some(i) = self
+            .private
+            .iter()
+            .position(|(s, w)| s == sha256 && w.kind() == kind)
+        {
+            let kept = self.private.remove(i);
+            self.private.push(kept);
+        } else {
+            let plain = bytes().map_err(ExecutorError::Config)?;
+            let opts = self.options.clone().unwrap_or_default();
+            let w = Loaded::load_private(kind, self.runtime()?, &opts, "private model", &plain, sha256)?;
+            drop(plain);
+            if self.private.len() >= PRIVATE_MODELS_KEPT {
+                self.private.remove(0);
+            }
+            tracing::info!(workload = %kind, sha256, "reference private model loaded");
+            self.private.push((sha256.to_owned(), w));
+        }
+        Ok(&mut self.private.last_mut().expect("pushed above").1)
+    }
+
+    /// Whether `bytes` is a model `kind` can run as a private model (loaded and called once on
+    /// the CPU, not kept); `Err` says what is wrong with it.
+    pub fn check_private_model(
+        &mut self,
+        kind: WorkloadKind,
+        bytes: &[u8],
+    ) -> std::result::Result<(), String> {
+        let sha = hex::encode(crate::commitment::sha256(bytes));
+        let opts = self.options.clone().unwrap_or_default();
+        let rt = self.runtime().map_err(|e| format!("the market's runtime is unavailable: {e}"))?;
+        Loaded::load_private(kind, rt, &opts, "uploaded model", bytes, &sha)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// The workload of `kind`, loaded now if it is not yet.
     pub fn workload(&mut self, kind: WorkloadKind) -> Result<&mut Loaded> {
         use std::collections::btree_map::Entry;
+        if self.rt.is_none() {
+            self.runtime()?;
+        }
         match self.loaded.entry(kind) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(slot) => {
-                if self.rt.is_none() {
-                    self.rt = Some(Runtime::new(RuntimeConfig {
-                        dylib_path: None,
-                        provider: Provider::Cpu,
-                        intra_threads: 1,
-                    })?);
-                }
                 let rt = self.rt.as_ref().expect("set above");
                 let w = match &self.options {
                     Some(o) => Loaded::load(kind, rt, o)?,

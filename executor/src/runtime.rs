@@ -312,6 +312,35 @@ impl Runtime {
         Ok(shared)
     }
 
+    /// A session of model bytes held only in memory (a studio's private model, decrypted in
+    /// memory, never written to disk here). The bytes' sha256 must be `expected`. Not cached by
+    /// the runtime: the caller bounds how many private sessions it keeps.
+    pub fn session_from_memory(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expected: &Sha256Hex,
+    ) -> Result<SharedSession> {
+        let actual = Sha256Hex::from_digest(&crate::commitment::sha256(bytes));
+        if &actual != expected {
+            return Err(ExecutorError::ModelHashMismatch {
+                path: PathBuf::from(format!("<{name} in memory>")),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let started = std::time::Instant::now();
+        let session = self
+            .builder()?
+            .commit_from_memory(bytes)
+            .map_err(|e| match self.config.provider {
+                Provider::Cpu => ExecutorError::Ort(e),
+                Provider::Cuda { .. } => self.ep_error(e),
+            })?;
+        tracing::info!(model = %name, sha256 = %actual, ms = started.elapsed().as_millis() as u64, "in-memory session ready");
+        Ok(Arc::new(Mutex::new(session)))
+    }
+
     /// Number of cached sessions (for tests and metrics).
     pub fn cached_sessions(&self) -> usize {
         self.sessions

@@ -639,6 +639,10 @@ impl Project {
         ];
         let mut children = Vec::new();
         let keys = self.nats_keys()?;
+        // The key-encryption key of studios' private models: one per checkout, in `.gridbook/`
+        // (mode 0600, never committed); the API seals with it, the worker opens for re-runs.
+        let models_kek = self.state.join("models.kek");
+        gridbook_sealed::Kek::load_or_create(&models_kek).map_err(|e| e.to_string())?;
         use gridbook_natsauth::keys::Service;
         for (name, args) in processes {
             let mut cmd = self.cargo_bin_command(&target.join("release").join(name));
@@ -652,6 +656,9 @@ impl Project {
                     .env("GRIDBOOK_NATS_AUTH__ISSUER_FILE", keys.issuer_file())
                     .env("GRIDBOOK_NATS_AUTH__SYS_NKEY_FILE", keys.seed_file(Service::Sys)),
             };
+            if name != "matching-engine" {
+                cmd.env("GRIDBOOK_MODELS_KEK_FILE", &models_kek);
+            }
             if name == "settlement-worker" {
                 // The key of the verification sample's HMAC: one per checkout, kept in
                 // `.gridbook/` (never committed), so samples can be recomputed across restarts.

@@ -309,6 +309,18 @@ pub mod node {
         /// The result must arrive before this time (ms since the Unix epoch), or the
         /// assignment is voided and the studio refunded.
         pub deadline_ms: u64,
+        /// The studio's private model to run instead of the market's: fetched (sealed) and its
+        /// key released through the assignment's grant; the node must load exactly `sha256`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<ModelRef>,
+    }
+
+    /// A private model an assignment runs.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ModelRef {
+        pub id: Uuid,
+        /// sha256 (hex) of the plaintext `.onnx` file, pinned in the job.
+        pub sha256: String,
     }
 
     /// The message on `node.<node_id>.assign` (published from the ledger's outbox,
@@ -553,8 +565,10 @@ pub mod catalog {
         line.iter().all(u8::is_ascii_whitespace)
     }
 
-    /// A job's items in order: the non-blank lines of its input file, without their `\n`.
+    /// A job's items in order: the non-blank lines of its input file, without their `\n` (and
+    /// without a UTF-8 byte-order mark before the first, as the executor's parser reads it).
     pub fn items(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+        let input = input.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(input);
         input.split(|&b| b == b'\n').filter(|l| !is_blank(l))
     }
 
@@ -656,6 +670,9 @@ mod tests {
         let text = b"a\n\n b \nc\n \t\r\nd";
         let all: Vec<&[u8]> = catalog::items(text).collect();
         assert_eq!(all, [&b"a"[..], b" b ", b"c", b"d"]);
+        // A UTF-8 byte-order mark before the first line is not part of the first item.
+        let bom: Vec<&[u8]> = catalog::items(b"\xEF\xBB\xBF{}\n[]").collect();
+        assert_eq!(bom, [&b"{}"[..], b"[]"]);
         assert_eq!(
             catalog::select_items(text, 1, 2).unwrap(),
             [&b" b "[..], b"c"]

@@ -173,6 +173,36 @@ pub struct Grant {
     pub output_url: String,
     pub items: u64,
     pub max_output_bytes: u64,
+    /// The job's private model, when it runs one.
+    #[serde(default)]
+    pub model: Option<GrantModel>,
+}
+
+/// Where an assignment's private model and its key are (the grant is their bearer).
+#[derive(Clone, Debug, Deserialize)]
+pub struct GrantModel {
+    pub id: Uuid,
+    pub sha256: String,
+    /// Size of the sealed model.
+    pub bytes: u64,
+    pub url: String,
+    pub key_url: String,
+}
+
+/// A private model's data key, released for one open assignment. `Debug` hides the key.
+#[derive(Clone, Deserialize)]
+pub struct ModelKey {
+    pub model_id: Uuid,
+    pub sha256: String,
+    pub algorithm: String,
+    pub key_b64: String,
+    pub nonce_b64: String,
+}
+
+impl std::fmt::Debug for ModelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelKey").field("model_id", &self.model_id).field("sha256", &self.sha256).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Grant {
@@ -308,6 +338,44 @@ impl ApiClient {
                     .timeout(Self::DATA_TIMEOUT)
                     .body(bytes),
             )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
+    }
+
+    /// The assignment's private model, sealed (at most `max` bytes).
+    pub async fn model(&self, grant: &Grant, max: u64) -> Result<Vec<u8>, ApiError> {
+        let what = "GET /v1/assignments/{id}/model";
+        let m = grant.model.as_ref().ok_or_else(|| ApiError::Decode {
+            what: what.into(),
+            message: "the grant names no model".into(),
+        })?;
+        if m.bytes > max {
+            return Err(ApiError::Decode {
+                what: what.into(),
+                message: format!("the model is {} bytes, over the node's limit of {max}", m.bytes),
+            });
+        }
+        let body = self
+            .send_raw(what, self.http.get(self.url(&m.url)).bearer_auth(&grant.token).timeout(Self::DATA_TIMEOUT))
+            .await?;
+        if body.len() as u64 > max {
+            return Err(ApiError::Decode {
+                what: what.into(),
+                message: format!("the model is {} bytes, over the node's limit of {max}", body.len()),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// The key of the assignment's private model (released to this assignment only).
+    pub async fn model_key(&self, grant: &Grant) -> Result<ModelKey, ApiError> {
+        let what = "GET /v1/assignments/{id}/model-key";
+        let m = grant.model.as_ref().ok_or_else(|| ApiError::Decode {
+            what: what.into(),
+            message: "the grant names no model".into(),
+        })?;
+        let body = self
+            .send_raw(what, self.http.get(self.url(&m.key_url)).bearer_auth(&grant.token))
             .await?;
         serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
     }

@@ -48,6 +48,8 @@ pub struct AgentSettings {
     pub sd_model_dir: Option<PathBuf>,
     /// Largest input object the agent downloads.
     pub max_input_bytes: u64,
+    /// Largest (sealed) private model the agent downloads.
+    pub max_model_bytes: u64,
     /// Markets served and how each prices its ask.
     pub markets: BTreeMap<String, Policy>,
 }
@@ -71,6 +73,7 @@ impl Default for AgentSettings {
             models_dir: None,
             sd_model_dir: None,
             max_input_bytes: 512 << 20,
+            max_model_bytes: 1 << 30,
             markets: BTreeMap::new(),
         }
     }

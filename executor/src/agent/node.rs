@@ -35,13 +35,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind, Context};
 use futures::StreamExt;
-use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, Outcome, ResultMsg};
+use gridbook_wire::node::{AssignmentMsg, CancelMsg, HeartbeatMsg, ModelRef, Outcome, ResultMsg};
 use gridbook_wire::{consumers, headers, streams, subjects};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::api::{ApiClient, NodeCredential};
+use super::api::{ApiClient, ModelKey, NodeCredential};
 use super::config::AgentSettings;
 use super::workloads::{ProgressLog, Workloads, select_items};
 use super::{AgentError, SharedState, stopped};
@@ -147,6 +147,7 @@ struct Ctx {
     done_capacity: usize,
     ack_wait: Duration,
     max_input_bytes: u64,
+    max_model_bytes: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -218,6 +219,7 @@ pub async fn run_node(
         done_capacity: settings.done_capacity,
         ack_wait,
         max_input_bytes: settings.max_input_bytes,
+        max_model_bytes: settings.max_model_bytes,
     });
     tracing::info!(node_id = %node, device = %workloads.device, max_concurrent = settings.max_concurrent, "node online");
 
@@ -556,7 +558,13 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         return End::Nothing("deadline passed before the run started (the market voids it)");
     }
     tracing::info!(assignment_id = %a.assignment_id, market = %a.market, job_id = %job_id,
-        items = work.item_count, item_start = work.item_start, "assignment started");
+        items = work.item_count, item_start = work.item_start,
+        model = ?work.model.as_ref().map(|m| m.id), "assignment started");
+    if let Some(m) = &work.model
+        && let Err(e) = ensure_private_model(ctx, a, m).await
+    {
+        return failed(e);
+    }
     let input = match fetch_input(ctx, a.assignment_id, ctx.max_input_bytes).await {
         Ok(b) => b,
         Err(e) => return failed(e),
@@ -578,8 +586,9 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         let market = a.market.clone();
         let progress = progress.clone();
         let offset = work.item_start as usize;
+        let model = work.model.as_ref().map(|m| m.sha256.clone());
         tokio::task::spawn_blocking(move || {
-            workloads.run(&market, &items, offset, &|n| progress.add(n), &control)
+            workloads.run(&market, model.as_deref(), &items, offset, &|n| progress.add(n), &control)
         })
         .await
     };
@@ -621,6 +630,58 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         // The work is done but cannot be delivered: fail it (the market re-offers the units).
         Err(e) => failed(e),
     }
+}
+
+/// Makes sure the assignment's private model is loaded: unless it is kept already, fetches the
+/// sealed model and its key through a grant for this assignment, opens it in memory (never on
+/// disk), checks its sha256 against the one the job pinned and loads it.
+async fn ensure_private_model(ctx: &Arc<Ctx>, a: &AssignmentMsg, m: &ModelRef) -> Result<(), String> {
+    if ctx.workloads.has_private(&a.market, &m.sha256) {
+        return Ok(());
+    }
+    let api = ctx.credentials.api();
+    let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
+    let grant = api.grant(&credential, a.assignment_id).await.map_err(|e| e.to_string())?;
+    match &grant.model {
+        Some(g) if g.id == m.id && g.sha256 == m.sha256 => {}
+        other => {
+            return Err(format!(
+                "the grant names model {:?}, the assignment {} ({})",
+                other.as_ref().map(|g| (g.id, &g.sha256)),
+                m.id,
+                m.sha256
+            ));
+        }
+    }
+    let sealed = api.model(&grant, ctx.max_model_bytes).await.map_err(|e| e.to_string())?;
+    let key = api.model_key(&grant).await.map_err(|e| e.to_string())?;
+    let (workloads, market, m) = (ctx.workloads.clone(), a.market.clone(), m.clone());
+    tokio::task::spawn_blocking(move || {
+        let plain = open_model(sealed, &key, &m)?;
+        workloads
+            .load_private(&market, &m.sha256, plain)
+            .map_err(|e| format!("private model {}: {e}", m.id))
+    })
+    .await
+    .map_err(|e| format!("loading the private model panicked: {e}"))?
+}
+
+/// Decrypts a sealed private model with the key the market released (in place, in memory).
+fn open_model(mut sealed: Vec<u8>, key: &ModelKey, m: &ModelRef) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    if key.algorithm != gridbook_sealed::ALGORITHM {
+        return Err(format!("unknown model sealing {:?}", key.algorithm));
+    }
+    if key.model_id != m.id || key.sha256 != m.sha256 {
+        return Err(format!("the key released is for model {}, not {}", key.model_id, m.id));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let k = b64.decode(&key.key_b64).map_err(|e| format!("model key: {e}"))?;
+    let nonce = b64.decode(&key.nonce_b64).map_err(|e| format!("model nonce: {e}"))?;
+    let k = gridbook_sealed::DataKey::from_slice(&k).map_err(|e| e.to_string())?;
+    gridbook_sealed::open(&k, &nonce, &mut sealed, &gridbook_sealed::model_aad(m.id.as_bytes(), &m.sha256))
+        .map_err(|e| format!("private model {}: {e}", m.id))?;
+    Ok(sealed)
 }
 
 /// The assignment's input lines, through a grant for it.

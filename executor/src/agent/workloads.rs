@@ -15,13 +15,31 @@ use crate::error::{ExecutorError, Result};
 use crate::local::{Artifacts, JsonlRun, run_reader};
 use crate::models::ModelsDir;
 use crate::registry::{Loaded, Options, WorkloadKind};
-use crate::runtime::{RunControl, Runtime};
+use crate::runtime::{RunControl, Runtime, RuntimeConfig};
 use crate::workload::Workload;
+
+/// Studios' private models a node keeps loaded at once (each holds its weights in memory);
+/// the least recently used is dropped for a new one.
+pub const PRIVATE_MODELS_KEPT: usize = 2;
+
+/// A private model loaded for a market's kind.
+struct Private {
+    sha256: String,
+    kind: WorkloadKind,
+    workload: Arc<Mutex<Loaded>>,
+}
 
 pub struct Workloads {
     /// By kind: the challenge's ([`crate::challenge::WORKLOAD`]) always, plus the configured
     /// markets'.
     loaded: BTreeMap<WorkloadKind, Mutex<Loaded>>,
+    /// Private models, most recently used last (at most [`PRIVATE_MODELS_KEPT`]).
+    private: Mutex<Vec<Private>>,
+    /// How the private models' runtime is made (the node's own: same provider and threads),
+    /// started on the first private model.
+    rt_config: RuntimeConfig,
+    private_rt: Mutex<Option<Arc<Runtime>>>,
+    options: Options,
     /// `cpu` or `cuda:<id>`.
     pub device: String,
     /// The GPU's model name when the driver reports it.
@@ -61,6 +79,10 @@ impl Workloads {
         }
         Ok(Self {
             loaded,
+            private: Mutex::new(Vec::new()),
+            rt_config: rt.config().clone(),
+            private_rt: Mutex::new(None),
+            options: opts,
             device: rt.provider().label(),
             gpu_name: rt.gpu_name().map(str::to_owned),
         })
@@ -92,19 +114,82 @@ impl Workloads {
         crate::challenge::run(w.embedder().ok_or_else(missing)?, nonce, items)
     }
 
-    /// Runs JSONL items (already the assignment's lines) for `market`. `line_offset` numbers
-    /// error lines within the job's file. Cancelling `control` returns `Cancelled`.
+    /// The private model `sha256` loaded for `market`'s kind, if kept (now the most recent).
+    fn private(&self, market: &str, sha256: &str) -> Option<Arc<Mutex<Loaded>>> {
+        let kind = gridbook_wire::catalog::work(market)?.kind;
+        let mut kept = lock(&self.private);
+        let i = kept
+            .iter()
+            .position(|p| p.sha256 == sha256 && p.kind == kind)?;
+        let p = kept.remove(i);
+        let w = p.workload.clone();
+        kept.push(p);
+        Some(w)
+    }
+
+    /// Whether the private model `sha256` is loaded for `market` (then its key need not be
+    /// fetched again).
+    pub fn has_private(&self, market: &str, sha256: &str) -> bool {
+        self.private(market, sha256).is_some()
+    }
+
+    /// Loads a studio's private model (plaintext `bytes`, decrypted in memory) for `market`'s
+    /// kind; the bytes must hash to `sha256`. Blocking (builds an ONNX Runtime session).
+    pub fn load_private(&self, market: &str, sha256: &str, bytes: Vec<u8>) -> Result<()> {
+        let kind = gridbook_wire::catalog::work(market)
+            .ok_or_else(|| ExecutorError::Config(format!("unknown market {market:?}")))?
+            .kind;
+        let rt = {
+            let mut slot = lock(&self.private_rt);
+            match &*slot {
+                Some(rt) => rt.clone(),
+                None => {
+                    let rt = Arc::new(Runtime::new(self.rt_config.clone())?);
+                    *slot = Some(rt.clone());
+                    rt
+                }
+            }
+        };
+        let w = Loaded::load_private(kind, &rt, &self.options, "private model", &bytes, sha256)?;
+        drop(bytes);
+        let mut kept = lock(&self.private);
+        kept.retain(|p| !(p.sha256 == sha256 && p.kind == kind));
+        if kept.len() >= PRIVATE_MODELS_KEPT {
+            kept.remove(0);
+        }
+        kept.push(Private {
+            sha256: sha256.to_owned(),
+            kind,
+            workload: Arc::new(Mutex::new(w)),
+        });
+        tracing::info!(market, sha256, "private model loaded");
+        Ok(())
+    }
+
+    /// Runs JSONL items (already the assignment's lines) for `market`, on the private model
+    /// `model` (its sha256; loaded with [`Self::load_private`]) or the market's. `line_offset`
+    /// numbers error lines within the job's file. Cancelling `control` returns `Cancelled`.
     pub fn run(
         &self,
         market: &str,
+        model: Option<&str>,
         jsonl: &[u8],
         line_offset: usize,
         progress: &dyn Fn(u64),
         control: &Arc<RunControl>,
     ) -> Result<JsonlRun> {
-        let w = self
-            .for_market(market)
-            .ok_or_else(|| ExecutorError::Config(format!("this node does not serve {market}")))?;
+        let private;
+        let w = match model {
+            Some(sha) => {
+                private = self.private(market, sha).ok_or_else(|| {
+                    ExecutorError::Config(format!("private model {sha} is not loaded"))
+                })?;
+                &*private
+            }
+            None => self.for_market(market).ok_or_else(|| {
+                ExecutorError::Config(format!("this node does not serve {market}"))
+            })?,
+        };
         let mut w = lock(w);
         control.check()?;
         run_reader(

@@ -191,7 +191,7 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
     {
         let w = workloads();
         let mut embed = w.get(executor::registry::WorkloadKind::Embed).unwrap().lock().unwrap();
-        let r = executor::local::run_file(&mut *embed, &local_in, &local_out, &|_| {}, &|_| {})
+        let r = executor::local::run_file(&mut *embed, &local_in, &local_out, executor::local::OutputFormat::Gridbook, &|_| {}, &|_| {})
             .unwrap();
         assert_eq!(r.succeeded, 50);
     }

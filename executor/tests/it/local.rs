@@ -31,7 +31,7 @@ fn bad_lines_go_to_the_error_file_and_good_lines_still_run() {
     .unwrap();
     let out = dir.join("out.jsonl");
     let mut w = workload();
-    let report = run_file(&mut w, &input, &out, &|_| {}, &|_| {}).unwrap();
+    let report = run_file(&mut w, &input, &out, executor::local::OutputFormat::Gridbook, &|_| {}, &|_| {}).unwrap();
     assert_eq!((report.succeeded, report.failed), (2, 7));
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
@@ -133,4 +133,80 @@ fn artifact_names_are_safe_and_distinct() {
     assert!(a.starts_with("a_b-") && a.ends_with(".png"));
     assert_ne!(a, b);
     assert!(!artifact_name("../../etc", "png").contains('/'));
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted_and_the_openai_batch_envelope_is_written() {
+    let dir = common::tmp_dir("openai-batch");
+    let input = dir.join("in.jsonl");
+    std::fs::write(
+        &input,
+        "\u{feff}{\"custom_id\":\"a\",\"input\":\"The weather is lovely today\"}\n{\"custom_id\":\"b\",\"input\":42}\n",
+    )
+    .unwrap();
+    let out = dir.join("out.jsonl");
+    let mut w = workload();
+    let report = run_file(&mut w, &input, &out, executor::local::OutputFormat::OpenAiBatch, &|_| {}, &|_| {}).unwrap();
+    assert_eq!((report.succeeded, report.failed), (1, 1), "the BOM line is an item");
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&out).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(line["id"], "batch_req_000001");
+    assert_eq!(line["custom_id"], "a");
+    assert_eq!(line["error"], serde_json::Value::Null);
+    assert_eq!(line["response"]["status_code"], 200);
+    let body = &line["response"]["body"];
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "EMBED-MINILM-L6");
+    assert_eq!(body["data"][0]["object"], "embedding");
+    assert_eq!(body["data"][0]["index"], 0);
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    let err: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&report.paths.errors).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(err["custom_id"], "b");
+    assert_eq!(err["response"], serde_json::Value::Null);
+    assert_eq!(err["error"]["code"], "invalid_request");
+    assert_eq!(err["error"]["message"], "line 2: input: expected a string");
+}
+
+/// `executor run` as a user runs it: exit 1 with the first errors on stderr when nothing
+/// succeeded (every line bad, or an empty file), each cause said once.
+#[test]
+fn executor_run_fails_when_no_item_succeeded_and_says_why() {
+    let dir = common::tmp_dir("exit-codes");
+    let run = |name: &str, text: &str| {
+        let input = dir.join(name);
+        std::fs::write(&input, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+            .args(["run", "--workload", "embed", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(dir.join(format!("{name}.out.jsonl")))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let bad = run("bad.jsonl", "{\"custom_id\":\"a\"}\nnot json\n");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 1 (a): input: missing"), "{stderr}");
+    assert!(stderr.contains("line 2: invalid JSON"), "{stderr}");
+    assert!(stderr.contains("error: no item succeeded: all 2 lines failed"), "{stderr}");
+    let empty = run("empty.jsonl", "\n\n");
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert_eq!(empty.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has no input lines"), "{stderr}");
+    let good = run("good.jsonl", "{\"custom_id\":\"a\",\"input\":\"hi\"}\n");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    // A missing file: the OS error once, not repeated by each layer.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+        .args(["run", "--workload", "embed", "--input", "/nonexistent/in.jsonl", "--output"])
+        .arg(dir.join("m.jsonl"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
 }

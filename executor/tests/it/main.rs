@@ -8,6 +8,7 @@ mod commitment;
 mod common;
 mod embed;
 mod local;
+mod private;
 mod runtime;
 mod sd;
 mod terrain;

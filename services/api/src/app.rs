@@ -162,6 +162,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::accounts::configure)
                 .configure(crate::money::configure)
                 .configure(crate::files::configure)
+                .configure(crate::models::configure)
                 .configure(crate::jobs::configure)
                 .configure(crate::nodes::configure)
                 .configure(crate::node_access::configure)
@@ -198,6 +199,13 @@ impl Application {
             .await?;
         let js = async_nats::jetstream::new(nats.clone());
         let node_access = Arc::new(crate::node_access::NodeAccess::build(&settings).await?);
+        let models_kek = match &settings.models_kek_file {
+            Some(f) => Some(Arc::new(gridbook_sealed::Kek::load(f)?)),
+            None => {
+                tracing::warn!("no models_kek_file: private models are off");
+                None
+            }
+        };
         let state = AppState {
             db,
             nats,
@@ -205,6 +213,7 @@ impl Application {
             markets,
             settings: Arc::new(settings.clone()),
             node_access: node_access.clone(),
+            models_kek,
         };
         if let Some(issuer) = &node_access.issuer {
             let (state, issuer) = (state.clone(), Arc::new(issuer.clone()));

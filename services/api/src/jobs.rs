@@ -82,6 +82,10 @@ pub struct CreateJob {
     /// Up to 16 string pairs, returned as given.
     #[serde(default)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A private model of yours (`POST /v1/models`) for this market, run instead of the
+    /// market's; its sha256 is pinned in the job.
+    #[serde(default)]
+    pub model_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -131,6 +135,9 @@ pub struct JobOut {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The private model the job runs, and the sha256 every node must load.
+    pub model_id: Option<Uuid>,
+    pub model_sha256: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -169,6 +176,8 @@ fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
         created_at: r.created_at,
         updated_at: r.updated_at,
         finished_at: r.finished_at,
+        model_id: r.model_id,
+        model_sha256: r.model_sha256,
     }
 }
 
@@ -371,6 +380,10 @@ pub fn create_in_tx(
         ));
     }
     let units_i = i64::try_from(units).map_err(ApiError::internal)?;
+    let model = match req.model_id {
+        Some(id) => Some(crate::models::for_job(conn, principal.user_id, id, &req.market)?),
+        None => None,
+    };
     let engine_order_id = orders::next_engine_order_id(conn)?;
     let order_id = Uuid::now_v7();
     let job_id = Uuid::now_v7();
@@ -439,6 +452,8 @@ pub fn create_in_tx(
         updated_at: now,
         finished_at: None,
         metadata: req.metadata.clone().map(serde_json::Value::Object),
+        model_id: model.as_ref().map(|m| m.id),
+        model_sha256: model.map(|m| m.sha256),
     };
     let row: JobRow = diesel::insert_into(jobs::table)
         .values(&row)

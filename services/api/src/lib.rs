@@ -41,6 +41,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod limits;
 pub mod markets;
+pub mod models;
 pub mod money;
 pub mod node_access;
 pub mod nodes;

@@ -125,6 +125,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/admin/nodes/{id}/suspend").route(web::post().to(suspend_node)))
         .service(web::resource("/assignments/{id}/grant").route(web::post().to(grant)))
         .service(web::resource("/assignments/{id}/input").route(web::get().to(input)))
+        .service(web::resource("/assignments/{id}/model").route(web::get().to(model)))
+        .service(web::resource("/assignments/{id}/model-key").route(web::get().to(model_key)))
         .service(
             web::resource("/assignments/{id}/output")
                 .app_data(web::PayloadConfig::new(usize::MAX))
@@ -603,6 +605,8 @@ struct OpenAssignment {
     input_sha256: String,
     item_start: u64,
     item_count: u64,
+    /// The job's private model and the sha256 the job pinned.
+    model: Option<(Uuid, String)>,
 }
 
 /// The assignment, if it is `assigned`, before its deadline, and `node`'s.
@@ -611,21 +615,23 @@ fn open_assignment(
     assignment: Uuid,
     node: Uuid,
 ) -> ApiResult<OpenAssignment> {
-    let row: Option<(Uuid, AssignmentStatus, DateTime<Utc>, i32, i32, String)> =
-        job_assignments::table
-            .inner_join(jobs::table.inner_join(files::table))
-            .filter(job_assignments::id.eq(assignment))
-            .select((
-                job_assignments::node_id,
-                job_assignments::status,
-                job_assignments::deadline,
-                job_assignments::item_start,
-                job_assignments::item_count,
-                files::sha256,
-            ))
-            .first(c)
-            .optional()?;
-    let Some((owner_node, status, deadline, item_start, item_count, sha)) = row else {
+    type Row = (Uuid, AssignmentStatus, DateTime<Utc>, i32, i32, String, Option<Uuid>, Option<String>);
+    let row: Option<Row> = job_assignments::table
+        .inner_join(jobs::table.inner_join(files::table))
+        .filter(job_assignments::id.eq(assignment))
+        .select((
+            job_assignments::node_id,
+            job_assignments::status,
+            job_assignments::deadline,
+            job_assignments::item_start,
+            job_assignments::item_count,
+            files::sha256,
+            jobs::model_id,
+            jobs::model_sha256,
+        ))
+        .first(c)
+        .optional()?;
+    let Some((owner_node, status, deadline, item_start, item_count, sha, model_id, model_sha)) = row else {
         return Err(ApiError::not_found("assignment"));
     };
     if owner_node != node {
@@ -649,6 +655,7 @@ fn open_assignment(
         input_sha256: sha,
         item_start: item_start as u64,
         item_count: item_count as u64,
+        model: model_id.zip(model_sha),
     })
 }
 
@@ -664,6 +671,31 @@ pub struct GrantOut {
     /// `PUT` the output JSONL there.
     pub output_url: String,
     pub max_output_bytes: u64,
+    /// The job's private model: fetch it sealed from `url`, its key from `key_url`.
+    pub model: Option<GrantModelOut>,
+}
+
+/// Where an assignment's private model and its key are.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GrantModelOut {
+    pub id: Uuid,
+    /// The sha256 the job pinned: load exactly this.
+    pub sha256: String,
+    /// Size of the sealed model (plaintext + 16).
+    pub bytes: u64,
+    pub url: String,
+    pub key_url: String,
+}
+
+/// A private model's data key, released to one open assignment.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelKeyOut {
+    pub model_id: Uuid,
+    pub sha256: String,
+    /// `xchacha20poly1305`; the associated data is `gridbook_sealed::model_aad(id, sha256)`.
+    pub algorithm: String,
+    pub key_b64: String,
+    pub nonce_b64: String,
 }
 
 /// A short-lived grant to one open assignment's data (the node's credential as bearer).
@@ -690,7 +722,22 @@ pub async fn grant(
         node,
         expires_at.timestamp_millis(),
     );
+    let model = match &open.model {
+        Some((model_id, sha)) => {
+            let model_id = *model_id;
+            let row = crate::db::run(&state.db, move |c| Ok(crate::models::load(c, model_id)?)).await?;
+            Some(GrantModelOut {
+                id: model_id,
+                sha256: sha.clone(),
+                bytes: row.bytes as u64 + gridbook_sealed::TAG_LEN as u64,
+                url: format!("/v1/assignments/{id}/model"),
+                key_url: format!("/v1/assignments/{id}/model-key"),
+            })
+        }
+        None => None,
+    };
     Ok(HttpResponse::Ok().json(GrantOut {
+        model,
         assignment_id: id,
         token,
         expires_at,
@@ -715,6 +762,67 @@ async fn granted(
         .await
         .inspect_err(|e| tracing::warn!(node = %node, assignment = %id, code = e.code, "assignment data refused"))?;
     Ok((node, open))
+}
+
+/// The open assignment's private model row (the job's, with its pinned sha256), or 404
+/// `no_model` when the job runs the market's model.
+async fn assignment_model(state: &AppState, id: Uuid, open: &OpenAssignment) -> ApiResult<gridbook_db::rows::ModelRow> {
+    let Some((model_id, pinned)) = open.model.clone() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_model", "the assignment's job runs the market's model"));
+    };
+    let row = crate::db::run(&state.db, move |c| Ok(crate::models::load(c, model_id)?)).await?;
+    if row.sha256 != pinned {
+        // Cannot happen (models are immutable); refuse rather than hand out other bytes.
+        tracing::error!(assignment = %id, model = %model_id, "model sha256 differs from the job's pin");
+        return Err(ApiError::internal("the model differs from the one the job pinned"));
+    }
+    Ok(row)
+}
+
+/// The assignment's private model, sealed (XChaCha20-Poly1305 ciphertext), streamed.
+#[utoipa::path(get, path = "/v1/assignments/{id}/model", tag = "nodes",
+    responses((status = 200, description = "the sealed model", content_type = "application/octet-stream"),
+        (status = 401, body = crate::error::ErrorResponse), (status = 404, description = "`no_model`", body = crate::error::ErrorResponse),
+        (status = 409, body = crate::error::ErrorResponse)),
+    security(("assignment_grant" = [])))]
+pub async fn model(state: web::Data<AppState>, req: HttpRequest, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    let id = id.into_inner();
+    let (node, open) = granted(&state, &req, id).await?;
+    let row = assignment_model(&state, id, &open).await?;
+    let store = streams::ensure_files_bucket(&state.js).await.map_err(ApiError::internal)?;
+    let object = store.get(&row.object).await.map_err(ApiError::internal)?;
+    tracing::info!(node = %node, assignment = %id, model = %row.id, "sealed model sent");
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .streaming(tokio_util::io::ReaderStream::new(object)))
+}
+
+/// The data key of the assignment's private model, released to this open assignment of this
+/// node only; each release is recorded (`GET /v1/models/{id}/releases`).
+#[utoipa::path(get, path = "/v1/assignments/{id}/model-key", tag = "nodes",
+    responses((status = 200, body = ModelKeyOut),
+        (status = 401, body = crate::error::ErrorResponse), (status = 404, description = "`no_model`", body = crate::error::ErrorResponse),
+        (status = 409, body = crate::error::ErrorResponse), (status = 503, description = "`models_unavailable`", body = crate::error::ErrorResponse)),
+    security(("assignment_grant" = [])))]
+pub async fn model_key(state: web::Data<AppState>, req: HttpRequest, id: web::Path<Uuid>) -> ApiResult<HttpResponse> {
+    use base64::Engine as _;
+    let id = id.into_inner();
+    let (node, open) = granted(&state, &req, id).await?;
+    let row = assignment_model(&state, id, &open).await?;
+    let kek = crate::models::kek(&state)?;
+    let aad = gridbook_sealed::model_aad(row.id.as_bytes(), &row.sha256);
+    let key = kek.unwrap(&row.wrapped_key, &aad).map_err(ApiError::internal)?;
+    let model_id = row.id;
+    crate::db::run(&state.db, move |c| Ok(crate::models::record_release(c, model_id, id, node)?)).await?;
+    tracing::info!(node = %node, assignment = %id, model = %model_id, "model key released");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(ModelKeyOut {
+        model_id,
+        sha256: row.sha256,
+        algorithm: gridbook_sealed::ALGORITHM.into(),
+        key_b64: b64.encode(key.as_bytes()),
+        nonce_b64: b64.encode(&row.nonce),
+    }))
 }
 
 /// The assignment's input: items `[item_start, item_start + item_count)` of the job's file, one
@@ -868,7 +976,7 @@ pub async fn output(
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(issue_credential, delete_node, suspend_node, grant, input, output))]
+#[openapi(paths(issue_credential, delete_node, suspend_node, grant, input, model, model_key, output))]
 pub struct ApiDoc;
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     // Other modules: doc.merge(crate::<module>::ApiDoc::openapi());
     doc.merge(crate::files::ApiDoc::openapi());
+    doc.merge(crate::models::ApiDoc::openapi());
     doc.merge(crate::jobs::ApiDoc::openapi());
     doc.merge(crate::nodes::ApiDoc::openapi());
     doc.merge(crate::node_access::ApiDoc::openapi());

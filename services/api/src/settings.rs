@@ -31,6 +31,10 @@ pub struct Settings {
     pub login: Login,
     /// Directory of the trader web UI (`web/dist`), served at `/` when it exists.
     pub web_dir: Option<PathBuf>,
+    /// `GRIDBOOK_MODELS_KEK_FILE`: the key-encryption key of private models (64 hex digits,
+    /// mode 0600; the settlement worker reads the same file). Unset: private models are off
+    /// (503 `models_unavailable`).
+    pub models_kek_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -56,6 +60,9 @@ pub struct Limits {
     pub password_hashes: usize,
     /// Log-ins and sign-ups that may wait for a hash slot; beyond: 503 `busy` with Retry-After.
     pub password_queue: usize,
+    /// Largest private model (`.onnx`) a studio may upload; it shares the upload slots, so
+    /// upload memory is at most `uploads_total` × the larger of this and `file_bytes`.
+    pub model_bytes: usize,
 }
 
 /// Timeouts of the HTTP server. A client that stalls is cut off instead of holding a worker,
@@ -118,6 +125,7 @@ impl Default for Settings {
             http: Http::default(),
             login: Login::default(),
             web_dir: None,
+            models_kek_file: None,
         }
     }
 }
@@ -135,6 +143,7 @@ impl Default for Limits {
             uploads_total: 8,
             password_hashes: 0,
             password_queue: 16,
+            model_bytes: 200 * 1024 * 1024,
         }
     }
 }

@@ -17,4 +17,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The auth callout's issuer, the system connection, the grant key (`node_access`).
     pub node_access: Arc<crate::node_access::NodeAccess>,
+    /// The key-encryption key of private models (`models_kek_file`); `None`: models are off.
+    pub models_kek: Option<Arc<gridbook_sealed::Kek>>,
 }

@@ -39,4 +39,26 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub metadata: Option<serde_json::Value>,
+    /// The studio's private model the job runs (`models`), and its sha256 pinned at submission.
+    pub model_id: Option<Uuid>,
+    pub model_sha256: Option<String>,
+}
+
+/// One row of `models`: a studio's private model, sealed in the files store (object `object`)
+/// under a data key that only the KEK unwraps (`wrapped_key`); see `gridbook-sealed`.
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq)]
+#[diesel(table_name = crate::schema::models)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct ModelRow {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub market: String,
+    pub name: String,
+    /// sha256 of the plaintext `.onnx`.
+    pub sha256: String,
+    pub bytes: i64,
+    pub object: String,
+    pub nonce: Vec<u8>,
+    pub wrapped_key: Vec<u8>,
+    pub created_at: DateTime<Utc>,
 }

@@ -189,6 +189,8 @@ diesel::table! {
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
         metadata -> Nullable<Jsonb>,
+        model_id -> Nullable<Uuid>,
+        model_sha256 -> Nullable<Text>,
     }
 }
 
@@ -240,6 +242,31 @@ diesel::table! {
         units_taken -> Int8,
         reoffer -> Int4,
         reoffer_of -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    model_key_releases (id) {
+        id -> Int8,
+        model_id -> Uuid,
+        assignment_id -> Uuid,
+        node_id -> Uuid,
+        released_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    models (id) {
+        id -> Uuid,
+        owner -> Uuid,
+        market -> Text,
+        name -> Text,
+        sha256 -> Text,
+        bytes -> Int8,
+        object -> Text,
+        nonce -> Bytea,
+        wrapped_key -> Bytea,
+        created_at -> Timestamptz,
     }
 }
 
@@ -325,9 +352,14 @@ diesel::joinable!(files -> users (owner));
 diesel::joinable!(idempotency_keys -> users (user_id));
 diesel::joinable!(job_assignments -> jobs (job_id));
 diesel::joinable!(job_assignments -> nodes (node_id));
+diesel::joinable!(jobs -> models (model_id));
 diesel::joinable!(jobs -> users (owner));
 diesel::joinable!(market_orders -> job_assignments (reoffer_of));
 diesel::joinable!(market_orders -> ledger_accounts (account_id));
+diesel::joinable!(model_key_releases -> job_assignments (assignment_id));
+diesel::joinable!(model_key_releases -> models (model_id));
+diesel::joinable!(model_key_releases -> nodes (node_id));
+diesel::joinable!(models -> users (owner));
 diesel::joinable!(node_credentials -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
 diesel::joinable!(sessions -> users (user_id));
@@ -348,6 +380,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_accounts,
     ledger_transfers,
     market_orders,
+    model_key_releases,
+    models,
     node_credentials,
     nodes,
     outbox,

@@ -39,6 +39,8 @@ pub struct JobWork {
     pub order_id: Uuid,
     pub status: JobStatus,
     pub cancel_requested: bool,
+    /// The studio's private model, pinned at submission.
+    pub model: Option<gridbook_wire::node::ModelRef>,
 }
 
 /// The lines units `[unit_start, unit_start + units)` cover. `None` when the range lies outside
@@ -62,6 +64,7 @@ pub fn work_for_fill(
         deadline_ms: job
             .deadline_ms
             .min(fill_time_ms.saturating_add(ASSIGNMENT_TIMEOUT_MS)),
+        model: job.model.clone(),
     })
 }
 
@@ -125,6 +128,7 @@ fn job_from_row((r, input_sha256): (JobRow, String)) -> JobWork {
         order_id: r.order_id,
         status: r.status,
         cancel_requested: r.cancel_requested_at.is_some(),
+        model: r.model_id.zip(r.model_sha256).map(|(id, sha256)| gridbook_wire::node::ModelRef { id, sha256 }),
     }
 }
 
@@ -528,6 +532,7 @@ mod tests {
             order_id: Uuid::nil(),
             status: JobStatus::Queued,
             cancel_requested: false,
+            model: None,
         }
     }
 

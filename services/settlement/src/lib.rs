@@ -87,6 +87,10 @@ pub struct Settings {
     /// with (the same export the nodes use). Unset: SD results cannot be verified and are
     /// retried, never paid unchecked.
     pub sd_model_dir: Option<std::path::PathBuf>,
+    /// `GRIDBOOK_MODELS_KEK_FILE`: the key-encryption key of studios' private models (the API's
+    /// file). Unset: results of jobs with a private model cannot be verified and are retried,
+    /// never paid unchecked.
+    pub models_kek_file: Option<std::path::PathBuf>,
     /// `GRIDBOOK_MAX_REOFFERS`: how many times the units of a failed assignment may go back to
     /// the book as a re-bid of the same job (`redo`); after that they are refunded. 0: refund
     /// at once (the behaviour before re-offers).
@@ -151,6 +155,7 @@ impl Default for Settings {
             sample_items: verify::DEFAULT_SAMPLE_ITEMS,
             sample_items_by_market: Default::default(),
             sd_model_dir: None,
+            models_kek_file: None,
             max_reoffers: redo::DEFAULT_MAX_REOFFERS,
         }
     }

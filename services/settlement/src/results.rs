@@ -121,11 +121,12 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
         .await
         .map_err(SettlementError::nats)?;
     let mut db = Db::new(&settings.database_url);
-    let verifier: SharedVerifier =
-        Arc::new(Mutex::new(verify::Verifier::with_sd_model_dir(
-            settings.sample_policy()?,
-            settings.sd_model_dir.clone(),
-        )));
+    let mut v = verify::Verifier::with_sd_model_dir(settings.sample_policy()?, settings.sd_model_dir.clone());
+    if let Some(f) = &settings.models_kek_file {
+        let kek = gridbook_sealed::Kek::load(f).map_err(|e| SettlementError::Refused(e.to_string()))?;
+        v.set_models_kek(Arc::new(kek));
+    }
+    let verifier: SharedVerifier = Arc::new(Mutex::new(v));
     info!(consumer = VERIFIER_CONSUMER, "verifying job results");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(SettlementError::nats)?;
@@ -247,6 +248,7 @@ pub async fn handle_result(
             items_failed,
         } => {
             let verdict = verify_completed(
+                db,
                 store,
                 verifier,
                 &job,
@@ -338,6 +340,7 @@ async fn refuse_result(
 /// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(failure))` when the node's result
 /// is wrong, `Err` when the market could not check (retry).
 async fn verify_completed(
+    db: &mut Db,
     store: &ObjectStore,
     verifier: &SharedVerifier,
     job: &JobWork,
@@ -364,6 +367,10 @@ async fn verify_completed(
             return Ok(Err(fail(FailedCheck::WrongOutput, format!("output object {output_sha256}: {e}"))));
         }
     };
+    let model = match &job.model {
+        Some(m) => Some(open_private_model(db, store, verifier, m).await?),
+        None => None,
+    };
     let (start, count, assignment) = (a.item_start, a.item_count, a.id);
     let (root, out_name, market) = (merkle_root.to_owned(), output_sha256.to_owned(), job.market.clone());
     let verifier = verifier.clone();
@@ -377,6 +384,7 @@ async fn verify_completed(
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
         v.verify(&verify::Committed {
+                model: model.as_ref(),
                 assignment,
                 market: &market,
                 kind,
@@ -399,6 +407,56 @@ async fn verify_completed(
         Err(VerifyError::Mismatch(f)) => Ok(Err(*f)),
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
     }
+}
+
+/// Opens a job's private model for the re-run: its sealed object from the files store, its
+/// data key unwrapped with the market's KEK (`models_kek_file`), decrypted in memory. `Err`
+/// (retry later) when the worker has no KEK or the store cannot be read.
+async fn open_private_model(
+    db: &mut Db,
+    store: &ObjectStore,
+    verifier: &SharedVerifier,
+    m: &gridbook_wire::node::ModelRef,
+) -> Result<verify::PrivateModel> {
+    let kek = verifier
+        .lock()
+        .map_err(|_| SettlementError::Nats("verifier poisoned".into()))?
+        .models_kek()
+        .ok_or_else(|| {
+            SettlementError::Nats(format!(
+                "the job runs private model {}, and this worker has no models_kek_file to open it",
+                m.id
+            ))
+        })?;
+    let id = m.id;
+    let row = db
+        .with(move |c| {
+            use diesel::prelude::*;
+            use gridbook_db::schema::models;
+            Ok(models::table
+                .find(id)
+                .select(gridbook_db::rows::ModelRow::as_select())
+                .first(c)?)
+        })
+        .await?;
+    if row.sha256 != m.sha256 {
+        return Err(SettlementError::Refused(format!(
+            "model {} is {} but the job pinned {}",
+            m.id, row.sha256, m.sha256
+        )));
+    }
+    let sealed = read_object(store, &row.object).await?;
+    let aad = gridbook_sealed::model_aad(row.id.as_bytes(), &row.sha256);
+    let plaintext = tokio::task::spawn_blocking(move || {
+        let key = kek.unwrap(&row.wrapped_key, &aad)?;
+        let mut buf = sealed;
+        gridbook_sealed::open(&key, &row.nonce, &mut buf, &aad)?;
+        Ok::<_, gridbook_sealed::SealError>(buf)
+    })
+    .await
+    .map_err(|_| SettlementError::TaskFailed)?
+    .map_err(|e| SettlementError::Refused(format!("private model {}: {e}", m.id)))?;
+    Ok(verify::PrivateModel { sha256: m.sha256.clone(), plaintext })
 }
 
 /// Voids overdue assignments and finishes idle jobs, every second or when woken.

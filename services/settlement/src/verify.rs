@@ -273,6 +273,8 @@ pub fn sample(n: usize, k: usize, seed: u128) -> Vec<usize> {
 pub struct Verifier {
     reference: registry::Reference,
     policy: SamplePolicy,
+    /// The key-encryption key of private models (`models_kek_file`).
+    models_kek: Option<std::sync::Arc<gridbook_sealed::Kek>>,
 }
 
 impl Verifier {
@@ -281,6 +283,7 @@ impl Verifier {
         Verifier {
             reference: registry::Reference::new(),
             policy,
+            models_kek: None,
         }
     }
 
@@ -295,7 +298,17 @@ impl Verifier {
                 ..Default::default()
             }),
             policy,
+            models_kek: None,
         }
+    }
+
+    /// Lets the verifier open private models (the worker's `models_kek_file`).
+    pub fn set_models_kek(&mut self, kek: std::sync::Arc<gridbook_sealed::Kek>) {
+        self.models_kek = Some(kek);
+    }
+
+    pub fn models_kek(&self) -> Option<std::sync::Arc<gridbook_sealed::Kek>> {
+        self.models_kek.clone()
     }
 
     /// The sample policy this verifier draws with.
@@ -309,12 +322,17 @@ impl Verifier {
     pub fn rerun(
         &mut self,
         kind: WorkloadKind,
+        model: Option<&PrivateModel>,
         items: &[(InputItem, OutputLine)],
     ) -> Result<Rerun, VerifyError> {
-        let w = self
-            .reference
-            .workload(kind)
-            .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        let w = match model {
+            // The job's private model, exactly the bytes its sha256 pins.
+            Some(m) => self
+                .reference
+                .private_workload(kind, &m.sha256, || Ok(m.plaintext.clone())),
+            None => self.reference.workload(kind),
+        }
+        .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
         let reference_manifest = serde_json::to_value(w.manifest()).unwrap_or(Value::Null);
         let mut inputs = Vec::with_capacity(items.len());
         for ((id, fields), _) in items {
@@ -486,6 +504,8 @@ pub struct PrivateModel {
 
 /// One committed result of an assignment, as the node published it.
 pub struct Committed<'a> {
+    /// The job's private model, when it runs one (the re-run uses it, not the market's).
+    pub model: Option<&'a PrivateModel>,
     pub assignment: Uuid,
     pub market: &'a str,
     pub kind: WorkloadKind,
@@ -527,7 +547,7 @@ impl Verifier {
         let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
         let seed = hex::encode(seed);
         // A failed comparison carries the evidence: the seed, the items re-run, the figures.
-        let rerun = self.rerun(r.kind, &pairs).map_err(|e| match e {
+        let rerun = self.rerun(r.kind, r.model, &pairs).map_err(|e| match e {
             VerifyError::Mismatch(mut f) => {
                 f.evidence.seed = Some(seed.clone());
                 f.evidence.sampled = sampled.clone();

@@ -38,6 +38,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         markets_file: dev_markets_file(),
         secure_cookies: false,
         db_pool_size: 8,
+        models_kek_file: Some(crate::test_kek_file()),
         ..Settings::default()
     };
     s.rate_limit.per_second = 10_000;

@@ -76,6 +76,19 @@ pub fn tiny_sd_fixture() -> PathBuf {
     workspace_root().join("executor/fixtures/tiny-sd")
 }
 
+/// The private models' key-encryption key every API and settlement worker of this test
+/// process shares (`models_kek_file`): a fresh random key in the temp folder, made once.
+pub fn test_kek_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("gridbook-test-models-{}.kek", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        gridbook_sealed::Kek::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        path
+    })
+    .clone()
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe

@@ -86,6 +86,7 @@ impl Stack {
                 nats_nkey_file: Some(nats.keys.seed_file(crate::Service::Settlement)),
                 outbox_interval_ms: 50,
                 sd_model_dir: options.sd_model_dir.clone(),
+                models_kek_file: Some(crate::test_kek_file()),
                 ..Default::default()
             })
         });
@@ -216,6 +217,7 @@ impl Stack {
                 item_count,
                 unit_start: 0,
                 deadline_ms: 0,
+                model: None,
             }),
         };
         SeededAssignment { msg, job_id }

@@ -43,6 +43,7 @@ pub fn spawn_worker(config: &WorkerConfig, log: &Path) -> Proc {
         ("GRIDBOOK_ACK_WAIT_SECS", config.ack_wait_secs.map(|n| n.to_string())),
         ("GRIDBOOK_MAX_REOFFERS", config.max_reoffers.map(|n| n.to_string())),
         ("GRIDBOOK_NATS_NKEY_FILE", config.nkey_file.as_ref().map(|p| p.display().to_string())),
+        ("GRIDBOOK_MODELS_KEK_FILE", Some(crate::test_kek_file().display().to_string())),
     ];
     for (k, v) in optional {
         if let Some(v) = v {

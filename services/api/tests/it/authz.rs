@@ -99,6 +99,12 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/v1/files?purpose=batch&market=EMBED-MINILM-L6", STUDIO, Obj::None, None),
     r("GET", "/v1/files/{file}", Any, Obj::File, None),
     r("GET", "/v1/files/{file}/content", Any, Obj::File, None),
+    // private models (ids that are no model: 404 for every user; the owner's side and another
+    // studio's are `private_models.rs`)
+    r("GET", "/v1/models", Any, Obj::None, None),
+    r("POST", "/v1/models?market=EMBED-MINILM-L6&name=authz", STUDIO, Obj::None, None),
+    r("GET", "/v1/models/{node}", Any, Obj::None, None),
+    r("GET", "/v1/models/{node}/releases", Any, Obj::None, None),
     // jobs
     r("GET", "/v1/jobs", Any, Obj::None, None),
     r(
@@ -131,6 +137,8 @@ pub const ROUTES: &[Route] = &[
     // a node's own routes (its credential or a grant as bearer)
     r("POST", "/v1/assignments/{node}/grant", NodeOnly, Obj::None, None),
     r("GET", "/v1/assignments/{node}/input", NodeOnly, Obj::None, None),
+    r("GET", "/v1/assignments/{node}/model", NodeOnly, Obj::None, None),
+    r("GET", "/v1/assignments/{node}/model-key", NodeOnly, Obj::None, None),
     r("PUT", "/v1/assignments/{node}/output", NodeOnly, Obj::None, None),
     r(
         "POST",

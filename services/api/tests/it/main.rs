@@ -19,3 +19,4 @@ mod caps;
 mod nul;
 mod errors;
 mod openapi;
+mod private_models;

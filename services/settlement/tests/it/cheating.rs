@@ -69,6 +69,7 @@ fn committed<'a>(
     sha: &'a str,
 ) -> Committed<'a> {
     Committed {
+        model: None,
         assignment: a,
         market: MARKET,
         kind: WorkloadKind::Embed,
@@ -120,7 +121,7 @@ fn a_cheater_who_knows_the_old_sample_is_paid_under_the_old_rule_and_caught_unde
         .map(|&i| (inputs[i].clone(), outputs[i].clone()))
         .collect();
     verifier
-        .rerun(WorkloadKind::Embed, &old_pairs)
+        .rerun(WorkloadKind::Embed, None, &old_pairs)
         .expect("the old predictable sample finds nothing wrong: the attack worked");
 
     // Under commit-then-sample the same output is caught.

@@ -279,6 +279,8 @@ pub async fn job(
         updated_at: now,
         finished_at: None,
         metadata: None,
+        model_id: None,
+        model_sha256: None,
     };
     diesel::insert_into(gridbook_db::schema::jobs::table)
         .values(&row)
