@@ -7,6 +7,7 @@ mod api;
 mod book;
 mod engine;
 mod ledger;
+mod sybil;
 mod verification;
 mod ws;
 
@@ -27,6 +28,8 @@ enum Scenario {
     Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
     Ledger(ledger::Args),
+    /// Identity clusters and the anti-whale cap: matched-volume shares of Sybil operators.
+    Sybil(sybil::Args),
     /// Verification sampling: detection of cheaters under the old and the new sample rule.
     Verification(verification::Args),
     /// The API's WebSocket market feed: many clients, per-delta lag, gaps, drops.
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Book(args) => book::run(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
+        Scenario::Sybil(args) => sybil::run(args),
         Scenario::Verification(args) => verification::run(args),
         Scenario::Ws(args) => ws::run(args),
     }

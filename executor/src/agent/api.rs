@@ -54,6 +54,10 @@ pub struct RegisterNode<'a> {
     pub gpu_model: &'a str,
     pub vram_mb: u64,
     pub region: &'a str,
+    /// sha256 of what identifies this machine ([`super::hardware_fingerprint`]); the market links
+    /// accounts whose nodes report the same one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_fingerprint: Option<String>,
 }
 
 /// The challenge the API hands out at registration.

@@ -165,6 +165,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::models::configure)
                 .configure(crate::jobs::configure)
                 .configure(crate::nodes::configure)
+                .configure(crate::identity::configure)
                 .configure(crate::node_access::configure)
                 .configure(crate::dead_letters::configure)
                 .configure(crate::asks::configure)

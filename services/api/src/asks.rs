@@ -159,22 +159,60 @@ fn open_qty(conn: &mut PgConnection, node: Uuid, except: Option<Uuid>) -> ApiRes
     Ok(s.n)
 }
 
+/// Units in the open asks of the probation nodes of `users`, `except` one ask.
+fn cluster_probation_qty(conn: &mut PgConnection, users: &[Uuid], except: Option<Uuid>) -> ApiResult<i64> {
+    #[derive(QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let s: Sum = diesel::sql_query(
+        "SELECT coalesce(sum(a.qty), 0)::bigint AS n FROM asks a JOIN nodes n ON n.id = a.node_id \
+         WHERE a.owner = ANY($1) AND a.status = 'open' AND n.status = 'probation' AND a.id IS DISTINCT FROM $2",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(users)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Uuid>, _>(except)
+    .get_result(conn)?;
+    Ok(s.n)
+}
+
+/// A node on probation offers at most `limits.probation_ask_qty` units in open asks, and all
+/// probation nodes of its identity cluster together at most `limits.probation_cluster_ask_qty`
+/// (more accounts from one network or machine are not more room). The cluster's accounts are
+/// locked (in id order) so concurrent asks cannot pass the sum.
 fn probation_check(
     conn: &mut PgConnection,
     node: &NodeRow,
     except: Option<Uuid>,
     qty: i64,
-    cap: u64,
+    limits: &crate::settings::Limits,
 ) -> ApiResult<()> {
     if node.status != NodeStatus::Probation {
         return Ok(());
     }
+    let cap = limits.probation_ask_qty;
     let open = open_qty(conn, node.id, except)?;
     if open.saturating_add(qty) as u64 > cap {
         return Err(ApiError::conflict(
             "probation_cap",
             format!(
                 "a node on probation may offer at most {cap} units in open asks; it has {open} open and asks for {qty} more"
+            ),
+        )
+        .with_field("qty"));
+    }
+    let users = gridbook_db::identity::cluster_users(conn, node.owner)?;
+    for u in &users {
+        crate::accounts::lock_user(conn, *u)?;
+    }
+    let cluster_cap = limits.probation_cluster_ask_qty;
+    let open = cluster_probation_qty(conn, &users, except)?;
+    if open.saturating_add(qty) as u64 > cluster_cap {
+        return Err(ApiError::conflict(
+            "probation_cap",
+            format!(
+                "the probation nodes of your identity cluster ({} accounts linked by network or hardware) may offer at most {cluster_cap} units in open asks together; they have {open} open and this asks for {qty} more",
+                users.len()
             ),
         )
         .with_field("qty"));
@@ -202,10 +240,12 @@ pub async fn create_ask(
     state: web::Data<AppState>,
     principal: Principal,
     idem: IdempotencyKey,
+    http: actix_web::HttpRequest,
     body: web::Json<CreateAsk>,
 ) -> ApiResult<HttpResponse> {
     principal.require_provider(true)?;
     let req = body.into_inner();
+    let seen = crate::identity::Seen::of(&state.settings.identity, &http);
     let market = state
         .markets
         .get(&req.market)
@@ -213,7 +253,7 @@ pub async fn create_ask(
         .clone();
     check_price(&market, req.price)?;
     check_qty(&market, req.qty)?;
-    let cap = state.settings.limits.probation_ask_qty;
+    let limits = state.settings.limits.clone();
     let request = idempotency::Request::new(&principal, idem, "POST /v1/asks", &req)?;
     let outcome = crate::db::run(&state.db, move |c| {
         idempotency::run(c, request, |c| {
@@ -233,7 +273,9 @@ pub async fn create_ask(
             if node.status == NodeStatus::Suspended {
                 return Err(ApiError::conflict("node_suspended", "the node is suspended").with_field("node_id"));
             }
-            probation_check(c, &node, None, req.qty, cap)?;
+            seen.record(c, principal.user_id, Some(node.id))?;
+            probation_check(c, &node, None, req.qty, &limits)?;
+            let owner = gridbook_db::identity::cluster_owner(c, principal.user_id)?;
             let engine_order_id = orders::next_engine_order_id(c)?;
             let id = Uuid::now_v7();
             orders::insert(
@@ -272,7 +314,8 @@ pub async fn create_ask(
                 CommandKind::Place(Place {
                     id: OrderId(engine_order_id),
                     account: matching_core::AccountId(principal.engine_account),
-                    owner: None,
+                    // The anti-whale owner is the identity cluster, not the account.
+                    owner: Some(matching_core::OwnerId(owner)),
                     side: Side::Ask,
                     price: Some(req.price as u64),
                     qty: req.qty as u64,
@@ -336,7 +379,7 @@ pub async fn amend_ask(
         return Err(ApiError::invalid("price", "send price, qty or both"));
     }
     let id = id.into_inner();
-    let cap = state.settings.limits.probation_ask_qty;
+    let limits = state.settings.limits.clone();
     let markets = state.markets.clone();
     let row = crate::db::run(&state.db, move |c| {
         c.transaction(|c| {
@@ -355,7 +398,7 @@ pub async fn amend_ask(
             }
             if let Some(q) = req.qty {
                 check_qty(market, q)?;
-                probation_check(c, &node, Some(ask.id), q, cap)?;
+                probation_check(c, &node, Some(ask.id), q, &limits)?;
             }
             let price = req.price.unwrap_or(ask.price);
             let qty = req.qty.unwrap_or(ask.qty);

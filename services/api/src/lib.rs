@@ -38,6 +38,7 @@ pub mod feed;
 pub mod files;
 pub mod health;
 pub mod idempotency;
+pub mod identity;
 pub mod jobs;
 pub mod limits;
 pub mod markets;

@@ -224,10 +224,12 @@ pub async fn ensure_node_consumer(state: &AppState, node: Uuid) -> ApiResult<()>
 pub async fn issue_credential(
     state: web::Data<AppState>,
     principal: Principal,
+    http: HttpRequest,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     principal.require_provider(true)?;
     let (owner, id) = (principal.user_id, id.into_inner());
+    let seen = crate::identity::Seen::of(&state.settings.identity, &http);
     let token = random_token(CREDENTIAL_PREFIX)?;
     let hash = sha256(token.as_bytes());
     let ttl = chrono::Duration::seconds(state.settings.nats_auth.credential_ttl_secs.max(1) as i64);
@@ -235,6 +237,7 @@ pub async fn issue_credential(
         c.transaction(|c| {
             let node = crate::nodes::load_node(c, owner, id, true)?;
             refuse_closed(node.status)?;
+            seen.record(c, owner, Some(id))?;
             let now = Utc::now();
             let expires_at = now + ttl;
             diesel::insert_into(node_credentials::table)

@@ -89,6 +89,10 @@ pub struct RegisterNode {
     pub vram_mb: i32,
     /// e.g. `eu-west` (1..=64 characters).
     pub region: String,
+    /// sha256 (64 lowercase hex) of the node's hardware as its agent reads it; nodes reporting
+    /// one fingerprint link their accounts into one identity cluster.
+    #[serde(default)]
+    pub hardware_fingerprint: Option<String>,
 }
 
 /// The challenge a node must answer (same shape as `gridbook_wire::node::Challenge`).
@@ -228,10 +232,20 @@ pub async fn register(
     state: web::Data<AppState>,
     principal: Principal,
     idem: IdempotencyKey,
+    http: actix_web::HttpRequest,
     body: web::Json<RegisterNode>,
 ) -> ApiResult<HttpResponse> {
     principal.require_provider(true)?;
     let req = body.into_inner();
+    if let Some(f) = &req.hardware_fingerprint
+        && !gridbook_db::identity::valid_fingerprint(f)
+    {
+        return Err(ApiError::invalid("hardware_fingerprint", "hardware_fingerprint must be 64 lowercase hex digits"));
+    }
+    let mut seen = crate::identity::Seen::of(&state.settings.identity, &http);
+    if state.settings.identity.link_fingerprints {
+        seen.fingerprint = req.hardware_fingerprint.clone();
+    }
     text("name", &req.name, 100)?;
     text("gpu_model", &req.gpu_model, 100)?;
     text("region", &req.region, 64)?;
@@ -275,7 +289,8 @@ pub async fn register(
                 .values(&row)
                 .returning(NodeRow::as_returning())
                 .get_result(c)?;
-            tracing::info!(node = %row.id, user = %principal.user_id, gpu = %row.gpu_model, "node registered");
+            seen.record(c, principal.user_id, Some(row.id))?;
+            tracing::info!(node = %row.id, user = %principal.user_id, gpu = %row.gpu_model, network = ?seen.network, "node registered");
             Ok((StatusCode::CREATED, NodeOut::from(row)))
         })
     })

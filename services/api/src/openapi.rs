@@ -108,6 +108,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::models::ApiDoc::openapi());
     doc.merge(crate::jobs::ApiDoc::openapi());
     doc.merge(crate::nodes::ApiDoc::openapi());
+    doc.merge(crate::identity::ApiDoc::openapi());
     doc.merge(crate::node_access::ApiDoc::openapi());
     doc.merge(crate::dead_letters::ApiDoc::openapi());
     doc.merge(crate::asks::ApiDoc::openapi());

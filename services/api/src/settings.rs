@@ -35,6 +35,8 @@ pub struct Settings {
     /// mode 0600; the settlement worker reads the same file). Unset: private models are off
     /// (503 `models_unavailable`).
     pub models_kek_file: Option<PathBuf>,
+    /// Identity clusters: which marks link provider accounts (`GRIDBOOK_IDENTITY__*`).
+    pub identity: crate::identity::IdentitySettings,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct Limits {
     pub line_bytes: usize,
     /// Most units a node on probation may offer in open asks at once (all markets).
     pub probation_ask_qty: u64,
+    /// Most units all probation nodes of one identity cluster may offer in open asks together.
+    pub probation_cluster_ask_qty: u64,
     /// Most nodes one provider may register.
     pub nodes_per_provider: i64,
     /// Uploads one account may have in progress at once (beyond: 429 `too_many_uploads`).
@@ -126,6 +130,7 @@ impl Default for Settings {
             login: Login::default(),
             web_dir: None,
             models_kek_file: None,
+            identity: Default::default(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl Default for Limits {
             file_lines: 1_000_000,
             line_bytes: 64 * 1024,
             probation_ask_qty: 100,
+            probation_cluster_ask_qty: 200,
             nodes_per_provider: 100,
             uploads_per_account: 2,
             uploads_total: 8,

@@ -10,12 +10,15 @@
 //! - `market_orders`: the engine's `u64` order ids mapped to the marketplace (escrow order,
 //!   ledger account, node, job), written by the API, read by the settlement worker; a job's
 //!   bid may be several engine orders (re-bids of failed units) on one escrow order.
+//! - `identity`: identity clusters (accounts linked by a shared network or hardware
+//!   fingerprint), the anti-whale owner of a provider's asks.
 //! - `nodes`: revoking, suspending a node and cancelling its open asks (API and worker).
 //! - `testing` (feature `testing`): `TestDb`, one fresh migrated database per test.
 //!
 //! The ledger (`gridbook-ledger`), the API and the settlement worker use this crate; none of
 //! them declares a table.
 
+pub mod identity;
 pub mod market_orders;
 pub mod nodes;
 pub mod rows;

@@ -142,6 +142,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    identity_marks (id) {
+        id -> Int8,
+        user_id -> Uuid,
+        node_id -> Nullable<Uuid>,
+        kind -> Text,
+        value -> Text,
+        first_seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     job_assignments (id) {
         id -> Uuid,
         job_id -> Uuid,
@@ -350,6 +361,8 @@ diesel::joinable!(escrow_assignments -> escrow_orders (order_id));
 diesel::joinable!(escrow_assignments -> ledger_accounts (provider_account_id));
 diesel::joinable!(files -> users (owner));
 diesel::joinable!(idempotency_keys -> users (user_id));
+diesel::joinable!(identity_marks -> nodes (node_id));
+diesel::joinable!(identity_marks -> users (user_id));
 diesel::joinable!(job_assignments -> jobs (job_id));
 diesel::joinable!(job_assignments -> nodes (node_id));
 diesel::joinable!(jobs -> models (model_id));
@@ -375,6 +388,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     escrow_orders,
     files,
     idempotency_keys,
+    identity_marks,
     job_assignments,
     jobs,
     ledger_accounts,

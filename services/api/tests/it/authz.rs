@@ -124,6 +124,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/jobs/{job}/verifications", Any, Obj::Job, None),
     // nodes, asks, assignments, earnings
     r("GET", "/v1/nodes", PROVIDER, Obj::None, None),
+    r("GET", "/v1/cluster", PROVIDER, Obj::None, None),
     r(
         "POST",
         "/v1/nodes",

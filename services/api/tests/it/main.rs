@@ -20,3 +20,4 @@ mod nul;
 mod errors;
 mod openapi;
 mod private_models;
+mod clusters;

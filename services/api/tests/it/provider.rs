@@ -216,7 +216,8 @@ async fn asks_place_amend_cancel_and_the_probation_cap() {
     assert_eq!(msgs[0].0, format!("market.{EMBED}.cmd"));
     assert_eq!(
         msgs[0].1,
-        json!({"place": {"id": eid, "account": account, "side": "ask", "price": 50, "qty": 40, "tif": "gtc"}})
+        // The anti-whale owner is the identity cluster: a lone account is its own.
+        json!({"place": {"id": eid, "account": account, "owner": account, "side": "ask", "price": 50, "qty": 40, "tif": "gtc"}})
     );
     assert_eq!(
         count(
