@@ -635,25 +635,35 @@ async fn job_file(
     let file = crate::db::run(&state.db, move |c| {
         let job = load_job(c, owner, id, false)?;
         let Some(fid) = which(&job) else {
+            // A finished job without the file has nothing to put in it (no failed item, or
+            // no output at all): an empty file, not "not ready" forever.
+            if job.status.is_terminal() {
+                return Ok(None);
+            }
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_ready",
                 format!("the job's {what} file is not ready (status {})", job.status),
             ));
         };
-        Ok(files::table
-            .find(fid)
-            .select(crate::files::FileRow::as_select())
-            .first(c)?)
+        Ok(Some(
+            files::table
+                .find(fid)
+                .select(crate::files::FileRow::as_select())
+                .first(c)?,
+        ))
     })
     .await?;
-    crate::files::stream_object(state, &file).await
+    match file {
+        Some(file) => crate::files::stream_object(state, &file).await,
+        None => Ok(HttpResponse::Ok().content_type("application/jsonl").finish()),
+    }
 }
 
 /// The output file (JSONL keyed by `custom_id`) once the job has one.
 #[utoipa::path(get, path = "/v1/jobs/{id}/output", tag = "jobs",
     responses((status = 200, content_type = "application/jsonl", body = String),
-        (status = 404, description = "`not_found`, or `not_ready`", body = crate::error::ErrorResponse)),
+        (status = 404, description = "`not_found`, or `not_ready` (the job has not finished; a finished job without such a file answers an empty body)", body = crate::error::ErrorResponse)),
     security(("api_key" = []), ("session" = [])))]
 pub async fn output(
     state: web::Data<AppState>,
@@ -673,7 +683,7 @@ pub async fn output(
 /// The error file (JSONL, one line per failed item) once the job has one.
 #[utoipa::path(get, path = "/v1/jobs/{id}/errors", tag = "jobs",
     responses((status = 200, content_type = "application/jsonl", body = String),
-        (status = 404, description = "`not_found`, or `not_ready`", body = crate::error::ErrorResponse)),
+        (status = 404, description = "`not_found`, or `not_ready` (the job has not finished; a finished job without such a file answers an empty body)", body = crate::error::ErrorResponse)),
     security(("api_key" = []), ("session" = [])))]
 pub async fn errors(
     state: web::Data<AppState>,
