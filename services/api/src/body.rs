@@ -234,3 +234,49 @@ pub async fn body_guard(
 /// name the field of a type error (`validate::json_path_at`).
 #[derive(Clone, Debug)]
 pub struct BufferedJson(pub Bytes);
+
+// ---------------------------------------------------------------------------------------------
+// Uploads (files and models): the pieces both handlers share
+// ---------------------------------------------------------------------------------------------
+
+/// The request's media type (`Content-Type` before any `;`), lowercase.
+pub fn media_type(req: &actix_web::HttpRequest) -> Option<String> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// Whether the request announces a body longer than `limit` (refused before reading it).
+pub fn announces_more_than(req: &actix_web::HttpRequest, limit: usize) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > limit as u64)
+}
+
+/// Reads the whole body, at most `limit` bytes (else `too_large(limit)`), and its sha256 (hex,
+/// hashed on the blocking pool).
+pub async fn read_limited(
+    payload: &mut actix_web::web::Payload,
+    limit: usize,
+    too_large: fn(usize) -> crate::error::ApiError,
+) -> crate::error::ApiResult<(bytes::Bytes, String)> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let mut body = actix_web::web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| payload_error(&e))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let hashed = body.clone();
+    let sha256 = actix_web::rt::task::spawn_blocking(move || hex::encode(sha2::Sha256::digest(&hashed)))
+        .await
+        .map_err(crate::error::ApiError::internal)?;
+    Ok((body, sha256))
+}

@@ -25,10 +25,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use futures::StreamExt;
 use gridbook_wire::catalog::Work;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role, Scope};
@@ -361,18 +359,7 @@ pub async fn upload(
         }
         crate::validate::text("filename", f)?;
     }
-    let ctype = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    match ctype.as_deref() {
+    match crate::body::media_type(&req).as_deref() {
         Some(
             "application/jsonl" | "application/x-ndjson" | "text/plain" | "application/x-jsonlines",
         ) => {}
@@ -385,32 +372,12 @@ pub async fn upload(
         }
     }
     let limit = state.settings.limits.file_bytes;
-    if let Some(len) = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
+    if crate::body::announces_more_than(&req, limit) {
         return Err(too_large(limit));
     }
     // Held until the handler returns, whatever happens (refused at once when full).
     let _slot = bounds.uploads.acquire(principal.user_id)?;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| crate::body::payload_error(&e))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    let sha256 = {
-        let body = body.clone();
-        actix_web::rt::task::spawn_blocking(move || hex::encode(Sha256::digest(&body)))
-            .await
-            .map_err(ApiError::internal)?
-    };
+    let (body, sha256) = crate::body::read_limited(&mut payload, limit, too_large).await?;
     let request = idempotency::Request::from_hash(
         principal.user_id,
         idem,

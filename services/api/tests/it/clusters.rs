@@ -33,7 +33,7 @@ async fn cluster(app: &TestApp, p: &TestUser) -> Value {
 
 /// The `owner` of the Place commands queued for `user`'s asks.
 fn ask_owners(app: &TestApp, engine_account: u64) -> Vec<u64> {
-    use gridbook_db::diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+    use gridbook_db::diesel::{QueryDsl, RunQueryDsl};
     use gridbook_db::schema::outbox;
     let mut c = app.db.conn();
     let rows: Vec<Value> = outbox::table.order(outbox::created_at).select(outbox::payload).load(&mut c).unwrap();
