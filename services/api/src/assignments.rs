@@ -1,5 +1,5 @@
 //! A provider's assignments (the work its nodes were given, with verification outcomes) and
-//! earnings (paid, held, available).
+//! earnings (paid, held, available, withheld / released / forfeited).
 
 
 use actix_web::{HttpResponse, web};
@@ -112,9 +112,19 @@ pub struct Earnings {
     pub earned: i64,
     /// Σ ⌈price × units × fee⌉ the studios paid to the protocol on this work (information).
     pub protocol_fees: i64,
-    /// The provider's ledger account: posted balance and what is available to withdraw.
+    /// The provider's ledger account: posted balance and what is available to withdraw (the
+    /// same figures as `GET /v1/balance`'s `posted` and `available`). Withheld pay is not in
+    /// it: it sits in each node's `withheld` account until released.
     pub balance: i64,
     pub available: i64,
+    /// Pay for verified assignments still withheld (the withholding window: released after
+    /// `withhold_assignments` more verified assignments of the same node; forfeited on a proven
+    /// cheat).
+    pub withheld: i64,
+    /// Withheld pay released to the provider's balance so far.
+    pub released: i64,
+    /// Withheld pay forfeited by a proven cheat (to the market's verification fund).
+    pub forfeited: i64,
 }
 
 /// Earnings of the caller's nodes and their ledger balance.
@@ -146,6 +156,14 @@ pub async fn earnings(state: web::Data<AppState>, principal: Principal) -> ApiRe
             earned = earned.saturating_add(amount);
             fees = fees.saturating_add(gridbook_ledger::settlement::fee(amount, bps)?);
         }
+        let w: WithheldRow = diesel::sql_query(
+            "SELECT coalesce(sum(w.amount) FILTER (WHERE w.state = 'withheld'), 0)::bigint AS withheld, \
+                    coalesce(sum(w.amount) FILTER (WHERE w.state = 'released'), 0)::bigint AS released, \
+                    coalesce(sum(w.amount) FILTER (WHERE w.state = 'forfeited'), 0)::bigint AS forfeited \
+             FROM node_withholdings w JOIN nodes n ON n.id = w.node_id WHERE n.owner = $1",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(owner)
+        .get_result(c)?;
         let st = gridbook_ledger::store::balance_statement(c, account)?;
         Ok(Earnings {
             completed_assignments: n,
@@ -154,10 +172,23 @@ pub async fn earnings(state: web::Data<AppState>, principal: Principal) -> ApiRe
             protocol_fees: fees,
             balance: i64::try_from(st.posted_balance).unwrap_or(i64::MAX),
             available: i64::try_from(st.available_balance).unwrap_or(i64::MAX),
+            withheld: w.withheld,
+            released: w.released,
+            forfeited: w.forfeited,
         })
     })
     .await?;
     Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(QueryableByName)]
+struct WithheldRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    withheld: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    released: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    forfeited: i64,
 }
 
 #[derive(QueryableByName)]

@@ -293,6 +293,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    node_settled_counts (node_id) {
+        node_id -> Uuid,
+        settled -> Int8,
+    }
+}
+
+diesel::table! {
+    node_withholdings (assignment_id) {
+        assignment_id -> Uuid,
+        node_id -> Uuid,
+        ledger -> Text,
+        provider_account_id -> Uuid,
+        withheld_account_id -> Uuid,
+        amount -> Int8,
+        seq -> Int8,
+        release_at -> Int8,
+        state -> Text,
+        resolved_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     nodes (id) {
         id -> Uuid,
         owner -> Uuid,
@@ -374,6 +398,8 @@ diesel::joinable!(model_key_releases -> models (model_id));
 diesel::joinable!(model_key_releases -> nodes (node_id));
 diesel::joinable!(models -> users (owner));
 diesel::joinable!(node_credentials -> nodes (node_id));
+diesel::joinable!(node_settled_counts -> nodes (node_id));
+diesel::joinable!(node_withholdings -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(users -> ledger_accounts (account_id));
@@ -397,6 +423,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     model_key_releases,
     models,
     node_credentials,
+    node_settled_counts,
+    node_withholdings,
     nodes,
     outbox,
     processed_events,

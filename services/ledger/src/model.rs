@@ -47,10 +47,15 @@ pub enum AccountCode {
     RewardsPool,
     /// The operator's side of deposits and withdrawals (money entering/leaving the platform).
     Operator,
+    /// A node's earnings withheld for its next `withhold_assignments` verified assignments (one
+    /// per ledger and node; reference: the node).
+    Withheld,
+    /// Withheld earnings a proven cheat forfeited; funds verification (one per ledger).
+    VerificationFund,
 }
 
 impl AccountCode {
-    pub const ALL: [AccountCode; 10] = [
+    pub const ALL: [AccountCode; 12] = [
         Self::Studio,
         Self::Provider,
         Self::Escrow,
@@ -61,6 +66,8 @@ impl AccountCode {
         Self::Burned,
         Self::RewardsPool,
         Self::Operator,
+        Self::Withheld,
+        Self::VerificationFund,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +82,8 @@ impl AccountCode {
             Self::Burned => "burned",
             Self::RewardsPool => "rewards_pool",
             Self::Operator => "operator",
+            Self::Withheld => "withheld",
+            Self::VerificationFund => "verification_fund",
         }
     }
 

@@ -37,6 +37,7 @@ pub mod redo;
 pub mod results;
 pub mod verify;
 pub mod settle;
+pub mod withhold;
 pub mod worker;
 
 /// The tables, declared once in `gridbook-db`.
@@ -95,6 +96,12 @@ pub struct Settings {
     /// the book as a re-bid of the same job (`redo`); after that they are refunded. 0: refund
     /// at once (the behaviour before re-offers).
     pub max_reoffers: u32,
+    /// `GRIDBOOK_WITHHOLD_ASSIGNMENTS`: the withholding window W (`withhold`): a node's pay for a
+    /// verified assignment is released after W more of its assignments are verified, and
+    /// forfeited to the verification fund on a proven cheat. Default 6 = ⌈1/p⌉ for a cheater
+    /// faking 5 % of the items under the default sample of 4 (p = 1 − 0.95⁴ ≈ 0.185); raise it
+    /// with `sample_items` lowered, or to cover smaller f. 0: paid at once (no window).
+    pub withhold_assignments: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -106,6 +113,7 @@ impl std::fmt::Debug for Settings {
             .field("sample_items", &self.sample_items)
             .field("sample_items_by_market", &self.sample_items_by_market)
             .field("max_reoffers", &self.max_reoffers)
+            .field("withhold_assignments", &self.withhold_assignments)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +123,7 @@ impl Settings {
     pub fn redo_policy(&self) -> redo::RedoPolicy {
         redo::RedoPolicy {
             max_reoffers: self.max_reoffers,
+            withhold_assignments: self.withhold_assignments,
         }
     }
 
@@ -157,6 +166,7 @@ impl Default for Settings {
             sd_model_dir: None,
             models_kek_file: None,
             max_reoffers: redo::DEFAULT_MAX_REOFFERS,
+            withhold_assignments: withhold::DEFAULT_WITHHOLD_ASSIGNMENTS,
         }
     }
 }

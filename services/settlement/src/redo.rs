@@ -25,6 +25,10 @@
 //!
 //! A passed assignment writes its row too (the seed, the sample and the figures): studios and
 //! providers read both through the API (`GET /v1/assignments/{id}/verification`).
+//!
+//! The pay of a passed assignment is withheld for the node's next `withhold_assignments`
+//! verified assignments, and a proven cheat forfeits what the node still has withheld
+//! ([`crate::withhold`]).
 
 use diesel::prelude::*;
 use gridbook_db::market_orders::{self as orders, MarketOrder};
@@ -48,17 +52,22 @@ pub const DEFAULT_MAX_REOFFERS: u32 = 2;
 /// less, failed units are refunded.
 pub const REOFFER_MIN_REMAINING_MS: u64 = 60_000;
 
-/// How failed work is redone (settings `max_reoffers`).
+/// How failed work is redone and how long verified pay is withheld (settings `max_reoffers`,
+/// `withhold_assignments`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RedoPolicy {
     /// How many times the same units may go back to the book (0: never, refund at once).
     pub max_reoffers: u32,
+    /// The withholding window W ([`crate::withhold`]): a verified assignment's pay is released
+    /// after W more verified assignments of the node (0: paid at once).
+    pub withhold_assignments: u32,
 }
 
 impl Default for RedoPolicy {
     fn default() -> Self {
         RedoPolicy {
             max_reoffers: DEFAULT_MAX_REOFFERS,
+            withhold_assignments: crate::withhold::DEFAULT_WITHHOLD_ASSIGNMENTS,
         }
     }
 }
@@ -144,13 +153,15 @@ pub struct Settled {
 }
 
 /// Settles a verified assignment in the caller's transaction: `completed`, the verified units
-/// paid (`escrow::complete`; none verified: voided), its record. `None`: it was no longer
-/// `assigned`.
+/// paid (`escrow::complete`; none verified: voided) and that pay withheld for the node's next
+/// `withhold_assignments` verified assignments (releasing the payouts whose window passed,
+/// [`crate::withhold::on_pass`]), its record. `None`: it was no longer `assigned`.
 pub fn settle_pass(
     c: &mut PgConnection,
     a: &AssignmentRow,
     res: &Resolution,
     rec: &Record,
+    policy: RedoPolicy,
 ) -> Result<Option<Settled>> {
     if !jobs::resolve_assignment(c, a.id, res, true)? {
         return Ok(None);
@@ -158,6 +169,11 @@ pub fn settle_pass(
     let paid = jobs::verified_units(a.units, a.item_count, res.items_ok);
     if paid > 0 {
         escrow::complete(c, a.id, paid as i64)?;
+        let w = crate::withhold::on_pass(c, a.node_id, a.id, policy.withhold_assignments)?;
+        if w.withheld > 0 || !w.released.is_empty() {
+            info!(assignment.id = %a.id, node.id = %a.node_id, withheld = w.withheld,
+                released = w.released.iter().map(|r| r.1).sum::<i64>(), "pay withheld");
+        }
     } else {
         escrow::void(c, a.id)?;
     }
@@ -292,6 +308,16 @@ pub fn settle_failure(
             info!(assignment.id = %a.id, job.id = %a.job_id, why = why.as_str(), "failed units refunded");
         }
     }
+    // A proven cheat forfeits the node's withheld pay to the verification fund (after the
+    // escrow's movements, so the provider's account is locked before the node's window, in
+    // the order a pass takes them).
+    if action == NodeAction::Suspended {
+        let lost = crate::withhold::forfeit(c, a.node_id, a.id)?;
+        if lost > 0 {
+            info!(assignment.id = %a.id, node.id = %a.node_id, forfeited = lost,
+                "withheld pay forfeited to the verification fund");
+        }
+    }
     let settled = Settled {
         remedy: if rebid.is_some() {
             UnitsRemedy::Reoffered
@@ -346,7 +372,7 @@ fn insert_record(c: &mut PgConnection, a: &AssignmentRow, rec: &Record, s: &Sett
 mod tests {
     use super::*;
 
-    const P: RedoPolicy = RedoPolicy { max_reoffers: 2 };
+    const P: RedoPolicy = RedoPolicy { max_reoffers: 2, withhold_assignments: 6 };
     const HOUR: u64 = 3_600_000;
 
     #[test]
@@ -354,7 +380,7 @@ mod tests {
         assert_eq!(fate(P, 0, false, HOUR, 0), Fate::Reoffer { reoffer: 1 });
         assert_eq!(fate(P, 1, false, HOUR, 0), Fate::Reoffer { reoffer: 2 });
         assert_eq!(fate(P, 2, false, HOUR, 0), Fate::Refund(RefundReason::MaxReoffers));
-        let never = RedoPolicy { max_reoffers: 0 };
+        let never = RedoPolicy { max_reoffers: 0, ..P };
         assert_eq!(fate(never, 0, false, HOUR, 0), Fate::Refund(RefundReason::MaxReoffers));
     }
 

@@ -304,7 +304,7 @@ pub async fn handle_result(
         .with(move |c| {
             c.transaction(|c| {
                 if res.completed {
-                    redo::settle_pass(c, &row, &res, &rec)
+                    redo::settle_pass(c, &row, &res, &rec, policy)
                 } else {
                     redo::settle_failure(c, &row, &res, &rec, policy, now)
                 }

@@ -22,6 +22,10 @@ pub struct StackOptions {
     pub sd_model_dir: Option<PathBuf>,
     /// Changes to the API's settings (after the stack's own). Default: none.
     pub api: Option<fn(&mut gridbook_api::Settings)>,
+    /// The worker's withholding window (`withhold_assignments`). Default 0: pay reaches the
+    /// provider's available balance at once, so tests about other things see it; the
+    /// withholding tests set a window.
+    pub withhold_assignments: u32,
 }
 
 impl Default for StackOptions {
@@ -31,6 +35,7 @@ impl Default for StackOptions {
             settlement: true,
             sd_model_dir: Some(crate::tiny_sd_fixture()),
             api: None,
+            withhold_assignments: 0,
         }
     }
 }
@@ -87,6 +92,7 @@ impl Stack {
                 outbox_interval_ms: 50,
                 sd_model_dir: options.sd_model_dir.clone(),
                 models_kek_file: Some(crate::test_kek_file()),
+                withhold_assignments: options.withhold_assignments,
                 ..Default::default()
             })
         });

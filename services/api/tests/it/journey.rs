@@ -31,7 +31,7 @@ fn corpus(n: usize) -> String {
         .collect()
 }
 
-async fn json_of(r: reqwest::Response) -> Value {
+pub(crate) async fn json_of(r: reqwest::Response) -> Value {
     let status = r.status();
     let body = r.text().await.unwrap();
     assert!(status.is_success(), "HTTP {status}: {body}");
@@ -131,7 +131,7 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
 
 /// A provider account with a key, and its executor agent (in this process, real runtime and
 /// models) serving `market` with a fixed ask; returns once the ask is on the engine's book.
-async fn start_provider(stack: &Stack, market: &str, price: u64, qty: u64) -> (TestUser, Agent) {
+pub(crate) async fn start_provider(stack: &Stack, market: &str, price: u64, qty: u64) -> (TestUser, Agent) {
     let app = &stack.app;
     let provider = app.signup("provider").await;
     let agent = stack.start_agent(&provider, market, Policy::Fixed { price, qty });
@@ -170,7 +170,7 @@ async fn provider_without_agent(app: &TestApp) -> (TestUser, String) {
 }
 
 /// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
-async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
+pub(crate) async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
     let file = json_of(
         app.http
             .post(app.url(&format!("/v1/files?purpose=batch&market={market}")))
@@ -200,7 +200,7 @@ async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, 
 }
 
 /// Polls the job until it ends; returns it and the statuses seen on the way.
-async fn wait_for_job(app: &TestApp, studio: &TestUser, job_id: &str) -> (Value, Vec<String>) {
+pub(crate) async fn wait_for_job(app: &TestApp, studio: &TestUser, job_id: &str) -> (Value, Vec<String>) {
     let started = Instant::now();
     let mut seen = vec!["queued".to_owned()];
     loop {

@@ -10,6 +10,7 @@ mod provider;
 mod authz;
 mod malformed;
 mod journey;
+mod withholding;
 mod attacks;
 mod raw;
 mod uploads;

@@ -10,6 +10,7 @@ mod e2e;
 mod flow;
 mod redo;
 mod settle;
+mod withhold;
 
 use std::time::{Duration, Instant};
 

@@ -133,7 +133,7 @@ async fn a_caught_cheaters_units_are_offered_again_from_the_same_reservation_unt
     let deadline_ms = deadline.timestamp_millis() as u64;
     let job = job(c, &js, &market, studio_user, studio, 4, 120, deadline).await;
     assert_eq!(posted(c, studio), 10_000 - 4 * 123);
-    let policy = RedoPolicy { max_reoffers: 1 };
+    let policy = RedoPolicy { max_reoffers: 1, withhold_assignments: 0 };
 
     // The cheater's ask (2 at 100) takes units 0..2 of the job's bid.
     let mut sim = Sim::new(&market);
@@ -225,7 +225,7 @@ async fn a_caught_cheaters_units_are_offered_again_from_the_same_reservation_unt
     let pass = Resolution { completed: true, items_ok: 2, items_failed: 0, detail: "verified".into(), ..failed_resolution(&live[1], "") };
     let mut rec = record(None, "verified", true);
     rec.verified_items = 2;
-    let s = c.transaction(|c| redo::settle_pass(c, &live[1], &pass, &rec)).unwrap().unwrap();
+    let s = c.transaction(|c| redo::settle_pass(c, &live[1], &pass, &rec, policy)).unwrap().unwrap();
     assert_eq!((s.remedy, s.node_action), (UnitsRemedy::Paid, NodeAction::Nothing));
     // Units 0..2 fail again (the node says it could not run them): offered once already, the
     // bound is reached and they are refunded; the node only loses its open asks.

@@ -1,0 +1,2 @@
+DROP TABLE node_settled_counts;
+DROP TABLE node_withholdings;
