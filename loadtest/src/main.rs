@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod api;
 mod book;
+mod calibrate;
 mod engine;
 mod ledger;
 mod sybil;
@@ -24,6 +25,10 @@ enum Scenario {
     Api(api::Args),
     /// Pure order-book core: exchange-core's mix, against orderbook-rs in the same run.
     Book(book::Args),
+    /// Image tolerance calibration: honest renders across threads/batch vs the verifier's re-run, and cheats.
+    CalibrateImages(calibrate::Args),
+    /// Verification overhead: the verifier's re-run of the sampled items as a % of the assignment's work.
+    VerificationOverhead(calibrate::OverheadArgs),
     /// The engine over NATS JetStream: studios and providers trading into 1, 2, 4 markets.
     Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
@@ -40,6 +45,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Api(args) => api::run(args),
         Scenario::Book(args) => book::run(args),
+        Scenario::CalibrateImages(args) => calibrate::run(args),
+        Scenario::VerificationOverhead(args) => calibrate::overhead(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
         Scenario::Sybil(args) => sybil::run(args),
