@@ -19,7 +19,7 @@ use crate::error::{Result, SettlementError};
 use crate::decide::AskChange;
 use crate::schema::{asks, files, job_assignments, jobs, nodes};
 use gridbook_db::rows::JobRow;
-use gridbook_db::status::{AskStatus, AssignmentStatus, JobStatus};
+use gridbook_db::status::{AskStatus, AssignmentStatus, JobStatus, NodeStatus};
 
 /// The longest a node may take for one assignment (from the fill) unless the job's deadline is
 /// sooner; afterwards the assignment is voided and the studio refunded for it.
@@ -291,11 +291,43 @@ pub struct Resolution {
     pub detail: String,
 }
 
-/// Reputation change (basis points) of a node per verified / failed assignment.
-pub const REPUTATION_PASS: i32 = 10;
-pub const REPUTATION_FAIL: i32 = -500;
-/// Verified assignments (and no failed one) that take a new node off probation.
+/// Verified assignments that, with a reliability score of at least
+/// `reliability::EXIT_SCORE`, take a new node off probation.
 pub const PROBATION_PASSES: i64 = 10;
+
+/// Moves node `node`'s reliability score by `outcome` (`reliability::update`, under the node's
+/// row lock), then applies its teeth: off probation with `PROBATION_PASSES` verified
+/// assignments and the exit score, back on probation below the demotion score (a suspended or
+/// deleted node stays so).
+pub fn set_reliability(
+    conn: &mut PgConnection,
+    node: Uuid,
+    outcome: crate::reliability::Outcome,
+) -> Result<()> {
+    use crate::reliability;
+    let (score, status): (i32, NodeStatus) = nodes::table
+        .find(node)
+        .select((nodes::reputation, nodes::status))
+        .for_update()
+        .first(conn)?;
+    let score = reliability::update(score, outcome);
+    let passes: i64 = job_assignments::table
+        .filter(job_assignments::node_id.eq(node))
+        .filter(job_assignments::status.eq(AssignmentStatus::Completed))
+        .count()
+        .get_result(conn)?;
+    let status = match status {
+        NodeStatus::Probation if reliability::probation_exit(passes, score, PROBATION_PASSES) => {
+            NodeStatus::Active
+        }
+        NodeStatus::Active if reliability::demote(score) => NodeStatus::Probation,
+        s => s,
+    };
+    diesel::update(nodes::table.find(node))
+        .set((nodes::reputation.eq(score), nodes::status.eq(status)))
+        .execute(conn)?;
+    Ok(())
+}
 
 /// Applies an engine event's change to a provider's ask row. Monotone (the open quantity only
 /// goes down, a closed ask stays closed), so a redelivered message changes nothing.
@@ -366,26 +398,13 @@ pub fn resolve_assignment(
             jobs::updated_at.eq(Utc::now()),
         ))
         .execute(conn)?;
-    let delta = if r.completed && failed == 0 {
-        REPUTATION_PASS
+    // The node's reliability score (`reliability`): a moving average of its outcomes.
+    let outcome = if r.completed && failed == 0 {
+        crate::reliability::Outcome::Passed
     } else {
-        REPUTATION_FAIL
+        crate::reliability::Outcome::Failed
     };
-    diesel::sql_query(
-        "UPDATE nodes SET reputation = LEAST(10000, GREATEST(0, reputation + $1)) WHERE id = $2",
-    )
-    .bind::<diesel::sql_types::Integer, _>(delta)
-    .bind::<diesel::sql_types::Uuid, _>(a.node_id)
-    .execute(conn)?;
-    // Probation ends after PROBATION_PASSES verified assignments without a failure.
-    diesel::sql_query(
-        "UPDATE nodes SET status = 'active' WHERE id = $1 AND status = 'probation' \
-         AND (SELECT count(*) FROM job_assignments WHERE node_id = $1 AND status = 'completed') >= $2 \
-         AND NOT EXISTS (SELECT 1 FROM job_assignments WHERE node_id = $1 AND status = 'failed')",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(a.node_id)
-    .bind::<diesel::sql_types::BigInt, _>(PROBATION_PASSES)
-    .execute(conn)?;
+    set_reliability(conn, a.node_id, outcome)?;
     Ok(true)
 }
 

@@ -34,6 +34,7 @@ pub mod decide;
 pub mod error;
 pub mod jobs;
 pub mod redo;
+pub mod reliability;
 pub mod results;
 pub mod verify;
 pub mod settle;

@@ -8,8 +8,8 @@
 //!   failure its own result proves (wrong output, bad hashes, a Merkle root that does not match,
 //!   a sampled item that disagrees: `FailedCheck::is_proven_cheat`) also **suspends** it: its
 //!   credentials are revoked, so it can no longer connect, get a grant for any assignment (the
-//!   API re-checks the node's status on every grant use) or post an ask. Its reputation drops
-//!   500 bp (`jobs::REPUTATION_FAIL`) either way.
+//!   API re-checks the node's status on every grant use) or post an ask. Its
+//!   reliability score moves towards 0 either way (`reliability`; a proven cheat sets it to 0).
 //! - **the units** ([`fate`]): offered again as a new bid of the same job from the same escrow
 //!   order (`escrow::reoffer`: the holds voided, the units back in the open reservation; a new
 //!   engine order id from `market_order_ids`, a `market_orders` re-bid row for the same escrow
@@ -244,6 +244,8 @@ pub fn settle_failure(
     let only_market = match action {
         NodeAction::Suspended => {
             nodes::suspend(c, a.node_id)?;
+            // A proven cheat's reliability score is 0 at once.
+            jobs::set_reliability(c, a.node_id, crate::reliability::Outcome::ProvenCheat)?;
             None
         }
         _ => Some(market.as_str()),

@@ -360,7 +360,8 @@ async fn an_assignment_without_a_result_is_voided_at_its_deadline_and_the_studio
     let p = app.balance(&provider).await;
     assert_eq!(p["available"].as_i64(), Some(0), "provider {p}");
     let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
-    assert_eq!(n["reputation"], 5_000 - 500, "{n}");
+    // The reliability score moved 1/16 of the way to 0 (`reliability::update`).
+    assert_eq!(n["reputation"], 5_000 - 313, "{n}");
 }
 
 /// A cheating node, end to end through the real engine, worker and object store: this test
@@ -480,7 +481,7 @@ async fn a_node_that_fakes_its_embeddings_is_caught_unpaid_suspended_and_its_uni
     let p = app.balance(&provider).await;
     assert_eq!(p["available"].as_i64(), Some(0), "the cheater is not paid: {p}");
     let n = json_of(app.get_as(&provider, &format!("/v1/nodes/{node}")).await).await;
-    assert_eq!(n["reputation"], 5_000 - 500, "{n}");
+    assert_eq!(n["reputation"], 0, "a proven cheat zeroes the reliability score: {n}");
     assert_eq!(n["status"], "suspended", "a proven cheat suspends the node: {n}");
 
     // The dispute record, as the studio and the provider read it.
