@@ -124,7 +124,9 @@ pub struct NodeOut {
     pub region: String,
     /// `probation`, `active` or `suspended`.
     pub status: String,
-    /// Basis points 0..=10000 (starts at 5000).
+    /// The reliability score, basis points 0..=10000 (starts at 5000): a moving average of the
+    /// node's verified outcomes; ≥ 6000 with 10 verified assignments ends probation, < 4000
+    /// returns to it, a proven cheat sets 0.
     pub reputation: i32,
     /// Present while the challenge is pending.
     pub challenge: Option<ChallengeOut>,
