@@ -522,6 +522,12 @@ impl Reference {
         Ok(&mut self.private.last_mut().expect("pushed above").1)
     }
 
+    /// Whether the private model `sha256` is kept loaded for `kind` (then its bytes need not be
+    /// fetched for [`Self::private_workload`]).
+    pub fn has_private(&self, kind: WorkloadKind, sha256: &str) -> bool {
+        self.private.iter().any(|(s, w)| s == sha256 && w.kind() == kind)
+    }
+
     /// Whether `bytes` is a model `kind` can run as a private model (loaded and called once on
     /// the CPU, not kept); `Err` says what is wrong with it.
     pub fn check_private_model(

@@ -368,6 +368,14 @@ async fn verify_completed(
         }
     };
     let model = match &job.model {
+        // Fetched and opened only when the verifier does not keep it loaded already.
+        Some(m) if verifier
+            .lock()
+            .map_err(|_| SettlementError::Nats("verifier poisoned".into()))?
+            .has_private(work.kind, &m.sha256) =>
+        {
+            Some(verify::PrivateModel { sha256: m.sha256.clone(), plaintext: None })
+        }
         Some(m) => Some(open_private_model(db, store, verifier, m).await?),
         None => None,
     };
@@ -456,7 +464,7 @@ async fn open_private_model(
     .await
     .map_err(|_| SettlementError::TaskFailed)?
     .map_err(|e| SettlementError::Refused(format!("private model {}: {e}", m.id)))?;
-    Ok(verify::PrivateModel { sha256: m.sha256.clone(), plaintext })
+    Ok(verify::PrivateModel { sha256: m.sha256.clone(), plaintext: Some(plaintext) })
 }
 
 /// Voids overdue assignments and finishes idle jobs, every second or when woken.

@@ -307,6 +307,11 @@ impl Verifier {
         self.models_kek = Some(kek);
     }
 
+    /// Whether the private model `sha256` is loaded for `kind` (see [`PrivateModel::plaintext`]).
+    pub fn has_private(&self, kind: WorkloadKind, sha256: &str) -> bool {
+        self.reference.has_private(kind, sha256)
+    }
+
     pub fn models_kek(&self) -> Option<std::sync::Arc<gridbook_sealed::Kek>> {
         self.models_kek.clone()
     }
@@ -329,7 +334,11 @@ impl Verifier {
             // The job's private model, exactly the bytes its sha256 pins.
             Some(m) => self
                 .reference
-                .private_workload(kind, &m.sha256, || Ok(m.plaintext.clone())),
+                .private_workload(kind, &m.sha256, || {
+                    m.plaintext
+                        .clone()
+                        .ok_or_else(|| format!("private model {} is no longer loaded", m.sha256))
+                }),
             None => self.reference.workload(kind),
         }
         .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
@@ -499,7 +508,9 @@ pub struct Verified {
 pub struct PrivateModel {
     /// The sha256 the job pinned; the plaintext must hash to it.
     pub sha256: String,
-    pub plaintext: Vec<u8>,
+    /// `None` when the verifier keeps the model loaded already ([`Verifier::has_private`]), so it
+    /// was not fetched again; should it have been dropped meanwhile, the re-run is retried.
+    pub plaintext: Option<Vec<u8>>,
 }
 
 /// One committed result of an assignment, as the node published it.

@@ -163,7 +163,8 @@ async fn a_private_model_is_sealed_at_rest_run_by_the_node_and_verified_with_it(
 
     // A provider's real agent; the job pins the model.
     let provider = app.signup("provider").await;
-    let agent = stack.start_agent(&provider, MARKET, Policy::Fixed { price: 40, qty: 5 });
+    // Asks of 1 unit (topped up after each fill): the 2 units are 2 assignments.
+    let agent = stack.start_agent(&provider, MARKET, Policy::Fixed { price: 40, qty: 1 });
     let started = Instant::now();
     loop {
         let book = json_of(app.http.get(app.url(&format!("/v1/markets/{MARKET}/book"))).send().await.unwrap()).await;
@@ -177,7 +178,9 @@ async fn a_private_model_is_sealed_at_rest_run_by_the_node_and_verified_with_it(
     let node_id = json_of(app.get_as(&provider, "/v1/nodes").await).await;
     let node_id = node_id.get("data").unwrap_or(&node_id)[0]["id"].as_str().unwrap().to_owned();
 
-    let file = upload_file(app, &studio, MARKET, corpus(40)).await;
+    // 1,001 lines = 2 units: two assignments, so the verifier's second re-run uses the model it
+    // kept loaded (not fetched again).
+    let file = upload_file(app, &studio, MARKET, corpus(1_001)).await;
     let job = json_of(app.post_as(&studio, "/v1/jobs", &job_body(&file, &model_id, 100)).await).await;
     assert_eq!(job["model_id"], model_id.as_str(), "{job}");
     assert_eq!(job["model_sha256"], sha.as_str(), "{job}");
@@ -192,10 +195,10 @@ async fn a_private_model_is_sealed_at_rest_run_by_the_node_and_verified_with_it(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(job["request_counts"]["completed"], 40, "{job}");
+    assert_eq!(job["request_counts"]["completed"], 1_001, "{job}");
     let out = app.get_as(&studio, &format!("/v1/jobs/{job_id}/output")).await.text().await.unwrap();
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 40);
+    assert_eq!(lines.len(), 1_001);
     assert!(lines.iter().all(|l| l["embedding"].as_array().is_some_and(|v| v.len() == 384)));
 
     // The node ran exactly the pinned bytes (its manifest), and the worker re-ran a sample with
@@ -210,12 +213,14 @@ async fn a_private_model_is_sealed_at_rest_run_by_the_node_and_verified_with_it(
             .load(&mut c)
             .unwrap()
     };
-    assert!(!manifests.is_empty());
+    assert_eq!(manifests.len(), 2, "two assignments");
     for (status, m) in &manifests {
         assert_eq!(status, "completed");
         assert_eq!(m.as_ref().unwrap()["models"]["model"], sha.as_str(), "{m:?}");
     }
-    assert_eq!(app.balance(&provider).await["available"], 40, "one unit at 40");
+    // The first unit at the resting ask (40), the second at the resting bid (100): the re-posted
+    // ask was the taker.
+    assert_eq!(app.balance(&provider).await["available"], 140, "40 + 100");
 
     // The key went to that node only, once per assignment it ran, and the studio can see it.
     let releases = json_of(app.get_as(&studio, &format!("/v1/models/{model_id}/releases")).await).await;
