@@ -606,13 +606,72 @@ fn check_grant(key: &[u8; 32], token: &str, assignment: Uuid) -> Result<Uuid, St
 /// What the data routes need of an open assignment.
 struct OpenAssignment {
     input_sha256: String,
-    item_start: u64,
+    items: Items,
     item_count: u64,
     /// The job's private model and the sha256 the job pinned.
     model: Option<(Uuid, String)>,
 }
 
-/// The assignment, if it is `assigned`, before its deadline, and `node`'s.
+/// Which items of the job's input an assignment gets (0-based, blank lines not counted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Items {
+    /// `[start, end)`: a job assignment.
+    Range { start: u64, end: u64 },
+    /// Ascending item numbers: a verification task's sample (`verification_tasks.items`).
+    Set(Vec<u64>),
+}
+
+impl Items {
+    fn contains(&self, i: u64) -> bool {
+        match self {
+            Items::Range { start, end } => (*start..*end).contains(&i),
+            Items::Set(s) => s.binary_search(&i).is_ok(),
+        }
+    }
+    /// One past the last item served.
+    fn end(&self) -> u64 {
+        match self {
+            Items::Range { end, .. } => *end,
+            Items::Set(s) => s.last().map_or(0, |l| l + 1),
+        }
+    }
+}
+
+/// A verification task (`verification_tasks`) that is `assigned` to `node` before its deadline:
+/// the verifying node sees only the sampled input lines, never the first node's output.
+fn open_task(c: &mut PgConnection, task: Uuid, node: Uuid) -> ApiResult<Option<OpenAssignment>> {
+    use gridbook_db::schema::verification_tasks as vt;
+    type Row = (Uuid, String, DateTime<Utc>, Vec<Option<i64>>, String);
+    let row: Option<Row> = vt::table
+        .inner_join(jobs::table.inner_join(files::table))
+        .filter(vt::id.eq(task))
+        .select((vt::node_id, vt::status, vt::deadline, vt::items, files::sha256))
+        .first(c)
+        .optional()?;
+    let Some((owner_node, status, deadline, items, sha)) = row else {
+        return Ok(None);
+    };
+    if owner_node != node {
+        return Err(ApiError::forbidden("the assignment belongs to another node"));
+    }
+    if status != "assigned" {
+        return Err(ApiError::conflict("assignment_closed", format!("the assignment is {status}")));
+    }
+    if deadline <= Utc::now() {
+        return Err(ApiError::conflict("assignment_closed", "the assignment is past its deadline"));
+    }
+    let mut items: Vec<u64> = items.into_iter().flatten().map(|i| i.max(0) as u64).collect();
+    items.sort_unstable();
+    items.dedup();
+    Ok(Some(OpenAssignment {
+        input_sha256: sha,
+        item_count: items.len() as u64,
+        items: Items::Set(items),
+        model: None,
+    }))
+}
+
+/// The assignment (or verification task), if it is `assigned`, before its deadline, and `node`'s.
 fn open_assignment(
     c: &mut PgConnection,
     assignment: Uuid,
@@ -635,7 +694,7 @@ fn open_assignment(
         .first(c)
         .optional()?;
     let Some((owner_node, status, deadline, item_start, item_count, sha, model_id, model_sha)) = row else {
-        return Err(ApiError::not_found("assignment"));
+        return open_task(c, assignment, node)?.ok_or_else(|| ApiError::not_found("assignment"));
     };
     if owner_node != node {
         return Err(ApiError::forbidden(
@@ -656,7 +715,7 @@ fn open_assignment(
     }
     Ok(OpenAssignment {
         input_sha256: sha,
-        item_start: item_start as u64,
+        items: Items::Range { start: item_start as u64, end: item_start as u64 + item_count as u64 },
         item_count: item_count as u64,
         model: model_id.zip(model_sha),
     })
@@ -828,8 +887,8 @@ pub async fn model_key(state: web::Data<AppState>, req: HttpRequest, id: web::Pa
     }))
 }
 
-/// The assignment's input: items `[item_start, item_start + item_count)` of the job's file, one
-/// per line, streamed.
+/// The assignment's input: items `[item_start, item_start + item_count)` of the job's file (a
+/// verification task: its sampled items), one per line, in input order, streamed.
 #[utoipa::path(get, path = "/v1/assignments/{id}/input", tag = "nodes",
     responses((status = 200, description = "JSONL: the assignment's items", content_type = "application/x-ndjson"),
         (status = 401, body = crate::error::ErrorResponse), (status = 409, body = crate::error::ErrorResponse)),
@@ -849,7 +908,7 @@ pub async fn input(
         .await
         .map_err(ApiError::internal)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
-    let (start, end) = (open.item_start, open.item_start + open.item_count);
+    let (items, end) = (open.items.clone(), open.items.end());
     tokio::spawn(async move {
         use tokio::io::AsyncBufReadExt;
         let mut reader = tokio::io::BufReader::new(object);
@@ -870,7 +929,7 @@ pub async fn input(
             if catalog::is_blank(content) {
                 continue;
             }
-            if item >= start {
+            if items.contains(item) {
                 chunk.extend_from_slice(content);
                 chunk.push(b'\n');
                 if chunk.len() >= 64 * 1024
@@ -954,13 +1013,26 @@ pub async fn output(
     }
     let recorded = sha.clone();
     let updated = crate::db::run(&state.db, move |c| {
-        Ok(diesel::update(
+        use gridbook_db::schema::verification_tasks as vt;
+        let n = diesel::update(
             job_assignments::table
                 .find(id)
                 .filter(job_assignments::node_id.eq(node))
                 .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
         )
         .set(job_assignments::upload_sha256.eq(&recorded))
+        .execute(c)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        // A verification task's answer.
+        Ok(diesel::update(
+            vt::table
+                .find(id)
+                .filter(vt::node_id.eq(node))
+                .filter(vt::status.eq("assigned")),
+        )
+        .set((vt::upload_sha256.eq(&recorded), vt::updated_at.eq(Utc::now())))
         .execute(c)?)
     })
     .await?;

@@ -25,7 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/assignments/{id}/verification").route(web::get().to(assignment_verification)),
     )
-    .service(web::resource("/jobs/{id}/verifications").route(web::get().to(job_verifications)));
+    .service(web::resource("/jobs/{id}/verifications").route(web::get().to(job_verifications)))
+    .service(web::resource("/verification-tasks").route(web::get().to(verification_tasks)));
 }
 
 /// One sampled item, both sides.
@@ -61,7 +62,7 @@ pub struct VerificationOut {
     /// HMAC-SHA256 of the node's commitment under the market's secret (hex): the sample was
     /// drawn from it after the node committed.
     pub sample_seed: Option<String>,
-    /// The custom_ids re-run by the market's reference.
+    /// The custom_ids re-run (by another node or the market's reference: `rerun_by`).
     pub sampled_items: Vec<String>,
     pub items: Vec<ItemFigureOut>,
     /// The node's commitment: its output object and Merkle root.
@@ -79,6 +80,16 @@ pub struct VerificationOut {
     pub reoffer_engine_order_id: Option<i64>,
     /// `none`, `asks_cancelled` or `suspended`.
     pub node_action: String,
+    /// Who re-ran the sample: `node` (another provider's node, of another owner and identity
+    /// cluster, whose answer agreed), `market` (the market's own runtime: no eligible node, a
+    /// private model, or the nodes disagreed and the market decided — `rerun_note` says which)
+    /// or `none` (a check before the sample failed).
+    pub rerun_by: String,
+    /// The verifying node and its verification task, when one was sent the sample.
+    pub verifier_node_id: Option<Uuid>,
+    pub verification_task_id: Option<Uuid>,
+    /// Why the market re-ran the sample itself.
+    pub rerun_note: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -109,6 +120,10 @@ struct Row {
     remedy: String,
     reoffer_engine_order_id: Option<i64>,
     node_action: String,
+    rerun_by: String,
+    verifier_node_id: Option<Uuid>,
+    verification_task_id: Option<Uuid>,
+    rerun_note: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -133,6 +148,10 @@ impl From<Row> for VerificationOut {
             remedy: r.remedy,
             reoffer_engine_order_id: r.reoffer_engine_order_id,
             node_action: r.node_action,
+            rerun_by: r.rerun_by,
+            verifier_node_id: r.verifier_node_id,
+            verification_task_id: r.verification_task_id,
+            rerun_note: r.rerun_note,
             created_at: r.created_at,
         }
     }
@@ -221,10 +240,81 @@ pub async fn job_verifications(
     Ok(HttpResponse::Ok().json(VerificationList { data }))
 }
 
+/// A verification task: a sample of another provider's assignment that one of the caller's
+/// nodes was sent to re-run (`gridbook_settlement::crosscheck`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerificationTaskOut {
+    pub id: Uuid,
+    /// The node that re-ran it (one of the caller's).
+    pub node_id: Uuid,
+    pub market: String,
+    /// How many sampled items it was given.
+    pub items: u64,
+    /// `assigned`, `completed`, `failed` or `expired`.
+    pub status: String,
+    /// `agreed`, `disagreed`, `failed` or `expired` once decided.
+    pub outcome: Option<String>,
+    /// Whether the market's own runtime had to decide (a disagreement, or no usable answer).
+    pub market_rerun: bool,
+    /// Whether its answer was right (`false`: proven wrong, the node was suspended).
+    pub verifier_correct: Option<bool>,
+    /// What a right answer earns (minor units, from the protocol fee), and what was paid.
+    pub pay: i64,
+    pub paid: i64,
+    pub detail: Option<String>,
+    pub deadline: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Most tasks one listing returns (newest first).
+pub const MAX_TASKS: i64 = 200;
+
+/// The verification tasks of the caller's nodes, newest first (at most 200). A task never shows
+/// the first node's identity or output.
+#[utoipa::path(get, path = "/v1/verification-tasks", tag = "verification",
+    responses((status = 200, body = Vec<VerificationTaskOut>), (status = 401, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn verification_tasks(state: web::Data<AppState>, principal: Principal) -> ApiResult<HttpResponse> {
+    require_read(&principal)?;
+    let user = principal.user_id;
+    let data = crate::db::run(&state.db, move |c| {
+        use crate::schema::verification_tasks as vt;
+        type Row = (Uuid, Uuid, String, Vec<Option<i64>>, String, Option<String>, bool, Option<bool>, i64, i64, Option<String>, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = vt::table
+            .inner_join(nodes::table)
+            .filter(nodes::owner.eq(user))
+            .order((vt::created_at.desc(), vt::id.asc()))
+            .limit(MAX_TASKS)
+            .select((vt::id, vt::node_id, vt::market, vt::items, vt::status, vt::outcome, vt::market_rerun,
+                vt::verifier_correct, vt::pay, vt::paid, vt::detail, vt::deadline, vt::created_at))
+            .load(c)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| VerificationTaskOut {
+                id: r.0,
+                node_id: r.1,
+                market: r.2,
+                items: r.3.len() as u64,
+                status: r.4,
+                outcome: r.5,
+                market_rerun: r.6,
+                verifier_correct: r.7,
+                pay: r.8,
+                paid: r.9,
+                detail: r.10,
+                deadline: r.11,
+                created_at: r.12,
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(data))
+}
+
 /// The OpenAPI paths of this module (merged by `openapi::document`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(assignment_verification, job_verifications),
+    paths(assignment_verification, job_verifications, verification_tasks),
     tags((name = "verification", description = "verification outcomes and dispute records of assignments"))
 )]
 pub struct ApiDoc;

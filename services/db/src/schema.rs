@@ -50,6 +50,10 @@ diesel::table! {
         reoffer_engine_order_id -> Nullable<Int8>,
         node_action -> Text,
         created_at -> Timestamptz,
+        rerun_by -> Text,
+        verifier_node_id -> Nullable<Uuid>,
+        verification_task_id -> Nullable<Uuid>,
+        rerun_note -> Nullable<Text>,
     }
 }
 
@@ -374,13 +378,44 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    verification_tasks (id) {
+        id -> Uuid,
+        assignment_id -> Uuid,
+        job_id -> Uuid,
+        market -> Text,
+        node_id -> Uuid,
+        items -> Array<Nullable<Int8>>,
+        output_sha256 -> Text,
+        merkle_root -> Text,
+        node_manifest -> Nullable<Jsonb>,
+        reported_failed -> Int4,
+        sample_seed -> Text,
+        price -> Int8,
+        pay -> Int8,
+        status -> Text,
+        deadline -> Timestamptz,
+        upload_sha256 -> Nullable<Text>,
+        result_sha256 -> Nullable<Text>,
+        result_manifest -> Nullable<Jsonb>,
+        outcome -> Nullable<Text>,
+        market_rerun -> Bool,
+        verifier_correct -> Nullable<Bool>,
+        paid -> Int8,
+        pay_transfer_id -> Nullable<Uuid>,
+        detail -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(asks -> nodes (node_id));
 diesel::joinable!(asks -> users (owner));
 diesel::joinable!(assignment_verifications -> job_assignments (assignment_id));
 diesel::joinable!(assignment_verifications -> jobs (job_id));
 diesel::joinable!(assignment_verifications -> market_orders (reoffer_engine_order_id));
-diesel::joinable!(assignment_verifications -> nodes (node_id));
+diesel::joinable!(assignment_verifications -> verification_tasks (verification_task_id));
 diesel::joinable!(escrow_assignments -> escrow_orders (order_id));
 diesel::joinable!(escrow_assignments -> ledger_accounts (provider_account_id));
 diesel::joinable!(files -> users (owner));
@@ -403,6 +438,9 @@ diesel::joinable!(node_withholdings -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(users -> ledger_accounts (account_id));
+diesel::joinable!(verification_tasks -> job_assignments (assignment_id));
+diesel::joinable!(verification_tasks -> jobs (job_id));
+diesel::joinable!(verification_tasks -> nodes (node_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -430,4 +468,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     processed_events,
     sessions,
     users,
+    verification_tasks,
 );

@@ -355,7 +355,7 @@ pub fn touch_nodes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize> {
         .execute(conn)?)
 }
 
-/// Moves an `assigned` assignment to `completed` or `failed`, counts its items on the job and
+/// Moves an `assigned` (or `verifying`) assignment to `completed` or `failed`, counts its items on the job and
 /// adjusts the node's reputation. `false` when it was no longer `assigned` (nothing done).
 /// `count_failed`: whether its unverified items count as failed on the job (not when they are
 /// offered again: `crate::redo`).
@@ -368,10 +368,11 @@ pub fn resolve_assignment(
     let Some(a) = load_assignment(conn, id)? else {
         return Ok(false);
     };
+    // `verifying`: its sample is out with another node (`crate::crosscheck`).
     let n = diesel::update(
         job_assignments::table
             .find(id)
-            .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
+            .filter(job_assignments::status.eq_any([AssignmentStatus::Assigned, AssignmentStatus::Verifying])),
     )
     .set((
         job_assignments::status.eq(if r.completed {
@@ -431,7 +432,7 @@ pub fn idle_unfinished_jobs(conn: &mut PgConnection, limit: i64) -> Result<Vec<J
         .filter(diesel::dsl::not(diesel::dsl::exists(
             job_assignments::table
                 .filter(job_assignments::job_id.eq(jobs::id))
-                .filter(job_assignments::status.eq(AssignmentStatus::Assigned)),
+                .filter(job_assignments::status.eq_any([AssignmentStatus::Assigned, AssignmentStatus::Verifying])),
         )))
         .order(jobs::updated_at.asc())
         .limit(limit)
@@ -499,7 +500,7 @@ pub fn finish(
             v.iter().map(|a| (a.id, a.status)).collect()
         };
         if seen(&now) != seen(assignments)
-            || now.iter().any(|a| a.status == AssignmentStatus::Assigned)
+            || now.iter().any(|a| matches!(a.status, AssignmentStatus::Assigned | AssignmentStatus::Verifying))
         {
             return Ok(false);
         }

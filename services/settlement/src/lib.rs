@@ -22,12 +22,15 @@
 //! - `redo`: what a verification leaves behind — pay, or (failed) re-offer the units on the book
 //!   from the same reservation / refund, cancel the node's asks or suspend it, and the
 //!   `assignment_verifications` record (the dispute record when it failed).
+//! - `crosscheck`: the sampled re-run on another provider's node (verification tasks), the
+//!   market's runtime deciding disagreements.
 //! - `db`: diesel on tokio's blocking pool.
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
 //! no escrow: their events are skipped with a debug log and not recorded as processed — unless
 //! they trade with one of ours, which is refused and dead-lettered.
 
+pub mod crosscheck;
 pub mod db;
 pub mod dead_letter;
 pub mod decide;
@@ -103,6 +106,12 @@ pub struct Settings {
     /// faking 5 % of the items under the default sample of 4 (p = 1 − 0.95⁴ ≈ 0.185); raise it
     /// with `sample_items` lowered, or to cover smaller f. 0: paid at once (no window).
     pub withhold_assignments: u32,
+    /// `GRIDBOOK_VERIFY_ON_NODES`: re-run a result's sample on another provider's node
+    /// (`crosscheck`) when one is eligible; `false`: always on the market's own runtime.
+    pub verify_on_nodes: bool,
+    /// `GRIDBOOK_VERIFICATION_TASK_SECS`: how long a verifying node has to answer before the
+    /// market re-runs the sample itself.
+    pub verification_task_secs: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -115,6 +124,8 @@ impl std::fmt::Debug for Settings {
             .field("sample_items_by_market", &self.sample_items_by_market)
             .field("max_reoffers", &self.max_reoffers)
             .field("withhold_assignments", &self.withhold_assignments)
+            .field("verify_on_nodes", &self.verify_on_nodes)
+            .field("verification_task_secs", &self.verification_task_secs)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +136,14 @@ impl Settings {
         redo::RedoPolicy {
             max_reoffers: self.max_reoffers,
             withhold_assignments: self.withhold_assignments,
+        }
+    }
+
+    /// Where samples are re-run (`verify_on_nodes`, `verification_task_secs`).
+    pub fn task_policy(&self) -> crosscheck::TaskPolicy {
+        crosscheck::TaskPolicy {
+            enabled: self.verify_on_nodes,
+            timeout_secs: self.verification_task_secs.max(1),
         }
     }
 
@@ -168,6 +187,8 @@ impl Default for Settings {
             models_kek_file: None,
             max_reoffers: redo::DEFAULT_MAX_REOFFERS,
             withhold_assignments: withhold::DEFAULT_WITHHOLD_ASSIGNMENTS,
+            verify_on_nodes: crosscheck::TaskPolicy::default().enabled,
+            verification_task_secs: crosscheck::TaskPolicy::default().timeout_secs,
         }
     }
 }

@@ -142,6 +142,41 @@ pub struct Record {
     pub merkle_root: Option<String>,
     pub node_manifest: Option<Value>,
     pub verified_items: u64,
+    /// Who re-ran the sample.
+    pub rerun: RerunInfo,
+}
+
+/// Who re-ran an assignment's sample (`assignment_verifications.rerun_by` and its companions).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RerunInfo {
+    pub by: RerunBy,
+    /// The verifying node and its task, when another node re-ran it.
+    pub verifier_node: Option<Uuid>,
+    pub task: Option<Uuid>,
+    /// Why the market re-ran it itself.
+    pub note: Option<String>,
+}
+
+/// `assignment_verifications.rerun_by`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RerunBy {
+    /// Another provider's node (`crate::crosscheck`).
+    Node,
+    /// The market's own runtime.
+    #[default]
+    Market,
+    /// Nobody: a check before the sample failed (or the node failed, or was late).
+    None,
+}
+
+impl RerunBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RerunBy::Node => "node",
+            RerunBy::Market => "market",
+            RerunBy::None => "none",
+        }
+    }
 }
 
 /// What settling an assignment did.
@@ -364,6 +399,10 @@ fn insert_record(c: &mut PgConnection, a: &AssignmentRow, rec: &Record, s: &Sett
             assignment_verifications::reoffer_engine_order_id
                 .eq(s.reoffer_engine_order_id.map(|e| e as i64)),
             assignment_verifications::node_action.eq(s.node_action),
+            assignment_verifications::rerun_by.eq(rec.rerun.by.as_str()),
+            assignment_verifications::verifier_node_id.eq(rec.rerun.verifier_node),
+            assignment_verifications::verification_task_id.eq(rec.rerun.task),
+            assignment_verifications::rerun_note.eq(&rec.rerun.note),
         ))
         .on_conflict_do_nothing()
         .execute(c)?;

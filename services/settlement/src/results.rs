@@ -34,7 +34,8 @@ use crate::dead_letter::{self, Source};
 use crate::decide::DeadLetterReason;
 use crate::error::{Result, SettlementError};
 use crate::jobs::{self, AssignmentRow, JobWork, NewFile, Resolution};
-use crate::redo::{self, RedoPolicy};
+use crate::crosscheck;
+use crate::redo::{self, RedoPolicy, RerunBy, RerunInfo};
 use crate::verify::{self, VerifyError};
 
 /// Durable consumer of `GRIDBOOK_RESULTS`.
@@ -93,7 +94,8 @@ pub async fn put_object(store: &ObjectStore, bytes: Vec<u8>) -> Result<String> {
     Ok(name)
 }
 
-/// Consumes results until the subscription fails (the caller restarts it).
+/// Consumes results until the subscription fails (the caller restarts it). Every second it also
+/// decides the verification tasks whose node did not answer in time (`crate::crosscheck`).
 pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) -> Result<()> {
     let store = ensure(js).await?;
     let stream = js
@@ -127,8 +129,24 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
         v.set_models_kek(Arc::new(kek));
     }
     let verifier: SharedVerifier = Arc::new(Mutex::new(v));
-    info!(consumer = VERIFIER_CONSUMER, "verifying job results");
-    while let Some(msg) = messages.next().await {
+    let ctx = ResultCtx { policy: settings.redo_policy(), tasks: settings.task_policy() };
+    let nats = js.client();
+    let mut expiry = tokio::time::interval(Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(consumer = VERIFIER_CONSUMER, verify_on_nodes = ctx.tasks.enabled, "verifying job results");
+    loop {
+        let msg = tokio::select! {
+            msg = messages.next() => msg,
+            _ = expiry.tick() => {
+                match expire_tasks(&mut db, &store, &verifier, ctx, &nats).await {
+                    Ok(n) if n > 0 => finished.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "deciding late verification tasks failed; retrying"),
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         let msg = msg.map_err(SettlementError::nats)?;
         let info = msg.info().ok();
         let source = Source {
@@ -139,7 +157,7 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
             subject: msg.subject.to_string(),
             stream_seq: info.as_ref().map(|i| i.stream_sequence),
         };
-        match handle_result(&mut db, &store, &verifier, settings.redo_policy(), &source, &msg.payload).await {
+        match handle_result(&mut db, &store, &verifier, ctx, &source, &msg.payload).await {
             Ok(done) => {
                 if done {
                     finished.notify_one();
@@ -157,15 +175,116 @@ pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) 
     Err(SettlementError::Nats("result subscription ended".into()))
 }
 
+/// What the verifier applies to every result: the redo policy of failed units and where
+/// samples are re-run.
+#[derive(Clone, Copy, Debug)]
+pub struct ResultCtx {
+    pub policy: RedoPolicy,
+    pub tasks: crosscheck::TaskPolicy,
+}
+
+/// The assignment's resolution and its verification record from a verdict (pure).
+fn resolution_of(
+    a: &AssignmentRow,
+    verdict: std::result::Result<verify::Verified, verify::Failure>,
+    out: (&str, &str),
+    node_manifest: &serde_json::Value,
+    rerun: RerunInfo,
+) -> (Resolution, redo::Record) {
+    let (output_sha256, merkle_root) = (Some(out.0.to_owned()), Some(out.1.to_owned()));
+    match verdict {
+        Ok(v) => {
+            let detail = format!(
+                "verified: {} of {} items; sample seed {}, re-ran {:?} ({})",
+                v.ok,
+                a.item_count,
+                v.seed,
+                v.sampled,
+                match rerun.by {
+                    RerunBy::Node => "on another provider's node",
+                    _ => "on the market's runtime",
+                }
+            );
+            let res = Resolution {
+                completed: true,
+                items_ok: v.ok,
+                items_failed: a.item_count - v.ok.min(a.item_count),
+                output_sha256: output_sha256.clone(),
+                merkle_root: merkle_root.clone(),
+                manifest: Some(node_manifest.clone()),
+                detail: detail.clone(),
+            };
+            let rec = redo::Record {
+                failed_check: None,
+                detail,
+                evidence: verify::Evidence {
+                    seed: Some(v.seed),
+                    sampled: v.sampled,
+                    items: v.items,
+                    reference_manifest: Some(v.reference_manifest),
+                },
+                output_sha256,
+                merkle_root,
+                node_manifest: Some(node_manifest.clone()),
+                verified_items: v.ok,
+                rerun,
+            };
+            (res, rec)
+        }
+        Err(f) => {
+            // A failure before the sample was drawn re-ran nothing.
+            let rerun = if f.evidence.seed.is_none() && f.check != FailedCheck::SampleMismatch {
+                RerunInfo { by: RerunBy::None, ..rerun }
+            } else {
+                rerun
+            };
+            failed_resolution(a, f.check, format!("verification failed: {f}"), f.evidence, Some(out), node_manifest, rerun)
+        }
+    }
+}
+
+/// A failed assignment's resolution and record (pure).
+fn failed_resolution(
+    a: &AssignmentRow,
+    check: FailedCheck,
+    detail: String,
+    evidence: verify::Evidence,
+    out: Option<(&str, &str)>,
+    node_manifest: &serde_json::Value,
+    rerun: RerunInfo,
+) -> (Resolution, redo::Record) {
+    let res = Resolution {
+        completed: false,
+        items_ok: 0,
+        items_failed: a.item_count,
+        output_sha256: out.map(|o| o.0.to_owned()),
+        merkle_root: out.map(|o| o.1.to_owned()),
+        manifest: Some(node_manifest.clone()),
+        detail: detail.clone(),
+    };
+    let rec = redo::Record {
+        failed_check: Some(check),
+        detail,
+        evidence,
+        output_sha256: res.output_sha256.clone(),
+        merkle_root: res.merkle_root.clone(),
+        node_manifest: Some(node_manifest.clone()),
+        verified_items: 0,
+        rerun,
+    };
+    (res, rec)
+}
+
 /// Settles one result message from `source`. `Ok(true)`: an assignment was resolved;
-/// `Ok(false)`: nothing to do (a duplicate; or refused — undecodable, for an unknown
-/// assignment, from a node that does not hold it — and recorded as a dead letter); `Err`: retry
-/// later.
+/// `Ok(false)`: nothing to do (a duplicate; a sample sent to another node; or refused —
+/// undecodable, for an unknown assignment, from a node that does not hold it — and recorded as
+/// a dead letter); `Err`: retry later. A result for a verification task (`crate::crosscheck`)
+/// decides the assignment under check.
 pub async fn handle_result(
     db: &mut Db,
     store: &ObjectStore,
     verifier: &SharedVerifier,
-    policy: RedoPolicy,
+    ctx: ResultCtx,
     source: &Source,
     payload: &[u8],
 ) -> Result<bool> {
@@ -178,6 +297,9 @@ pub async fn handle_result(
     };
     let id = r.assignment_id;
     let Some(a) = db.with(move |c| jobs::load_assignment(c, id)).await? else {
+        if let Some(task) = db.with(move |c| crosscheck::load_task(c, id)).await? {
+            return handle_task_result(db, store, verifier, ctx, source, payload, &r, task).await;
+        }
         let why = format!("result for assignment {id}, which does not exist");
         return refuse_result(db, source, DeadLetterReason::UnknownAssignment, why, payload).await;
     };
@@ -200,39 +322,23 @@ pub async fn handle_result(
         .with(move |c| jobs::load_job(c, job_id))
         .await?
         .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
-    let failed = |check: FailedCheck, detail: String, evidence: verify::Evidence, out: Option<(&str, &str)>| {
-        let res = Resolution {
-            completed: false,
-            items_ok: 0,
-            items_failed: a.item_count,
-            output_sha256: out.map(|o| o.0.to_owned()),
-            merkle_root: out.map(|o| o.1.to_owned()),
-            manifest: Some(r.manifest.clone()),
-            detail: detail.clone(),
-        };
-        let rec = redo::Record {
-            failed_check: Some(check),
-            detail,
-            evidence,
-            output_sha256: res.output_sha256.clone(),
-            merkle_root: res.merkle_root.clone(),
-            node_manifest: Some(r.manifest.clone()),
-            verified_items: 0,
-        };
-        (res, rec)
-    };
+    let none = RerunInfo { by: RerunBy::None, ..RerunInfo::default() };
     let (resolution, record) = match &r.outcome {
-        Outcome::Failed { reason } => failed(
+        Outcome::Failed { reason } => failed_resolution(
+            &a,
             FailedCheck::NodeFailed,
             format!("the node failed: {reason}"),
             verify::Evidence::default(),
             None,
+            &r.manifest,
+            none,
         ),
         Outcome::Completed {
             output_sha256,
             merkle_root,
             ..
-        } if a.upload_sha256.as_deref() != Some(output_sha256.as_str()) => failed(
+        } if a.upload_sha256.as_deref() != Some(output_sha256.as_str()) => failed_resolution(
+            &a,
             FailedCheck::WrongOutput,
             format!(
                 "verification failed: the result names output {output_sha256}, but the node uploaded {} for this assignment",
@@ -240,6 +346,8 @@ pub async fn handle_result(
             ),
             verify::Evidence::default(),
             Some((output_sha256, merkle_root)),
+            &r.manifest,
+            none,
         ),
         Outcome::Completed {
             output_sha256,
@@ -247,76 +355,239 @@ pub async fn handle_result(
             items_ok: _,
             items_failed,
         } => {
-            let verdict = verify_completed(
+            let checked = verify_completed(
                 db,
                 store,
                 verifier,
+                ctx.tasks,
                 &job,
                 &a,
                 output_sha256,
                 merkle_root,
                 *items_failed,
+                &r.manifest,
             )
             .await?;
-            match verdict {
-                Ok(v) => {
-                    let detail = format!(
-                        "verified: {} of {} items; sample seed {}, re-ran {:?}",
-                        v.ok, a.item_count, v.seed, v.sampled
-                    );
-                    let res = Resolution {
-                        completed: true,
-                        items_ok: v.ok,
-                        items_failed: a.item_count - v.ok,
-                        output_sha256: Some(output_sha256.clone()),
-                        merkle_root: Some(merkle_root.clone()),
-                        manifest: Some(r.manifest.clone()),
-                        detail: detail.clone(),
-                    };
-                    let rec = redo::Record {
-                        failed_check: None,
-                        detail,
-                        evidence: verify::Evidence {
-                            seed: Some(v.seed),
-                            sampled: v.sampled,
-                            items: v.items,
-                            reference_manifest: Some(v.reference_manifest),
-                        },
-                        output_sha256: Some(output_sha256.clone()),
-                        merkle_root: Some(merkle_root.clone()),
-                        node_manifest: Some(r.manifest.clone()),
-                        verified_items: v.ok,
-                    };
-                    (res, rec)
+            match checked {
+                Checked::SentToNode => return Ok(false),
+                Checked::Verdict(verdict, rerun) => {
+                    resolution_of(&a, verdict, (output_sha256, merkle_root), &r.manifest, rerun)
                 }
-                Err(f) => failed(
-                    f.check,
-                    format!("verification failed: {f}"),
-                    f.evidence,
-                    Some((output_sha256, merkle_root)),
-                ),
             }
         }
     };
+    settle(db, &a, resolution, record, ctx.policy, None).await
+}
+
+/// ONE transaction: the assignment passes or fails (`crate::redo`) and, when its sample was out
+/// with another node, the task closes (the verifier paid or judged). `Ok(true)` when the
+/// assignment was resolved.
+async fn settle(
+    db: &mut Db,
+    a: &AssignmentRow,
+    resolution: Resolution,
+    record: redo::Record,
+    policy: RedoPolicy,
+    task: Option<(crosscheck::TaskRow, crosscheck::Close)>,
+) -> Result<bool> {
     let (res, rec, row) = (resolution.clone(), record, a.clone());
     let now = now_ms();
-    let settled = db
+    let (settled, paid) = db
         .with(move |c| {
             c.transaction(|c| {
-                if res.completed {
-                    redo::settle_pass(c, &row, &res, &rec, policy)
+                let settled = if res.completed {
+                    redo::settle_pass(c, &row, &res, &rec, policy)?
                 } else {
-                    redo::settle_failure(c, &row, &res, &rec, policy, now)
-                }
+                    redo::settle_failure(c, &row, &res, &rec, policy, now)?
+                };
+                let paid = match &task {
+                    Some((t, close)) => crosscheck::close_task(c, t, close)?,
+                    None => None,
+                };
+                Ok((settled, paid))
             })
         })
         .await?;
-    if let Some(s) = settled {
-        info!(assignment.id = %id, job.id = %job_id, completed = resolution.completed,
+    if let Some(s) = &settled {
+        info!(assignment.id = %a.id, job.id = %a.job_id, completed = resolution.completed,
             items_ok = resolution.items_ok, remedy = %s.remedy, node_action = %s.node_action,
-            detail = %resolution.detail, "assignment resolved");
+            verifier_paid = ?paid, detail = %resolution.detail, "assignment resolved");
     }
     Ok(settled.is_some())
+}
+
+/// A verifying node's answer to its task: the sender must be the task's node; then the
+/// assignment under check is decided ([`crosscheck::decide`]).
+#[allow(clippy::too_many_arguments)]
+async fn handle_task_result(
+    db: &mut Db,
+    store: &ObjectStore,
+    verifier: &SharedVerifier,
+    ctx: ResultCtx,
+    source: &Source,
+    payload: &[u8],
+    r: &ResultMsg,
+    task: crosscheck::TaskRow,
+) -> Result<bool> {
+    let sender = subjects::node_of(&source.subject);
+    if sender != Some(task.node_id) || task.job_id != r.job_id {
+        let why = format!(
+            "result for verification task {} on {} (job {}); node {} of job {} holds it",
+            task.id, source.subject, r.job_id, task.node_id, task.job_id
+        );
+        return refuse_result(db, source, DeadLetterReason::ForeignResult, why, payload).await;
+    }
+    if task.status != "assigned" {
+        debug!(task.id = %task.id, status = %task.status, "result for a closed verification task ignored");
+        return Ok(false);
+    }
+    let answer = match &r.outcome {
+        Outcome::Failed { reason } => TaskAnswer::None(format!("the verifying node failed: {reason}")),
+        Outcome::Completed { output_sha256, .. } if task.upload_sha256.as_deref() != Some(output_sha256.as_str()) => {
+            TaskAnswer::None(format!(
+                "the verifying node's result names output {output_sha256}, but it uploaded {}",
+                task.upload_sha256.as_deref().unwrap_or("nothing")
+            ))
+        }
+        Outcome::Completed { output_sha256, merkle_root, items_failed, .. } => match read_object(store, output_sha256).await {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => TaskAnswer::Output { text, merkle_root: merkle_root.clone(), reported_failed: *items_failed, sha256: output_sha256.clone() },
+                Err(_) => TaskAnswer::None("the verifying node's output is not UTF-8".into()),
+            },
+            Err(SettlementError::Refused(why)) => TaskAnswer::None(format!("the verifying node's output: {why}")),
+            Err(e) => return Err(e),
+        },
+    };
+    decide_task(db, store, verifier, ctx, task, answer, Some(r.manifest.clone()), false).await
+}
+
+/// A verifying node's answer as the worker read it (owned; see [`crosscheck::Answer`]).
+enum TaskAnswer {
+    Output { text: String, merkle_root: String, reported_failed: u64, sha256: String },
+    None(String),
+}
+
+/// Decides the assignment under check from its task's answer (or its absence, `expired`) and
+/// settles both in one transaction. `Ok(true)`: the assignment was resolved.
+#[allow(clippy::too_many_arguments)]
+async fn decide_task(
+    db: &mut Db,
+    store: &ObjectStore,
+    verifier: &SharedVerifier,
+    ctx: ResultCtx,
+    task: crosscheck::TaskRow,
+    answer: TaskAnswer,
+    verifier_manifest: Option<serde_json::Value>,
+    expired: bool,
+) -> Result<bool> {
+    let aid = task.assignment_id;
+    let Some(a) = db.with(move |c| jobs::load_assignment(c, aid)).await? else {
+        return Err(SettlementError::Refused(format!("verification task {}: assignment {aid} missing", task.id)));
+    };
+    if a.status != AssignmentStatus::Verifying {
+        // Resolved another way (cannot happen: only the task decides a verifying assignment).
+        warn!(task.id = %task.id, assignment.id = %aid, status = %a.status, "verification task for an assignment no longer under check");
+    }
+    let job_id = a.job_id;
+    let job = db
+        .with(move |c| jobs::load_job(c, job_id))
+        .await?
+        .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
+    let Some(work) = catalog::work(&job.market) else {
+        return Err(SettlementError::Refused(format!("market {} has no workload", job.market)));
+    };
+    let input = read_object(store, &job.input_sha256).await?;
+    let output = read_object(store, &task.output_sha256).await?;
+    let result_sha = match &answer {
+        TaskAnswer::Output { sha256, .. } => Some(sha256.clone()),
+        TaskAnswer::None(_) => None,
+    };
+    let (t, verifier, manifest) = (task.clone(), verifier.clone(), verifier_manifest.clone());
+    let (start, count, market, kind) = (a.item_start, a.item_count, job.market.clone(), work.kind);
+    let decision = tokio::task::spawn_blocking(move || -> std::result::Result<crosscheck::TaskDecision, VerifyError> {
+        let input = String::from_utf8(input).map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
+        let output = String::from_utf8(output).map_err(|_| VerifyError::Unavailable("output file is not UTF-8".into()))?;
+        let mut v = verifier.lock().map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
+        let items: Vec<u64> = t.items.iter().flatten().map(|&i| i.max(0) as u64).collect();
+        let answer = match &answer {
+            TaskAnswer::Output { text, merkle_root, reported_failed, .. } => crosscheck::Answer::Output {
+                text,
+                merkle_root,
+                reported_failed: *reported_failed,
+            },
+            TaskAnswer::None(why) => crosscheck::Answer::None(why.clone()),
+        };
+        crosscheck::decide(
+            &mut v,
+            &verify::Committed {
+                model: None,
+                assignment: t.assignment_id,
+                market: &market,
+                kind,
+                input: &input,
+                start,
+                count,
+                output: &output,
+                output_sha256: &t.output_sha256,
+                merkle_root: &t.merkle_root,
+                reported_failed: t.reported_failed.max(0) as u64,
+            },
+            &items,
+            answer,
+            expired,
+            manifest.as_ref(),
+        )
+    })
+    .await
+    .map_err(|_| SettlementError::TaskFailed)?
+    .map_err(|e| SettlementError::Nats(e.to_string()))?;
+    let rerun = RerunInfo {
+        by: if decision.market_rerun { RerunBy::Market } else { RerunBy::Node },
+        verifier_node: Some(task.node_id),
+        task: Some(task.id),
+        note: decision.market_rerun.then(|| decision.detail.clone()),
+    };
+    let node_manifest = task.node_manifest.clone().unwrap_or(serde_json::Value::Null);
+    let (resolution, record) =
+        resolution_of(&a, decision.verdict, (&task.output_sha256, &task.merkle_root), &node_manifest, rerun);
+    info!(task.id = %task.id, assignment.id = %a.id, verifier.node = %task.node_id, outcome = decision.outcome.as_str(),
+        market_rerun = decision.market_rerun, verifier_correct = ?decision.verifier_correct, "verification task decided");
+    let close = crosscheck::Close {
+        outcome: decision.outcome,
+        market_rerun: decision.market_rerun,
+        verifier_correct: decision.verifier_correct,
+        result_sha256: result_sha,
+        result_manifest: verifier_manifest,
+        detail: decision.detail,
+        blame_verifier: decision.blame_verifier,
+    };
+    settle(db, &a, resolution, record, ctx.policy, Some((task, close))).await
+}
+
+/// Decides the verification tasks past their deadline (the market re-runs their samples) and
+/// tells their nodes to stop. Returns how many assignments were resolved.
+async fn expire_tasks(
+    db: &mut Db,
+    store: &ObjectStore,
+    verifier: &SharedVerifier,
+    ctx: ResultCtx,
+    nats: &async_nats::Client,
+) -> Result<usize> {
+    let late = db.with(|c| crosscheck::expired_tasks(c, 16)).await?;
+    let mut resolved = 0;
+    for t in late {
+        let (id, node) = (t.id, t.node_id);
+        let why = format!("the verifying node did not answer within {} s", ctx.tasks.timeout_secs);
+        if decide_task(db, store, verifier, ctx, t, TaskAnswer::None(why), None, true).await? {
+            resolved += 1;
+        }
+        warn!(task.id = %id, node.id = %node, "verification task expired: the market re-ran the sample");
+        let msg = CancelMsg { assignment_ids: vec![id], reason: "verification task expired".into() };
+        let _ = nats
+            .publish(subjects::node_cancel(&node.to_string()), serde_json::to_vec(&msg)?.into())
+            .await;
+    }
+    Ok(resolved)
 }
 
 /// Records a refused result message as a dead letter (once per message) and returns
@@ -337,35 +608,59 @@ async fn refuse_result(
     Ok(false)
 }
 
-/// Verifies a completed result: `Ok(Ok(verified))`, `Ok(Err(failure))` when the node's result
-/// is wrong, `Err` when the market could not check (retry).
+/// What checking a completed result came to.
+enum Checked {
+    /// The verdict (`Err`: the node's result is wrong) and who re-ran the sample.
+    Verdict(std::result::Result<verify::Verified, verify::Failure>, RerunInfo),
+    /// The sample went to another node as a verification task: its answer decides.
+    SentToNode,
+}
+
+/// Checks a completed result: the commitment checks, then the sample — sent to another
+/// provider's node when one is eligible (`crate::crosscheck`), else re-run by the market. `Err`
+/// when the market could not check (retry).
+#[allow(clippy::too_many_arguments)]
 async fn verify_completed(
     db: &mut Db,
     store: &ObjectStore,
     verifier: &SharedVerifier,
+    tasks: crosscheck::TaskPolicy,
     job: &JobWork,
     a: &AssignmentRow,
     output_sha256: &str,
     merkle_root: &str,
     reported_failed: u64,
-) -> Result<std::result::Result<verify::Verified, verify::Failure>> {
-    let fail = |check, why: String| verify::Failure {
-        check,
-        why,
-        evidence: verify::Evidence::default(),
+    node_manifest: &serde_json::Value,
+) -> Result<Checked> {
+    let fail = |check, why: String| {
+        Checked::Verdict(
+            Err(verify::Failure { check, why, evidence: verify::Evidence::default() }),
+            RerunInfo { by: RerunBy::None, ..RerunInfo::default() },
+        )
     };
     let Some(work) = catalog::work(&job.market) else {
-        return Ok(Err(fail(FailedCheck::OutputFormat, format!("market {} has no workload", job.market))));
+        return Ok(fail(FailedCheck::OutputFormat, format!("market {} has no workload", job.market)));
     };
     let input = read_object(store, &job.input_sha256).await?;
     let output = match read_object(store, output_sha256).await {
         Ok(o) => o,
-        Err(SettlementError::Refused(why)) => return Ok(Err(fail(FailedCheck::OutputFormat, why))),
+        Err(SettlementError::Refused(why)) => return Ok(fail(FailedCheck::OutputFormat, why)),
         Err(e) => {
             // A missing object is the node's fault only once it had time to upload: the node
             // publishes the result after the upload, so a missing object is a lie.
-            return Ok(Err(fail(FailedCheck::WrongOutput, format!("output object {output_sha256}: {e}"))));
+            return Ok(fail(FailedCheck::WrongOutput, format!("output object {output_sha256}: {e}")));
         }
+    };
+    // Who may re-run the sample: another provider's node, unless the job's model is private (its
+    // weights are not handed to a second node) or none is eligible.
+    let (candidates, note) = if !tasks.enabled {
+        (Vec::new(), "re-runs on other nodes are off (GRIDBOOK_VERIFY_ON_NODES=false)")
+    } else if job.model.is_some() {
+        (Vec::new(), "the job runs a private model: the market re-ran the sample itself")
+    } else {
+        let (market, node) = (job.market.clone(), a.node_id);
+        let c = db.with(move |c| crosscheck::eligible_verifiers(c, &market, node)).await?;
+        (c, "no eligible node (active, another owner and cluster, online, asking in the market)")
     };
     let model = match &job.model {
         // Fetched and opened only when the verifier does not keep it loaded already.
@@ -381,38 +676,80 @@ async fn verify_completed(
     };
     let (start, count, assignment) = (a.item_start, a.item_count, a.id);
     let (root, out_name, market) = (merkle_root.to_owned(), output_sha256.to_owned(), job.market.clone());
-    let verifier = verifier.clone();
+    let shared = verifier.clone();
     let kind = work.kind;
-    let verdict = tokio::task::spawn_blocking(move || -> std::result::Result<verify::Verified, VerifyError> {
+    let to_node = !candidates.is_empty();
+    type Step = std::result::Result<verify::Verified, verify::Prepared>;
+    let step = tokio::task::spawn_blocking(move || -> std::result::Result<Step, VerifyError> {
         let input = String::from_utf8(input)
             .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
         let output = String::from_utf8(output)
             .map_err(|_| VerifyError::mismatch(FailedCheck::OutputFormat, "output file is not UTF-8".into()))?;
-        let mut v = verifier
+        let mut v = shared
             .lock()
             .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
-        v.verify(&verify::Committed {
-                model: model.as_ref(),
-                assignment,
-                market: &market,
-                kind,
-                input: &input,
-                start,
-                count,
-                output: &output,
-                output_sha256: &out_name,
-                merkle_root: &root,
-                reported_failed,
-            })
+        let prepared = v.prepare(&verify::Committed {
+            model: model.as_ref(),
+            assignment,
+            market: &market,
+            kind,
+            input: &input,
+            start,
+            count,
+            output: &output,
+            output_sha256: &out_name,
+            merkle_root: &root,
+            reported_failed,
+        })?;
+        if to_node {
+            return Ok(Err(prepared));
+        }
+        v.rerun_prepared(kind, model.as_ref(), &prepared).map(Ok)
     })
     .await
     .map_err(|_| SettlementError::TaskFailed)?;
-    match verdict {
-        Ok(v) => {
+    let market_rerun = RerunInfo { by: RerunBy::Market, note: Some(note.to_owned()), ..RerunInfo::default() };
+    match step {
+        Ok(Ok(v)) => {
             info!(assignment.id = %assignment, seed = %v.seed, sampled = ?v.sampled, "sample re-run agreed");
-            Ok(Ok(v))
+            Ok(Checked::Verdict(Ok(v), market_rerun))
         }
-        Err(VerifyError::Mismatch(f)) => Ok(Err(*f)),
+        Ok(Err(prepared)) => {
+            let chosen = crosscheck::choose(&candidates, &prepared.seed).expect("candidates is not empty");
+            let price_of = a.id;
+            let price: i64 = db
+                .with(move |c| {
+                    use diesel::prelude::*;
+                    use gridbook_db::schema::job_assignments;
+                    Ok(job_assignments::table.find(price_of).select(job_assignments::price).first(c)?)
+                })
+                .await?;
+            let price = price.max(0) as u64;
+            let t = crosscheck::NewTask {
+                id: uuid::Uuid::new_v4(),
+                verifier: chosen,
+                item_numbers: prepared.item_numbers.clone(),
+                output_sha256: output_sha256.to_owned(),
+                merkle_root: merkle_root.to_owned(),
+                node_manifest: node_manifest.clone(),
+                reported_failed,
+                seed_hex: prepared.seed_hex(),
+                price,
+                pay: crosscheck::task_pay(price, prepared.pairs.len() as u64, job.items_per_unit),
+                deadline_ms: now_ms() + tasks.timeout_secs.saturating_mul(1000),
+            };
+            let (row, work, task) = (a.clone(), job.clone(), t.clone());
+            let sent = db.with(move |c| c.transaction(|c| crosscheck::dispatch(c, &row, &work, &task))).await?;
+            if sent {
+                info!(assignment.id = %assignment, task.id = %t.id, verifier.node = %chosen, items = ?t.item_numbers,
+                    pay = t.pay, "sample sent to another node for its re-run");
+            }
+            Ok(Checked::SentToNode)
+        }
+        Err(VerifyError::Mismatch(f)) => {
+            let rerun = if f.check == FailedCheck::SampleMismatch { market_rerun } else { RerunInfo { by: RerunBy::None, ..RerunInfo::default() } };
+            Ok(Checked::Verdict(Err(*f), rerun))
+        }
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
     }
 }
@@ -533,6 +870,7 @@ async fn void_overdue(db: &mut Db, nats: &async_nats::Client, policy: RedoPolicy
             merkle_root: None,
             node_manifest: None,
             verified_items: 0,
+            rerun: RerunInfo { by: RerunBy::None, ..RerunInfo::default() },
         };
         let row = a.clone();
         let now = now_ms();

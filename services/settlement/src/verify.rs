@@ -19,8 +19,9 @@
 //! both sides' hashes and the comparison figure, the reference's manifest); a failure also says
 //! which check failed ([`Failure`], `FailedCheck`). The results edge stores it in
 //! `assignment_verifications` (the dispute record when it failed) and re-offers failed units
-//! (`crate::redo`). Not built yet: the re-run on *another provider node* (the worker's own
-//! runtime plays that node), canary items, withholding.
+//! (`crate::redo`). The re-run may also happen on *another provider node* (`crate::crosscheck`:
+//! [`Verifier::prepare`] draws the sample, [`judge`] compares the two nodes' lines, the market's
+//! runtime decides a disagreement). Not built yet: canary items.
 
 use executor::commitment::{self, Commitment, Hash};
 use executor::registry::{self, WorkloadKind, embedding_of, png_of};
@@ -321,15 +322,15 @@ impl Verifier {
         &self.policy
     }
 
-    /// Re-runs `items` with the workload of `kind` and compares each with the node's line
-    /// (`executor::registry::compare` decides; the figures are the evidence). `Err` when any
-    /// item disagrees, with the figures of all of them.
-    pub fn rerun(
+    /// Runs `items` (input lines) with the market's workload of `kind` — or the job's private
+    /// model — and returns the reference's outputs in order (an item that fails to run is an
+    /// `Err` with the reason) and its manifest. Blocking (model calls).
+    pub fn reference_outputs(
         &mut self,
         kind: WorkloadKind,
         model: Option<&PrivateModel>,
-        items: &[(InputItem, OutputLine)],
-    ) -> Result<Rerun, VerifyError> {
+        items: &[InputItem],
+    ) -> Result<(Vec<Result<executor::workload::ItemOutput, String>>, Value), VerifyError> {
         let w = match model {
             // The job's private model, exactly the bytes its sha256 pins.
             Some(m) => self
@@ -344,7 +345,7 @@ impl Verifier {
         .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
         let reference_manifest = serde_json::to_value(w.manifest()).unwrap_or(Value::Null);
         let mut inputs = Vec::with_capacity(items.len());
-        for ((id, fields), _) in items {
+        for (id, fields) in items {
             inputs.push(w.parse(id, fields).map_err(|e| {
                 VerifyError::mismatch(
                     FailedCheck::SampleMismatch,
@@ -354,51 +355,93 @@ impl Verifier {
         }
         let outs = w
             .run(&inputs, &|_| {})
-            .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
-        let mut figures = Vec::with_capacity(items.len());
-        let mut first_bad = None;
-        for ((_, node), ours) in items.iter().zip(outs) {
-            let fig = match ours {
-                Ok(ours) => {
-                    let verdict = registry::compare(kind, &node.custom_id, &node.record, &ours);
-                    let mut f = ItemFigure::of(node, &ours);
-                    if let Err(why) = verdict {
-                        f.ok = false;
-                        f.error = Some(why);
-                    }
-                    f
-                }
-                Err(e) => ItemFigure {
-                    custom_id: node.custom_id.clone(),
-                    node_sha256: hex::encode(node.hash),
-                    reference_sha256: None,
-                    cosine: None,
-                    mean_abs_diff: None,
-                    ok: false,
-                    error: Some(format!("the re-run of {} failed: {e}", node.custom_id)),
-                },
-            };
-            if !fig.ok && first_bad.is_none() {
-                first_bad = fig.error.clone();
-            }
-            figures.push(fig);
-        }
-        let evidence = Rerun {
-            items: figures,
-            reference_manifest,
-        };
+            .map_err(|e| VerifyError::Unavailable(e.to_string()))?
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        Ok((outs, reference_manifest))
+    }
+
+    /// Re-runs `items` with the workload of `kind` and compares each with the node's line
+    /// (`executor::registry::compare` decides; the figures are the evidence). `Err` when any
+    /// item disagrees, with the figures of all of them.
+    pub fn rerun(
+        &mut self,
+        kind: WorkloadKind,
+        model: Option<&PrivateModel>,
+        items: &[(InputItem, OutputLine)],
+    ) -> Result<Rerun, VerifyError> {
+        let inputs: Vec<InputItem> = items.iter().map(|(i, _)| i.clone()).collect();
+        let (ours, reference_manifest) = self.reference_outputs(kind, model, &inputs)?;
+        let nodes: Vec<&OutputLine> = items.iter().map(|(_, o)| o).collect();
+        let figures = judge(kind, &nodes, &ours);
+        let first_bad = figures.iter().find(|f| !f.ok).and_then(|f| f.error.clone());
         match first_bad {
-            None => Ok(evidence),
+            None => Ok(Rerun {
+                items: figures,
+                reference_manifest,
+            }),
             Some(why) => Err(VerifyError::Mismatch(Box::new(Failure {
                 check: FailedCheck::SampleMismatch,
                 why,
                 evidence: Evidence {
-                    items: evidence.items,
-                    reference_manifest: Some(evidence.reference_manifest),
+                    items: figures,
+                    reference_manifest: Some(reference_manifest),
                     ..Evidence::default()
                 },
             }))),
         }
+    }
+}
+
+/// Compares a node's lines with reference outputs of the same items, in order (pure): one
+/// figure per item, `ok` where `executor::registry::compare` accepts it. The reference is the
+/// market's re-run or another node's answer (see [`as_reference`]).
+pub fn judge(
+    kind: WorkloadKind,
+    node: &[&OutputLine],
+    reference: &[Result<executor::workload::ItemOutput, String>],
+) -> Vec<ItemFigure> {
+    node.iter()
+        .zip(reference.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(node, ours)| match ours {
+            Some(Ok(ours)) => {
+                let verdict = registry::compare(kind, &node.custom_id, &node.record, ours);
+                let mut f = ItemFigure::of(node, ours);
+                if let Err(why) = verdict {
+                    f.ok = false;
+                    f.error = Some(why);
+                }
+                f
+            }
+            Some(Err(e)) => ItemFigure {
+                custom_id: node.custom_id.clone(),
+                node_sha256: hex::encode(node.hash),
+                reference_sha256: None,
+                cosine: None,
+                mean_abs_diff: None,
+                ok: false,
+                error: Some(format!("the re-run of {} failed: {e}", node.custom_id)),
+            },
+            None => ItemFigure {
+                custom_id: node.custom_id.clone(),
+                node_sha256: hex::encode(node.hash),
+                reference_sha256: None,
+                cosine: None,
+                mean_abs_diff: None,
+                ok: false,
+                error: Some(format!("the re-run has no output for {}", node.custom_id)),
+            },
+        })
+        .collect()
+}
+
+/// Another node's output line as a reference output for [`judge`].
+pub fn as_reference(line: &OutputLine) -> executor::workload::ItemOutput {
+    executor::workload::ItemOutput {
+        record: line.record.clone(),
+        hash: line.hash,
+        artifact: png_of(&line.record),
     }
 }
 
@@ -531,10 +574,46 @@ pub struct Committed<'a> {
     pub reported_failed: u64,
 }
 
+/// A committed result whose completeness and commitment checked out, with its sample drawn
+/// (what [`Verifier::prepare`] returns): the sampled items, to be re-run by another node or by
+/// the market.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Items with an output line (the verified items if the sample agrees).
+    pub ok: u64,
+    pub seed: [u8; 32],
+    /// Per sampled item: its input line and the node's output line, in input order.
+    pub pairs: Vec<(InputItem, OutputLine)>,
+    /// The sampled items' 0-based numbers in the job's input, ascending.
+    pub item_numbers: Vec<u64>,
+}
+
+impl Prepared {
+    pub fn sampled(&self) -> Vec<String> {
+        self.pairs.iter().map(|(_, o)| o.custom_id.clone()).collect()
+    }
+
+    pub fn seed_hex(&self) -> String {
+        hex::encode(self.seed)
+    }
+
+    /// The passing verdict once the sample agreed, with `figures` and the manifest of whoever
+    /// re-ran it.
+    pub fn verified(&self, figures: Vec<ItemFigure>, reference_manifest: Value) -> Verified {
+        Verified {
+            ok: self.ok,
+            seed: self.seed_hex(),
+            sampled: self.sampled(),
+            items: figures,
+            reference_manifest,
+        }
+    }
+}
+
 impl Verifier {
     /// Checks completeness and the commitment, then draws the sample from the commitment
-    /// ([`SamplePolicy::seed`]) and re-runs it. Blocking (model calls).
-    pub fn verify(&mut self, r: &Committed<'_>) -> Result<Verified, VerifyError> {
+    /// ([`SamplePolicy::seed`]). Pure (no model call).
+    pub fn prepare(&self, r: &Committed<'_>) -> Result<Prepared, VerifyError> {
         let policy = &self.policy;
         let inputs = input_items(r.input, r.start, r.count).map_err(VerifyError::Unavailable)?;
         let outputs =
@@ -543,36 +622,49 @@ impl Verifier {
             .map_err(|why| VerifyError::mismatch(classify(&why), why))?;
         let seed = policy.seed(r.assignment, r.merkle_root, r.output_sha256);
         let picks = sample(outputs.len(), policy.items(r.market), seed_u128(&seed));
-        let pairs: Vec<_> = picks
-            .into_iter()
-            .map(|i| {
-                let o = outputs[i].clone();
-                let input = inputs
-                    .iter()
-                    .find(|(id, _)| *id == o.custom_id)
-                    .cloned()
-                    .expect("check() matched every output to an input");
-                (input, o)
-            })
-            .collect();
-        let sampled: Vec<String> = pairs.iter().map(|(_, o)| o.custom_id.clone()).collect();
-        let seed = hex::encode(seed);
+        let mut pairs = Vec::with_capacity(picks.len());
+        let mut item_numbers = Vec::with_capacity(picks.len());
+        for i in picks {
+            let o = outputs[i].clone();
+            let at = inputs
+                .iter()
+                .position(|(id, _)| *id == o.custom_id)
+                .expect("check() matched every output to an input");
+            item_numbers.push(r.start + at as u64);
+            pairs.push((inputs[at].clone(), o));
+        }
+        Ok(Prepared {
+            ok: checked.ok as u64,
+            seed,
+            pairs,
+            item_numbers,
+        })
+    }
+
+    /// Re-runs a prepared sample on the market's own runtime and compares.
+    pub fn rerun_prepared(
+        &mut self,
+        kind: WorkloadKind,
+        model: Option<&PrivateModel>,
+        p: &Prepared,
+    ) -> Result<Verified, VerifyError> {
         // A failed comparison carries the evidence: the seed, the items re-run, the figures.
-        let rerun = self.rerun(r.kind, r.model, &pairs).map_err(|e| match e {
+        let rerun = self.rerun(kind, model, &p.pairs).map_err(|e| match e {
             VerifyError::Mismatch(mut f) => {
-                f.evidence.seed = Some(seed.clone());
-                f.evidence.sampled = sampled.clone();
+                f.evidence.seed = Some(p.seed_hex());
+                f.evidence.sampled = p.sampled();
                 VerifyError::Mismatch(f)
             }
             other => other,
         })?;
-        Ok(Verified {
-            ok: checked.ok as u64,
-            seed,
-            sampled,
-            items: rerun.items,
-            reference_manifest: rerun.reference_manifest,
-        })
+        Ok(p.verified(rerun.items, rerun.reference_manifest))
+    }
+
+    /// [`prepare`](Self::prepare), then [`rerun_prepared`](Self::rerun_prepared). Blocking
+    /// (model calls).
+    pub fn verify(&mut self, r: &Committed<'_>) -> Result<Verified, VerifyError> {
+        let p = self.prepare(r)?;
+        self.rerun_prepared(r.kind, r.model, &p)
     }
 }
 

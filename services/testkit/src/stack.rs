@@ -26,6 +26,8 @@ pub struct StackOptions {
     /// provider's available balance at once, so tests about other things see it; the
     /// withholding tests set a window.
     pub withhold_assignments: u32,
+    /// Changes to the worker's settings (after the stack's own). Default: none.
+    pub worker: Option<fn(&mut gridbook_settlement::Settings)>,
 }
 
 impl Default for StackOptions {
@@ -36,6 +38,7 @@ impl Default for StackOptions {
             sd_model_dir: Some(crate::tiny_sd_fixture()),
             api: None,
             withhold_assignments: 0,
+            worker: None,
         }
     }
 }
@@ -85,7 +88,7 @@ impl Stack {
         })
         .await;
         let worker = options.settlement.then(|| {
-            InProcessWorker::spawn(gridbook_settlement::Settings {
+            let mut settings = gridbook_settlement::Settings {
                 database_url: app.db.url().to_owned(),
                 nats_url: nats.url.clone(),
                 nats_nkey_file: Some(nats.keys.seed_file(crate::Service::Settlement)),
@@ -94,7 +97,11 @@ impl Stack {
                 models_kek_file: Some(crate::test_kek_file()),
                 withhold_assignments: options.withhold_assignments,
                 ..Default::default()
-            })
+            };
+            if let Some(tweak) = options.worker {
+                tweak(&mut settings);
+            }
+            InProcessWorker::spawn(settings)
         });
         Stack { worker, app, engine, nats, tag: tag.to_owned(), dir }
     }

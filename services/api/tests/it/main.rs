@@ -22,3 +22,4 @@ mod errors;
 mod openapi;
 mod private_models;
 mod clusters;
+mod crosscheck;

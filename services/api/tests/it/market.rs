@@ -22,7 +22,7 @@ struct Stack(gridbook_testkit::Stack);
 
 impl Stack {
     async fn start(tag: &str) -> Stack {
-        let options = StackOptions { engine: EngineConfig::dev(), settlement: false, sd_model_dir: None, api: None, withhold_assignments: 0 };
+        let options = StackOptions { engine: EngineConfig::dev(), settlement: false, sd_model_dir: None, api: None, withhold_assignments: 0, worker: None };
         Stack(gridbook_testkit::Stack::start_with(&format!("api-market-{tag}"), options).await)
     }
 

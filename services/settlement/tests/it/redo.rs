@@ -92,6 +92,7 @@ fn record(check: Option<FailedCheck>, detail: &str, ok: bool) -> Record {
         merkle_root: Some("cd".repeat(32)),
         node_manifest: Some(json!({"models": {"model": "fake"}})),
         verified_items: 0,
+        rerun: Default::default(),
     }
 }
 

@@ -42,6 +42,7 @@ fn record(a: &AssignmentRow, check: Option<FailedCheck>) -> Record {
         merkle_root: Some("cd".repeat(32)),
         node_manifest: None,
         verified_items: if check.is_none() { a.item_count } else { 0 },
+        rerun: Default::default(),
     }
 }
 

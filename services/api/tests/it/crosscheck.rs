@@ -1,0 +1,132 @@
+//! The sampled re-run on another provider's node (issue 12), end to end on real parts: two
+//! providers' executor agents (real ONNX Runtime, MiniLM), the engine, the worker and the API.
+//!
+//! Both agents run on this one machine, so their nodes report one hardware fingerprint and the
+//! market links their owners into one identity cluster: the first job's sample is re-run by the
+//! market itself ("no eligible node"). The test then deletes the second provider's fingerprint
+//! mark, standing in for a second machine: the next job's sample goes to that node as a
+//! verification task, it re-runs only the sampled lines, agrees, is paid from the protocol fee,
+//! and the record says who re-ran it.
+
+use std::time::{Duration, Instant};
+
+use diesel::RunQueryDsl;
+use executor::agent::pricing::Policy;
+use gridbook_testkit::{Agent, Stack, TestUser, load_workloads};
+use serde_json::{Value, json};
+
+use crate::journey::{json_of, submit_job, wait_for_job};
+
+const EMBED: &str = "EMBED-MINILM-L6";
+
+/// A provider with its own agent (own state folder and node name) and a fixed ask on `EMBED`'s
+/// book; returns its node id once the ask is on the book.
+async fn provider(stack: &Stack, name: &str, price: u64) -> (TestUser, Agent, String) {
+    let app = &stack.app;
+    let user = app.signup("provider").await;
+    let mut settings = stack.agent_settings(EMBED, Policy::Fixed { price, qty: 10 });
+    let dir = stack.dir().join(format!("agent-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    settings.state_file = dir.join("state.json");
+    settings.name = format!("crosscheck-{name}");
+    let agent = Agent::start(settings, Some(user.key.clone()), load_workloads(&[EMBED]));
+    let started = Instant::now();
+    loop {
+        let asks = json_of(app.get_as(&user, "/v1/asks").await).await;
+        let open = asks["data"].as_array().or(asks.as_array()).and_then(|a| {
+            a.iter().find(|x| x["status"] == "open" && x["price"] == price).cloned()
+        });
+        if let Some(ask) = open {
+            let node = ask["node_id"].as_str().expect("the ask names its node").to_owned();
+            return (user, agent, node);
+        }
+        assert!(!agent.is_finished(), "agent {name} stopped: {:?}", agent.join().await);
+        assert!(started.elapsed() < Duration::from_secs(120), "no open ask for {name}: {asks}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn sentences(job: usize) -> String {
+    (0..8).map(|i| json!({"custom_id": format!("j{job}-s{i}"), "input": format!("job {job} sentence {i} about a lighthouse")}).to_string() + "\n").collect()
+}
+
+async fn only_verification(stack: &Stack, studio: &TestUser, job_id: &str) -> Value {
+    let v = json_of(stack.app.get_as(studio, &format!("/v1/jobs/{job_id}/verifications")).await).await;
+    let data = v["data"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(data.len(), 1, "one assignment: {v}");
+    data[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crosscheck_a_sample_is_rerun_by_another_providers_node_and_it_is_paid() {
+    let stack = Stack::start("crosscheck").await;
+    let app = &stack.app;
+    // A asks 100 per unit (1,000 sentences), B 150: the studio's limit of 120 fills only A, and
+    // B's ask stays open (a verifier must be serving the market).
+    let (_a, _agent_a, node_a) = provider(&stack, "a", 100).await;
+    let (b, _agent_b, node_b) = provider(&stack, "b", 150).await;
+    // Off probation, as nodes with a record of verified work are.
+    {
+        let mut c = app.db.conn();
+        diesel::sql_query(format!("UPDATE nodes SET status = 'active' WHERE id IN ('{node_a}', '{node_b}')"))
+            .execute(&mut c)
+            .unwrap();
+    }
+    let balance_b = app.balance(&b).await["available"].as_i64().unwrap();
+
+    // 1. One machine, one cluster: B may not check A; the market re-runs the sample.
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let job1 = submit_job(app, &studio, EMBED, &sentences(1), 120, 8).await;
+    let (job, seen) = wait_for_job(app, &studio, &job1).await;
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    let v1 = only_verification(&stack, &studio, &job1).await;
+    assert_eq!(v1["node_id"], node_a.as_str(), "{v1}");
+    assert_eq!(v1["outcome"], "passed", "{v1}");
+    assert_eq!(v1["rerun_by"], "market", "{v1}");
+    assert!(v1["rerun_note"].as_str().unwrap_or_default().contains("no eligible node"), "{v1}");
+    assert!(v1["verifier_node_id"].is_null(), "{v1}");
+
+    // 2. B's owner on another machine: its sample goes to B.
+    {
+        let mut c = app.db.conn();
+        let n = diesel::sql_query(format!("DELETE FROM identity_marks WHERE user_id = '{}' AND kind = 'fingerprint'", b.id))
+            .execute(&mut c)
+            .unwrap();
+        assert_eq!(n, 1, "B's node reported one fingerprint");
+    }
+    let studio2 = app.signup("studio").await;
+    app.credit(&studio2, 10_000).await;
+    let job2 = submit_job(app, &studio2, EMBED, &sentences(2), 120, 8).await;
+    let (job, seen) = wait_for_job(app, &studio2, &job2).await;
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    let v2 = only_verification(&stack, &studio2, &job2).await;
+    assert_eq!(v2["node_id"], node_a.as_str(), "{v2}");
+    assert_eq!(v2["outcome"], "passed", "{v2}");
+    assert_eq!(v2["rerun_by"], "node", "{v2}");
+    assert_eq!(v2["verifier_node_id"], node_b.as_str(), "{v2}");
+    assert!(v2["rerun_note"].is_null(), "{v2}");
+    assert_eq!(v2["sampled_items"].as_array().map(Vec::len), Some(4), "{v2}");
+    assert!(v2["items"].as_array().unwrap().iter().all(|f| f["ok"] == true && f["cosine"].as_f64().unwrap() >= 0.999), "{v2}");
+    // The studio gets every line, as with a market re-run.
+    assert_eq!(job["request_counts"]["completed"], 8, "{job}");
+    assert!(job["output_file"].is_string(), "{job}");
+
+    // B sees its task: agreed, paid ceil(100 × 4 / 1000) = 1 from the protocol fee.
+    let tasks = json_of(app.get_as(&b, "/v1/verification-tasks").await).await;
+    let tasks = tasks.as_array().unwrap_or_else(|| panic!("{tasks}"));
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let t = &tasks[0];
+    assert_eq!(t["id"], v2["verification_task_id"], "{t}");
+    assert_eq!((t["status"].as_str(), t["outcome"].as_str()), (Some("completed"), Some("agreed")), "{t}");
+    assert_eq!((t["items"].as_u64(), t["pay"].as_i64(), t["paid"].as_i64()), (Some(4), Some(1), Some(1)), "{t}");
+    assert_eq!(t["market_rerun"], false, "{t}");
+    assert_eq!(app.balance(&b).await["available"].as_i64(), Some(balance_b + 1), "B was paid 1");
+    // The studio that is not B's owner cannot read B's tasks (it has none).
+    let none = json_of(app.get_as(&studio2, "/v1/verification-tasks").await).await;
+    assert_eq!(none, json!([]), "{none}");
+    {
+        let mut c = app.db.conn();
+        diesel::sql_query("SELECT ledger_check_invariants()").execute(&mut c).expect("ledger invariants");
+    }
+}
