@@ -269,13 +269,14 @@ pub struct VerificationTaskOut {
 /// Most tasks one listing returns (newest first).
 pub const MAX_TASKS: i64 = 200;
 
-/// The verification tasks of the caller's nodes, newest first (at most 200). A task never shows
+/// The verification tasks of the caller's nodes (providers only), newest first (at most 200). A task never shows
 /// the first node's identity or output.
 #[utoipa::path(get, path = "/v1/verification-tasks", tag = "verification",
-    responses((status = 200, body = Vec<VerificationTaskOut>), (status = 401, body = crate::error::ErrorResponse)),
+    responses((status = 200, body = Vec<VerificationTaskOut>), (status = 401, body = crate::error::ErrorResponse),
+        (status = 403, description = "not a provider", body = crate::error::ErrorResponse)),
     security(("api_key" = []), ("session" = [])))]
 pub async fn verification_tasks(state: web::Data<AppState>, principal: Principal) -> ApiResult<HttpResponse> {
-    require_read(&principal)?;
+    principal.require_provider(false)?;
     let user = principal.user_id;
     let data = crate::db::run(&state.db, move |c| {
         use crate::schema::verification_tasks as vt;

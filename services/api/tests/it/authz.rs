@@ -161,6 +161,7 @@ pub const ROUTES: &[Route] = &[
     r("DELETE", "/v1/asks/{ask}", PROVIDER, Obj::Ask, None),
     r("GET", "/v1/assignments", PROVIDER, Obj::None, None),
     r("GET", "/v1/earnings", PROVIDER, Obj::None, None),
+    r("GET", "/v1/verification-tasks", PROVIDER, Obj::None, None),
     // an id that is no assignment: 404 for everyone (the owners' side is
     // `verification_outcomes_are_readable_by_the_jobs_studio_and_the_nodes_provider_only`)
     r("GET", "/v1/assignments/{node}/verification", Any, Obj::None, None),

@@ -122,9 +122,133 @@ async fn crosscheck_a_sample_is_rerun_by_another_providers_node_and_it_is_paid()
     assert_eq!((t["items"].as_u64(), t["pay"].as_i64(), t["paid"].as_i64()), (Some(4), Some(1), Some(1)), "{t}");
     assert_eq!(t["market_rerun"], false, "{t}");
     assert_eq!(app.balance(&b).await["available"].as_i64(), Some(balance_b + 1), "B was paid 1");
-    // The studio that is not B's owner cannot read B's tasks (it has none).
-    let none = json_of(app.get_as(&studio2, "/v1/verification-tasks").await).await;
-    assert_eq!(none, json!([]), "{none}");
+    // Tasks are a provider's page: a studio is refused; another provider sees none of B's.
+    assert_eq!(app.get_as(&studio2, "/v1/verification-tasks").await.status(), 403);
+    let stranger = app.signup("provider").await;
+    assert_eq!(json_of(app.get_as(&stranger, "/v1/verification-tasks").await).await, json!([]));
+    {
+        let mut c = app.db.conn();
+        diesel::sql_query("SELECT ledger_check_invariants()").execute(&mut c).expect("ledger invariants");
+    }
+}
+
+/// The attack from the verifier's side: a stranger's node that is sent a sample and answers
+/// with made-up vectors. It sees only the 4 sampled lines (and cannot open the first node's
+/// assignment); the market's own re-run decides the disagreement: the first node is verified
+/// and paid, the liar is not paid, its score drops to 0 and it is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_suspended() {
+    use executor::commitment::{self, Commitment};
+    use futures::StreamExt;
+    use gridbook_wire::node::{AssignmentMsg, Outcome, ResultMsg};
+    use gridbook_wire::{catalog, subjects};
+
+    let stack = Stack::start("crosscheck-liar").await;
+    let app = &stack.app;
+    let (a, _agent_a, node_a) = provider(&stack, "a", 100).await;
+    // The liar: a node that passed the challenge over HTTP, with an ask above the studio's
+    // limit, and no agent: the test plays it.
+    let liar = app.signup("provider").await;
+    let node_b = crate::provider::passed_node(app, &liar).await;
+    let r = crate::provider::post_ask(app, &liar, &node_b, 150, 5).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let mut assigns = stack.nats.client.subscribe(subjects::node_assign(&node_b)).await.unwrap();
+    {
+        // Off probation, and online (the test stands in for the liar's heartbeats).
+        let mut c = app.db.conn();
+        diesel::sql_query(format!(
+            "UPDATE nodes SET status = 'active', last_heartbeat_at = now() + interval '10 minutes' WHERE id IN ('{node_a}', '{node_b}')"
+        ))
+        .execute(&mut c)
+        .unwrap();
+    }
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let job_id = submit_job(app, &studio, EMBED, &sentences(3), 120, 8).await;
+
+    // The liar's side: its task arrives like an assignment, for no units.
+    let msg = tokio::time::timeout(Duration::from_secs(120), assigns.next()).await.expect("a verification task").unwrap();
+    let t: AssignmentMsg = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(t.qty, 0, "a task fills no ask: {t:?}");
+    let work = t.work.clone().expect("a task carries its work");
+    assert_eq!(work.item_count, 4, "{work:?}");
+    let cred = json_of(app.post_as(&liar, &format!("/v1/nodes/{node_b}/credentials"), &json!({})).await).await;
+    let token = cred["token"].as_str().expect("a credential").to_owned();
+    let grant = json_of(app.http.post(app.url(&format!("/v1/assignments/{}/grant", t.assignment_id))).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(grant["items"], 4, "{grant}");
+    let gtoken = grant["token"].as_str().expect("a grant").to_owned();
+    let input = app.http.get(app.url(grant["input_url"].as_str().unwrap())).bearer_auth(&gtoken).send().await.unwrap().bytes().await.unwrap();
+    let items = catalog::select_items(&input, 0, 4).unwrap();
+    assert_eq!(catalog::items(&input).count(), 4, "only the sampled lines: {}", String::from_utf8_lossy(&input));
+    // The first node's assignment is not the liar's to open.
+    let first: Vec<Value> = json_of(app.get_as(&a, "/v1/assignments").await).await["data"].as_array().unwrap().clone();
+    let first_id = first[0]["id"].as_str().unwrap().to_owned();
+    let r = app.http.post(app.url(&format!("/v1/assignments/{first_id}/grant"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+
+    let mut fake = vec![0.0f32; 384];
+    fake[0] = 1.0;
+    let (mut lines, mut leaves) = (String::new(), Vec::new());
+    let mut given = Vec::new();
+    for line in items {
+        let v: Value = serde_json::from_slice(line).unwrap();
+        let id = v["custom_id"].as_str().unwrap().to_owned();
+        let h = commitment::sha256(&commitment::embedding_bytes(&fake));
+        lines.push_str(&json!({"custom_id": id, "sha256": hex::encode(h), "embedding": fake}).to_string());
+        lines.push('\n');
+        given.push(id.clone());
+        leaves.push((id, h));
+    }
+    let output_sha256 = hex::encode(commitment::sha256(lines.as_bytes()));
+    let up = json_of(app.http.put(app.url(grant["output_url"].as_str().unwrap())).bearer_auth(&gtoken).body(lines).send().await.unwrap()).await;
+    assert_eq!(up["sha256"], output_sha256.as_str(), "{up}");
+    let result = ResultMsg {
+        assignment_id: t.assignment_id,
+        job_id: t.job_id.unwrap(),
+        outcome: Outcome::Completed { output_sha256, merkle_root: Commitment::build(&leaves).merkle_root, items_ok: 4, items_failed: 0 },
+        manifest: json!({"note": "a liar's manifest"}),
+        elapsed_ms: 1,
+    };
+    let node_nats = async_nats::ConnectOptions::with_token(token)
+        .custom_inbox_prefix(subjects::node_inbox_prefix(&node_b))
+        .connect(&stack.nats.url)
+        .await
+        .expect("the node connects with its credential");
+    async_nats::jetstream::new(node_nats)
+        .publish(subjects::node_result(&node_b), serde_json::to_vec(&result).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The market decided: the first node is verified and paid; the job completes.
+    let (job, seen) = wait_for_job(app, &studio, &job_id).await;
+    assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
+    assert_eq!(job["request_counts"]["completed"], 8, "{job}");
+    let v = only_verification(&stack, &studio, &job_id).await;
+    assert_eq!((v["outcome"].as_str(), v["rerun_by"].as_str()), (Some("passed"), Some("market")), "{v}");
+    assert_eq!(v["verifier_node_id"], node_b.as_str(), "{v}");
+    assert!(v["rerun_note"].as_str().unwrap_or_default().contains("proves the verifying node wrong"), "{v}");
+    let sampled: Vec<String> = serde_json::from_value(v["sampled_items"].clone()).unwrap();
+    assert_eq!(sampled, given, "the task held exactly the sampled items");
+    assert!(app.balance(&a).await["available"].as_i64().unwrap() > 0, "the honest first node is paid");
+    // The liar: unpaid, score 0, suspended, its ask gone.
+    let tasks = json_of(app.get_as(&liar, "/v1/verification-tasks").await).await;
+    let task = &tasks.as_array().unwrap()[0];
+    assert_eq!((task["outcome"].as_str(), task["verifier_correct"].as_bool(), task["paid"].as_i64()), (Some("disagreed"), Some(false), Some(0)), "{task}");
+    assert_eq!(task["market_rerun"], true, "{task}");
+    assert_eq!(app.balance(&liar).await["available"].as_i64(), Some(0), "the liar is not paid");
+    let n = json_of(app.get_as(&liar, &format!("/v1/nodes/{node_b}")).await).await;
+    assert_eq!((n["status"].as_str(), n["reputation"].as_i64()), (Some("suspended"), Some(0)), "{n}");
+    let started = Instant::now();
+    loop {
+        let book = json_of(app.http.get(app.url(&format!("/v1/markets/{EMBED}/book"))).send().await.unwrap()).await;
+        if book["asks"].as_array().unwrap().iter().all(|l| l["price"] != 150) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the liar's ask stays on the book: {book}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     {
         let mut c = app.db.conn();
         diesel::sql_query("SELECT ledger_check_invariants()").execute(&mut c).expect("ledger invariants");
