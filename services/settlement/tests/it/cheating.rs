@@ -16,10 +16,10 @@ use gridbook_settlement::verify::{self, Committed, SamplePolicy, Verifier, Verif
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-const ITEMS: usize = 40;
+pub(crate) const ITEMS: usize = 40;
 const MARKET: &str = "EMBED-MINILM-L6";
 
-fn input_file() -> String {
+pub(crate) fn input_file() -> String {
     (0..ITEMS)
         .map(|i| json!({"custom_id": format!("s{i}"), "input": format!("sentence number {i} about item {}", i * 7)}).to_string())
         .collect::<Vec<_>>()
@@ -27,7 +27,7 @@ fn input_file() -> String {
 }
 
 /// The honest embedding of every input, computed with the market's own model.
-fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
+pub(crate) fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
     let mut reference = Reference::new();
     let w = reference
         .workload(WorkloadKind::Embed)
@@ -45,7 +45,7 @@ fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
 }
 
 /// An output file in the executor's format, with its Merkle root.
-fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
+pub(crate) fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
     let mut lines = Vec::new();
     let mut leaves = Vec::new();
     for (i, v) in embeddings.iter().enumerate() {
@@ -61,7 +61,7 @@ fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
     (lines.join("\n"), Commitment::build(&leaves).merkle_root)
 }
 
-fn committed<'a>(
+pub(crate) fn committed<'a>(
     a: Uuid,
     input: &'a str,
     output: &'a str,

@@ -4,6 +4,7 @@
 //! tests share the NATS server safely.
 
 mod cheating;
+mod crosscheck;
 mod crash;
 mod dead_letters;
 mod e2e;
