@@ -125,6 +125,10 @@ pub struct Earnings {
     pub released: i64,
     /// Withheld pay forfeited by a proven cheat (to the market's verification fund).
     pub forfeited: i64,
+    /// Verification tasks the caller's nodes answered right (`GET /v1/verification-tasks`), and
+    /// what they were paid for them (from the protocol fee; in `balance`, not in `earned`).
+    pub verification_tasks: i64,
+    pub verification_pay: i64,
 }
 
 /// Earnings of the caller's nodes and their ledger balance.
@@ -164,6 +168,12 @@ pub async fn earnings(state: web::Data<AppState>, principal: Principal) -> ApiRe
         )
         .bind::<diesel::sql_types::Uuid, _>(owner)
         .get_result(c)?;
+        let v: VerifiedTasksRow = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE t.verifier_correct)::bigint AS tasks, coalesce(sum(t.paid), 0)::bigint AS paid \
+             FROM verification_tasks t JOIN nodes n ON n.id = t.node_id WHERE n.owner = $1",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(owner)
+        .get_result(c)?;
         let st = gridbook_ledger::store::balance_statement(c, account)?;
         Ok(Earnings {
             completed_assignments: n,
@@ -175,10 +185,20 @@ pub async fn earnings(state: web::Data<AppState>, principal: Principal) -> ApiRe
             withheld: w.withheld,
             released: w.released,
             forfeited: w.forfeited,
+            verification_tasks: v.tasks,
+            verification_pay: v.paid,
         })
     })
     .await?;
     Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(QueryableByName)]
+struct VerifiedTasksRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tasks: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    paid: i64,
 }
 
 #[derive(QueryableByName)]

@@ -257,6 +257,17 @@ pub async fn earnings(ctx: &Ctx) -> anyhow::Result<()> {
         i(&e["protocol_fees"])
     );
     println!(
+        "withheld     {} credits (released {}, forfeited {}): pay waits for the node's next verified assignments",
+        i(&e["withheld"]),
+        i(&e["released"]),
+        i(&e["forfeited"])
+    );
+    println!(
+        "verifying    {} credits for {} samples of other providers' work your nodes re-ran right",
+        i(&e["verification_pay"]),
+        i(&e["verification_tasks"])
+    );
+    println!(
         "balance      {} credits, {} available",
         i(&e["balance"]),
         i(&e["available"])

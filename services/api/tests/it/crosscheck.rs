@@ -122,6 +122,8 @@ async fn crosscheck_a_sample_is_rerun_by_another_providers_node_and_it_is_paid()
     assert_eq!((t["items"].as_u64(), t["pay"].as_i64(), t["paid"].as_i64()), (Some(4), Some(1), Some(1)), "{t}");
     assert_eq!(t["market_rerun"], false, "{t}");
     assert_eq!(app.balance(&b).await["available"].as_i64(), Some(balance_b + 1), "B was paid 1");
+    let e = json_of(app.get_as(&b, "/v1/earnings").await).await;
+    assert_eq!((e["verification_tasks"].as_i64(), e["verification_pay"].as_i64(), e["earned"].as_i64()), (Some(1), Some(1), Some(0)), "{e}");
     // Tasks are a provider's page: a studio is refused; another provider sees none of B's.
     assert_eq!(app.get_as(&studio2, "/v1/verification-tasks").await.status(), 403);
     let stranger = app.signup("provider").await;
@@ -238,6 +240,8 @@ async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_susp
     assert_eq!((task["outcome"].as_str(), task["verifier_correct"].as_bool(), task["paid"].as_i64()), (Some("disagreed"), Some(false), Some(0)), "{task}");
     assert_eq!(task["market_rerun"], true, "{task}");
     assert_eq!(app.balance(&liar).await["available"].as_i64(), Some(0), "the liar is not paid");
+    let e = json_of(app.get_as(&liar, "/v1/earnings").await).await;
+    assert_eq!((e["verification_tasks"].as_i64(), e["verification_pay"].as_i64()), (Some(0), Some(0)), "{e}");
     let n = json_of(app.get_as(&liar, &format!("/v1/nodes/{node_b}")).await).await;
     assert_eq!((n["status"].as_str(), n["reputation"].as_i64()), (Some("suspended"), Some(0)), "{n}");
     let started = Instant::now();

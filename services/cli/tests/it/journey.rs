@@ -155,6 +155,10 @@ async fn submit_with_an_estimate_watch_to_completion_and_download() {
         (Some(2), Some(80)),
         "{e}"
     );
+    let out = pv.run(&["earnings"]).await;
+    let text = out.expect_ok();
+    assert!(text.contains("earned       80 credits for 2 units"), "{out:?}");
+    assert!(text.contains("verifying    0 credits for 0 samples"), "{out:?}");
     let ask = pv
         .run(&[
             "--json", "asks", "place", "--market", MARKET, "--price", "500", "--qty", "1",

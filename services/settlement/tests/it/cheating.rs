@@ -46,17 +46,22 @@ pub(crate) fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
 
 /// An output file in the executor's format, with its Merkle root.
 pub(crate) fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
+    let ids: Vec<String> = (0..embeddings.len()).map(|i| format!("s{i}")).collect();
+    output_of(&ids, embeddings)
+}
+
+/// An output file of items `ids` with vectors `vs` (in order), with its Merkle root.
+pub(crate) fn output_of(ids: &[String], vs: &[Vec<f32>]) -> (String, String) {
     let mut lines = Vec::new();
     let mut leaves = Vec::new();
-    for (i, v) in embeddings.iter().enumerate() {
-        let id = format!("s{i}");
+    for (id, v) in ids.iter().zip(vs) {
         let h = commitment::sha256(&commitment::embedding_bytes(v));
         let mut rec = Map::new();
         rec.insert("custom_id".into(), Value::String(id.clone()));
         rec.insert("sha256".into(), Value::String(hex::encode(h)));
         rec.insert("embedding".into(), json!(v));
         lines.push(Value::Object(rec).to_string());
-        leaves.push((id, h));
+        leaves.push((id.clone(), h));
     }
     (lines.join("\n"), Commitment::build(&leaves).merkle_root)
 }

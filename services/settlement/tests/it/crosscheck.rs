@@ -5,28 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use executor::commitment::{self, Commitment};
+use executor::commitment;
 use gridbook_settlement::crosscheck::{Answer, TaskOutcome, decide};
 use gridbook_settlement::verify::{self, SamplePolicy, Verifier};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::cheating::{ITEMS, committed, honest_embeddings, input_file, output_file};
-
-/// A verifying node's output for items `ids` with vectors `vs`, and its Merkle root.
-fn answer_file(ids: &[String], vs: &[Vec<f32>]) -> (String, String) {
-    let (mut lines, mut leaves) = (Vec::new(), Vec::new());
-    for (id, v) in ids.iter().zip(vs) {
-        let h = commitment::sha256(&commitment::embedding_bytes(v));
-        let mut rec = Map::new();
-        rec.insert("custom_id".into(), Value::String(id.clone()));
-        rec.insert("sha256".into(), Value::String(hex::encode(h)));
-        rec.insert("embedding".into(), json!(v));
-        lines.push(Value::Object(rec).to_string());
-        leaves.push((id.clone(), h));
-    }
-    (lines.join("\n"), Commitment::build(&leaves).merkle_root)
-}
+use crate::cheating::{ITEMS, committed, honest_embeddings, input_file, output_file, output_of};
 
 fn verifier() -> Verifier {
     Verifier::new(SamplePolicy::new(vec![0x42; 32], verify::DEFAULT_SAMPLE_ITEMS, BTreeMap::new()).unwrap())
@@ -82,7 +67,7 @@ fn crosscheck_decisions_against_the_real_model() {
             name: "honest first, honest verifier: agreed without the market",
             first: &first_honest,
             items: &honest_items,
-            answer: Ok(answer_file(&honest_ids, &true_vectors(&honest_items))),
+            answer: Ok(output_of(&honest_ids, &true_vectors(&honest_items))),
             expired: false,
             first_passes: true,
             outcome: TaskOutcome::Agreed,
@@ -93,7 +78,7 @@ fn crosscheck_decisions_against_the_real_model() {
             name: "honest first, lying verifier: the market clears the first node and proves the verifier wrong",
             first: &first_honest,
             items: &honest_items,
-            answer: Ok(answer_file(&honest_ids, &fakes(honest_items.len()))),
+            answer: Ok(output_of(&honest_ids, &fakes(honest_items.len()))),
             expired: false,
             first_passes: true,
             outcome: TaskOutcome::Disagreed,
@@ -104,7 +89,7 @@ fn crosscheck_decisions_against_the_real_model() {
             name: "cheating first, honest verifier: the market fails the first node, the verifier was right",
             first: &first_cheat,
             items: &cheat_items,
-            answer: Ok(answer_file(&cheat_ids, &true_vectors(&cheat_items))),
+            answer: Ok(output_of(&cheat_ids, &true_vectors(&cheat_items))),
             expired: false,
             first_passes: false,
             outcome: TaskOutcome::Disagreed,
@@ -126,7 +111,7 @@ fn crosscheck_decisions_against_the_real_model() {
             name: "cheating first, verifier answers garbage (wrong root): the market decides",
             first: &first_cheat,
             items: &cheat_items,
-            answer: Ok((answer_file(&cheat_ids, &true_vectors(&cheat_items)).0, "00".repeat(32))),
+            answer: Ok((output_of(&cheat_ids, &true_vectors(&cheat_items)).0, "00".repeat(32))),
             expired: false,
             first_passes: false,
             outcome: TaskOutcome::Failed,
@@ -140,7 +125,7 @@ fn crosscheck_decisions_against_the_real_model() {
             name: "cheating first, colluding verifier with the same fakes: passes",
             first: &first_cheat,
             items: &cheat_items,
-            answer: Ok(answer_file(&cheat_ids, &fakes(cheat_items.len()))),
+            answer: Ok(output_of(&cheat_ids, &fakes(cheat_items.len()))),
             expired: false,
             first_passes: true,
             outcome: TaskOutcome::Agreed,
@@ -178,7 +163,7 @@ fn crosscheck_decisions_against_the_real_model() {
     // sent): the market decides, and the verifier is not blamed.
     let mut other = verifier();
     let shifted: Vec<u64> = honest_items.iter().map(|i| (i + 1) % ITEMS as u64).collect();
-    let (text, root) = answer_file(&honest_ids, &true_vectors(&honest_items));
+    let (text, root) = output_of(&honest_ids, &true_vectors(&honest_items));
     let d = decide(
         &mut other,
         &first_honest,
