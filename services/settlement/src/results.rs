@@ -318,10 +318,7 @@ pub async fn handle_result(
         return refuse_result(db, source, DeadLetterReason::ForeignResult, why, payload).await;
     }
     let job_id = a.job_id;
-    let job = db
-        .with(move |c| jobs::load_job(c, job_id))
-        .await?
-        .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
+    let job = job_of(db, job_id).await?;
     let none = RerunInfo { by: RerunBy::None, ..RerunInfo::default() };
     let (resolution, record) = match &r.outcome {
         Outcome::Failed { reason } => failed_resolution(
@@ -489,10 +486,7 @@ async fn decide_task(
         warn!(task.id = %task.id, assignment.id = %aid, status = %a.status, "verification task for an assignment no longer under check");
     }
     let job_id = a.job_id;
-    let job = db
-        .with(move |c| jobs::load_job(c, job_id))
-        .await?
-        .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))?;
+    let job = job_of(db, job_id).await?;
     let Some(work) = catalog::work(&job.market) else {
         return Err(SettlementError::Refused(format!("market {} has no workload", job.market)));
     };
@@ -588,6 +582,13 @@ async fn expire_tasks(
             .await;
     }
     Ok(resolved)
+}
+
+/// The job an assignment belongs to (`Refused` when it is missing: it cannot be).
+async fn job_of(db: &mut Db, job_id: uuid::Uuid) -> Result<JobWork> {
+    db.with(move |c| jobs::load_job(c, job_id))
+        .await?
+        .ok_or_else(|| SettlementError::Refused(format!("job {job_id} missing")))
 }
 
 /// Records a refused result message as a dead letter (once per message) and returns
@@ -746,10 +747,8 @@ async fn verify_completed(
             }
             Ok(Checked::SentToNode)
         }
-        Err(VerifyError::Mismatch(f)) => {
-            let rerun = if f.check == FailedCheck::SampleMismatch { market_rerun } else { RerunInfo { by: RerunBy::None, ..RerunInfo::default() } };
-            Ok(Checked::Verdict(Err(*f), rerun))
-        }
+        // `resolution_of` records a failure before the sample as re-run by nobody.
+        Err(VerifyError::Mismatch(f)) => Ok(Checked::Verdict(Err(*f), market_rerun)),
         Err(VerifyError::Unavailable(why)) => Err(SettlementError::Nats(why)),
     }
 }

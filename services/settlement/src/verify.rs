@@ -414,24 +414,8 @@ pub fn judge(
                 }
                 f
             }
-            Some(Err(e)) => ItemFigure {
-                custom_id: node.custom_id.clone(),
-                node_sha256: hex::encode(node.hash),
-                reference_sha256: None,
-                cosine: None,
-                mean_abs_diff: None,
-                ok: false,
-                error: Some(format!("the re-run of {} failed: {e}", node.custom_id)),
-            },
-            None => ItemFigure {
-                custom_id: node.custom_id.clone(),
-                node_sha256: hex::encode(node.hash),
-                reference_sha256: None,
-                cosine: None,
-                mean_abs_diff: None,
-                ok: false,
-                error: Some(format!("the re-run has no output for {}", node.custom_id)),
-            },
+            Some(Err(e)) => ItemFigure::unanswered(node, format!("the re-run of {} failed: {e}", node.custom_id)),
+            None => ItemFigure::unanswered(node, format!("the re-run has no output for {}", node.custom_id)),
         })
         .collect()
 }
@@ -468,6 +452,19 @@ pub struct ItemFigure {
 }
 
 impl ItemFigure {
+    /// A sampled item the reference has no output for: it fails with `error`.
+    fn unanswered(node: &OutputLine, error: String) -> Self {
+        ItemFigure {
+            custom_id: node.custom_id.clone(),
+            node_sha256: hex::encode(node.hash),
+            reference_sha256: None,
+            cosine: None,
+            mean_abs_diff: None,
+            ok: false,
+            error: Some(error),
+        }
+    }
+
     fn of(node: &OutputLine, ours: &executor::workload::ItemOutput) -> Self {
         let mut f = ItemFigure {
             custom_id: node.custom_id.clone(),

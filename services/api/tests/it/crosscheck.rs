@@ -187,6 +187,20 @@ async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_susp
     let first_id = first[0]["id"].as_str().unwrap().to_owned();
     let r = app.http.post(app.url(&format!("/v1/assignments/{first_id}/grant"))).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    // Nor is the task anyone else's: another provider's node is refused, a studio's key is no
+    // node credential, and anonymous callers get 401; the grant's token opens only this task.
+    let other = app.signup("provider").await;
+    let other_node = crate::provider::passed_node(app, &other).await;
+    let other_cred = json_of(app.post_as(&other, &format!("/v1/nodes/{other_node}/credentials"), &json!({})).await).await;
+    let task_grant = format!("/v1/assignments/{}/grant", t.assignment_id);
+    let r = app.http.post(app.url(&task_grant)).bearer_auth(other_cred["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+    let r = app.http.post(app.url(&task_grant)).header("Authorization", studio.bearer()).send().await.unwrap();
+    assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
+    assert_eq!(app.http.post(app.url(&task_grant)).send().await.unwrap().status(), 401);
+    assert_eq!(app.http.get(app.url(grant["input_url"].as_str().unwrap())).send().await.unwrap().status(), 401);
+    let first_input = format!("/v1/assignments/{first_id}/input");
+    assert_eq!(app.http.get(app.url(&first_input)).bearer_auth(&gtoken).send().await.unwrap().status(), 401);
 
     let mut fake = vec![0.0f32; 384];
     fake[0] = 1.0;
@@ -211,17 +225,7 @@ async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_susp
         manifest: json!({"note": "a liar's manifest"}),
         elapsed_ms: 1,
     };
-    let node_nats = async_nats::ConnectOptions::with_token(token)
-        .custom_inbox_prefix(subjects::node_inbox_prefix(&node_b))
-        .connect(&stack.nats.url)
-        .await
-        .expect("the node connects with its credential");
-    async_nats::jetstream::new(node_nats)
-        .publish(subjects::node_result(&node_b), serde_json::to_vec(&result).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::journey::publish_result_as_node(&stack, token, &node_b, &result).await;
 
     // The market decided: the first node is verified and paid; the job completes.
     let (job, seen) = wait_for_job(app, &studio, &job_id).await;

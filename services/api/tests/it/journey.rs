@@ -169,6 +169,23 @@ async fn provider_without_agent(app: &TestApp) -> (TestUser, String) {
     }
 }
 
+/// Publishes `result` on `node.<node>.result` the way a node does: connected to the stack's
+/// NATS with the node's own credential `token` (JetStream, waiting for the ack).
+pub(crate) async fn publish_result_as_node(stack: &Stack, token: String, node: &str, result: &gridbook_wire::node::ResultMsg) {
+    use gridbook_wire::subjects;
+    let node_nats = async_nats::ConnectOptions::with_token(token)
+        .custom_inbox_prefix(subjects::node_inbox_prefix(node))
+        .connect(&stack.nats.url)
+        .await
+        .expect("the node connects with its credential");
+    async_nats::jetstream::new(node_nats)
+        .publish(subjects::node_result(node), serde_json::to_vec(result).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
 pub(crate) async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
     let file = json_of(
@@ -452,17 +469,7 @@ async fn a_node_that_fakes_its_embeddings_is_caught_unpaid_suspended_and_its_uni
         manifest: json!({"note": "a cheater's manifest"}),
         elapsed_ms: 1,
     };
-    let node_nats = async_nats::ConnectOptions::with_token(token)
-        .custom_inbox_prefix(subjects::node_inbox_prefix(&node))
-        .connect(&stack.nats.url)
-        .await
-        .expect("the node connects with its credential");
-    async_nats::jetstream::new(node_nats)
-        .publish(subjects::node_result(&node), serde_json::to_vec(&result).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_result_as_node(&stack, token, &node, &result).await;
     let _ = job_id;
 
     // Caught: the assignment failed with the evidence, nothing paid, everything refunded.
