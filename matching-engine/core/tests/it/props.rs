@@ -459,6 +459,10 @@ fn check_matching(
     // What the cap could give at the start: Σ over owners of min(crossing qty, allowance).
     let quiet_used_up = window.total() >= cfg.whale_min_volume;
     let mut within_cap_supply = 0u64;
+    // A market bid: what the taker's whole quantity costs from owners under their cap, cheapest
+    // first (`None`: they cannot fill it). Over that budget the priority phase stops short at a
+    // dear ask and the no-veto phase may pay for a cheaper capped one (module `whale`).
+    let mut within_cap_cost: Option<u64> = None;
     if capped {
         let mut per_owner: BTreeMap<OwnerId, u64> = BTreeMap::new();
         for o in book.values().filter(|o| crosses(o)) {
@@ -467,6 +471,18 @@ fn check_matching(
         for (owner, q) in per_owner {
             within_cap_supply += q.min(window.allow(cfg, owner));
         }
+        let mut asks: Vec<&RestingOrder> = book.values().filter(|o| crosses(o)).collect();
+        asks.sort_by_key(|o| key(o));
+        let (mut need, mut cost) = (tqty, 0u64);
+        let mut used: BTreeMap<OwnerId, u64> = BTreeMap::new();
+        for o in asks {
+            let u = used.entry(o.owner).or_default();
+            let q = o.qty.min(window.allow(cfg, o.owner).saturating_sub(*u)).min(need);
+            *u += q;
+            need -= q;
+            cost = cost.saturating_add(q * o.price);
+        }
+        within_cap_cost = (need == 0).then_some(cost);
     }
     let self_trade_possible = book.values().any(|o| crosses(o) && o.account == taccount);
     let mut last_key = None;
@@ -551,7 +567,11 @@ fn check_matching(
     }
     if capped && any_fill && quiet_used_up && !self_trade_possible {
         stats.cap_guarantee_checked += 1;
-        if over_cap && tqty <= within_cap_supply {
+        let affordable = match budget {
+            Some(b) => within_cap_cost.is_some_and(|c| c <= b),
+            None => true,
+        };
+        if over_cap && tqty <= within_cap_supply && affordable {
             return Err(format!(
                 "over-cap fill although owners under their cap offered {within_cap_supply} of {tqty}"
             ));
