@@ -77,6 +77,44 @@ pub fn check_fields(
     parse_fields(kind, custom_id, fields, &LineParams::SD15_512).map(drop)
 }
 
+/// The fields a node is served for one input line (`custom_id` taken out): every parameter the
+/// run depends on made explicit, in one canonical shape per kind — embeddings `{"input"}`,
+/// terrain `{"seed", "difficulty"}` (the seed derived from the custom_id and the difficulty
+/// drawn from it when the line had none), SD every parameter with its default filled in. So the
+/// node computes the same output under any custom_id (the API serves positions, not the
+/// studio's ids: `gridbook_wire::catalog::served_id`), and a line looks the same whatever form
+/// the studio wrote — which lets the market mix in canary items that the node cannot tell apart
+/// by shape. Needs no model.
+pub fn served_fields(
+    kind: WorkloadKind,
+    custom_id: &str,
+    fields: &Map<String, Value>,
+) -> std::result::Result<Map<String, Value>, FieldError> {
+    let mut out = Map::new();
+    match parse_fields(kind, custom_id, fields, &LineParams::SD15_512)? {
+        Input::Embed(text) => {
+            out.insert("input".into(), Value::from(text));
+        }
+        Input::Terrain(t) => {
+            let difficulty = t.difficulty.unwrap_or_else(|| {
+                1 + crate::rng::Rng::new(t.derived_seed).next_u64() % crate::terrain::NUM_CLASSES
+            });
+            out.insert("seed".into(), Value::from(t.derived_seed));
+            out.insert("difficulty".into(), Value::from(difficulty));
+        }
+        Input::Sd(i) => {
+            out.insert("prompt".into(), Value::from(i.prompt));
+            out.insert("negative_prompt".into(), Value::from(i.negative_prompt));
+            out.insert("seed".into(), Value::from(i.seed));
+            out.insert("steps".into(), Value::from(i.steps));
+            out.insert("guidance_scale".into(), Value::from(i.guidance_scale));
+            out.insert("width".into(), Value::from(i.width));
+            out.insert("height".into(), Value::from(i.height));
+        }
+    }
+    Ok(out)
+}
+
 /// Checks JSONL text for `kind` with the executor's line parser ([`crate::local::parse_jsonl`]:
 /// JSON objects, unique `custom_id`s, UTF-8) and [`check_fields`]; nothing runs.
 pub fn check_jsonl(kind: WorkloadKind, reader: impl std::io::BufRead) -> Parsed<()> {
@@ -571,6 +609,41 @@ mod tests {
 
     fn fields(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn served_fields_make_every_parameter_explicit_so_the_custom_id_no_longer_matters() {
+        // Whatever form the studio wrote, the node gets one shape per kind, and parsing it under
+        // any other custom_id (the served position) gives the run the same parameters.
+        let effective = |kind, id: &str, f: &Map<String, Value>| match parse_fields(kind, id, f, &LineParams::SD15_512).unwrap() {
+            Input::Embed(t) => json!({"input": t}),
+            Input::Terrain(t) => json!({"seed": t.derived_seed,
+                "difficulty": t.difficulty.unwrap_or_else(|| 1 + crate::rng::Rng::new(t.derived_seed).next_u64() % crate::terrain::NUM_CLASSES)}),
+            Input::Sd(i) => json!([i.prompt, i.negative_prompt, i.seed, i.steps, i.guidance_scale, i.width, i.height]),
+        };
+        let cases = [
+            (WorkloadKind::Embed, json!({"input": "hello"})),
+            (WorkloadKind::Embed, json!({"body": {"input": "hello"}})),
+            (WorkloadKind::Embed, json!({"input": ["hello"]})),
+            (WorkloadKind::Terrain, json!({})),
+            (WorkloadKind::Terrain, json!({"seed": 7})),
+            (WorkloadKind::Terrain, json!({"difficulty": 30, "prompt": "ignored"})),
+            (WorkloadKind::Sd, json!({"prompt": "a red fox"})),
+            (WorkloadKind::Sd, json!({"prompt": "a red fox", "seed": 3, "steps": 2, "width": 256})),
+        ];
+        for (kind, line) in cases {
+            let f = fields(line.clone());
+            let served = served_fields(kind, "studio-7", &f).unwrap();
+            assert_eq!(effective(kind, "i3", &served), effective(kind, "studio-7", &f), "{kind} {line}");
+            let keys: Vec<&str> = served.keys().map(String::as_str).collect();
+            let want: &[&str] = match kind {
+                WorkloadKind::Embed => &["input"],
+                WorkloadKind::Terrain => &["difficulty", "seed"],
+                WorkloadKind::Sd => &["guidance_scale", "height", "negative_prompt", "prompt", "seed", "steps", "width"],
+            };
+            assert_eq!(keys, want, "{kind} {line}: one shape per kind");
+        }
+        assert_eq!(served_fields(WorkloadKind::Embed, "a", &fields(json!({"input": 3}))).unwrap_err().field, "input");
     }
 
     #[test]

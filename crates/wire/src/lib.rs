@@ -560,6 +560,72 @@ pub mod catalog {
         Some(start..end)
     }
 
+    /// The custom_id a node is served for the line at `position` (0-based) of its assignment's
+    /// input: the position, never the studio's id. Every line of an assignment — the job's items
+    /// and the market's canaries mixed in among them — is named the same way, so nothing in an
+    /// id tells a canary apart; the settlement worker maps positions back to the studio's ids.
+    pub fn served_id(position: u64) -> String {
+        format!("i{position}")
+    }
+
+    /// The position a served custom_id names ([`served_id`]'s inverse).
+    pub fn served_position(id: &str) -> Option<u64> {
+        let digits = id.strip_prefix('i')?;
+        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Where one canary (an item with a known answer, `canary_items`) sits among the lines an
+    /// assignment's node is served (`job_assignments.canaries`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct CanarySlot {
+        /// 0-based position among the served lines.
+        pub at: u64,
+        pub id: uuid::Uuid,
+    }
+
+    /// What the served line at one position is.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ServedLine {
+        /// The assignment's `i`-th item (0-based, from its `item_start`).
+        Item(u64),
+        /// The `c`-th canary of the assignment's slots.
+        Canary(usize),
+    }
+
+    /// The lines an assignment of `items` items with canaries `slots` is served, in order:
+    /// `items + slots.len()` of them, each canary at its position, the items in input order
+    /// around them. `Err` when the slots are not ascending, distinct and inside the lines.
+    pub fn served_lines(items: u64, slots: &[CanarySlot]) -> Result<Vec<ServedLine>, String> {
+        let total = items
+            .checked_add(slots.len() as u64)
+            .ok_or_else(|| "too many lines".to_owned())?;
+        for w in slots.windows(2) {
+            if w[0].at >= w[1].at {
+                return Err(format!("canary positions {} and {} are not ascending", w[0].at, w[1].at));
+            }
+        }
+        if let Some(last) = slots.last()
+            && last.at >= total
+        {
+            return Err(format!("a canary at {} is past the {total} served lines", last.at));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(total).map_err(|_| "too many lines")?);
+        let (mut item, mut next) = (0u64, 0usize);
+        for p in 0..total {
+            if slots.get(next).is_some_and(|s| s.at == p) {
+                out.push(ServedLine::Canary(next));
+                next += 1;
+            } else {
+                out.push(ServedLine::Item(item));
+                item += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether an input line is blank (only ASCII whitespace): blank lines are no items.
     pub fn is_blank(line: &[u8]) -> bool {
         line.iter().all(u8::is_ascii_whitespace)
@@ -599,6 +665,27 @@ pub fn valid_market_symbol(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn served_lines_put_each_canary_at_its_position_and_ids_round_trip() {
+        use catalog::{CanarySlot, ServedLine::*, served_id, served_lines, served_position};
+        let slot = |at| CanarySlot { at, id: uuid::Uuid::nil() };
+        assert_eq!(served_lines(3, &[]).unwrap(), vec![Item(0), Item(1), Item(2)]);
+        assert_eq!(
+            served_lines(3, &[slot(0), slot(2), slot(4)]).unwrap(),
+            vec![Canary(0), Item(0), Canary(1), Item(1), Canary(2), Item(2)]
+        );
+        assert_eq!(served_lines(1, &[slot(1)]).unwrap(), vec![Item(0), Canary(0)]);
+        assert!(served_lines(1, &[slot(2)]).is_err(), "past the end");
+        assert!(served_lines(3, &[slot(1), slot(1)]).is_err(), "repeated");
+        assert!(served_lines(3, &[slot(2), slot(1)]).is_err(), "descending");
+        for p in [0, 7, 1234] {
+            assert_eq!(served_position(&served_id(p)), Some(p));
+        }
+        for bad in ["", "i", "7", "i07", "i-1", "ix", "c3"] {
+            assert_eq!(served_position(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -569,15 +569,20 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         Ok(b) => b,
         Err(e) => return failed(e),
     };
-    // The API sent exactly the assignment's items, in order.
-    let items = match select_items(&input, 0, work.item_count) {
+    // The API sent the assignment's lines in order: its items with the market's canaries among
+    // them (at least the items; every line is run and answered under its served id).
+    let served = gridbook_wire::catalog::items(&input).count() as u64;
+    if served < work.item_count {
+        return failed(format!("the input has {served} lines; the assignment has {} items", work.item_count));
+    }
+    let items = match select_items(&input, 0, served) {
         Ok(i) => i,
         Err(e) => return failed(e),
     };
     drop(input);
     let progress = Arc::new(ProgressLog::new(
         a.assignment_id,
-        work.item_count,
+        served,
         Duration::from_secs(5),
     ));
     let run = {
@@ -585,7 +590,8 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         let control = running.control.clone();
         let market = a.market.clone();
         let progress = progress.clone();
-        let offset = work.item_start as usize;
+        // Error lines are numbered in the served input (its positions, canaries included).
+        let offset = 0;
         let model = work.model.as_ref().map(|m| m.sha256.clone());
         tokio::task::spawn_blocking(move || {
             workloads.run(&market, model.as_deref(), &items, offset, &|n| progress.add(n), &control)
@@ -623,7 +629,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
                 output_sha256: sha,
                 merkle_root: run.commitment.merkle_root,
                 items_ok,
-                items_failed: work.item_count.saturating_sub(items_ok),
+                items_failed: served.saturating_sub(items_ok),
             },
             manifest,
         ),

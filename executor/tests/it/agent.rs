@@ -184,9 +184,15 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
     let a = fx.seed(&file, 5, 50).await;
     let job = a.job_id.unwrap();
 
-    // Local mode on the same 50 lines: the expected output.
+    // Local mode on the same 50 lines as the node is served them (named by position,
+    // `catalog::served_id`): the expected output.
     let local_in = dir.join("in.jsonl");
-    std::fs::write(&local_in, lines[5..55].join("\n") + "\n").unwrap();
+    let served: Vec<String> = texts(60, "agent-embed")[5..55]
+        .iter()
+        .enumerate()
+        .map(|(p, t)| serde_json::json!({"custom_id": gridbook_wire::catalog::served_id(p as u64), "input": t}).to_string())
+        .collect();
+    std::fs::write(&local_in, served.join("\n") + "\n").unwrap();
     let local_out = dir.join("out.jsonl");
     {
         let w = workloads();
@@ -240,7 +246,7 @@ async fn agent_runs_an_embed_assignment_like_local_mode_and_never_twice() {
         })
         .collect();
     assert_eq!(leaves.len(), 50);
-    assert_eq!(leaves[0].0, "q5");
+    assert_eq!(leaves[0].0, "i0", "item 5 of the job is the assignment's first served line");
     assert_eq!(Commitment::build(&leaves).merkle_root, merkle_root);
 
     // The result is in GRIDBOOK_RESULTS under its Nats-Msg-Id.

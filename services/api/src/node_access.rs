@@ -16,7 +16,10 @@
 //! * **Per-assignment data.** `POST /v1/assignments/{id}/grant` (the node's credential as
 //!   bearer) returns a `gbg_…` grant: an HMAC-SHA256 over (assignment, node, expiry) under a
 //!   key of this process, valid `grant_ttl_secs`. With it, `GET /v1/assignments/{id}/input`
-//!   streams only the assignment's lines of the job's input and `PUT /v1/assignments/{id}/output`
+//!   streams only the assignment's lines of the job's input — each in its workload's canonical
+//!   shape (`executor::registry::served_fields`), named by its position
+//!   (`catalog::served_id`), with the market's canaries at the positions the settlement worker
+//!   chose (`job_assignments.canaries`) — and `PUT /v1/assignments/{id}/output`
 //!   stores the node's output (sha256-named, recorded as the assignment's `upload_sha256`, the
 //!   only output the verifier accepts for it). Every use re-checks in PostgreSQL that the
 //!   assignment is still `assigned`, before its deadline, and the node's; after it ends the grant
@@ -606,8 +609,13 @@ fn check_grant(key: &[u8; 32], token: &str, assignment: Uuid) -> Result<Uuid, St
 /// What the data routes need of an open assignment.
 struct OpenAssignment {
     input_sha256: String,
+    /// The job's workload (the served shape of its lines).
+    kind: catalog::WorkloadKind,
     items: Items,
+    /// Lines served: the items and the canaries.
     item_count: u64,
+    /// The market's canaries: position among the served lines, served fields (ascending).
+    canaries: Vec<(u64, serde_json::Map<String, serde_json::Value>)>,
     /// The job's private model and the sha256 the job pinned.
     model: Option<(Uuid, String)>,
 }
@@ -641,14 +649,14 @@ impl Items {
 /// the verifying node sees only the sampled input lines, never the first node's output.
 fn open_task(c: &mut PgConnection, task: Uuid, node: Uuid) -> ApiResult<Option<OpenAssignment>> {
     use gridbook_db::schema::verification_tasks as vt;
-    type Row = (Uuid, String, DateTime<Utc>, Vec<Option<i64>>, String);
+    type Row = (Uuid, String, DateTime<Utc>, Vec<Option<i64>>, String, String);
     let row: Option<Row> = vt::table
         .inner_join(jobs::table.inner_join(files::table))
         .filter(vt::id.eq(task))
-        .select((vt::node_id, vt::status, vt::deadline, vt::items, files::sha256))
+        .select((vt::node_id, vt::status, vt::deadline, vt::items, files::sha256, jobs::market))
         .first(c)
         .optional()?;
-    let Some((owner_node, status, deadline, items, sha)) = row else {
+    let Some((owner_node, status, deadline, items, sha, market)) = row else {
         return Ok(None);
     };
     if owner_node != node {
@@ -665,8 +673,10 @@ fn open_task(c: &mut PgConnection, task: Uuid, node: Uuid) -> ApiResult<Option<O
     items.dedup();
     Ok(Some(OpenAssignment {
         input_sha256: sha,
+        kind: kind_of(&market)?,
         item_count: items.len() as u64,
         items: Items::Set(items),
+        canaries: Vec::new(),
         model: None,
     }))
 }
@@ -677,7 +687,7 @@ fn open_assignment(
     assignment: Uuid,
     node: Uuid,
 ) -> ApiResult<OpenAssignment> {
-    type Row = (Uuid, AssignmentStatus, DateTime<Utc>, i32, i32, String, Option<Uuid>, Option<String>);
+    type Row = (Uuid, AssignmentStatus, DateTime<Utc>, i32, i32, String, Option<Uuid>, Option<String>, String, serde_json::Value);
     let row: Option<Row> = job_assignments::table
         .inner_join(jobs::table.inner_join(files::table))
         .filter(job_assignments::id.eq(assignment))
@@ -690,10 +700,12 @@ fn open_assignment(
             files::sha256,
             jobs::model_id,
             jobs::model_sha256,
+            jobs::market,
+            job_assignments::canaries,
         ))
         .first(c)
         .optional()?;
-    let Some((owner_node, status, deadline, item_start, item_count, sha, model_id, model_sha)) = row else {
+    let Some((owner_node, status, deadline, item_start, item_count, sha, model_id, model_sha, market, slots)) = row else {
         return open_task(c, assignment, node)?.ok_or_else(|| ApiError::not_found("assignment"));
     };
     if owner_node != node {
@@ -713,12 +725,82 @@ fn open_assignment(
             "the assignment is past its deadline",
         ));
     }
+    let slots: Vec<catalog::CanarySlot> = serde_json::from_value(slots)
+        .map_err(|e| ApiError::internal(format!("assignment {assignment}: its canaries do not read: {e}")))?;
+    let canaries = canary_inputs(c, &slots)?;
     Ok(OpenAssignment {
         input_sha256: sha,
+        kind: kind_of(&market)?,
         items: Items::Range { start: item_start as u64, end: item_start as u64 + item_count as u64 },
-        item_count: item_count as u64,
+        item_count: item_count as u64 + canaries.len() as u64,
+        canaries,
         model: model_id.zip(model_sha),
     })
+}
+
+fn kind_of(market: &str) -> ApiResult<catalog::WorkloadKind> {
+    catalog::work(market)
+        .map(|w| w.kind)
+        .ok_or_else(|| ApiError::internal(format!("market {market} has no workload")))
+}
+
+/// The served fields of an assignment's canaries (`canary_items.input`), in slot order.
+fn canary_inputs(
+    c: &mut PgConnection,
+    slots: &[catalog::CanarySlot],
+) -> ApiResult<Vec<(u64, serde_json::Map<String, serde_json::Value>)>> {
+    use gridbook_db::schema::canary_items;
+    if slots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = slots.iter().map(|s| s.id).collect();
+    let rows: std::collections::HashMap<Uuid, serde_json::Value> = canary_items::table
+        .filter(canary_items::id.eq_any(&ids))
+        .select((canary_items::id, canary_items::input))
+        .load::<(Uuid, serde_json::Value)>(c)?
+        .into_iter()
+        .collect();
+    slots
+        .iter()
+        .map(|s| match rows.get(&s.id) {
+            Some(serde_json::Value::Object(m)) => Ok((s.at, m.clone())),
+            _ => Err(ApiError::internal(format!("canary {} is missing from the pool", s.id))),
+        })
+        .collect()
+}
+
+/// One served line: the fields in the workload's canonical shape under the position's id.
+fn served_line(
+    position: u64,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<u8>,
+) {
+    let mut obj = serde_json::Map::with_capacity(fields.len() + 1);
+    obj.insert("custom_id".into(), serde_json::Value::String(catalog::served_id(position)));
+    obj.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // A map of JSON values always serializes.
+    serde_json::to_writer(&mut *out, &obj).expect("JSON");
+    out.push(b'\n');
+}
+
+/// A job's input line as the node is served it (`executor::registry::served_fields`). The line
+/// was checked at upload, so an error here means the stored file changed.
+fn served_item(
+    kind: catalog::WorkloadKind,
+    position: u64,
+    line: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(line).map_err(|e| format!("an input line does not parse: {e}"))?;
+    let id = match obj.remove("custom_id") {
+        Some(serde_json::Value::String(s)) => s,
+        _ => return Err("an input line has no custom_id".into()),
+    };
+    let fields = executor::registry::served_fields(kind, &id, &obj)
+        .map_err(|e| format!("input line {id}: {}: {}", e.field, e.message))?;
+    served_line(position, &fields, out);
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -888,7 +970,9 @@ pub async fn model_key(state: web::Data<AppState>, req: HttpRequest, id: web::Pa
 }
 
 /// The assignment's input: items `[item_start, item_start + item_count)` of the job's file (a
-/// verification task: its sampled items), one per line, in input order, streamed.
+/// verification task: its sampled items), one per line, in input order, with the market's
+/// canaries among them, streamed. Every line is `{"custom_id": "i<position>", <fields>}`, the
+/// fields in the workload's canonical shape; the node answers under the same ids.
 #[utoipa::path(get, path = "/v1/assignments/{id}/input", tag = "nodes",
     responses((status = 200, description = "JSONL: the assignment's items", content_type = "application/x-ndjson"),
         (status = 401, body = crate::error::ErrorResponse), (status = 409, body = crate::error::ErrorResponse)),
@@ -908,13 +992,17 @@ pub async fn input(
         .await
         .map_err(ApiError::internal)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
-    let (items, end) = (open.items.clone(), open.items.end());
+    let (items, end, kind) = (open.items.clone(), open.items.end(), open.kind);
+    let canaries = open.canaries.clone();
     tokio::spawn(async move {
         use tokio::io::AsyncBufReadExt;
         let mut reader = tokio::io::BufReader::new(object);
         let mut line = Vec::new();
         let mut chunk = Vec::with_capacity(64 * 1024);
         let mut item = 0u64;
+        // The next served position, and the next canary to place.
+        let (mut position, mut next) = (0u64, 0usize);
+        let fail = |why: String| std::io::Error::other(why);
         while item < end {
             line.clear();
             match reader.read_until(b'\n', &mut line).await {
@@ -930,8 +1018,16 @@ pub async fn input(
                 continue;
             }
             if items.contains(item) {
-                chunk.extend_from_slice(content);
-                chunk.push(b'\n');
+                while canaries.get(next).is_some_and(|(at, _)| *at == position) {
+                    served_line(position, &canaries[next].1, &mut chunk);
+                    (position, next) = (position + 1, next + 1);
+                }
+                if let Err(why) = served_item(kind, position, content, &mut chunk) {
+                    tracing::error!(error = %why, "an assignment's input line cannot be served");
+                    let _ = tx.send(Err(fail(why))).await;
+                    return;
+                }
+                position += 1;
                 if chunk.len() >= 64 * 1024
                     && tx
                         .send(Ok(std::mem::take(&mut chunk).into()))
@@ -945,11 +1041,13 @@ pub async fn input(
         }
         if item < end {
             let _ = tx
-                .send(Err(std::io::Error::other(format!(
-                    "the input has {item} items, the assignment ends at {end}"
-                ))))
+                .send(Err(fail(format!("the input has {item} items, the assignment ends at {end}"))))
                 .await;
             return;
+        }
+        // Canaries after the last item.
+        for (at, fields) in &canaries[next..] {
+            served_line(*at, fields, &mut chunk);
         }
         if !chunk.is_empty() {
             let _ = tx.send(Ok(chunk.into())).await;

@@ -54,6 +54,21 @@ diesel::table! {
         verifier_node_id -> Nullable<Uuid>,
         verification_task_id -> Nullable<Uuid>,
         rerun_note -> Nullable<Text>,
+        canary_figures -> Jsonb,
+    }
+}
+
+diesel::table! {
+    canary_items (id) {
+        id -> Uuid,
+        market -> Text,
+        input -> Jsonb,
+        answer -> Nullable<Jsonb>,
+        answer_sha256 -> Nullable<Text>,
+        answer_manifest -> Nullable<Jsonb>,
+        uses -> Int4,
+        retired -> Bool,
+        created_at -> Timestamptz,
     }
 }
 
@@ -177,6 +192,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         upload_sha256 -> Nullable<Text>,
         bid_engine_order_id -> Nullable<Int8>,
+        canaries -> Jsonb,
     }
 }
 
@@ -446,6 +462,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     asks,
     assignment_verifications,
+    canary_items,
     dead_letters,
     epoch_reports,
     escrow_assignments,

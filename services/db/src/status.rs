@@ -213,6 +213,9 @@ text_enum! {
         SampleMismatch = "sample_mismatch",
         /// No result before the assignment's deadline.
         Overdue = "overdue",
+        /// A canary (an item with a known answer, mixed in by the market) came back wrong or
+        /// not at all.
+        Canary = "canary",
     }
 }
 

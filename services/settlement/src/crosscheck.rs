@@ -424,11 +424,20 @@ pub fn decide(
         _ if !same_sample => Err("the sample drawn now differs from the task's (the verification secret changed)".into()),
         Answer::None(why) => Err(why),
         Answer::Output { text, merkle_root, reported_failed } => verify::parse_output(text)
-            .and_then(|lines| {
-                let inputs: Vec<verify::InputItem> = prep.pairs.iter().map(|(i, _)| i.clone()).collect();
-                verify::check(&inputs, &lines, merkle_root, reported_failed)?;
-                if lines.len() != inputs.len() {
-                    return Err(format!("{} of the {} sampled items have no output", inputs.len() - lines.len(), inputs.len()));
+            .and_then(|mut lines| {
+                // The verifying node was served the sampled items by position, like any node.
+                let served: Vec<verify::InputItem> = prep
+                    .pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(p, (i, _))| (gridbook_wire::catalog::served_id(p as u64), i.1.clone()))
+                    .collect();
+                verify::check(&served, &lines, merkle_root, reported_failed)?;
+                if lines.len() != served.len() {
+                    return Err(format!("{} of the {} sampled items have no output", served.len() - lines.len(), served.len()));
+                }
+                for (line, (input, _)) in lines.iter_mut().zip(&prep.pairs) {
+                    line.custom_id = input.0.clone();
                 }
                 Ok(lines)
             })
@@ -463,6 +472,7 @@ pub fn decide(
                 sampled: prep.sampled(),
                 items: figures,
                 reference_manifest: Some(manifest.clone()),
+                canaries: prep.canaries.clone(),
             },
         }),
     };

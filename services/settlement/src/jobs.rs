@@ -167,7 +167,12 @@ pub fn release_stuck_units(conn: &mut PgConnection, job: Uuid, order_id: Uuid) -
 
 /// Records a new assignment of `job` and moves a queued job to running. Idempotent by
 /// assignment id.
-pub fn insert_assignment(conn: &mut PgConnection, a: &AssignmentMsg, work: &WorkSpec) -> Result<()> {
+pub fn insert_assignment(
+    conn: &mut PgConnection,
+    a: &AssignmentMsg,
+    work: &WorkSpec,
+    canaries: &[gridbook_wire::catalog::CanarySlot],
+) -> Result<()> {
     let job_id = a
         .job_id
         .ok_or_else(|| SettlementError::Refused("assignment without a job".into()))?;
@@ -191,6 +196,7 @@ pub fn insert_assignment(conn: &mut PgConnection, a: &AssignmentMsg, work: &Work
             job_assignments::status.eq(AssignmentStatus::Assigned),
             job_assignments::deadline.eq(ms_to_time(work.deadline_ms)),
             job_assignments::bid_engine_order_id.eq(Some(i64_of(a.bid_engine_order_id, "bid")?)),
+            job_assignments::canaries.eq(serde_json::to_value(canaries)?),
         ))
         .on_conflict_do_nothing()
         .execute(conn)?;
@@ -215,12 +221,14 @@ pub struct AssignmentRow {
     /// What the node uploaded through its grant (`PUT /v1/assignments/{id}/output`): the only
     /// output its result may name.
     pub upload_sha256: Option<String>,
+    /// The market's canaries among the lines the node was served (`crate::canary`).
+    pub canaries: Vec<gridbook_wire::catalog::CanarySlot>,
 }
 
-type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, AssignmentStatus, Option<String>, Option<String>);
+type ARow = (Uuid, Uuid, Uuid, String, i64, i32, i32, AssignmentStatus, Option<String>, Option<String>, serde_json::Value);
 
-fn assignment_from_row(r: ARow) -> AssignmentRow {
-    AssignmentRow {
+fn assignment_from_row(r: ARow) -> Result<AssignmentRow> {
+    Ok(AssignmentRow {
         id: r.0,
         job_id: r.1,
         node_id: r.2,
@@ -231,7 +239,8 @@ fn assignment_from_row(r: ARow) -> AssignmentRow {
         status: r.7,
         output_sha256: r.8,
         upload_sha256: r.9,
-    }
+        canaries: serde_json::from_value(r.10)?,
+    })
 }
 
 const A_COLUMNS: (
@@ -245,6 +254,7 @@ const A_COLUMNS: (
     job_assignments::status,
     job_assignments::output_sha256,
     job_assignments::upload_sha256,
+    job_assignments::canaries,
 ) = (
     job_assignments::id,
     job_assignments::job_id,
@@ -256,27 +266,29 @@ const A_COLUMNS: (
     job_assignments::status,
     job_assignments::output_sha256,
     job_assignments::upload_sha256,
+    job_assignments::canaries,
 );
 
 pub fn load_assignment(conn: &mut PgConnection, id: Uuid) -> Result<Option<AssignmentRow>> {
-    Ok(job_assignments::table
+    job_assignments::table
         .find(id)
         .select(A_COLUMNS)
         .first::<ARow>(conn)
         .optional()?
-        .map(assignment_from_row))
+        .map(assignment_from_row)
+        .transpose()
 }
 
 /// The assignments of a job, in item order.
 pub fn assignments_of(conn: &mut PgConnection, job: Uuid) -> Result<Vec<AssignmentRow>> {
-    Ok(job_assignments::table
+    job_assignments::table
         .filter(job_assignments::job_id.eq(job))
         .order(job_assignments::item_start.asc())
         .select(A_COLUMNS)
         .load::<ARow>(conn)?
         .into_iter()
         .map(assignment_from_row)
-        .collect())
+        .collect()
 }
 
 /// How a verified (or failed) assignment ends.
@@ -411,7 +423,7 @@ pub fn resolve_assignment(
 
 /// Assignments past their deadline that are still `assigned` (at most `limit`).
 pub fn overdue_assignments(conn: &mut PgConnection, limit: i64) -> Result<Vec<AssignmentRow>> {
-    Ok(job_assignments::table
+    job_assignments::table
         .filter(job_assignments::status.eq(AssignmentStatus::Assigned))
         .filter(job_assignments::deadline.lt(Utc::now()))
         .order(job_assignments::deadline.asc())
@@ -420,7 +432,7 @@ pub fn overdue_assignments(conn: &mut PgConnection, limit: i64) -> Result<Vec<As
         .load::<ARow>(conn)?
         .into_iter()
         .map(assignment_from_row)
-        .collect())
+        .collect()
 }
 
 /// Jobs that are not finished and have no running assignment (candidates to finish; the caller

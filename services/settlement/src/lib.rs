@@ -22,6 +22,7 @@
 //! - `redo`: what a verification leaves behind — pay, or (failed) re-offer the units on the book
 //!   from the same reservation / refund, cancel the node's asks or suspend it, and the
 //!   `assignment_verifications` record (the dispute record when it failed).
+//! - `canary`: items with known answers mixed into assignments (the pool, the layout).
 //! - `crosscheck`: the sampled re-run on another provider's node (verification tasks), the
 //!   market's runtime deciding disagreements.
 //! - `db`: diesel on tokio's blocking pool.
@@ -30,6 +31,7 @@
 //! no escrow: their events are skipped with a debug log and not recorded as processed — unless
 //! they trade with one of ours, which is refused and dead-lettered.
 
+pub mod canary;
 pub mod crosscheck;
 pub mod db;
 pub mod dead_letter;
@@ -112,6 +114,15 @@ pub struct Settings {
     /// `GRIDBOOK_VERIFICATION_TASK_SECS`: how long a verifying node has to answer before the
     /// market re-runs the sample itself.
     pub verification_task_secs: u64,
+    /// `GRIDBOOK_CANARY_RATE`: canaries per item mixed into assignments (`canary`; 0: none),
+    /// unless `canary_rate_by_market` names the market. An assignment with more items than its
+    /// sample always gets at least one.
+    pub canary_rate: f64,
+    pub canary_rate_by_market: std::collections::BTreeMap<String, f64>,
+    /// `GRIDBOOK_CANARY_POOL_SIZE`: live canaries kept per market.
+    pub canary_pool_size: u32,
+    /// `GRIDBOOK_CANARY_MAX_USES`: assignments one canary is placed in before it is retired.
+    pub canary_max_uses: u32,
 }
 
 impl std::fmt::Debug for Settings {
@@ -126,6 +137,8 @@ impl std::fmt::Debug for Settings {
             .field("withhold_assignments", &self.withhold_assignments)
             .field("verify_on_nodes", &self.verify_on_nodes)
             .field("verification_task_secs", &self.verification_task_secs)
+            .field("canary_rate", &self.canary_rate)
+            .field("canary_rate_by_market", &self.canary_rate_by_market)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +158,21 @@ impl Settings {
             enabled: self.verify_on_nodes,
             timeout_secs: self.verification_task_secs.max(1),
         }
+    }
+
+    /// How many canaries assignments get (`canary_*`, with the sample sizes). `Err` for a rate
+    /// outside 0..=1 or an empty pool.
+    pub fn canary_policy(&self) -> Result<canary::CanaryPolicy> {
+        let p = canary::CanaryPolicy {
+            rate: self.canary_rate,
+            rate_by_market: self.canary_rate_by_market.clone(),
+            pool_size: self.canary_pool_size,
+            max_uses: self.canary_max_uses,
+            sample_items: self.sample_items,
+            sample_items_by_market: self.sample_items_by_market.clone(),
+        };
+        p.validate().map_err(SettlementError::Refused)?;
+        Ok(p)
     }
 
     /// The verification sample policy (`verification_secret`, `sample_items*`).
@@ -189,6 +217,10 @@ impl Default for Settings {
             withhold_assignments: withhold::DEFAULT_WITHHOLD_ASSIGNMENTS,
             verify_on_nodes: crosscheck::TaskPolicy::default().enabled,
             verification_task_secs: crosscheck::TaskPolicy::default().timeout_secs,
+            canary_rate: canary::DEFAULT_CANARY_RATE,
+            canary_rate_by_market: Default::default(),
+            canary_pool_size: canary::DEFAULT_POOL_SIZE,
+            canary_max_uses: canary::DEFAULT_MAX_USES,
         }
     }
 }

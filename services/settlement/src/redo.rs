@@ -403,6 +403,7 @@ fn insert_record(c: &mut PgConnection, a: &AssignmentRow, rec: &Record, s: &Sett
             assignment_verifications::verifier_node_id.eq(rec.rerun.verifier_node),
             assignment_verifications::verification_task_id.eq(rec.rerun.task),
             assignment_verifications::rerun_note.eq(&rec.rerun.note),
+            assignment_verifications::canary_figures.eq(serde_json::to_value(&rec.evidence.canaries)?),
         ))
         .on_conflict_do_nothing()
         .execute(c)?;

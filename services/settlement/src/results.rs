@@ -34,7 +34,7 @@ use crate::dead_letter::{self, Source};
 use crate::decide::DeadLetterReason;
 use crate::error::{Result, SettlementError};
 use crate::jobs::{self, AssignmentRow, JobWork, NewFile, Resolution};
-use crate::crosscheck;
+use crate::{canary, crosscheck};
 use crate::redo::{self, RedoPolicy, RerunBy, RerunInfo};
 use crate::verify::{self, VerifyError};
 
@@ -222,6 +222,7 @@ fn resolution_of(
                     sampled: v.sampled,
                     items: v.items,
                     reference_manifest: Some(v.reference_manifest),
+                    canaries: v.canaries,
                 },
                 output_sha256,
                 merkle_root,
@@ -397,6 +398,11 @@ async fn settle(
                 } else {
                     redo::settle_failure(c, &row, &res, &rec, policy, now)?
                 };
+                if settled.is_some() && rec.failed_check == Some(FailedCheck::Canary) {
+                    // The node was told it failed a canary: it knows them now.
+                    let ids: Vec<uuid::Uuid> = row.canaries.iter().map(|s| s.id).collect();
+                    canary::retire(c, &ids)?;
+                }
                 let paid = match &task {
                     Some((t, close)) => crosscheck::close_task(c, t, close)?,
                     None => None,
@@ -496,6 +502,9 @@ async fn decide_task(
         TaskAnswer::Output { sha256, .. } => Some(sha256.clone()),
         TaskAnswer::None(_) => None,
     };
+    let slots = a.canaries.clone();
+    // Their answers were stored when the result was first checked.
+    let canaries = db.with(move |c| canary::load(c, &slots)).await?;
     let (t, verifier, manifest) = (task.clone(), verifier.clone(), verifier_manifest.clone());
     let (start, count, market, kind) = (a.item_start, a.item_count, job.market.clone(), work.kind);
     let decision = tokio::task::spawn_blocking(move || -> std::result::Result<crosscheck::TaskDecision, VerifyError> {
@@ -525,6 +534,7 @@ async fn decide_task(
                 output_sha256: &t.output_sha256,
                 merkle_root: &t.merkle_root,
                 reported_failed: t.reported_failed.max(0) as u64,
+                canaries: &canaries,
             },
             &items,
             answer,
@@ -676,39 +686,52 @@ async fn verify_completed(
         None => None,
     };
     let (start, count, assignment) = (a.item_start, a.item_count, a.id);
+    let slots = a.canaries.clone();
+    let mut canaries = db.with(move |c| canary::load(c, &slots)).await?;
     let (root, out_name, market) = (merkle_root.to_owned(), output_sha256.to_owned(), job.market.clone());
     let shared = verifier.clone();
     let kind = work.kind;
     let to_node = !candidates.is_empty();
-    type Step = std::result::Result<verify::Verified, verify::Prepared>;
-    let step = tokio::task::spawn_blocking(move || -> std::result::Result<Step, VerifyError> {
-        let input = String::from_utf8(input)
-            .map_err(|_| VerifyError::Unavailable("input file is not UTF-8".into()))?;
-        let output = String::from_utf8(output)
-            .map_err(|_| VerifyError::mismatch(FailedCheck::OutputFormat, "output file is not UTF-8".into()))?;
-        let mut v = shared
-            .lock()
-            .map_err(|_| VerifyError::Unavailable("verifier poisoned".into()))?;
-        let prepared = v.prepare(&verify::Committed {
-            model: model.as_ref(),
-            assignment,
-            market: &market,
-            kind,
-            input: &input,
-            start,
-            count,
-            output: &output,
-            output_sha256: &out_name,
-            merkle_root: &root,
-            reported_failed,
-        })?;
-        if to_node {
-            return Ok(Err(prepared));
-        }
-        v.rerun_prepared(kind, model.as_ref(), &prepared).map(Ok)
+    type Step = std::result::Result<std::result::Result<verify::Verified, verify::Prepared>, VerifyError>;
+    // The step, and the canary answers computed on the way (kept whatever the step found).
+    let (step, fresh) = tokio::task::spawn_blocking(move || -> (Step, Vec<verify::NewAnswer>) {
+        let Ok(input) = String::from_utf8(input) else {
+            return (Err(VerifyError::Unavailable("input file is not UTF-8".into())), Vec::new());
+        };
+        let Ok(output) = String::from_utf8(output) else {
+            return (Err(VerifyError::mismatch(FailedCheck::OutputFormat, "output file is not UTF-8".into())), Vec::new());
+        };
+        let Ok(mut v) = shared.lock() else {
+            return (Err(VerifyError::Unavailable("verifier poisoned".into())), Vec::new());
+        };
+        // The canaries' known answers, computed by the market the first time they are checked.
+        let fresh = match v.answer_canaries(kind, &mut canaries) {
+            Ok(f) => f,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        let step = v
+            .prepare(&verify::Committed {
+                model: model.as_ref(),
+                assignment,
+                market: &market,
+                kind,
+                input: &input,
+                start,
+                count,
+                output: &output,
+                output_sha256: &out_name,
+                merkle_root: &root,
+                reported_failed,
+                canaries: &canaries,
+            })
+            .and_then(|p| if to_node { Ok(Err(p)) } else { v.rerun_prepared(kind, model.as_ref(), &p).map(Ok) });
+        (step, fresh)
     })
     .await
     .map_err(|_| SettlementError::TaskFailed)?;
+    if !fresh.is_empty() {
+        db.with(move |c| canary::store_answers(c, &fresh)).await?;
+    }
     let market_rerun = RerunInfo { by: RerunBy::Market, note: Some(note.to_owned()), ..RerunInfo::default() };
     match step {
         Ok(Ok(v)) => {
@@ -895,6 +918,39 @@ async fn void_overdue(db: &mut Db, nats: &async_nats::Client, policy: RedoPolicy
     Ok(())
 }
 
+/// A verified assignment's output lines as the studio gets them (pure): the node was served
+/// positions (`catalog::served_id`), so each line's custom_id becomes the studio's again
+/// (`ids`: the job's custom_ids in input order), and the market's canaries are dropped. Returns
+/// `(studio custom_id, line)` in output order.
+pub fn studio_lines(
+    text: &str,
+    item_start: u64,
+    item_count: u64,
+    canaries: &[catalog::CanarySlot],
+    ids: &[String],
+) -> std::result::Result<Vec<(String, String)>, String> {
+    use catalog::{ServedLine, served_lines, served_position};
+    let layout = served_lines(item_count, canaries)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |why: &str| format!("line {}: {why}", n + 1);
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let served = obj.get("custom_id").and_then(|v| v.as_str()).ok_or_else(|| bad("no custom_id"))?;
+        let at = served_position(served).ok_or_else(|| bad("its custom_id is not a served position"))?;
+        match layout.get(at as usize) {
+            Some(ServedLine::Item(i)) => {
+                let id = ids.get((item_start + i) as usize).ok_or_else(|| bad("past the job's items"))?.clone();
+                obj.insert("custom_id".into(), serde_json::Value::String(id.clone()));
+                out.push((id, serde_json::Value::Object(obj).to_string()));
+            }
+            Some(ServedLine::Canary(_)) => {}
+            None => return Err(bad("its position is past the assignment's lines")),
+        }
+    }
+    Ok(out)
+}
+
 /// Assembles the output file (the verified lines of completed assignments, in input order) and
 /// the error file (one line per input item without a verified output, saying why), stores both
 /// and finishes the job.
@@ -950,13 +1006,10 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
             let text = String::from_utf8(read_object(store, &sha).await?)
                 .map_err(|_| SettlementError::Refused("output file is not UTF-8".into()))?;
             let mut produced = std::collections::HashSet::new();
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                if let Some(id) = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("custom_id")?.as_str().map(str::to_owned))
-                {
-                    produced.insert(id);
-                }
+            let lines = studio_lines(&text, a.item_start, a.item_count, &a.canaries, &ids)
+                .map_err(|why| SettlementError::Refused(format!("assignment {}'s output: {why}", a.id)))?;
+            for (id, line) in lines {
+                produced.insert(id);
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
                 out_lines += 1;
@@ -1062,6 +1115,32 @@ pub async fn run_heartbeats(settings: &Settings, nats: &async_nats::Client) -> R
                     db.with(move |c| jobs::touch_nodes(c, &ids)).await?;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalog::CanarySlot;
+
+    #[test]
+    fn the_studio_gets_its_own_ids_back_and_never_a_canary() {
+        let ids: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        // Items 1..3 of the job (b, c) were served with a canary at position 1: i0 = b, i1 =
+        // canary, i2 = c; the node reported i2 failed.
+        let slots = [CanarySlot { at: 1, id: uuid::Uuid::nil() }];
+        let text = "{\"custom_id\":\"i0\",\"embedding\":[1.0],\"sha256\":\"x\"}\n\n{\"custom_id\":\"i1\",\"embedding\":[0.5],\"sha256\":\"y\"}\n";
+        let lines = studio_lines(text, 1, 2, &slots, &ids).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0, "b");
+        let v: serde_json::Value = serde_json::from_str(&lines[0].1).unwrap();
+        assert_eq!(v, serde_json::json!({"custom_id": "b", "embedding": [1.0], "sha256": "x"}));
+        // Without canaries every position is an item.
+        let all = studio_lines("{\"custom_id\":\"i1\",\"e\":1}", 2, 2, &[], &ids).unwrap();
+        assert_eq!(all[0].0, "d");
+        for bad in ["{\"custom_id\":\"b\"}", "{\"custom_id\":\"i3\"}", "{}", "not json"] {
+            assert!(studio_lines(bad, 1, 2, &slots, &ids).is_err(), "{bad}");
         }
     }
 }

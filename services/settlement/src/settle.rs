@@ -38,6 +38,7 @@ pub fn settle_message(
     consumer: &str,
     source: &Source,
     frames: &[EventFrame],
+    canaries: &crate::canary::CanaryPolicy,
 ) -> Result<Outcome> {
     conn.transaction(|c| {
         let mut views = load_views(c, frames)?;
@@ -75,7 +76,7 @@ pub fn settle_message(
                     Effect::Refuse(r) => r,
                     effect => {
                         // A savepoint per event: a refused event leaves no partial effect behind.
-                        match c.transaction(|c| apply(c, &effect, frame.time)) {
+                        match c.transaction(|c| apply(c, &effect, frame.time, canaries)) {
                             Ok(assigned) => {
                                 out.applied += 1;
                                 out.assignments += usize::from(assigned);
@@ -228,7 +229,7 @@ fn load_views(
 
 /// Applies one ledger effect; `true` when it created an assignment. `time`: the command's time
 /// (ms), from which an assignment's deadline is counted.
-fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
+fn apply(c: &mut PgConnection, effect: &Effect, time: u64, canaries: &crate::canary::CanaryPolicy) -> Result<bool> {
     match effect {
         Effect::Skip { .. } | Effect::MarkAccepted { .. } => Ok(false),
         Effect::Refuse(r) => Err(SettlementError::Unsettleable {
@@ -260,7 +261,12 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64) -> Result<bool> {
                         ),
                     }
                 })?;
-                jobs::insert_assignment(c, &a, &work)?;
+                // The market's canaries, mixed in among the items (`crate::canary`).
+                let slots = match gridbook_wire::catalog::work(&job.market) {
+                    Some(w) => crate::canary::place(c, canaries, &job.market, w.kind, work.item_count, job.model.is_some())?,
+                    None => Vec::new(),
+                };
+                jobs::insert_assignment(c, &a, &work, &slots)?;
                 a.work = Some(work);
             }
             // `decide` checked that qty and price fit in i64.

@@ -21,9 +21,16 @@
 //! `assignment_verifications` (the dispute record when it failed) and re-offers failed units
 //! (`crate::redo`). The re-run may also happen on *another provider node* (`crate::crosscheck`:
 //! [`Verifier::prepare`] draws the sample, [`judge`] compares the two nodes' lines, the market's
-//! runtime decides a disagreement). Not built yet: canary items.
+//! runtime decides a disagreement).
+//!
+//! The node is served its lines by position (`gridbook_wire::catalog::served_id`), with the
+//! market's canaries (`crate::canary`) mixed in: [`Verifier::prepare`] checks the commitment
+//! against that layout, fails a wrong or missing canary (`FailedCheck::Canary`) against its
+//! known answer ([`Verifier::answer_canaries`] computes it the first time), draws the sample
+//! among the job's own items only, and names the sampled items by the studio's ids again.
 
 use executor::commitment::{self, Commitment, Hash};
+use gridbook_wire::catalog::served_id;
 use executor::registry::{self, WorkloadKind, embedding_of, png_of};
 use executor::workload::Workload;
 use serde_json::{Map, Value};
@@ -498,6 +505,9 @@ pub struct Evidence {
     pub sampled: Vec<String>,
     pub items: Vec<ItemFigure>,
     pub reference_manifest: Option<Value>,
+    /// The canaries checked, with their figures (kept in the dispute record, never served to
+    /// providers: it would tell them the pool).
+    pub canaries: Vec<ItemFigure>,
 }
 
 /// Why a result failed, which check, and the evidence gathered up to it.
@@ -542,6 +552,8 @@ pub struct Verified {
     /// Per sampled item, both sides and the figure.
     pub items: Vec<ItemFigure>,
     pub reference_manifest: Value,
+    /// The canaries checked, each against its known answer.
+    pub canaries: Vec<ItemFigure>,
 }
 
 /// A job's private model, opened in memory for the re-run (never written to disk).
@@ -551,6 +563,43 @@ pub struct PrivateModel {
     /// `None` when the verifier keeps the model loaded already ([`Verifier::has_private`]), so it
     /// was not fetched again; should it have been dropped meanwhile, the re-run is retried.
     pub plaintext: Option<Vec<u8>>,
+}
+
+/// A canary's known answer: the market's output record (without `custom_id`; a render's PNG
+/// in `png_b64`) and its item hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub record: Map<String, Value>,
+    pub hash: Hash,
+}
+
+impl Answer {
+    fn output(&self) -> executor::workload::ItemOutput {
+        executor::workload::ItemOutput {
+            record: self.record.clone(),
+            hash: self.hash,
+            artifact: png_of(&self.record),
+        }
+    }
+}
+
+/// One canary of an assignment (`crate::canary`): where it was served, its input and, once the
+/// market computed it, its answer.
+#[derive(Clone, Debug)]
+pub struct Canary {
+    /// 0-based position among the served lines.
+    pub at: u64,
+    pub id: Uuid,
+    pub input: Map<String, Value>,
+    pub answer: Option<Answer>,
+}
+
+/// An answer the market's runtime just computed, for the pool (`canary::store_answers`).
+#[derive(Clone, Debug)]
+pub struct NewAnswer {
+    pub id: Uuid,
+    pub answer: Answer,
+    pub manifest: Value,
 }
 
 /// One committed result of an assignment, as the node published it.
@@ -569,6 +618,8 @@ pub struct Committed<'a> {
     pub output_sha256: &'a str,
     pub merkle_root: &'a str,
     pub reported_failed: u64,
+    /// The canaries the node was served among the items (ascending positions), answers known.
+    pub canaries: &'a [Canary],
 }
 
 /// A committed result whose completeness and commitment checked out, with its sample drawn
@@ -583,6 +634,8 @@ pub struct Prepared {
     pub pairs: Vec<(InputItem, OutputLine)>,
     /// The sampled items' 0-based numbers in the job's input, ascending.
     pub item_numbers: Vec<u64>,
+    /// The canaries checked (all agreed with their known answers).
+    pub canaries: Vec<ItemFigure>,
 }
 
 impl Prepared {
@@ -603,38 +656,126 @@ impl Prepared {
             sampled: self.sampled(),
             items: figures,
             reference_manifest,
+            canaries: self.canaries.clone(),
         }
     }
 }
 
 impl Verifier {
-    /// Checks completeness and the commitment, then draws the sample from the commitment
-    /// ([`SamplePolicy::seed`]). Pure (no model call).
+    /// Computes the known answers of `canaries` that have none yet, with the market's workload
+    /// of `kind` (blocking: model calls), fills them in and returns them for the pool. `Err`
+    /// (retry later) when the market cannot run them.
+    pub fn answer_canaries(&mut self, kind: WorkloadKind, canaries: &mut [Canary]) -> Result<Vec<NewAnswer>, VerifyError> {
+        let todo: Vec<usize> = (0..canaries.len()).filter(|&i| canaries[i].answer.is_none()).collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items: Vec<InputItem> = todo
+            .iter()
+            .map(|&i| (served_id(canaries[i].at), canaries[i].input.clone()))
+            .collect();
+        let (outs, manifest) = self.reference_outputs(kind, None, &items).map_err(|e| match e {
+            VerifyError::Mismatch(f) => VerifyError::Unavailable(format!("a canary of the pool does not parse: {}", f.why)),
+            e => e,
+        })?;
+        let mut fresh = Vec::with_capacity(todo.len());
+        for (&i, out) in todo.iter().zip(outs) {
+            let c = &mut canaries[i];
+            let out = out.map_err(|e| VerifyError::Unavailable(format!("canary {}: the market's run failed: {e}", c.id)))?;
+            let mut record = out.record;
+            record.remove("custom_id");
+            if let Some(png) = out.artifact.filter(|_| png_of(&record).is_none()) {
+                use base64::Engine as _;
+                record.insert("png_b64".into(), Value::from(base64::engine::general_purpose::STANDARD.encode(png)));
+            }
+            let answer = Answer { record, hash: out.hash };
+            c.answer = Some(answer.clone());
+            fresh.push(NewAnswer { id: c.id, answer, manifest: manifest.clone() });
+        }
+        Ok(fresh)
+    }
+
+    /// Checks completeness and the commitment against the lines the node was served (the
+    /// assignment's items and its canaries, named by position), each canary against its known
+    /// answer, then draws the sample among the job's items from the commitment
+    /// ([`SamplePolicy::seed`]). The sampled pairs carry the studio's custom_ids. Pure (no model
+    /// call).
     pub fn prepare(&self, r: &Committed<'_>) -> Result<Prepared, VerifyError> {
+        use gridbook_wire::catalog::{CanarySlot, ServedLine, served_lines, served_position};
         let policy = &self.policy;
         let inputs = input_items(r.input, r.start, r.count).map_err(VerifyError::Unavailable)?;
+        let slots: Vec<CanarySlot> = r.canaries.iter().map(|c| CanarySlot { at: c.at, id: c.id }).collect();
+        let lines = served_lines(r.count, &slots).map_err(VerifyError::Unavailable)?;
+        let served: Vec<InputItem> = lines
+            .iter()
+            .enumerate()
+            .map(|(p, l)| {
+                let fields = match *l {
+                    ServedLine::Item(i) => inputs[i as usize].1.clone(),
+                    ServedLine::Canary(c) => r.canaries[c].input.clone(),
+                };
+                (served_id(p as u64), fields)
+            })
+            .collect();
         let outputs =
             parse_output(r.output).map_err(|why| VerifyError::mismatch(classify(&why), why))?;
-        let checked = check(&inputs, &outputs, r.merkle_root, r.reported_failed)
+        check(&served, &outputs, r.merkle_root, r.reported_failed)
             .map_err(|why| VerifyError::mismatch(classify(&why), why))?;
+        let mut canaries = Vec::with_capacity(r.canaries.len());
+        for c in r.canaries {
+            let answer = c.answer.as_ref().ok_or_else(|| {
+                VerifyError::Unavailable(format!("canary {} has no known answer yet", c.id))
+            })?;
+            let id = served_id(c.at);
+            let figure = match outputs.iter().find(|o| o.custom_id == id) {
+                Some(line) => judge(r.kind, &[line], &[Ok(answer.output())]).remove(0),
+                None => ItemFigure {
+                    custom_id: id.clone(),
+                    node_sha256: String::new(),
+                    reference_sha256: Some(hex::encode(answer.hash)),
+                    cosine: None,
+                    mean_abs_diff: None,
+                    ok: false,
+                    error: Some(format!("{id} has no output (the node reported it failed)")),
+                },
+            };
+            canaries.push(figure);
+        }
+        if let Some(bad) = canaries.iter().find(|f| !f.ok) {
+            return Err(VerifyError::Mismatch(Box::new(Failure {
+                check: FailedCheck::Canary,
+                why: format!(
+                    "a canary (an item whose answer the market knows) is wrong: {}",
+                    bad.error.as_deref().unwrap_or("it disagrees")
+                ),
+                evidence: Evidence { canaries, ..Evidence::default() },
+            })));
+        }
+        // The job's own items with an output, by their index in the assignment.
+        let real: Vec<(usize, &OutputLine)> = outputs
+            .iter()
+            .filter_map(|o| match lines.get(served_position(&o.custom_id)? as usize)? {
+                ServedLine::Item(i) => Some((*i as usize, o)),
+                ServedLine::Canary(_) => None,
+            })
+            .collect();
         let seed = policy.seed(r.assignment, r.merkle_root, r.output_sha256);
-        let picks = sample(outputs.len(), policy.items(r.market), seed_u128(&seed));
+        let picks = sample(real.len(), policy.items(r.market), seed_u128(&seed));
         let mut pairs = Vec::with_capacity(picks.len());
         let mut item_numbers = Vec::with_capacity(picks.len());
         for i in picks {
-            let o = outputs[i].clone();
-            let at = inputs
-                .iter()
-                .position(|(id, _)| *id == o.custom_id)
-                .expect("check() matched every output to an input");
+            let (at, line) = real[i];
+            let mut o = line.clone();
+            o.custom_id = inputs[at].0.clone();
             item_numbers.push(r.start + at as u64);
             pairs.push((inputs[at].clone(), o));
         }
         Ok(Prepared {
-            ok: checked.ok as u64,
+            ok: real.len() as u64,
             seed,
             pairs,
             item_numbers,
+            canaries,
         })
     }
 
@@ -650,6 +791,7 @@ impl Verifier {
             VerifyError::Mismatch(mut f) => {
                 f.evidence.seed = Some(p.seed_hex());
                 f.evidence.sampled = p.sampled();
+                f.evidence.canaries = p.canaries.clone();
                 VerifyError::Mismatch(f)
             }
             other => other,

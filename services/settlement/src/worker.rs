@@ -65,16 +65,18 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
         .await
         .map_err(SettlementError::nats)?;
     let mut db = Db::new(&settings.database_url);
+    let canaries = Arc::new(settings.canary_policy()?);
     info!(consumer = %settings.consumer, filter = %settings.filter_subject, "settling engine events");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(SettlementError::nats)?;
-        handle(&mut db, msg, settings.max_deliver, wake).await?;
+        handle(&mut db, &canaries, msg, settings.max_deliver, wake).await?;
     }
     Err(SettlementError::Nats("event subscription ended".into()))
 }
 
 async fn handle(
     db: &mut Db,
+    canaries: &Arc<crate::canary::CanaryPolicy>,
     msg: jetstream::Message,
     max_deliver: i64,
     wake: &Notify,
@@ -105,8 +107,8 @@ async fn handle(
     let source = Arc::new(source);
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=MESSAGE_RETRIES {
-        let (f, s) = (frames.clone(), source.clone());
-        match db.with(move |c| settle_message(c, CONSUMER, &s, &f)).await {
+        let (f, s, p) = (frames.clone(), source.clone(), canaries.clone());
+        match db.with(move |c| settle_message(c, CONSUMER, &s, &f, &p)).await {
             Ok(out) => {
                 if out.assignments > 0 || out.refused > 0 {
                     wake.notify_one();

@@ -44,9 +44,10 @@ pub(crate) fn honest_embeddings(input: &str) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// An output file in the executor's format, with its Merkle root.
+/// An output file in the executor's format, with its Merkle root: the node answers under the
+/// ids it was served (positions, `catalog::served_id`), not the studio's.
 pub(crate) fn output_file(embeddings: &[Vec<f32>]) -> (String, String) {
-    let ids: Vec<String> = (0..embeddings.len()).map(|i| format!("s{i}")).collect();
+    let ids: Vec<String> = (0..embeddings.len() as u64).map(gridbook_wire::catalog::served_id).collect();
     output_of(&ids, embeddings)
 }
 
@@ -85,6 +86,7 @@ pub(crate) fn committed<'a>(
         output_sha256: sha,
         merkle_root: root,
         reported_failed: 0,
+        canaries: &[],
     }
 }
 

@@ -39,10 +39,12 @@ fn crosscheck_decisions_against_the_real_model() {
     let first_honest = committed(assignment, &input, &honest_out, &honest_root, &honest_sha);
     let first_cheat = committed(assignment, &input, &cheat_out, &cheat_root, &cheat_sha);
 
-    // What each side's task holds: the items its sample draws (from its own commitment).
+    // What each side's task holds: the items its sample draws (from its own commitment), served
+    // to the verifying node by position like any assignment's lines.
     let sample = |c: &verify::Committed<'_>| {
         let p = v.prepare(c).expect("the commitment checks out");
-        (p.item_numbers.clone(), p.sampled())
+        let served: Vec<String> = (0..p.pairs.len() as u64).map(gridbook_wire::catalog::served_id).collect();
+        (p.item_numbers.clone(), served)
     };
     let (honest_items, honest_ids) = sample(&first_honest);
     let (cheat_items, cheat_ids) = sample(&first_cheat);

@@ -3,6 +3,7 @@
 //! (`GRIDBOOK_NATS_URL`); `cargo xtask test` exports both. Each test uses its own market name, so
 //! tests share the NATS server safely.
 
+mod canary;
 mod cheating;
 mod crosscheck;
 mod crash;

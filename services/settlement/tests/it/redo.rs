@@ -33,7 +33,7 @@ fn source(market: &str) -> Source {
 
 /// Settles the frames the sim produced since `from` (one message); returns the new `from`.
 fn settle_new(c: &mut PgConnection, sim: &Sim, from: usize) -> usize {
-    settle::settle_message(c, CONSUMER, &source(&sim.market), &sim.frames[from..]).unwrap();
+    settle::settle_message(c, CONSUMER, &source(&sim.market), &sim.frames[from..], &Default::default()).unwrap();
     sim.frames.len()
 }
 
@@ -87,6 +87,7 @@ fn record(check: Option<FailedCheck>, detail: &str, ok: bool) -> Record {
                 error: (!ok).then(|| "cosine 0.01230 < 0.999".to_owned()),
             }],
             reference_manifest: Some(json!({"execution_provider": "CPUExecutionProvider"})),
+            canaries: Vec::new(),
         },
         output_sha256: Some("ab".repeat(32)),
         merkle_root: Some("cd".repeat(32)),

@@ -41,7 +41,7 @@ fn amends_release_what_they_give_up_and_a_fill_against_an_unknown_ask_is_dead_le
         stream_seq: Some(7),
     };
 
-    let out = settle_message(c, CONSUMER, &source, &frames).unwrap();
+    let out = settle_message(c, CONSUMER, &source, &frames, &Default::default()).unwrap();
     // amend-down + the refused fill are recorded; the rejected amend is skipped.
     assert_eq!(
         out,
@@ -79,7 +79,7 @@ fn amends_release_what_they_give_up_and_a_fill_against_an_unknown_ask_is_dead_le
     assert!(d.detail.contains("9000001"), "{}", d.detail);
 
     // The same message again: nothing new.
-    let again = settle_message(c, CONSUMER, &source, &frames).unwrap();
+    let again = settle_message(c, CONSUMER, &source, &frames, &Default::default()).unwrap();
     assert_eq!(
         again,
         Outcome {
@@ -95,7 +95,7 @@ fn amends_release_what_they_give_up_and_a_fill_against_an_unknown_ask_is_dead_le
     // An amend above the reservation cannot be honoured: refused, reservation unchanged.
     let up = sim.frames.len();
     sim.apply(amend(Some(8), None));
-    let out = settle_message(c, CONSUMER, &source, &sim.frames[up..]).unwrap();
+    let out = settle_message(c, CONSUMER, &source, &sim.frames[up..], &Default::default()).unwrap();
     assert_eq!(out.refused, 1);
     assert_eq!(posted(c, studio), 100_000 - 4 * 123);
     let dead = dead_letter::list(c, 10).unwrap();

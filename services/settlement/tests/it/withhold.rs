@@ -92,7 +92,7 @@ async fn setup(tag: &str, prices: &[u64]) -> Setup {
         subject: gridbook_wire::subjects::market_evt(&market),
         stream_seq: None,
     };
-    settle::settle_message(c, CONSUMER, &source, &sim.frames).unwrap();
+    settle::settle_message(c, CONSUMER, &source, &sim.frames, &Default::default()).unwrap();
     let mut live: Vec<AssignmentRow> = sjobs::assignments_of(c, job.id).unwrap();
     live.sort_by_key(|a| a.item_start);
     assert_eq!(live.len(), prices.len());
