@@ -307,13 +307,14 @@ async fn a_node_with_valid_credentials_can_do_nothing_but_its_own_work() {
     );
     assert_eq!(
         lines.lines().count(),
-        1000,
-        "one unit's lines, not the whole job file"
+        1000 + 10,
+        "one unit's lines and its canaries (⌊1000 × 1 % + u⌋ = 10), not the whole job file"
     );
-    assert!(
-        lines.starts_with(r#"{"custom_id":"v-0","#) || lines.contains(r#""custom_id":"v-0""#),
-        "the assignment's first item"
-    );
+    // Lines are named by position, never by the studio's ids; the job's first item is among
+    // them (the first line, unless a canary sits before it).
+    assert!(!lines.contains("v-"), "the studio's custom_ids never reach the node");
+    assert!(lines.lines().take(11).any(|l| l.contains(r#""input":"victim text 0""#)), "the assignment's first item");
+    assert!(lines.lines().enumerate().all(|(p, l)| l.starts_with(&format!(r#"{{"custom_id":"i{p}","#))), "ids are positions");
     let r = app
         .http
         .get(app.url(&format!("/v1/assignments/{}/input", uuid::Uuid::now_v7())))

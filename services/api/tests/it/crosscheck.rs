@@ -212,7 +212,8 @@ async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_susp
         let h = commitment::sha256(&commitment::embedding_bytes(&fake));
         lines.push_str(&json!({"custom_id": id, "sha256": hex::encode(h), "embedding": fake}).to_string());
         lines.push('\n');
-        given.push(id.clone());
+        // Served by position (`i0`…), in the canonical shape: the text is what identifies it.
+        given.push(v["input"].as_str().unwrap().to_owned());
         leaves.push((id, h));
     }
     let output_sha256 = hex::encode(commitment::sha256(lines.as_bytes()));
@@ -236,7 +237,15 @@ async fn crosscheck_a_verifier_that_lies_is_caught_by_the_market_unpaid_and_susp
     assert_eq!(v["verifier_node_id"], node_b.as_str(), "{v}");
     assert!(v["rerun_note"].as_str().unwrap_or_default().contains("proves the verifying node wrong"), "{v}");
     let sampled: Vec<String> = serde_json::from_value(v["sampled_items"].clone()).unwrap();
-    assert_eq!(sampled, given, "the task held exactly the sampled items");
+    // The studio's ids `j<job>-s<i>` of the sentences `job <job> sentence <i> about a lighthouse`.
+    let texts: Vec<String> = sampled
+        .iter()
+        .map(|id| {
+            let (j, i) = id.trim_start_matches('j').split_once("-s").unwrap();
+            format!("job {j} sentence {i} about a lighthouse")
+        })
+        .collect();
+    assert_eq!(texts, given, "the task held exactly the sampled items, in order");
     assert!(app.balance(&a).await["available"].as_i64().unwrap() > 0, "the honest first node is paid");
     // The liar: unpaid, score 0, suspended, its ask gone.
     let tasks = json_of(app.get_as(&liar, "/v1/verification-tasks").await).await;

@@ -74,6 +74,22 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
     }
+    // Canaries: the market mixed its own known-answer items into both assignments (≈ 1 per 100
+    // items, at least one each), the agent answered them under their served ids, each was
+    // checked against its known answer, and none reached the studio's 1,500 lines above.
+    {
+        use diesel::prelude::*;
+        use gridbook_db::schema::{assignment_verifications as av, job_assignments as ja};
+        let mut c = app.db.conn();
+        let job: uuid::Uuid = job_id.parse().unwrap();
+        let placed: Vec<(Value, i32)> = ja::table.filter(ja::job_id.eq(job)).select((ja::canaries, ja::item_count)).load(&mut c).unwrap();
+        let placed_n: usize = placed.iter().map(|(v, _)| v.as_array().unwrap().len()).sum();
+        assert!(placed.iter().all(|(v, n)| v.as_array().unwrap().len() as i32 >= (*n / 100).max(1)), "{placed:?}");
+        let figures: Vec<Value> = av::table.filter(av::job_id.eq(job)).select(av::canary_figures).load(&mut c).unwrap();
+        let checked: Vec<&Value> = figures.iter().flat_map(|f| f.as_array().unwrap()).collect();
+        assert_eq!(checked.len(), placed_n, "every canary was checked");
+        assert!(checked.iter().all(|f| f["ok"] == true && f["cosine"].as_f64().unwrap() >= 0.999), "{checked:?}");
+    }
     let cos = |a: &Value, b: &Value| -> f64 {
         let a = a["embedding"].as_array().unwrap();
         let b = b["embedding"].as_array().unwrap();
@@ -398,7 +414,13 @@ async fn a_node_that_fakes_its_embeddings_is_caught_unpaid_suspended_and_its_uni
     use gridbook_wire::node::{AssignmentMsg, Outcome, ResultMsg};
     use gridbook_wire::{catalog, subjects};
 
-    let stack = Stack::start("journey-cheat").await;
+    // Canaries off: this test is about the sampled re-run (a cheater faking every line would
+    // fail its canaries first; `settlement/tests/it/canary.rs` shows that with the real model).
+    let options = gridbook_testkit::StackOptions {
+        worker: Some(|w| w.canary_rate = 0.0),
+        ..Default::default()
+    };
+    let stack = Stack::start_with("journey-cheat", options).await;
     let app = &stack.app;
     let (provider, node) = provider_without_agent(app).await;
     let mut assigns = stack.nats.client.subscribe(subjects::node_assign(&node)).await.unwrap();
@@ -433,7 +455,9 @@ async fn a_node_that_fakes_its_embeddings_is_caught_unpaid_suspended_and_its_uni
         .bytes()
         .await
         .unwrap();
-    let items = catalog::select_items(&input, 0, work.item_count).unwrap();
+    // Every served line (named by position), as the node must answer them.
+    let items: Vec<&[u8]> = catalog::items(&input).collect();
+    assert_eq!(items.len() as u64, work.item_count, "no canaries at rate 0");
     let mut fake = vec![0.0f32; 384];
     fake[0] = 1.0;
     let (mut lines, mut leaves) = (String::new(), Vec::new());
