@@ -721,14 +721,17 @@ impl Verifier {
             parse_output(r.output).map_err(|why| VerifyError::mismatch(classify(&why), why))?;
         check(&served, &outputs, r.merkle_root, r.reported_failed)
             .map_err(|why| VerifyError::mismatch(classify(&why), why))?;
+        // One lookup per canary (an assignment may hold thousands of lines and canaries).
+        let by_id: std::collections::HashMap<&str, &OutputLine> =
+            outputs.iter().map(|o| (o.custom_id.as_str(), o)).collect();
         let mut canaries = Vec::with_capacity(r.canaries.len());
         for c in r.canaries {
             let answer = c.answer.as_ref().ok_or_else(|| {
                 VerifyError::Unavailable(format!("canary {} has no known answer yet", c.id))
             })?;
             let id = served_id(c.at);
-            let figure = match outputs.iter().find(|o| o.custom_id == id) {
-                Some(line) => judge(r.kind, &[line], &[Ok(answer.output())]).remove(0),
+            let figure = match by_id.get(id.as_str()) {
+                Some(line) => judge(r.kind, &[*line], &[Ok(answer.output())]).remove(0),
                 None => ItemFigure {
                     custom_id: id.clone(),
                     node_sha256: String::new(),
