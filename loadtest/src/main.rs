@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod api;
 mod book;
 mod calibrate;
+mod challenge_timing;
 mod engine;
 mod ledger;
 mod sybil;
@@ -27,6 +28,8 @@ enum Scenario {
     Book(book::Args),
     /// Image tolerance calibration: honest renders across threads/batch vs the verifier's re-run, and cheats.
     CalibrateImages(calibrate::Args),
+    /// Hardware challenge: a device class's challenge run as the agent runs it (the class bounds).
+    ChallengeTiming(challenge_timing::Args),
     /// Verification overhead: the verifier's re-run of the sampled items as a % of the assignment's work.
     VerificationOverhead(calibrate::OverheadArgs),
     /// The engine over NATS JetStream: studios and providers trading into 1, 2, 4 markets.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Api(args) => api::run(args),
         Scenario::Book(args) => book::run(args),
         Scenario::CalibrateImages(args) => calibrate::run(args),
+        Scenario::ChallengeTiming(args) => challenge_timing::run(args),
         Scenario::VerificationOverhead(args) => calibrate::overhead(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),

@@ -48,7 +48,9 @@ function select(symbol) {
   const u = new URL(location.href);
   u.searchParams.set('market', symbol);
   history.replaceState(null, '', u);
-  $('info').textContent = `tick ${market.tick_size} · lot ${market.lot_size} · fee ${market.fee_bps} bps · ${market.workload}, ${market.items_per_unit} items/unit`;
+  $('info').textContent = market.kind === 'token'
+    ? `tick ${market.tick_size} · lot ${market.lot_size} ${market.token} · fee ${market.fee_bps} bps (buyer) · token market`
+    : `tick ${market.tick_size} · lot ${market.lot_size} · fee ${market.fee_bps} bps · ${market.workload}, ${market.items_per_unit} items/unit`;
   book.reset();
   stats = null;
   render();

@@ -125,7 +125,7 @@ async function main() {
     await page.goto(`${api}/?market=${MARKET}`);
     await page.locator('[data-testid="conn"][data-state="live"]').waitFor({ timeout: 20_000 });
     const options = await page.locator('#market option').allTextContents();
-    assert.deepEqual(options, ['EMBED-MINILM-L6', 'RENDER-SD15-512', 'RENDER-TERRAIN-128']);
+    assert.deepEqual(options, ['EMBED-MINILM-L6', 'GRID-CREDITS', 'RENDER-SD15-512', 'RENDER-TERRAIN-128']);
 
     // Orders on both sides: the ladder shows them.
     for (const cmd of [place(1, 'ask', 510, 7), place(2, 'ask', 520, 4), place(3, 'bid', 490, 5), place(4, 'bid', 480, 2), place(5, 'bid', 490, 1)]) {

@@ -712,7 +712,9 @@ impl Project {
     /// The markets `run` offers: dev.toml's, except `RENDER-SD15-512` when no SD weights are
     /// configured (`GRIDBOOK_SD_MODEL_DIR`, an SD 1.5 ONNX export): without them the worker
     /// cannot verify SD results, so jobs there could never settle. No PyPI package ships
-    /// the weights, so by default the market is left out and `run` says so.
+    /// the weights, so by default the market is left out and `run` says so. The token market
+    /// `GRID-CREDITS` (`catalog::MarketKind::Token`) runs no work and needs no weights, nodes or
+    /// verifier: it is always offered.
     fn run_markets(&self) -> Result<(PathBuf, Option<PathBuf>)> {
         let dev = self.root.join("matching-engine/engine/config/dev.toml");
         if let Some(dir) = env::var_os("GRIDBOOK_SD_MODEL_DIR").map(PathBuf::from) {
@@ -846,5 +848,7 @@ mod tests {
         let run = super::without_market(&dev, "RENDER-SD15-512");
         assert!(!run.contains("RENDER-SD15-512"));
         assert!(run.contains("market = \"EMBED-MINILM-L6\"") && run.contains("market = \"RENDER-TERRAIN-128\""));
+        // The token market needs nothing to verify with: it stays.
+        assert!(run.contains("market = \"GRID-CREDITS\""));
     }
 }

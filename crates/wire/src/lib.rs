@@ -404,16 +404,6 @@ pub mod node {
         pub manifest: serde_json::Value,
         pub elapsed_ms: u64,
     }
-
-    /// The benchmark challenge a node must answer after registering (HTTP, see the API's
-    /// OpenAPI document): run `items` inputs of `workload` generated from `nonce`
-    /// (`executor`'s `challenge` module) and return the hash of the outputs.
-    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Challenge {
-        pub nonce: String,
-        pub workload: String,
-        pub items: u32,
-    }
 }
 
 /// The kinds of work Gridbook's markets trade, by market symbol: which executor workload runs a
@@ -502,33 +492,103 @@ pub mod catalog {
         pub items_per_unit: u32,
     }
 
-    pub const MARKETS: &[(&str, Work)] = &[
+    /// A spot market of a ledger token against credits: nothing to run, both sides escrowed
+    /// on the ledger and settled delivery-versus-payment (`settlement::token`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TokenPair {
+        /// The ledger of what is bought and sold (`GRID`).
+        pub base_ledger: &'static str,
+        /// The ledger it is paid in (`USD`: credits).
+        pub quote_ledger: &'static str,
+        /// Base ledger units in one lot (one whole token: 10^decimals).
+        pub base_units_per_lot: i64,
+        /// The fee the ledger charges the buyer, in bps of the notional (as on job bids). The
+        /// engine's `fee_bps` for the market must be the same (the API refuses to start
+        /// otherwise); the settlement worker, which reads no market file, takes it from here.
+        pub fee_bps: u32,
+    }
+
+    /// What a market trades. Every place that needs a market's workload matches on this, so a
+    /// token market is handled explicitly (it has no workload, nodes, verification or canaries).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum MarketKind {
+        /// Units of work run by provider nodes.
+        Compute(Work),
+        /// A token traded for credits.
+        Token(TokenPair),
+    }
+
+    impl MarketKind {
+        /// `compute` or `token` (the API's `kind` field).
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                MarketKind::Compute(_) => "compute",
+                MarketKind::Token(_) => "token",
+            }
+        }
+
+        /// The work of a compute market; `None` for a token market.
+        pub const fn work(self) -> Option<Work> {
+            match self {
+                MarketKind::Compute(w) => Some(w),
+                MarketKind::Token(_) => None,
+            }
+        }
+    }
+
+    /// The GRID/credits market: price = credits' minor units per whole GRID, 1 lot = 1 GRID.
+    pub const GRID_CREDITS: &str = "GRID-CREDITS";
+
+    /// GRID against credits: `GRID` base units (10^6 per GRID) for `USD` minor units.
+    pub const GRID_PAIR: TokenPair = TokenPair {
+        base_ledger: "GRID",
+        quote_ledger: "USD",
+        base_units_per_lot: 1_000_000,
+        fee_bps: 250,
+    };
+
+    pub const MARKETS: &[(&str, MarketKind)] = &[
         (
             "EMBED-MINILM-L6",
-            Work {
+            MarketKind::Compute(Work {
                 kind: WorkloadKind::Embed,
                 items_per_unit: 1_000,
-            },
+            }),
         ),
         (
             "RENDER-TERRAIN-128",
-            Work {
+            MarketKind::Compute(Work {
                 kind: WorkloadKind::Terrain,
                 items_per_unit: 1,
-            },
+            }),
         ),
         (
             "RENDER-SD15-512",
-            Work {
+            MarketKind::Compute(Work {
                 kind: WorkloadKind::Sd,
                 items_per_unit: 1,
-            },
+            }),
         ),
+        (GRID_CREDITS, MarketKind::Token(GRID_PAIR)),
     ];
 
-    /// The work of `market`, if Gridbook knows how to run it.
+    /// What `market` trades, if Gridbook knows it.
+    pub fn kind(market: &str) -> Option<MarketKind> {
+        MARKETS.iter().find(|(m, _)| *m == market).map(|(_, k)| *k)
+    }
+
+    /// The work of `market`, if it is a compute market Gridbook knows how to run (`None` for a
+    /// token market and for an unknown one: use [`kind`] to tell them apart).
     pub fn work(market: &str) -> Option<Work> {
-        MARKETS.iter().find(|(m, _)| *m == market).map(|(_, w)| *w)
+        kind(market).and_then(MarketKind::work)
+    }
+
+    /// The token pair of `market`, if it is a token market.
+    pub fn token(market: &str) -> Option<TokenPair> {
+        match kind(market)? {
+            MarketKind::Token(t) => Some(t),
+            MarketKind::Compute(_) => None,
+        }
     }
 
     /// Units needed for `items` input lines (rounded up).
@@ -730,10 +790,18 @@ mod tests {
             "unknown workload \"render\": expected one of embed, terrain, sd"
         );
         assert!(serde_json::from_value::<WorkloadKind>("Embed".into()).is_err());
-        for (market, w) in catalog::MARKETS {
-            assert_eq!(catalog::work(market), Some(*w));
+        for (market, k) in catalog::MARKETS {
+            assert_eq!(catalog::kind(market), Some(*k));
+            assert_eq!(catalog::work(market), k.work());
         }
         assert_eq!(catalog::work("NOPE"), None);
+        assert_eq!(catalog::kind("NOPE"), None);
+        // The token market has no workload, and says so by its kind.
+        assert_eq!(catalog::work(catalog::GRID_CREDITS), None);
+        assert_eq!(catalog::token(catalog::GRID_CREDITS), Some(catalog::GRID_PAIR));
+        assert_eq!(catalog::kind(catalog::GRID_CREDITS).map(|k| k.as_str()), Some("token"));
+        assert_eq!(catalog::token("EMBED-MINILM-L6"), None);
+        assert!(valid_market_symbol(catalog::GRID_CREDITS));
     }
 
     #[test]

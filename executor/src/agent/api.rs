@@ -60,12 +60,19 @@ pub struct RegisterNode<'a> {
     pub hardware_fingerprint: Option<String>,
 }
 
-/// The challenge the API hands out at registration.
+/// The challenge the API hands out at registration: commit to `items` embeddings, then reveal
+/// the `sample` the market draws; the market times the commitment against `bound_ms` of `class`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct ChallengeSpec {
     pub nonce: String,
     pub workload: String,
     pub items: usize,
+    #[serde(default)]
+    pub sample: usize,
+    #[serde(default)]
+    pub class: String,
+    #[serde(default)]
+    pub bound_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,7 +85,22 @@ pub struct Registered {
     pub challenge_status: Option<String>,
 }
 
-/// `POST /v1/nodes/{id}/challenge` body.
+/// `POST /v1/nodes/{id}/challenge/commitment` body: one leaf per item
+/// ([`crate::challenge::leaves`]), in item order.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChallengeCommitment<'a> {
+    pub nonce: &'a str,
+    pub leaves: &'a [String],
+    pub device: &'a str,
+}
+
+/// The market's answer to a commitment: the items to reveal, in this order.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ChallengeSample {
+    pub sample: Vec<usize>,
+}
+
+/// `POST /v1/nodes/{id}/challenge` body: the sampled items' embeddings, in sample order.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChallengeAnswer<'a> {
     pub nonce: &'a str,
@@ -396,6 +418,22 @@ impl ApiClient {
         .await
     }
 
+    /// Commits to the challenge's answer; the market draws the sample to reveal.
+    pub async fn commit_challenge(
+        &self,
+        node: Uuid,
+        body: &ChallengeCommitment<'_>,
+    ) -> Result<ChallengeSample, ApiError> {
+        self.send(
+            "POST /v1/nodes/{id}/challenge/commitment",
+            self.http
+                .post(self.url(&format!("/v1/nodes/{node}/challenge/commitment")))
+                .json(body),
+        )
+        .await
+    }
+
+    /// Reveals the sampled embeddings; the market's verdict is the node.
     pub async fn answer_challenge(
         &self,
         node: Uuid,

@@ -91,8 +91,12 @@ impl AgentSettings {
             return Err("heartbeat_secs and done_capacity must be positive".into());
         }
         for (market, policy) in &self.markets {
-            if gridbook_wire::catalog::work(market).is_none() {
-                return Err(format!("unknown market {market:?}"));
+            match gridbook_wire::catalog::kind(market) {
+                Some(gridbook_wire::catalog::MarketKind::Compute(_)) => {}
+                Some(gridbook_wire::catalog::MarketKind::Token(_)) => {
+                    return Err(format!("{market} is a token market: a node has no work to offer there"));
+                }
+                None => return Err(format!("unknown market {market:?}")),
             }
             policy.validate().map_err(|e| format!("{market}: {e}"))?;
         }

@@ -9,8 +9,10 @@
 //! * [`node`] — the NATS side: heartbeats, the assignment consumer, cancellations, results.
 //!
 //! Start-up ([`bootstrap`]): register when no node id is known (stored in the state file), answer
-//! the embedding challenge with the real model, fail loudly if it fails. Then [`node::run_node`]
-//! and [`pricing_loop`] run until the shutdown signal.
+//! the embedding challenge with the real model — warm the model up, register, embed all the
+//! challenge's items, commit to them (one leaf each), reveal the items the market samples — and
+//! fail loudly if the answer fails. Then [`node::run_node`] and [`pricing_loop`] run until the
+//! shutdown signal.
 
 pub mod api;
 pub mod config;
@@ -27,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use self::api::{ApiClient, ApiError, ChallengeAnswer, RegisterNode};
+use self::api::{ApiClient, ApiError, ChallengeAnswer, ChallengeCommitment, RegisterNode};
 use self::config::AgentSettings;
 use self::pricing::{Action, OwnAsk, Policy};
 use self::state::{AskState, NodeState};
@@ -128,6 +130,12 @@ pub async fn bootstrap(
             state.path.display()
         )));
     }
+    // The market's clock starts at the registration: pay the model's first-run costs before.
+    let w = workloads.clone();
+    let warm = tokio::task::spawn_blocking(move || w.warm_up())
+        .await
+        .map_err(|e| AgentError::Config(format!("warm-up task: {e}")))??;
+    tracing::info!(elapsed_ms = warm.as_millis() as u64, "challenge model warmed up");
     let reg = api
         .register(&RegisterNode {
             name: &settings.name,
@@ -168,8 +176,11 @@ pub async fn bootstrap(
     let (embeddings, elapsed) = tokio::task::spawn_blocking(move || w.challenge(&nonce, ch.items))
         .await
         .map_err(|e| AgentError::Config(format!("challenge task: {e}")))??;
+    let leaves = crate::challenge::leaves(&embeddings);
     tracing::info!(
         items = ch.items,
+        class = %ch.class,
+        bound_ms = ch.bound_ms,
         elapsed_ms = elapsed.as_millis() as u64,
         "challenge computed"
     );
@@ -177,12 +188,29 @@ pub async fn bootstrap(
         Some(g) => format!("{} ({g})", workloads.device),
         None => workloads.device.clone(),
     };
+    let drawn = api
+        .commit_challenge(reg.id, &ChallengeCommitment { nonce: &ch.nonce, leaves: &leaves, device: &device })
+        .await?;
+    if drawn.sample.len() > crate::challenge::MAX_SAMPLE {
+        return Err(AgentError::ChallengeFailed(format!(
+            "the market sampled {} items (at most {})",
+            drawn.sample.len(),
+            crate::challenge::MAX_SAMPLE
+        )));
+    }
+    let mut revealed = Vec::with_capacity(drawn.sample.len());
+    for &i in &drawn.sample {
+        let e = embeddings.get(i).ok_or_else(|| {
+            AgentError::ChallengeFailed(format!("the market sampled item {i} of a challenge of {} items", ch.items))
+        })?;
+        revealed.push(e.clone());
+    }
     let verdict = api
         .answer_challenge(
             reg.id,
             &ChallengeAnswer {
                 nonce: &ch.nonce,
-                embeddings: &embeddings,
+                embeddings: &revealed,
                 elapsed_ms: elapsed.as_millis() as u64,
                 device: &device,
             },
@@ -196,7 +224,15 @@ pub async fn bootstrap(
         )));
     }
     state.update(|s| s.challenge_passed = true)?;
-    tracing::info!(node_id = %reg.id, "challenge passed");
+    let timing = verdict.rest.get("challenge_timing").and_then(|v| v.as_str()).unwrap_or("unknown");
+    let measured = verdict.rest.get("challenge_ms").and_then(serde_json::Value::as_i64);
+    if timing == "fits" {
+        tracing::info!(node_id = %reg.id, timing, measured_ms = ?measured, "challenge passed");
+    } else {
+        // Right but slow: the node trades within the probation caps and never leaves probation.
+        tracing::warn!(node_id = %reg.id, timing, measured_ms = ?measured, bound_ms = ch.bound_ms, class = %ch.class,
+            "challenge passed but not within the class's time bound: the node stays on probation");
+    }
     Ok(reg.id)
 }
 

@@ -62,8 +62,13 @@ impl Workloads {
     ) -> Result<Self> {
         let mut kinds = vec![crate::challenge::WORKLOAD];
         for market in markets {
-            let work = gridbook_wire::catalog::work(market)
-                .ok_or_else(|| ExecutorError::Config(format!("unknown market {market:?}")))?;
+            let work = match gridbook_wire::catalog::kind(market) {
+                Some(gridbook_wire::catalog::MarketKind::Compute(w)) => w,
+                Some(gridbook_wire::catalog::MarketKind::Token(_)) => {
+                    return Err(ExecutorError::Config(format!("{market} is a token market: it has no workload to load")));
+                }
+                None => return Err(ExecutorError::Config(format!("unknown market {market:?}"))),
+            };
             kinds.push(work.kind);
         }
         let opts = Options {
@@ -112,6 +117,16 @@ impl Workloads {
         let missing = || ExecutorError::Config("the challenge's workload is not loaded".into());
         let w = lock(self.get(crate::challenge::WORKLOAD).ok_or_else(missing)?);
         crate::challenge::run(w.embedder().ok_or_else(missing)?, nonce, items)
+    }
+
+    /// Items of [`Self::warm_up`]'s run.
+    pub const WARM_UP_ITEMS: usize = 32;
+
+    /// One small challenge run on a local nonce, before registering: the first run of a session
+    /// pays one-off costs (allocations, on CUDA kernel set-up) that the market's clock on the
+    /// real challenge should not see.
+    pub fn warm_up(&self) -> Result<Duration> {
+        Ok(self.challenge("warm-up", Self::WARM_UP_ITEMS)?.1)
     }
 
     /// The private model `sha256` loaded for `market`'s kind, if kept (now the most recent).

@@ -21,10 +21,14 @@ struct Fake {
     best_ask: Option<u64>,
     fail_challenge: bool,
     node: Option<Uuid>,
+    /// The leaves of the node's commitment.
+    leaves: Vec<String>,
     asks: HashMap<String, Value>,
 }
 
 const KEY: &str = "gbk_test_key";
+/// The sample the fake draws from every commitment.
+const SAMPLE: [usize; 4] = [3, 17, 0, 31];
 
 async fn handle(
     fake: Arc<Mutex<Fake>>,
@@ -57,8 +61,22 @@ async fn handle(
             fake.lock().unwrap().node = Some(id);
             (
                 201,
-                json!({"id": id, "status": "probation", "challenge": {"nonce": "n-42", "workload": "embed", "items": 32}, "challenge_status": "pending"}),
+                json!({"id": id, "status": "probation", "challenge": {"nonce": "n-42", "workload": "embed", "items": 32,
+                    "sample": SAMPLE.len(), "class": "cpu", "bound_ms": 7000, "committed": false}, "challenge_status": "pending"}),
             )
+        }
+        ("POST", ["v1", "nodes", id, "challenge", "commitment"]) => {
+            assert_eq!(
+                Some(id.to_string()),
+                fake.lock().unwrap().node.map(|n| n.to_string())
+            );
+            assert_eq!(body["nonce"], "n-42");
+            assert_eq!(body["device"], "cpu");
+            let leaves: Vec<String> = serde_json::from_value(body["leaves"].clone()).unwrap();
+            assert_eq!(leaves.len(), 32);
+            assert!(leaves.iter().all(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())));
+            fake.lock().unwrap().leaves = leaves;
+            (200, json!({"sample": SAMPLE}))
         }
         ("POST", ["v1", "nodes", id, "challenge"]) => {
             assert_eq!(
@@ -69,17 +87,27 @@ async fn handle(
             assert_eq!(body["nonce"], "n-42");
             assert!(body["elapsed_ms"].is_u64());
             assert_eq!(body["device"], "cpu");
+            // The market's check: each revealed vector is the committed one, and right.
+            let leaves = fake.lock().unwrap().leaves.clone();
+            let sample: Vec<executor::challenge::Sampled> = SAMPLE
+                .iter()
+                .map(|&i| {
+                    let mut leaf = [0u8; 32];
+                    hex::decode_to_slice(&leaves[i], &mut leaf).unwrap();
+                    executor::challenge::Sampled { index: i, leaf }
+                })
+                .collect();
             let reference = tokio::task::spawn_blocking(|| {
-                let texts = executor::challenge::inputs("n-42", 32);
+                let texts = executor::challenge::inputs_at("n-42", &SAMPLE).unwrap();
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 crate::embed::embedder().embed(&refs).unwrap()
             })
             .await
             .unwrap();
-            let verdict = executor::challenge::verify(&reference, &answer);
+            let verdict = executor::challenge::verify_sample(&sample, &reference, &answer);
             let failed = fake.lock().unwrap().fail_challenge;
             match (verdict, failed) {
-                (Ok(()), false) => (200, json!({"challenge_status": "passed"})),
+                (Ok(()), false) => (200, json!({"challenge_status": "passed", "challenge_timing": "fits", "challenge_ms": 900})),
                 (Ok(()), true) => (
                     200,
                     json!({"challenge_status": "failed", "reason": "too slow"}),

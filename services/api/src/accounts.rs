@@ -442,7 +442,7 @@ fn parse_scopes(role: Role, scopes: Option<Vec<String>>) -> ApiResult<Vec<Scope>
     let mut out = Vec::new();
     for s in &list {
         let scope = Scope::parse(s).ok_or_else(|| {
-            ApiError::invalid("scopes", "scopes are read, jobs, nodes and admin")
+            ApiError::invalid("scopes", "scopes are read, jobs, nodes, trade and admin")
         })?;
         if !allowed.contains(&scope) {
             return Err(ApiError::forbidden(format!(

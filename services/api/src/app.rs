@@ -171,6 +171,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(crate::asks::configure)
                 .configure(crate::assignments::configure)
                 .configure(crate::verification::configure)
+                .configure(crate::protocol::configure)
+                .configure(crate::token::configure)
                 .configure(crate::markets::configure),
         );
 }

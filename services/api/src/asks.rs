@@ -251,6 +251,8 @@ pub async fn create_ask(
         .get(&req.market)
         .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", req.market)))?
         .clone();
+    // Asks offer a node's capacity: a token market has none to offer.
+    market.compute("market")?;
     check_price(&market, req.price)?;
     check_qty(&market, req.qty)?;
     let limits = state.settings.limits.clone();

@@ -70,6 +70,8 @@ pub enum Scope {
     Nodes,
     /// Admin: credit accounts.
     Admin,
+    /// Place and cancel orders on a token market (`/v1/token/orders`).
+    Trade,
 }
 
 impl Scope {
@@ -79,6 +81,7 @@ impl Scope {
             Scope::Jobs => "jobs",
             Scope::Nodes => "nodes",
             Scope::Admin => "admin",
+            Scope::Trade => "trade",
         }
     }
     pub fn parse(s: &str) -> Option<Scope> {
@@ -87,6 +90,7 @@ impl Scope {
             "jobs" => Scope::Jobs,
             "nodes" => Scope::Nodes,
             "admin" => Scope::Admin,
+            "trade" => Scope::Trade,
             _ => return None,
         })
     }
@@ -156,12 +160,12 @@ pub fn sha256(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Scopes an API key of `role` may carry: `read` for everyone, `jobs` for studios, `nodes` for
-/// providers, `admin` for admins.
+/// providers, `trade` (token orders) for studios, providers and traders, `admin` for admins.
 pub fn allowed_scopes(role: Role) -> &'static [Scope] {
     match role {
-        Role::Studio => &[Scope::Read, Scope::Jobs],
-        Role::Provider => &[Scope::Read, Scope::Nodes],
-        Role::Trader => &[Scope::Read],
+        Role::Studio => &[Scope::Read, Scope::Jobs, Scope::Trade],
+        Role::Provider => &[Scope::Read, Scope::Nodes, Scope::Trade],
+        Role::Trader => &[Scope::Read, Scope::Trade],
         Role::Admin => &[Scope::Read, Scope::Admin],
     }
 }

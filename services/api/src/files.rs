@@ -349,7 +349,7 @@ pub async fn upload(
         .markets
         .get(&q.market)
         .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", q.market)))?;
-    let work = market.work;
+    let work = market.compute("market")?;
     if let Some(f) = &q.filename {
         if f.is_empty() || f.len() > 255 {
             return Err(ApiError::invalid(

@@ -274,6 +274,7 @@ pub fn check_request(
         .get(&req.market)
         .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", req.market)))?
         .clone();
+    market.compute("market")?;
     let c = &market.config;
     let (min, max) = (c.min_price, c.max_price);
     if req.limit_price < 1 || (req.limit_price as u64) < min || (req.limit_price as u64) > max {
@@ -369,7 +370,8 @@ pub fn create_in_tx(
     if items == 0 {
         return Err(ApiError::invalid("input_file", "the file has no lines"));
     }
-    let units = gridbook_wire::catalog::units_for(market.work, items);
+    let work = market.compute("market")?;
+    let units = gridbook_wire::catalog::units_for(work, items);
     if units > market.config.max_qty {
         return Err(ApiError::invalid(
             "input_file",
@@ -436,7 +438,7 @@ pub fn create_in_tx(
         input_file: file.id,
         status: JobStatus::Queued,
         items: file.lines,
-        items_per_unit: i32::try_from(market.work.items_per_unit).map_err(ApiError::internal)?,
+        items_per_unit: i32::try_from(work.items_per_unit).map_err(ApiError::internal)?,
         units: units_i,
         limit_price: req.limit_price,
         fee_bps: i32::try_from(fee_bps).map_err(ApiError::internal)?,

@@ -17,8 +17,12 @@
 //! - `files`, `jobs`: JSONL uploads to the object store, batch jobs and their escrowed bids.
 //! - `nodes`: provider nodes and the hardware challenge; `asks`: a node's offers on a market;
 //!   `assignments`: the work a provider's nodes were given, and earnings.
+//! - `token`: the GRID token market — orders (escrowed credits or GRID), cancels, the GRID
+//!   balance.
 //! - `markets`: the market catalogue and the trader REST + WebSocket routes.
 //! - `feed`: live market data: per-market book, tape and bounded WebSocket fan-out.
+//! - `protocol`: public protocol books — GRID supply, fee revenue, epoch reports, the fee
+//!   reconciliation.
 //! - `openapi`: the OpenAPI document, served at `/openapi.json`.
 //! - `body`: the body guard middleware (body timeouts → 408, NUL checks of JSON and queries).
 //! - `validate`: the one NUL check of every text that reaches PostgreSQL.
@@ -47,8 +51,10 @@ pub mod money;
 pub mod node_access;
 pub mod nodes;
 pub mod openapi;
+pub mod protocol;
 pub mod settings;
 pub mod state;
+pub mod token;
 pub mod validate;
 pub mod verification;
 

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use gridbook_wire::catalog::{MarketKind, Work};
 use matching_core::MarketConfig;
 use serde::Deserialize;
 
@@ -23,7 +24,25 @@ use serde::Deserialize;
 #[derive(Clone, Debug)]
 pub struct Market {
     pub config: MarketConfig,
-    pub work: gridbook_wire::catalog::Work,
+    /// What it trades: units of work (a compute market) or a token (`GRID-CREDITS`).
+    pub kind: MarketKind,
+}
+
+impl Market {
+    /// The market's work; a token market (no workload) is refused naming `field` (the request
+    /// field that chose the market), never given a default.
+    pub fn compute(&self, field: &str) -> crate::error::ApiResult<Work> {
+        match self.kind {
+            MarketKind::Compute(w) => Ok(w),
+            MarketKind::Token(_) => Err(crate::error::ApiError::invalid(
+                field,
+                format!(
+                    "{} is a token market: it runs no work (trade it with POST /v1/token/orders)",
+                    self.config.market.0
+                ),
+            )),
+        }
+    }
 }
 
 /// All markets, by symbol.
@@ -38,8 +57,9 @@ struct EngineFile {
 }
 
 impl Markets {
-    /// Reads the engine's configuration file. A market without a known workload is an error
-    /// (the API could not run its jobs).
+    /// Reads the engine's configuration file. A market the catalogue does not know is an error
+    /// (the API could not run its jobs), and so is a token market whose `fee_bps` is not the
+    /// catalogue's (the settlement worker charges the catalogue's).
     pub fn load(path: &Path) -> anyhow::Result<Markets> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -48,10 +68,20 @@ impl Markets {
         let mut by_symbol = BTreeMap::new();
         for config in file.markets {
             let symbol = config.market.0.clone();
-            let work = gridbook_wire::catalog::work(&symbol).ok_or_else(|| {
-                anyhow::anyhow!("{}: market {symbol} has no known workload", path.display())
+            let kind = gridbook_wire::catalog::kind(&symbol).ok_or_else(|| {
+                anyhow::anyhow!("{}: market {symbol} is not in the catalogue (no known workload or token)", path.display())
             })?;
-            by_symbol.insert(symbol, Market { config, work });
+            if let MarketKind::Token(pair) = kind
+                && pair.fee_bps != config.fee_bps
+            {
+                anyhow::bail!(
+                    "{}: token market {symbol} has fee_bps {}, the catalogue charges {}",
+                    path.display(),
+                    config.fee_bps,
+                    pair.fee_bps
+                );
+            }
+            by_symbol.insert(symbol, Market { config, kind });
         }
         Ok(Markets { by_symbol })
     }
@@ -115,10 +145,16 @@ pub struct MarketInfo {
     pub whale_cap_bps: u32,
     /// The anti-whale window, ms.
     pub whale_window_ms: u64,
-    /// The executor workload that runs this market's units.
-    pub workload: String,
-    /// Input lines per unit.
-    pub items_per_unit: u32,
+    /// `compute` (units of work run by provider nodes) or `token` (a token for credits:
+    /// `POST /v1/token/orders`).
+    pub kind: String,
+    /// The executor workload that runs this market's units; absent for a token market.
+    pub workload: Option<String>,
+    /// Input lines per unit; absent for a token market.
+    pub items_per_unit: Option<u32>,
+    /// A token market: the token's ledger (`GRID`) and its base units per lot (10^6).
+    pub token: Option<String>,
+    pub token_units_per_lot: Option<i64>,
     /// Event sequence of the live data below (absent while the feed is not in sync).
     pub seq: Option<u64>,
     pub bbo: Bbo,
@@ -140,8 +176,17 @@ fn info(m: &Market, feeds: &Feeds) -> MarketInfo {
         fee_bps: c.fee_bps,
         whale_cap_bps: c.whale_cap_bps,
         whale_window_ms: c.whale_window,
-        workload: m.work.kind.as_str().to_owned(),
-        items_per_unit: m.work.items_per_unit,
+        kind: m.kind.as_str().to_owned(),
+        workload: m.kind.work().map(|w| w.kind.as_str().to_owned()),
+        items_per_unit: m.kind.work().map(|w| w.items_per_unit),
+        token: match m.kind {
+            MarketKind::Token(t) => Some(t.base_ledger.to_owned()),
+            MarketKind::Compute(_) => None,
+        },
+        token_units_per_lot: match m.kind {
+            MarketKind::Token(t) => Some(t.base_units_per_lot),
+            MarketKind::Compute(_) => None,
+        },
         seq: live.map(|(s, _)| s),
         bbo: live.map(|(_, b)| b).unwrap_or_default(),
         ws_clients: feed.map_or(0, |f| f.clients()),

@@ -169,7 +169,7 @@ pub async fn upload(
         .markets
         .get(&q.market)
         .ok_or_else(|| ApiError::invalid("market", format!("unknown market {:?}", q.market)))?;
-    let kind = market.work.kind;
+    let kind = market.compute("market")?.kind;
     if kind != WorkloadKind::Embed {
         return Err(ApiError::invalid(
             "market",

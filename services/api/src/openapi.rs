@@ -114,6 +114,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(crate::asks::ApiDoc::openapi());
     doc.merge(crate::assignments::ApiDoc::openapi());
     doc.merge(crate::verification::ApiDoc::openapi());
+    doc.merge(crate::protocol::ApiDoc::openapi());
+    doc.merge(crate::token::ApiDoc::openapi());
     doc.merge(crate::markets::ApiDoc::openapi());
     doc
 }

@@ -204,7 +204,11 @@ pub async fn nodes(ctx: &Ctx, cmd: NodesCommand) -> anyhow::Result<()> {
                 format!("{} ({} MB)", s(&n["gpu_model"]), s(&n["vram_mb"])),
                 s(&n["region"]),
                 s(&n["status"]),
-                s(&n["challenge_status"]),
+                // `passed (fits)`, `passed (too_slow)`: the market's timing verdict, when given.
+                match n["challenge_timing"].as_str() {
+                    Some(t) => format!("{} ({t})", s(&n["challenge_status"])),
+                    None => s(&n["challenge_status"]),
+                },
                 output::bps(i(&n["reputation"])),
                 if n["last_heartbeat_at"].is_null() {
                     "never".into()

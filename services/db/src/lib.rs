@@ -12,6 +12,9 @@
 //!   bid may be several engine orders (re-bids of failed units) on one escrow order.
 //! - `identity`: identity clusters (accounts linked by a shared network or hardware
 //!   fingerprint), the anti-whale owner of a provider's asks.
+//! - `token_orders`: orders on a token market (`GRID-CREDITS`): the engine order id mapped to
+//!   its escrow, owner and accounts, and the engine commands that place and cancel them (API and
+//!   worker alike).
 //! - `nodes`: revoking, suspending a node and cancelling its open asks (API and worker).
 //! - `testing` (feature `testing`): `TestDb`, one fresh migrated database per test.
 //!
@@ -24,6 +27,7 @@ pub mod nodes;
 pub mod rows;
 pub mod schema;
 pub mod status;
+pub mod token_orders;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -95,10 +95,49 @@ diesel::table! {
 }
 
 diesel::table! {
+    epoch_burns (epoch) {
+        epoch -> Int8,
+        transfer_id -> Uuid,
+        amount -> Int8,
+    }
+}
+
+diesel::table! {
+    epoch_fees (transfer_id) {
+        transfer_id -> Uuid,
+        epoch -> Int8,
+        amount -> Int8,
+    }
+}
+
+diesel::table! {
     epoch_reports (epoch) {
         epoch -> Int8,
         report -> Jsonb,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    epoch_rewards (epoch, node_id, ledger) {
+        epoch -> Int8,
+        node_id -> Uuid,
+        ledger -> Text,
+        cluster -> Int8,
+        work -> Int8,
+        quality_bps -> Int4,
+        uptime_bps -> Int4,
+        amount -> Int8,
+        transfer_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    epoch_work (assignment_id) {
+        assignment_id -> Uuid,
+        epoch -> Int8,
+        node_id -> Uuid,
+        value -> Int8,
     }
 }
 
@@ -320,6 +359,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    node_uptime (node_id, minute) {
+        node_id -> Uuid,
+        minute -> Timestamptz,
+    }
+}
+
+diesel::table! {
     node_withholdings (assignment_id) {
         assignment_id -> Uuid,
         node_id -> Uuid,
@@ -352,6 +398,14 @@ diesel::table! {
         challenge_detail -> Nullable<Text>,
         last_heartbeat_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        challenge_class -> Text,
+        challenge_items -> Int4,
+        challenge_sample_size -> Int4,
+        challenge_bound_ms -> Int4,
+        challenge_issued_at -> Timestamptz,
+        challenge_committed_at -> Nullable<Timestamptz>,
+        challenge_sample -> Nullable<Jsonb>,
+        challenge_timing -> Nullable<Text>,
     }
 }
 
@@ -379,6 +433,58 @@ diesel::table! {
         user_id -> Uuid,
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    token_escrow_orders (order_id) {
+        order_id -> Uuid,
+        seller_account_id -> Uuid,
+        escrow_account_id -> Uuid,
+        ledger -> Text,
+        units_per_lot -> Int8,
+        quantity -> Int8,
+        quantity_open -> Int8,
+        hold_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    token_fills (fill_id) {
+        fill_id -> Uuid,
+        market -> Text,
+        event_seq -> Int8,
+        buy_order -> Uuid,
+        sell_order -> Uuid,
+        qty -> Int8,
+        price -> Int8,
+        fee -> Int8,
+        traded_at -> Timestamptz,
+        settled_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    token_orders (id) {
+        id -> Uuid,
+        engine_order_id -> Int8,
+        market -> Text,
+        owner -> Nullable<Uuid>,
+        epoch -> Nullable<Int8>,
+        side -> Text,
+        price -> Int8,
+        quantity -> Int8,
+        filled -> Int8,
+        time_in_force -> Text,
+        client_order_id -> Nullable<Text>,
+        credit_account_id -> Uuid,
+        token_account_id -> Uuid,
+        engine_account -> Int8,
+        status -> Text,
+        accepted_seq -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -432,6 +538,12 @@ diesel::joinable!(assignment_verifications -> job_assignments (assignment_id));
 diesel::joinable!(assignment_verifications -> jobs (job_id));
 diesel::joinable!(assignment_verifications -> market_orders (reoffer_engine_order_id));
 diesel::joinable!(assignment_verifications -> verification_tasks (verification_task_id));
+diesel::joinable!(epoch_burns -> ledger_transfers (transfer_id));
+diesel::joinable!(epoch_fees -> ledger_transfers (transfer_id));
+diesel::joinable!(epoch_rewards -> ledger_transfers (transfer_id));
+diesel::joinable!(epoch_rewards -> nodes (node_id));
+diesel::joinable!(epoch_work -> escrow_assignments (assignment_id));
+diesel::joinable!(epoch_work -> nodes (node_id));
 diesel::joinable!(escrow_assignments -> escrow_orders (order_id));
 diesel::joinable!(escrow_assignments -> ledger_accounts (provider_account_id));
 diesel::joinable!(files -> users (owner));
@@ -450,9 +562,12 @@ diesel::joinable!(model_key_releases -> nodes (node_id));
 diesel::joinable!(models -> users (owner));
 diesel::joinable!(node_credentials -> nodes (node_id));
 diesel::joinable!(node_settled_counts -> nodes (node_id));
+diesel::joinable!(node_uptime -> nodes (node_id));
 diesel::joinable!(node_withholdings -> nodes (node_id));
 diesel::joinable!(nodes -> users (owner));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(token_escrow_orders -> ledger_transfers (hold_id));
+diesel::joinable!(token_orders -> users (owner));
 diesel::joinable!(users -> ledger_accounts (account_id));
 diesel::joinable!(verification_tasks -> job_assignments (assignment_id));
 diesel::joinable!(verification_tasks -> jobs (job_id));
@@ -464,7 +579,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     assignment_verifications,
     canary_items,
     dead_letters,
+    epoch_burns,
+    epoch_fees,
     epoch_reports,
+    epoch_rewards,
+    epoch_work,
     escrow_assignments,
     escrow_orders,
     files,
@@ -479,11 +598,15 @@ diesel::allow_tables_to_appear_in_same_query!(
     models,
     node_credentials,
     node_settled_counts,
+    node_uptime,
     node_withholdings,
     nodes,
     outbox,
     processed_events,
     sessions,
+    token_escrow_orders,
+    token_fills,
+    token_orders,
     users,
     verification_tasks,
 );

@@ -136,12 +136,68 @@ text_enum! {
 }
 
 text_enum! {
+    /// `nodes.challenge_timing`: the market's timing verdict on a passed challenge (NULL while
+    /// pending, after a failure, or for a challenge never timed).
+    ChallengeTiming {
+        /// The commitment arrived within the class's bound.
+        Fits = "fits",
+        /// It arrived later: the node may trade within the probation caps, never leaves
+        /// probation.
+        TooSlow = "too_slow",
+    }
+}
+
+text_enum! {
     /// `asks.status`.
     AskStatus {
         Open = "open",
         /// The API queued a Cancel; the worker closes the ask on the engine's event.
         CancelRequested = "cancel_requested",
         Closed = "closed",
+    }
+}
+
+text_enum! {
+    /// `token_orders.side`.
+    TokenSide {
+        /// Pays credits for tokens.
+        Buy = "buy",
+        /// Delivers tokens for credits.
+        Sell = "sell",
+    }
+}
+
+text_enum! {
+    /// `token_orders.time_in_force`.
+    TokenTimeInForce {
+        /// Rests until filled or cancelled.
+        Gtc = "gtc",
+        /// Takes what it can at once; the rest is cancelled by the engine.
+        Ioc = "ioc",
+    }
+}
+
+text_enum! {
+    /// `token_orders.status`.
+    TokenOrderStatus {
+        /// Queued for, or resting on, the engine.
+        Open = "open",
+        /// The API queued a Cancel; the worker closes the order on the engine's event.
+        CancelRequested = "cancel_requested",
+        /// Every lot traded.
+        Filled = "filled",
+        /// Closed with lots unfilled (cancel, IOC remainder, self-trade prevention, expiry);
+        /// their escrow released.
+        Cancelled = "cancelled",
+        /// The engine refused the place; everything reserved released.
+        Rejected = "rejected",
+    }
+}
+
+impl TokenOrderStatus {
+    /// Whether the order can still trade.
+    pub fn is_live(self) -> bool {
+        matches!(self, TokenOrderStatus::Open | TokenOrderStatus::CancelRequested)
     }
 }
 
@@ -261,6 +317,11 @@ mod tests {
             assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
         }
         assert_eq!("cancel_requested".parse::<AskStatus>().unwrap(), AskStatus::CancelRequested);
+        for s in TokenOrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<TokenOrderStatus>().unwrap(), *s);
+        }
+        assert_eq!("ioc".parse::<TokenTimeInForce>().unwrap(), TokenTimeInForce::Ioc);
+        assert_eq!("sell".parse::<TokenSide>().unwrap(), TokenSide::Sell);
         let e = "done".parse::<JobStatus>().unwrap_err().to_string();
         assert!(e.contains("\"done\"") && e.contains("queued"), "{e}");
     }

@@ -24,16 +24,13 @@ pub struct Bid {
     pub fee_bps: u32,
 }
 
-/// Creates the system accounts of a ledger (idempotent): protocol fee, buyback treasury, token
-/// market, burned, rewards pool, token supply, operator.
+/// Creates the system accounts of a credits ledger (idempotent): protocol fee, buyback treasury,
+/// rewards pool, operator. (GRID's accounts come from `supply::genesis`.)
 pub fn ensure_system_accounts(conn: &mut PgConnection, ledger: &str) -> Result<()> {
     let codes = [
         AccountCode::ProtocolFee,
         AccountCode::BuybackTreasury,
-        AccountCode::TokenMarket,
-        AccountCode::Burned,
         AccountCode::RewardsPool,
-        AccountCode::TokenSupply,
         AccountCode::Operator,
     ];
     let news: Vec<NewAccount> = codes

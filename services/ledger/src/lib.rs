@@ -7,7 +7,11 @@
 //! - `store`: diesel at the edge — accounts, transfers, expiry, statements, invariant checks.
 //! - `escrow`: the escrow API on top of `store` + `settlement`.
 //! - `events`: processed-events (exactly-once consumption) and the transactional outbox.
-//! - `epoch`: buyback-and-burn with a report, the rewards-pool payout hook.
+//! - `epoch`: the published economic rule and its pure math (fee shares, emission, reward split).
+//! - `supply`: the bounded GRID supply (genesis, figures).
+//! - `token`: the GRID token's constants and each user's GRID account.
+//! - `token_escrow`: a token market's escrow: buys as job bids, sells held by a pending transfer,
+//!   fills delivered versus payment.
 //!
 //! Tables, migrations and connections come from `gridbook-db`. Every operation takes
 //! `&mut PgConnection` and runs in a (nested) transaction, so a caller can put processed-event +
@@ -22,6 +26,9 @@ pub mod model;
 pub mod rules;
 pub mod settlement;
 pub mod store;
+pub mod supply;
+pub mod token;
+pub mod token_escrow;
 
 /// The tables, declared once in `gridbook-db`.
 use gridbook_db::schema;

@@ -42,7 +42,6 @@ pub enum AccountCode {
     ProtocolFee,
     BuybackTreasury,
     TokenSupply,
-    TokenMarket,
     Burned,
     RewardsPool,
     /// The operator's side of deposits and withdrawals (money entering/leaving the platform).
@@ -52,22 +51,27 @@ pub enum AccountCode {
     Withheld,
     /// Withheld earnings a proven cheat forfeited; funds verification (one per ledger).
     VerificationFund,
+    /// A user's token balance (`token::user_account`).
+    TokenHolder,
+    /// The bounded supply not yet emitted (`supply`): every token leaves it by a ledger transfer.
+    EmissionReserve,
 }
 
 impl AccountCode {
-    pub const ALL: [AccountCode; 12] = [
+    pub const ALL: [AccountCode; 13] = [
         Self::Studio,
         Self::Provider,
         Self::Escrow,
         Self::ProtocolFee,
         Self::BuybackTreasury,
         Self::TokenSupply,
-        Self::TokenMarket,
         Self::Burned,
         Self::RewardsPool,
         Self::Operator,
         Self::Withheld,
         Self::VerificationFund,
+        Self::TokenHolder,
+        Self::EmissionReserve,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,12 +82,13 @@ impl AccountCode {
             Self::ProtocolFee => "protocol_fee",
             Self::BuybackTreasury => "buyback_treasury",
             Self::TokenSupply => "token_supply",
-            Self::TokenMarket => "token_market",
             Self::Burned => "burned",
             Self::RewardsPool => "rewards_pool",
             Self::Operator => "operator",
             Self::Withheld => "withheld",
             Self::VerificationFund => "verification_fund",
+            Self::TokenHolder => "token_holder",
+            Self::EmissionReserve => "emission_reserve",
         }
     }
 
@@ -94,11 +99,12 @@ impl AccountCode {
             .ok_or_else(|| LedgerError::Invalid(format!("unknown account code {s}")))
     }
 
-    /// The usual flags: balances held for someone may not go negative; the operator, token
-    /// supply and token market are the system's boundary with the outside and may.
+    /// The usual flags: balances held for someone may not go negative; the operator (credits
+    /// entering and leaving) and the token supply (bounded by the database: `supply`) are the
+    /// system's boundary with the outside and may.
     pub fn default_flags(self) -> AccountFlags {
         match self {
-            Self::Operator | Self::TokenSupply | Self::TokenMarket => AccountFlags::NONE,
+            Self::Operator | Self::TokenSupply => AccountFlags::NONE,
             _ => AccountFlags::CREDIT_NORMAL,
         }
     }

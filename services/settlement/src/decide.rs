@@ -249,7 +249,7 @@ pub fn order_ids(ev: &Event) -> Vec<u64> {
 
 /// Rejection reasons that a place never gets (only an amend or a cancel): such a rejection says
 /// nothing about the reservation.
-fn rejects_existing_order(reason: RejectReason) -> bool {
+pub(crate) fn rejects_existing_order(reason: RejectReason) -> bool {
     matches!(
         reason,
         RejectReason::UnknownOrder | RejectReason::NotOwner | RejectReason::NothingToAmend

@@ -19,7 +19,7 @@ use crate::error::{Result, SettlementError};
 use crate::decide::AskChange;
 use crate::schema::{asks, files, job_assignments, jobs, nodes};
 use gridbook_db::rows::JobRow;
-use gridbook_db::status::{AskStatus, AssignmentStatus, JobStatus, NodeStatus};
+use gridbook_db::status::{AskStatus, AssignmentStatus, ChallengeTiming, JobStatus, NodeStatus};
 
 /// The longest a node may take for one assignment (from the fill) unless the job's deadline is
 /// sooner; afterwards the assignment is voided and the studio refunded for it.
@@ -309,7 +309,8 @@ pub const PROBATION_PASSES: i64 = 10;
 
 /// Moves node `node`'s reliability score by `outcome` (`reliability::update`, under the node's
 /// row lock), then applies its teeth: off probation with `PROBATION_PASSES` verified
-/// assignments and the exit score, back on probation below the demotion score (a suspended or
+/// assignments, the exit score and a challenge timing of `fits` (a `too_slow` node trades within
+/// the probation caps for good), back on probation below the demotion score (a suspended or
 /// deleted node stays so).
 pub fn set_reliability(
     conn: &mut PgConnection,
@@ -317,9 +318,9 @@ pub fn set_reliability(
     outcome: crate::reliability::Outcome,
 ) -> Result<()> {
     use crate::reliability;
-    let (score, status): (i32, NodeStatus) = nodes::table
+    let (score, status, timing): (i32, NodeStatus, Option<ChallengeTiming>) = nodes::table
         .find(node)
-        .select((nodes::reputation, nodes::status))
+        .select((nodes::reputation, nodes::status, nodes::challenge_timing))
         .for_update()
         .first(conn)?;
     let score = reliability::update(score, outcome);
@@ -329,7 +330,9 @@ pub fn set_reliability(
         .count()
         .get_result(conn)?;
     let status = match status {
-        NodeStatus::Probation if reliability::probation_exit(passes, score, PROBATION_PASSES) => {
+        NodeStatus::Probation
+            if reliability::probation_exit(passes, score, PROBATION_PASSES, timing == Some(ChallengeTiming::Fits)) =>
+        {
             NodeStatus::Active
         }
         NodeStatus::Active if reliability::demote(score) => NodeStatus::Probation,
@@ -360,11 +363,16 @@ pub fn update_ask(conn: &mut PgConnection, ask: Uuid, change: AskChange) -> Resu
     Ok(())
 }
 
-/// Records heartbeats: `last_heartbeat_at = now()` for these nodes.
+/// Records heartbeats: `last_heartbeat_at = now()` for these nodes, and the minute they were
+/// heard in (their uptime, `protocol::record_uptime`).
 pub fn touch_nodes(conn: &mut PgConnection, ids: &[Uuid]) -> Result<usize> {
-    Ok(diesel::update(nodes::table.filter(nodes::id.eq_any(ids)))
-        .set(nodes::last_heartbeat_at.eq(Some(Utc::now())))
-        .execute(conn)?)
+    let now = Utc::now();
+    conn.transaction(|c| {
+        crate::protocol::record_uptime(c, ids, now)?;
+        Ok(diesel::update(nodes::table.filter(nodes::id.eq_any(ids)))
+            .set(nodes::last_heartbeat_at.eq(Some(now)))
+            .execute(c)?)
+    })
 }
 
 /// Moves an `assigned` (or `verifying`) assignment to `completed` or `failed`, counts its items on the job and

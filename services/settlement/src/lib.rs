@@ -25,6 +25,11 @@
 //! - `canary`: items with known answers mixed into assignments (the pool, the layout).
 //! - `crosscheck`: the sampled re-run on another provider's node (verification tasks), the
 //!   market's runtime deciding disagreements.
+//! - `protocol`: epoch closes — fees swept and shared, GRID emitted, rewards split by verified
+//!   work × reliability × uptime under a cluster cap, the treasury's GRID burned, the buyback
+//!   bid placed on the GRID market; one report per epoch.
+//! - `token`: a token market (`GRID-CREDITS`): fills settled delivery-versus-payment, holds
+//!   released on cancel; the protocol's buyback order (`place_protocol_buy`), `vwap`.
 //! - `db`: diesel on tokio's blocking pool.
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
@@ -38,11 +43,13 @@ pub mod dead_letter;
 pub mod decide;
 pub mod error;
 pub mod jobs;
+pub mod protocol;
 pub mod redo;
 pub mod reliability;
 pub mod results;
 pub mod verify;
 pub mod settle;
+pub mod token;
 pub mod withhold;
 pub mod worker;
 
@@ -123,6 +130,27 @@ pub struct Settings {
     pub canary_pool_size: u32,
     /// `GRIDBOOK_CANARY_MAX_USES`: assignments one canary is placed in before it is retired.
     pub canary_max_uses: u32,
+    /// `GRIDBOOK_CLOSE_EPOCHS`: whether this worker closes epochs (`protocol`; exactly one
+    /// closes each epoch however many run: an advisory lock).
+    pub close_epochs: bool,
+    /// `GRIDBOOK_EPOCH_SECS`: the epoch length (the published rule, `gridbook_ledger::epoch`).
+    pub epoch_secs: i64,
+    /// `GRIDBOOK_EPOCH_CHECK_SECS`: how often the worker looks for an epoch to close.
+    pub epoch_check_secs: u64,
+    /// `GRIDBOOK_EPOCH_GRACE_SECS`: how long after an epoch ends it is closed.
+    pub epoch_grace_secs: i64,
+    /// `GRIDBOOK_BUYBACK_SHARE_BPS`: share of each epoch's fee revenue that buys GRID back.
+    pub buyback_share_bps: u32,
+    /// `GRIDBOOK_REWARDS_SHARE_BPS`: share of each epoch's fee revenue for the rewards pool.
+    pub rewards_share_bps: u32,
+    /// `GRIDBOOK_EMISSION_BPS`: share of the GRID emission reserve emitted per epoch.
+    pub emission_bps: u32,
+    /// `GRIDBOOK_REWARD_CLUSTER_CAP_BPS`: most of a reward pool one identity cluster receives.
+    pub reward_cluster_cap_bps: u32,
+    /// `GRIDBOOK_BUYBACK_SLIPPAGE_BPS`: the buyback limit above the reference price.
+    pub buyback_slippage_bps: u32,
+    /// `GRIDBOOK_UPTIME_RETENTION_DAYS`: heartbeat minutes kept.
+    pub uptime_retention_days: i64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -175,6 +203,27 @@ impl Settings {
         Ok(p)
     }
 
+    /// The published economic rule and when epochs close (`protocol`). `Err` for a rule that
+    /// cannot be applied.
+    pub fn epoch_policy(&self) -> Result<protocol::EpochPolicy> {
+        let rule = gridbook_ledger::epoch::Rule {
+            epoch_secs: self.epoch_secs,
+            buyback_share_bps: self.buyback_share_bps,
+            rewards_share_bps: self.rewards_share_bps,
+            emission_bps: self.emission_bps,
+            cluster_cap_bps: self.reward_cluster_cap_bps,
+            buyback_slippage_bps: self.buyback_slippage_bps,
+        };
+        rule.validate()?;
+        Ok(protocol::EpochPolicy {
+            rule,
+            enabled: self.close_epochs,
+            check_secs: self.epoch_check_secs.max(1),
+            grace_secs: self.epoch_grace_secs.max(0),
+            uptime_retention_days: self.uptime_retention_days.max(1),
+        })
+    }
+
     /// The verification sample policy (`verification_secret`, `sample_items*`).
     pub fn sample_policy(&self) -> Result<verify::SamplePolicy> {
         let secret = match &self.verification_secret {
@@ -197,6 +246,7 @@ impl Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        let rule = gridbook_ledger::epoch::Rule::default();
         Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
@@ -221,6 +271,16 @@ impl Default for Settings {
             canary_rate_by_market: Default::default(),
             canary_pool_size: canary::DEFAULT_POOL_SIZE,
             canary_max_uses: canary::DEFAULT_MAX_USES,
+            close_epochs: true,
+            epoch_secs: rule.epoch_secs,
+            epoch_check_secs: 10,
+            epoch_grace_secs: 30,
+            buyback_share_bps: rule.buyback_share_bps,
+            rewards_share_bps: rule.rewards_share_bps,
+            emission_bps: rule.emission_bps,
+            reward_cluster_cap_bps: rule.cluster_cap_bps,
+            buyback_slippage_bps: rule.buyback_slippage_bps,
+            uptime_retention_days: 30,
         }
     }
 }
@@ -231,6 +291,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut db = db::Db::new(&settings.database_url);
     let applied = db.with(|c| Ok(gridbook_db::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
+    // The bounded GRID supply exists from the start (idempotent: minted once, ever).
+    db.with(|c| Ok(gridbook_ledger::supply::genesis(c)?)).await?;
     let client = gridbook_wire::connect::service_options("settlement-worker", settings.nats_nkey_file.as_deref())
         .map_err(SettlementError::Refused)?
         .connect(&settings.nats_url)
@@ -293,6 +355,17 @@ pub async fn run(settings: Settings) -> Result<()> {
             loop {
                 if let Err(e) = results::run_heartbeats(&s, &nats).await {
                     error!(error = %e, "heartbeat recorder failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let s = settings.clone();
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = protocol::run_epochs(&s).await {
+                    error!(error = %e, "epoch closer failed; restarting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -7,7 +7,9 @@
 //! bad result costs more the better the record was. A proven cheat sets it to 0 at once.
 //!
 //! Teeth ([`probation_exit`], [`demote`]): a node leaves probation only with at least
-//! `jobs::PROBATION_PASSES` verified assignments *and* a score of at least [`EXIT_SCORE`]; an
+//! `jobs::PROBATION_PASSES` verified assignments *and* a score of at least [`EXIT_SCORE`] *and* a
+//! hardware challenge whose timing fit its device class (`nodes.challenge_timing = 'fits'`, the
+//! market's own clock: `executor::challenge`); an
 //! active node whose score falls below [`DEMOTE_SCORE`] goes back on probation (its asks are
 //! capped again). Not yet an input: uptime from heartbeats, canary results.
 
@@ -49,9 +51,11 @@ pub fn update(score: i32, outcome: Outcome) -> i32 {
     (score + step).clamp(0, 10_000)
 }
 
-/// Whether a probation node with `passes` verified assignments and `score` becomes active.
-pub fn probation_exit(passes: i64, score: i32, required_passes: i64) -> bool {
-    passes >= required_passes && score >= EXIT_SCORE
+/// Whether a probation node with `passes` verified assignments and `score` becomes active;
+/// `timing_fits`: its hardware challenge came within its class's bound. A node whose timing
+/// does not fit (too slow, or never timed) stays on probation whatever its record.
+pub fn probation_exit(passes: i64, score: i32, required_passes: i64, timing_fits: bool) -> bool {
+    timing_fits && passes >= required_passes && score >= EXIT_SCORE
 }
 
 /// Whether an active node with `score` goes back on probation.
@@ -98,8 +102,10 @@ mod tests {
             s = update(s, Outcome::Passed);
         }
         assert!(s > 9_000, "{s}");
-        assert!(probation_exit(10, EXIT_SCORE, 10));
-        assert!(!probation_exit(9, 10_000, 10));
-        assert!(!probation_exit(10, EXIT_SCORE - 1, 10));
+        assert!(probation_exit(10, EXIT_SCORE, 10, true));
+        assert!(!probation_exit(9, 10_000, 10, true));
+        assert!(!probation_exit(10, EXIT_SCORE - 1, 10, true));
+        // A node whose challenge was too slow for its class never leaves probation.
+        assert!(!probation_exit(1_000, 10_000, 10, false));
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use diesel::prelude::*;
 use gridbook_ledger::{LedgerError, escrow, events};
+use gridbook_wire::catalog::MarketKind;
 use gridbook_wire::{market::EventFrame, subjects};
 use matching_core::Event;
 use tracing::debug;
@@ -44,6 +45,15 @@ pub fn settle_message(
         let mut views = load_views(c, frames)?;
         let mut out = Outcome::default();
         for frame in frames {
+            // A token market has no workload, nodes or assignments: delivery versus payment
+            // (`crate::token`). A compute market's events go through `decide` below.
+            match gridbook_wire::catalog::kind(&frame.market) {
+                Some(MarketKind::Token(pair)) => {
+                    crate::token::settle_frame(c, consumer, source, frame, &pair, &mut out)?;
+                    continue;
+                }
+                Some(MarketKind::Compute(_)) | None => {}
+            }
             let empty = &mut BTreeMap::new();
             let view = views.get_mut(&frame.market).unwrap_or(empty);
             for ev in &frame.events {
@@ -209,7 +219,7 @@ fn load_views(
     frames: &[EventFrame],
 ) -> Result<BTreeMap<String, BTreeMap<u64, MarketOrder>>> {
     let mut ids: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for f in frames {
+    for f in frames.iter().filter(|f| gridbook_wire::catalog::token(&f.market).is_none()) {
         let set = ids.entry(f.market.as_str()).or_default();
         for ev in &f.events {
             set.extend(decide::order_ids(ev));
@@ -262,8 +272,15 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64, canaries: &crate::can
                     }
                 })?;
                 // The market's canaries, mixed in among the items (`crate::canary`).
-                let slots = match gridbook_wire::catalog::work(&job.market) {
-                    Some(w) => crate::canary::place(c, canaries, &job.market, w.kind, work.item_count, job.model.is_some())?,
+                let slots = match gridbook_wire::catalog::kind(&job.market) {
+                    Some(MarketKind::Compute(w)) => crate::canary::place(c, canaries, &job.market, w.kind, work.item_count, job.model.is_some())?,
+                    Some(MarketKind::Token(_)) => {
+                        return Err(SettlementError::Unsettleable {
+                            reason: DeadLetterReason::InvalidEvent,
+                            why: format!("job {job_id} is in token market {}, which runs no work", job.market),
+                        });
+                    }
+                    // A market the catalogue does not know has no canary pool.
                     None => Vec::new(),
                 };
                 jobs::insert_assignment(c, &a, &work, &slots)?;

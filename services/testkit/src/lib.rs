@@ -47,6 +47,10 @@ pub use gridbook_db::testing::TestDb;
 pub use stack::{Stack, StackOptions};
 #[cfg(feature = "api")]
 pub use worker::InProcessWorker;
+/// The settlement crate the stack's worker runs, for tests that call its hooks directly (the
+/// protocol's buyback order, `settlement::token`).
+#[cfg(feature = "api")]
+pub use gridbook_settlement as settlement;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released).
 pub fn free_port() -> u16 {

@@ -212,4 +212,16 @@ async fn a_json_type_error_names_the_nested_field() {
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["field"], "embeddings[1][1]", "{v}");
+    let r = app
+        .http
+        .post(app.url("/v1/nodes/00000000-0000-0000-0000-000000000000/challenge/commitment"))
+        .header("Authorization", provider.bearer())
+        .header("Content-Type", "application/json")
+        .body(r#"{"nonce":"00","leaves":["ab",5],"device":"cpu"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["field"], "leaves[1]", "{v}");
 }

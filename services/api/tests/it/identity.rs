@@ -222,7 +222,7 @@ async fn api_keys_are_shown_once_scoped_by_role_and_revocable() {
     assert!(!text.contains(&secret), "listing leaks a secret");
     let list: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(list["keys"].as_array().unwrap().len(), 1);
-    assert_eq!(list["keys"][0]["scopes"], json!(["jobs", "read"]));
+    assert_eq!(list["keys"][0]["scopes"], json!(["jobs", "read", "trade"]));
 
     // Scopes beyond the role: 403; unknown scope: 400.
     for (scopes, status) in [

@@ -273,7 +273,7 @@ async fn a_websocket_client_rebuilds_the_engine_book_and_rest_agrees() {
     // REST: the catalogue, one market, unknown markets (404 JSON, also for the WebSocket).
     let list: Value = app.http.get(app.url("/v1/markets")).send().await.unwrap().json().await.unwrap();
     let symbols: Vec<&str> = list["markets"].as_array().unwrap().iter().map(|m| m["symbol"].as_str().unwrap()).collect();
-    assert_eq!(symbols, ["EMBED-MINILM-L6", "RENDER-SD15-512", "RENDER-TERRAIN-128"]);
+    assert_eq!(symbols, ["EMBED-MINILM-L6", "GRID-CREDITS", "RENDER-SD15-512", "RENDER-TERRAIN-128"]);
     let one: Value = app.http.get(app.url(&format!("/v1/markets/{MARKET}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(one["workload"], "embed");
     assert_eq!(one["items_per_unit"], 1000);

@@ -1,58 +1,121 @@
-//! Provider journeys: register a node, answer the hardware challenge (right and wrong), asks
-//! refused before the challenge and placed after it (outbox Place), amend, cancel, the
-//! probation cap, assignments and earnings.
+//! Provider journeys: register a node, the hardware challenge (commit, then sample: right,
+//! wrong, faked, too slow), asks refused before the challenge and placed after it (outbox
+//! Place), amend, cancel, the probation cap, assignments and earnings.
 //!
 //! The right answer is computed with the executor crate (`executor::challenge` inputs embedded
 //! by the executor's `Embedder` on CPU), through `gridbook_api::nodes::challenge_embeddings`, so
 //! that this process keeps a single ONNX Runtime environment. It needs `ORT_DYLIB_PATH` and
 //! `GRIDBOOK_MODELS_DIR` (set by `cargo xtask test` / `cargo xtask env`) and fails without them.
+//! The two challenge steps of an honest node are one helper, [`pass_challenge`]; every test that
+//! needs a node that passed uses it (through [`passed_node`]).
 
 use serde_json::{Value, json};
 
 use crate::studio::{EMBED, count, engine_account, outbox};
+use executor::challenge::{self, DeviceClass};
 use gridbook_testkit::{TestApp, TestUser, error_code};
 
-async fn register(app: &TestApp, p: &TestUser, name: &str) -> Value {
+/// What a CPU-class node declares (the class of the tests' nodes: 256 items, not a GPU's 4,096).
+const CPU: (&str, i32) = ("cpu", 0);
+
+async fn register_as(app: &TestApp, p: &TestUser, name: &str, (gpu_model, vram_mb): (&str, i32)) -> Value {
     let r = app
         .post_as(
             p,
             "/v1/nodes",
-            &json!({"name": name, "gpu_model": "RTX 4090", "vram_mb": 24576, "region": "eu-west"}),
+            &json!({"name": name, "gpu_model": gpu_model, "vram_mb": vram_mb, "region": "eu-west"}),
         )
         .await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }
 
-async fn answer(app: &TestApp, p: &TestUser, node: &str, body: &Value) -> reqwest::Response {
+/// A CPU-class node, challenge pending.
+async fn register(app: &TestApp, p: &TestUser, name: &str) -> Value {
+    register_as(app, p, name, CPU).await
+}
+
+/// `POST /v1/nodes/{node}/challenge/commitment`.
+pub(crate) async fn commit(app: &TestApp, p: &TestUser, node: &str, body: &Value) -> reqwest::Response {
+    app.post_as(p, &format!("/v1/nodes/{node}/challenge/commitment"), body)
+        .await
+}
+
+/// `POST /v1/nodes/{node}/challenge`.
+pub(crate) async fn answer(app: &TestApp, p: &TestUser, node: &str, body: &Value) -> reqwest::Response {
     app.post_as(p, &format!("/v1/nodes/{node}/challenge"), body)
         .await
 }
 
-fn reference(nonce: &str, items: usize) -> Vec<Vec<f32>> {
-    gridbook_api::nodes::challenge_embeddings(nonce, items).unwrap_or_else(|e| {
-        panic!(
-            "the challenge needs ONNX Runtime and the MiniLM model (ORT_DYLIB_PATH, \
-             GRIDBOOK_MODELS_DIR; `eval \"$(cargo xtask env)\"`): {e}"
-        )
-    })
+fn need_model(e: String) -> ! {
+    panic!(
+        "the challenge needs ONNX Runtime and the MiniLM model (ORT_DYLIB_PATH, \
+         GRIDBOOK_MODELS_DIR; `eval \"$(cargo xtask env)\"`): {e}"
+    )
 }
 
-pub(crate) async fn passed_node(app: &TestApp, p: &TestUser) -> String {
-    let node = register(app, p, "passes").await;
-    let nonce = node["challenge"]["nonce"].as_str().unwrap().to_owned();
-    let embeddings = tokio::task::spawn_blocking(move || reference(&nonce, 32))
+/// The honest embeddings of every item of the challenge of `nonce` (off the async runtime).
+async fn reference(nonce: &str, items: usize) -> Vec<Vec<f32>> {
+    let nonce = nonce.to_owned();
+    tokio::task::spawn_blocking(move || gridbook_api::nodes::challenge_embeddings(&nonce, items))
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap_or_else(|e| need_model(e))
+}
+
+/// The honest embeddings of items `indices` only, in that order.
+async fn reference_at(nonce: &str, indices: &[usize]) -> Vec<Vec<f32>> {
+    let (nonce, indices) = (nonce.to_owned(), indices.to_vec());
+    tokio::task::spawn_blocking(move || gridbook_api::nodes::challenge_embeddings_at(&nonce, &indices))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| need_model(e))
+}
+
+/// Commits `embeddings` (their leaves) for `node` (a registration's response) and returns the
+/// drawn sample.
+async fn commit_to(app: &TestApp, p: &TestUser, node: &Value, embeddings: &[Vec<f32>]) -> Vec<usize> {
+    let r = commit(
+        app,
+        p,
+        node["id"].as_str().unwrap(),
+        &json!({"nonce": node["challenge"]["nonce"], "leaves": challenge::leaves(embeddings), "device": "cpu"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let v: Value = r.json().await.unwrap();
+    serde_json::from_value(v["sample"].clone()).unwrap()
+}
+
+/// Reveals `embeddings[i]` for each sampled `i`; returns the node as the verdict left it.
+async fn reveal(app: &TestApp, p: &TestUser, node: &Value, embeddings: &[Vec<f32>], sample: &[usize]) -> Value {
+    let revealed: Vec<&Vec<f32>> = sample.iter().map(|&i| &embeddings[i]).collect();
     let r = answer(
         app,
         p,
         node["id"].as_str().unwrap(),
-        &json!({"nonce": node["challenge"]["nonce"], "embeddings": embeddings, "elapsed_ms": 12, "device": "cpu"}),
+        &json!({"nonce": node["challenge"]["nonce"], "embeddings": revealed, "elapsed_ms": 12, "device": "cpu"}),
     )
     .await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+/// An honest node's challenge, both steps: embeds every item, commits to their leaves, reveals
+/// the sample. Returns the node as the verdict left it.
+pub(crate) async fn pass_challenge(app: &TestApp, p: &TestUser, node: &Value) -> Value {
+    let ch = &node["challenge"];
+    let items = ch["items"].as_u64().unwrap() as usize;
+    let embeddings = reference(ch["nonce"].as_str().unwrap(), items).await;
+    let sample = commit_to(app, p, node, &embeddings).await;
+    reveal(app, p, node, &embeddings, &sample).await
+}
+
+/// A CPU-class node of `p` that passed its challenge (its timing is not asserted: tests run in
+/// parallel on small machines).
+pub(crate) async fn passed_node(app: &TestApp, p: &TestUser) -> String {
+    let node = register(app, p, "passes").await;
+    let v = pass_challenge(app, p, &node).await;
     assert_eq!(v["challenge_status"], "passed", "{v}");
     node["id"].as_str().unwrap().to_owned()
 }
@@ -72,21 +135,46 @@ pub(crate) async fn post_ask(
     .await
 }
 
+/// Unit vectors that are not the model's answer (deterministic, varied).
+fn garbage(n: usize, salt: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|i| {
+            let v: Vec<f32> = (0..384).map(|j| ((((i + salt) * 7 + j * 13) % 17) as f32) - 8.0).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
 #[actix_web::test]
 async fn node_registration_and_the_hardware_challenge() {
     let app = TestApp::spawn().await;
     let p = app.signup("provider").await;
+    let cpu = DeviceClass::Cpu.spec();
 
-    let node = register(&app, &p, "gpu-box-1").await;
+    let node = register(&app, &p, "cpu-box-1").await;
     assert_eq!(node["status"], "probation");
     assert_eq!(node["reputation"], 5000);
     assert_eq!(node["challenge_status"], "pending");
-    assert_eq!(node["challenge"]["workload"], "embed");
-    assert_eq!(node["challenge"]["items"], 32);
-    let nonce = node["challenge"]["nonce"].as_str().unwrap().to_owned();
+    let ch = &node["challenge"];
+    assert_eq!(ch["workload"], "embed");
+    assert_eq!(
+        (ch["items"].as_u64(), ch["sample"].as_u64(), ch["class"].as_str(), ch["bound_ms"].as_u64(), ch["committed"].as_bool()),
+        (Some(cpu.items as u64), Some(cpu.sample as u64), Some("cpu"), Some(cpu.bound_ms), Some(false))
+    );
+    assert_eq!((node["challenge_class"].as_str(), node["challenge_bound_ms"].as_u64()), (Some("cpu"), Some(cpu.bound_ms)));
+    assert!(node["challenge_timing"].is_null() && node["challenge_ms"].is_null(), "{node}");
+    let nonce = ch["nonce"].as_str().unwrap().to_owned();
     assert_eq!(nonce.len(), 32);
     assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
     let id = node["id"].as_str().unwrap().to_owned();
+    // A declared GPU is the gpu class: the largest challenge, its (derived) bound.
+    let gpu = register_as(&app, &p, "gpu-box", ("RTX 4090", 24_576)).await;
+    let g = DeviceClass::Gpu.spec();
+    assert_eq!(
+        (gpu["challenge"]["class"].as_str(), gpu["challenge"]["items"].as_u64(), gpu["challenge"]["bound_ms"].as_u64()),
+        (Some("gpu"), Some(g.items as u64), Some(g.bound_ms))
+    );
 
     // Asks are refused before the challenge is passed.
     let r = post_ask(&app, &p, &id, 50, 10).await;
@@ -94,88 +182,121 @@ async fn node_registration_and_the_hardware_challenge() {
     assert_eq!(error_code(r).await, "challenge_not_passed");
 
     // The right embeddings, computed with the executor crate.
-    let n = nonce.clone();
-    let embeddings = tokio::task::spawn_blocking(move || reference(&n, 32))
-        .await
-        .unwrap();
-    assert_eq!(embeddings.len(), 32);
+    let embeddings = reference(&nonce, cpu.items).await;
+    assert_eq!(embeddings.len(), cpu.items);
     assert_eq!(embeddings[0].len(), 384);
+    let leaves = challenge::leaves(&embeddings);
 
-    // Wrong nonce: 400, nothing recorded.
-    let r = answer(
-        &app,
-        &p,
-        &id,
-        &json!({"nonce": "00", "embeddings": embeddings, "elapsed_ms": 5, "device": "cpu"}),
-    )
-    .await;
+    // Nothing to reveal before the commitment.
+    let r = answer(&app, &p, &id, &json!({"nonce": nonce, "embeddings": [], "elapsed_ms": 5, "device": "cpu"})).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "challenge_not_committed");
+    // Refused commitments record nothing: a wrong nonce, unknown fields, not one leaf per
+    // item, a leaf that is no sha256 (named), another provider's node.
+    let field = |r: reqwest::Response| async move {
+        let s = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        (s, v["error"]["field"].as_str().unwrap_or_default().to_owned())
+    };
+    let body = |nonce: &str, leaves: &[String]| json!({"nonce": nonce, "leaves": leaves, "device": "cpu"});
+    assert_eq!(field(commit(&app, &p, &id, &body("00", &leaves)).await).await, (400, "nonce".into()));
+    let r = commit(&app, &p, &id, &json!({"nonce": nonce, "leaves": leaves, "device": "cpu", "sample": [0]})).await;
     assert_eq!(r.status(), 400);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["field"], "nonce");
-    // Unknown fields are refused.
-    let r = answer(&app, &p, &id, &json!({"nonce": nonce, "embeddings": embeddings, "elapsed_ms": 5, "device": "cpu", "passed": true})).await;
-    assert_eq!(r.status(), 400);
-    // Another provider cannot answer for it.
+    assert_eq!(field(commit(&app, &p, &id, &body(&nonce, &leaves[1..])).await).await, (400, "leaves".into()));
+    let mut bad = leaves.clone();
+    bad[3] = "zz".repeat(32);
+    assert_eq!(field(commit(&app, &p, &id, &body(&nonce, &bad)).await).await, (400, "leaves[3]".into()));
+    bad[3] = leaves[3].to_uppercase();
+    assert_eq!(field(commit(&app, &p, &id, &body(&nonce, &bad)).await).await, (400, "leaves[3]".into()));
     let other = app.signup("provider").await;
-    let r = answer(
-        &app,
-        &other,
-        &id,
-        &json!({"nonce": nonce, "embeddings": embeddings, "elapsed_ms": 5, "device": "cpu"}),
-    )
-    .await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(commit(&app, &other, &id, &body(&nonce, &leaves)).await.status(), 404);
 
-    let r = answer(&app, &p, &id, &json!({"nonce": nonce, "embeddings": embeddings, "elapsed_ms": 812, "device": "cuda:0 RTX 4090"})).await;
+    // The commitment: timed by the market, answered with the sample.
+    let sample = commit_to(&app, &p, &node, &embeddings).await;
+    assert_eq!(sample.len(), cpu.sample);
+    let distinct: std::collections::HashSet<_> = sample.iter().collect();
+    assert_eq!(distinct.len(), cpu.sample, "{sample:?}");
+    assert!(sample.iter().all(|&i| i < cpu.items));
+    // Once: a replay of the same commitment, or another one, is refused.
+    let r = commit(&app, &p, &id, &body(&nonce, &leaves)).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "challenge_already_committed");
+    let committed: Value = app.get_as(&p, &format!("/v1/nodes/{id}")).await.json().await.unwrap();
+    assert_eq!(committed["challenge"]["committed"], true, "{committed}");
+    let measured = committed["challenge_ms"].as_i64().expect("the market's time is recorded at the commitment");
+    assert!((0..cpu.bound_ms as i64).contains(&measured), "{measured}");
+
+    // The reveal: a wrong nonce, unknown fields, not the sample's count, another provider.
+    let revealed: Vec<&Vec<f32>> = sample.iter().map(|&i| &embeddings[i]).collect();
+    let reveal_body = |nonce: &str, e: &[&Vec<f32>]| json!({"nonce": nonce, "embeddings": e, "elapsed_ms": 999_999, "device": "cpu"});
+    assert_eq!(field(answer(&app, &p, &id, &reveal_body("00", &revealed)).await).await, (400, "nonce".into()));
+    assert_eq!(field(answer(&app, &p, &id, &reveal_body(&nonce, &revealed[1..])).await).await, (400, "embeddings".into()));
+    let r = answer(&app, &p, &id, &json!({"nonce": nonce, "embeddings": revealed, "elapsed_ms": 5, "device": "cpu", "passed": true})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(answer(&app, &other, &id, &reveal_body(&nonce, &revealed)).await.status(), 404);
+
+    let r = answer(&app, &p, &id, &json!({"nonce": nonce, "embeddings": revealed, "elapsed_ms": 999_999, "device": "cuda:0 RTX 4090"})).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["challenge_status"], "passed", "{v}");
-    assert_eq!(v["challenge_ms"], 812);
+    assert_eq!(v["challenge_timing"], "fits", "{v}");
+    // The market's figure, not the node's.
+    assert_eq!(v["challenge_ms"].as_i64(), Some(measured), "{v}");
+    assert!(v["challenge_detail"].as_str().unwrap().contains("passed on cuda:0 RTX 4090"), "{v}");
     // Passing does not end probation, nor change reputation.
     assert_eq!(v["status"], "probation");
     assert_eq!(v["reputation"], 5000);
     assert!(v["challenge"].is_null());
 
-    // Answering twice is a conflict.
-    let r = answer(
-        &app,
-        &p,
-        &id,
-        &json!({"nonce": nonce, "embeddings": embeddings, "elapsed_ms": 5, "device": "cpu"}),
-    )
-    .await;
+    // Answering twice, or committing after the answer, is a conflict.
+    let r = answer(&app, &p, &id, &reveal_body(&nonce, &revealed)).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(error_code(r).await, "challenge_already_answered");
+    let r = commit(&app, &p, &id, &body(&nonce, &leaves)).await;
     assert_eq!(r.status(), 409);
     assert_eq!(error_code(r).await, "challenge_already_answered");
 
-    // Garbage fails, with the reason.
-    let bad = register(&app, &p, "gpu-box-2").await;
+    // Garbage committed and revealed fails, naming the first sampled item.
+    let bad = register(&app, &p, "cpu-box-2").await;
     let bad_id = bad["id"].as_str().unwrap();
-    let garbage: Vec<Vec<f32>> = (0..32)
-        .map(|i| {
-            (0..384)
-                .map(|j| (((i * 7 + j * 13) % 17) as f32) - 8.0)
-                .collect()
-        })
-        .collect();
-    let r = answer(&app, &p, bad_id, &json!({"nonce": bad["challenge"]["nonce"], "embeddings": garbage, "elapsed_ms": 1, "device": "cpu"})).await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let junk = garbage(cpu.items, 0);
+    let s = commit_to(&app, &p, &bad, &junk).await;
+    let v = reveal(&app, &p, &bad, &junk, &s).await;
     assert_eq!(v["challenge_status"], "failed", "{v}");
-    assert!(
-        v["challenge_detail"].as_str().unwrap().contains("item 0"),
-        "{v}"
-    );
+    assert!(v["challenge_timing"].is_null(), "{v}");
+    let detail = v["challenge_detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("item {}: cosine", s[0])), "{v}");
     let r = post_ask(&app, &p, bad_id, 50, 10).await;
     assert_eq!(error_code(r).await, "challenge_not_passed");
+
+    // A revealed vector that is not the committed one fails, naming the item, even when it is
+    // the right answer: this node committed to junk, then revealed the model's embeddings.
+    let swap = register(&app, &p, "cpu-box-3").await;
+    let s = commit_to(&app, &p, &swap, &garbage(cpu.items, 1)).await;
+    let right = reference_at(swap["challenge"]["nonce"].as_str().unwrap(), &s).await;
+    let r = answer(
+        &app,
+        &p,
+        swap["id"].as_str().unwrap(),
+        &json!({"nonce": swap["challenge"]["nonce"], "embeddings": right, "elapsed_ms": 1, "device": "cpu"}),
+    )
+    .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["challenge_status"], "failed", "{v}");
+    assert_eq!(
+        v["challenge_detail"].as_str().unwrap(),
+        format!("item {}: the revealed embedding does not hash to the leaf committed for it", s[0]),
+        "{v}"
+    );
 
     // Read back.
     let r = app.get_as(&p, &format!("/v1/nodes/{id}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["challenge_status"], "passed");
+    assert_eq!((v["challenge_status"].as_str(), v["challenge_timing"].as_str()), (Some("passed"), Some("fits")));
     assert!(v["last_heartbeat_at"].is_null());
     let list: Value = app.get_as(&p, "/v1/nodes").await.json().await.unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["data"].as_array().unwrap().len(), 4);
     assert_eq!(
         app.get_as(&other, &format!("/v1/nodes/{id}"))
             .await
@@ -193,6 +314,72 @@ async fn node_registration_and_the_hardware_challenge() {
         )
         .await;
     assert_eq!(r.status(), 403);
+}
+
+/// A node that computes only half of its challenge — the model's embeddings for the even items,
+/// random unit vectors for the odd ones, and honest leaves for both (what it committed to is
+/// what it reveals) — is caught by the sample unless all `k` drawn items are even. The draw is
+/// `k = 16` distinct items of 256 from the market's CSPRNG, so the node escapes with probability
+/// C(128, 16) / C(256, 16) ≈ 1.2 × 10⁻⁵, below (1/2)^k = (1/2)^16 ≈ 1.5 × 10⁻⁵: this test
+/// fails by chance about once in 80,000 runs.
+#[actix_web::test]
+async fn a_node_that_fakes_half_its_items_is_caught_by_the_sample() {
+    let app = TestApp::spawn().await;
+    let p = app.signup("provider").await;
+    let cpu = DeviceClass::Cpu.spec();
+    let node = register(&app, &p, "half").await;
+    let nonce = node["challenge"]["nonce"].as_str().unwrap();
+    let even: Vec<usize> = (0..cpu.items).step_by(2).collect();
+    let computed = reference_at(nonce, &even).await;
+    let fake = garbage(cpu.items, 7);
+    let embeddings: Vec<Vec<f32>> = (0..cpu.items)
+        .map(|i| if i % 2 == 0 { computed[i / 2].clone() } else { fake[i].clone() })
+        .collect();
+    let sample = commit_to(&app, &p, &node, &embeddings).await;
+    let v = reveal(&app, &p, &node, &embeddings, &sample).await;
+    assert_eq!(v["challenge_status"], "failed", "sample {sample:?}: {v}");
+    // The first faked item of the sample is named, as a wrong answer (its leaf matched).
+    let first_fake = sample.iter().find(|&&i| i % 2 == 1).expect("an odd item in the sample");
+    let detail = v["challenge_detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("item {first_fake}: cosine")), "{v}");
+    let r = post_ask(&app, &p, node["id"].as_str().unwrap(), 50, 10).await;
+    assert_eq!(error_code(r).await, "challenge_not_passed");
+}
+
+/// A commitment that arrives after the class's bound (by the market's clock: here the nonce is
+/// made older than the bound in the database) passes a right answer as `too_slow`: the node
+/// may post asks within the probation caps, as any probation node (it never leaves probation:
+/// settlement's `probation` test).
+#[actix_web::test]
+async fn a_commitment_after_the_class_bound_passes_too_slow() {
+    let app = TestApp::spawn_with(|s| s.limits.probation_ask_qty = 100).await;
+    let p = app.signup("provider").await;
+    let cpu = DeviceClass::Cpu.spec();
+    let node = register(&app, &p, "slow").await;
+    let id = node["id"].as_str().unwrap().to_owned();
+    {
+        use diesel::RunQueryDsl;
+        let mut c = app.db.conn();
+        diesel::sql_query(format!(
+            "UPDATE nodes SET challenge_issued_at = challenge_issued_at - interval '{} milliseconds' WHERE id = '{id}'",
+            cpu.bound_ms + 1_000
+        ))
+        .execute(&mut c)
+        .unwrap();
+    }
+    let v = pass_challenge(&app, &p, &node).await;
+    assert_eq!(v["challenge_status"], "passed", "{v}");
+    assert_eq!(v["challenge_timing"], "too_slow", "{v}");
+    let ms = v["challenge_ms"].as_i64().unwrap();
+    assert!(ms > cpu.bound_ms as i64, "{ms}");
+    assert_eq!(v["challenge_bound_ms"].as_i64(), Some(cpu.bound_ms as i64));
+    assert!(v["challenge_detail"].as_str().unwrap().ends_with("too_slow"), "{v}");
+    assert_eq!(v["status"], "probation");
+    // It trades within the probation cap, not above it.
+    let r = post_ask(&app, &p, &id, 50, 60).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = post_ask(&app, &p, &id, 50, 41).await;
+    assert_eq!(error_code(r).await, "probation_cap");
 }
 
 #[actix_web::test]

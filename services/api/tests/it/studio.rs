@@ -539,6 +539,7 @@ async fn the_openapi_document_lists_files_jobs_nodes_and_asks() {
         "/v1/jobs",
         "/v1/jobs/{id}/cancel",
         "/v1/nodes/{id}/challenge",
+        "/v1/nodes/{id}/challenge/commitment",
         "/v1/asks/{id}",
         "/v1/earnings",
     ] {

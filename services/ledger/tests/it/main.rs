@@ -2,7 +2,7 @@
 //! gets its own fresh database from a migrated template (`TestDb`).
 
 mod bank;
-mod epoch;
+mod supply;
 mod escrow;
 mod events;
 mod rules;

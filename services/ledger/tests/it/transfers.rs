@@ -42,7 +42,8 @@ fn rejections_are_typed_and_leave_no_effect() {
     let c = &mut db.conn();
     let a = funded(c, "USD", AccountCode::Studio, 100);
     let b = funded(c, "USD", AccountCode::Provider, 0);
-    let g = funded(c, "GRID", AccountCode::Provider, 0);
+    // Another ledger (GRID itself allows no operator account: `supply`).
+    let g = funded(c, "EUR", AccountCode::Provider, 0);
     let code = |c: &mut diesel::PgConnection, t: NewTransfer| {
         store::create_transfer(c, &t).unwrap_err().code()
     };

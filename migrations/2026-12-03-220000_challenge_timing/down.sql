@@ -1,0 +1,10 @@
+ALTER TABLE nodes
+    DROP CONSTRAINT nodes_challenge_committed_with_sample,
+    DROP COLUMN challenge_timing,
+    DROP COLUMN challenge_sample,
+    DROP COLUMN challenge_committed_at,
+    DROP COLUMN challenge_issued_at,
+    DROP COLUMN challenge_bound_ms,
+    DROP COLUMN challenge_sample_size,
+    DROP COLUMN challenge_items,
+    DROP COLUMN challenge_class;
