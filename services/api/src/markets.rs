@@ -160,6 +160,85 @@ pub struct MarketInfo {
     pub bbo: Bbo,
     /// WebSocket clients streaming this market from this API process now.
     pub ws_clients: usize,
+    /// Who supplies this market, in aggregate (`GET /v1/markets/{market}` of a compute market
+    /// only; absent in the list).
+    pub providers: Option<ProviderAggregate>,
+}
+
+/// The supply side of a compute market as a studio may judge it: the nodes with an open ask
+/// now, their reliability scores and uptime, and the market's verification outcomes of the
+/// last 24 hours. No node or provider is named.
+#[derive(Serialize, ToSchema, Default)]
+pub struct ProviderAggregate {
+    /// Distinct nodes with an open ask.
+    pub nodes_offering: i64,
+    /// Of them: off probation (`active`), and on probation.
+    pub active: i64,
+    pub probation: i64,
+    /// Their reliability scores, bps: lowest and median (absent without nodes).
+    pub reliability_min_bps: Option<i32>,
+    pub reliability_median_bps: Option<i32>,
+    /// Their mean uptime over the last 24 hours, bps (heartbeat minutes / minutes).
+    pub uptime_24h_mean_bps: Option<i32>,
+    /// Assignments of this market verified in the last 24 hours: passed and failed.
+    pub verified_24h_passed: i64,
+    pub verified_24h_failed: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct AggregateRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    nodes_offering: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    active: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    probation: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    reliability_min_bps: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    reliability_median_bps: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    uptime_24h_mean_bps: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    verified_24h_passed: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    verified_24h_failed: i64,
+}
+
+/// One query: the nodes offering in `market` and its last day's verification outcomes.
+fn provider_aggregate(c: &mut diesel::PgConnection, market: &str) -> ApiResult<ProviderAggregate> {
+    use diesel::RunQueryDsl;
+    let r: AggregateRow = diesel::sql_query(
+        "WITH offering AS (
+           SELECT DISTINCT n.id, n.status, n.reputation FROM asks a JOIN nodes n ON n.id = a.node_id
+            WHERE a.market = $1 AND a.status = 'open'),
+         up AS (
+           SELECT o.id, (SELECT count(*) FROM node_uptime u
+                          WHERE u.node_id = o.id AND u.minute >= now() - interval '24 hours') AS minutes
+             FROM offering o)
+         SELECT (SELECT count(*) FROM offering)::bigint AS nodes_offering,
+                (SELECT count(*) FROM offering WHERE status = 'active')::bigint AS active,
+                (SELECT count(*) FROM offering WHERE status = 'probation')::bigint AS probation,
+                (SELECT min(reputation) FROM offering)::int AS reliability_min_bps,
+                (SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY reputation) FROM offering)::int AS reliability_median_bps,
+                (SELECT avg(least(minutes, 1440) * 10000 / 1440) FROM up)::int AS uptime_24h_mean_bps,
+                (SELECT count(*) FROM assignment_verifications v
+                  WHERE v.market = $1 AND v.outcome = 'passed' AND v.created_at >= now() - interval '24 hours')::bigint AS verified_24h_passed,
+                (SELECT count(*) FROM assignment_verifications v
+                  WHERE v.market = $1 AND v.outcome = 'failed' AND v.created_at >= now() - interval '24 hours')::bigint AS verified_24h_failed",
+    )
+    .bind::<diesel::sql_types::Text, _>(market)
+    .get_result(c)?;
+    Ok(ProviderAggregate {
+        nodes_offering: r.nodes_offering,
+        active: r.active,
+        probation: r.probation,
+        reliability_min_bps: r.reliability_min_bps,
+        reliability_median_bps: r.reliability_median_bps,
+        uptime_24h_mean_bps: r.uptime_24h_mean_bps,
+        verified_24h_passed: r.verified_24h_passed,
+        verified_24h_failed: r.verified_24h_failed,
+    })
 }
 
 fn info(m: &Market, feeds: &Feeds) -> MarketInfo {
@@ -190,6 +269,7 @@ fn info(m: &Market, feeds: &Feeds) -> MarketInfo {
         seq: live.map(|(s, _)| s),
         bbo: live.map(|(_, b)| b).unwrap_or_default(),
         ws_clients: feed.map_or(0, |f| f.clients()),
+        providers: None,
     }
 }
 
@@ -210,7 +290,8 @@ pub async fn list_markets(state: web::Data<AppState>, feeds: web::Data<Feeds>) -
     HttpResponse::Ok().json(MarketList { markets })
 }
 
-/// One market's configuration and top of book. Public.
+/// One market's configuration, top of book and, for a compute market, its providers in
+/// aggregate (`providers`). Public.
 #[utoipa::path(get, path = "/v1/markets/{market}", tag = "markets",
     params(("market" = String, Path, description = "market symbol, e.g. EMBED-MINILM-L6")),
     responses((status = 200, body = MarketInfo), (status = 404, body = ErrorResponse)))]
@@ -220,7 +301,12 @@ pub async fn get_market(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let m = market(&state, &path)?;
-    Ok(HttpResponse::Ok().json(info(m, &feeds)))
+    let mut out = info(m, &feeds);
+    if m.kind.work().is_some() {
+        let symbol = m.config.market.0.clone();
+        out.providers = Some(crate::db::run(&state.db, move |c| provider_aggregate(c, &symbol)).await?);
+    }
+    Ok(HttpResponse::Ok().json(out))
 }
 
 #[derive(serde::Deserialize, IntoParams)]

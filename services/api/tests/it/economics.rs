@@ -59,6 +59,12 @@ async fn economics_fees_rewards_grid_market_buyback_and_burn_reconcile() {
     let (job, seen) = wait_for_job(app, &studio, &job_id).await;
     assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
 
+    // Studios see the market's supply in aggregate (no node named): its verified assignment.
+    let m = public(app, &format!("/v1/markets/{RENDER}")).await;
+    let agg = &m["providers"];
+    assert_eq!((agg["verified_24h_passed"].as_i64(), agg["verified_24h_failed"].as_i64()), (Some(1), Some(0)), "{m}");
+    assert!(public(app, "/v1/markets").await["markets"][0]["providers"].is_null(), "not in the list");
+
     // 2. An epoch close rewards the node in GRID (emission) and credits (the fees' share).
     let grid = wait_for("the provider's GRID reward", 90, async || {
         let b = json_of(app.get_as(&provider, "/v1/token/balance").await).await;
