@@ -1,6 +1,8 @@
-//! `loadtest sybil`: what identity clusters change for the anti-whale cap, on the real matching
-//! core (`matching-core`, the engine's book) with the dev market's cap (25 % of a rolling
-//! window). Pure: no NATS, no database; the API's part — which owner an ask carries — is
+//! `loadtest sybil`: what identity clusters change for the anti-whale cap and for rewards, with
+//! the dev market's cap (25 % of a rolling window). By default on the in-process matching core
+//! (`matching-core`, the engine's book: deterministic); with `--engine BIN` on a real
+//! `matching-engine` process over NATS JetStream, one message per round. No database; the API's
+//! part — which owner an ask carries — is
 //! modelled by the mapping column (`account`: every account its own owner, as before clusters;
 //! `cluster`: the operator's accounts are one owner, as `gridbook_db::identity` makes them when
 //! they share a network or a machine).
@@ -23,6 +25,122 @@ pub struct Args {
     /// Rounds per scenario.
     #[arg(long, default_value_t = 400)]
     rounds: u64,
+    /// Match on a real `matching-engine` process over NATS JetStream instead of the in-process
+    /// core: the binary to start (e.g. target/release/matching-engine). Needs the services
+    /// (`cargo xtask services start`, `eval "$(cargo xtask env)"`).
+    #[arg(long)]
+    engine: Option<std::path::PathBuf>,
+}
+
+/// Where the commands go: the in-process core, or a real engine process (`EngineBook`).
+trait Book {
+    /// Applies one round's commands, in order, and returns their events.
+    fn apply(&mut self, cmds: Vec<CommandKind>) -> anyhow::Result<Vec<Event>>;
+}
+
+struct CoreBook {
+    book: OrderBook,
+    seq: u64,
+}
+
+impl Book for CoreBook {
+    fn apply(&mut self, cmds: Vec<CommandKind>) -> anyhow::Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for kind in cmds {
+            self.seq += 1;
+            self.book.apply(&Command { seq: self.seq, time: self.seq, kind }, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// A `matching-engine run` process serving one market, fed one NATS message per round (the
+/// round's commands as one array, as the API's outbox batches them); the round's events are
+/// the event frames of that message (one per command).
+struct EngineBook {
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    events: async_nats::Subscriber,
+    market: String,
+    round: u64,
+    _engine: EngineProcess,
+    _dir: gridbook_testkit::TempDir,
+}
+
+struct EngineProcess(std::process::Child);
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl EngineBook {
+    fn start(bin: &std::path::Path, config: &MarketConfig, tag: &str) -> anyhow::Result<EngineBook> {
+        use anyhow::Context as _;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let url = std::env::var("GRIDBOOK_NATS_URL").context("GRIDBOOK_NATS_URL (eval \"$(cargo xtask env)\")")?;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let market = format!("SYBIL-{tag}-{stamp}");
+        let dir = gridbook_testkit::TempDir::new("sybil-engine");
+        let toml = format!(
+            "engine_id = \"sybil-{stamp}\"\n\n[[markets]]\nmarket = \"{market}\"\nmin_price = 1\nmax_price = 1000\nmax_qty = 100000\nfee_bps = 0\n\
+             whale_cap_bps = {}\nwhale_window = {}\nwhale_min_volume = {}\nwhale_min_owners = {}\nmax_orders = 1000000\nmax_levels = 100000\n",
+            config.whale_cap_bps, config.whale_window, config.whale_min_volume, config.whale_min_owners
+        );
+        std::fs::write(dir.path().join("engine.toml"), toml)?;
+        let access = gridbook_testkit::NatsAccess::with_env_keys(&url);
+        let mut command = std::process::Command::new(bin);
+        command.args(["run", "--config"]).arg(dir.path().join("engine.toml")).env("GRIDBOOK_NATS_URL", &url).env("RUST_LOG", "warn");
+        if let Some(f) = access.nkey_file(gridbook_testkit::Service::Engine) {
+            command.env("GRIDBOOK_NATS_NKEY_FILE", f);
+        }
+        let engine = EngineProcess(command.spawn().with_context(|| format!("starting {}", bin.display()))?);
+        let (js, events) = rt.block_on(async {
+            let client = access.try_connect(gridbook_testkit::Service::Api).await?;
+            let js = async_nats::jetstream::new(client.clone());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while js.get_stream(gridbook_wire::streams::COMMANDS).await.is_err() {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "the engine did not create its streams");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let events = client.subscribe(gridbook_wire::subjects::market_evt(&market)).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await; // the market task subscribes
+            anyhow::Ok((js, events))
+        })?;
+        Ok(EngineBook { rt, js, events, market, round: 0, _engine: engine, _dir: dir })
+    }
+}
+
+impl Book for EngineBook {
+    fn apply(&mut self, cmds: Vec<CommandKind>) -> anyhow::Result<Vec<Event>> {
+        use futures::StreamExt;
+        self.round += 1;
+        let n = cmds.len();
+        let (js, events, market, round) = (&self.js, &mut self.events, &self.market, self.round);
+        self.rt.block_on(async move {
+            let payload = serde_json::to_vec(&cmds)?;
+            let msg = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(format!("{market}.{round}"));
+            let seq = js.send_publish(gridbook_wire::subjects::market_cmd(market), msg).await?.await?.sequence;
+            let (mut frames, mut out) = (0, Vec::new());
+            while frames < n {
+                let msg = tokio::time::timeout(std::time::Duration::from_secs(30), events.next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no event frames for round {round}"))?
+                    .ok_or_else(|| anyhow::anyhow!("event subscription ended"))?;
+                for f in serde_json::from_slice::<Vec<gridbook_wire::market::EventFrame>>(&msg.payload)? {
+                    if f.stream_seq == seq {
+                        frames += 1;
+                        out.extend(f.events);
+                    }
+                }
+            }
+            anyhow::Ok(out)
+        })
+    }
 }
 
 struct Scenario {
@@ -81,18 +199,21 @@ fn formula_shares(nodes: &[(u64, f64)], cap: f64) -> Vec<f64> {
     nodes.iter().map(|(c, x)| if *x > 0.0 { alloc[c] * x / w[c] } else { 0.0 }).collect()
 }
 
-fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64) -> Shares {
+fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64, engine: Option<&std::path::Path>) -> anyhow::Result<Shares> {
     let config = MarketConfig {
         market: MarketId("SYBIL".into()),
         whale_cap_bps: 2_500,
-        whale_window: 10_000,
+        // The core's clock is the command sequence; the engine's is milliseconds.
+        whale_window: if engine.is_some() { 1_000 } else { 10_000 },
         whale_min_volume: 20,
         whale_min_owners: min_owners,
         ..MarketConfig::default()
     };
-    let mut book = OrderBook::new(config).expect("config");
-    let (mut seq, mut next_id) = (0u64, 1u64);
-    let mut out: Vec<Event> = Vec::new();
+    let mut book: Box<dyn Book> = match engine {
+        Some(bin) => Box::new(EngineBook::start(bin, &config, if clustered { "C" } else { "A" })?),
+        None => Box::new(CoreBook { book: OrderBook::new(config).map_err(|e| anyhow::anyhow!("config: {e:?}"))?, seq: 0 }),
+    };
+    let mut next_id = 1u64;
     let (mut op_vol, mut honest_vol, mut offered) = (0u64, 0u64, 0u64);
     let mut volume: std::collections::BTreeMap<u64, u64> = Default::default();
     // Accounts: 1..=honest are honest providers, then the operator's, then the studio.
@@ -101,53 +222,47 @@ fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64) -> Share
     let owner_of = |account: u64| -> u64 {
         if clustered && account >= operator_first { operator_first } else { account }
     };
-    let mut apply = |kind: CommandKind, out: &mut Vec<Event>| {
-        seq += 1;
-        book.apply(&Command { seq, time: seq, kind }, out);
-    };
     for _ in 0..rounds {
+        // One round = one batch: every node's ask, the studio's IOC bid, the cancels.
+        let mut cmds = Vec::new();
         let mut asks = Vec::new();
         for account in 1..studio {
             let id = next_id;
             next_id += 1;
             let price = if account >= operator_first { 99 } else { 100 };
-            apply(
-                CommandKind::Place(Place {
-                    id: OrderId(id),
-                    account: AccountId(account),
-                    owner: Some(OwnerId(owner_of(account))),
-                    side: Side::Ask,
-                    price: Some(price),
-                    qty: 1,
-                    tif: TimeInForce::Gtc,
-                    post_only: false,
-                    budget: None,
-                    stp: None,
-                }),
-                &mut out,
-            );
-            asks.push((id, account));
-        }
-        offered += asks.len() as u64;
-        out.clear();
-        let bid = next_id;
-        next_id += 1;
-        apply(
-            CommandKind::Place(Place {
-                id: OrderId(bid),
-                account: AccountId(studio),
-                owner: None,
-                side: Side::Bid,
-                price: Some(110),
-                qty: (asks.len() as u64 / 2).max(1),
-                tif: TimeInForce::Ioc,
+            cmds.push(CommandKind::Place(Place {
+                id: OrderId(id),
+                account: AccountId(account),
+                owner: Some(OwnerId(owner_of(account))),
+                side: Side::Ask,
+                price: Some(price),
+                qty: 1,
+                tif: TimeInForce::Gtc,
                 post_only: false,
                 budget: None,
                 stp: None,
-            }),
-            &mut out,
-        );
-        for e in out.drain(..) {
+            }));
+            asks.push((id, account));
+        }
+        offered += asks.len() as u64;
+        let bid = next_id;
+        next_id += 1;
+        cmds.push(CommandKind::Place(Place {
+            id: OrderId(bid),
+            account: AccountId(studio),
+            owner: None,
+            side: Side::Bid,
+            price: Some(110),
+            qty: (asks.len() as u64 / 2).max(1),
+            tif: TimeInForce::Ioc,
+            post_only: false,
+            budget: None,
+            stp: None,
+        }));
+        for (id, account) in &asks {
+            cmds.push(CommandKind::Cancel(Cancel { id: OrderId(*id), account: AccountId(*account) }));
+        }
+        for e in book.apply(cmds)? {
             if let EventKind::Fill { maker_account, qty, .. } = e.kind {
                 *volume.entry(maker_account.0).or_default() += qty;
                 if maker_account.0 >= operator_first {
@@ -157,10 +272,6 @@ fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64) -> Share
                 }
             }
         }
-        for (id, account) in asks {
-            apply(CommandKind::Cancel(Cancel { id: OrderId(id), account: AccountId(account) }), &mut out);
-        }
-        out.clear();
     }
     let matched = op_vol + honest_vol;
     // One epoch's rewards for that work: each node its matched volume × its price.
@@ -192,7 +303,7 @@ fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64) -> Share
             .sum::<f64>()
             / POOL as f64
     };
-    Shares {
+    Ok(Shares {
         operator: op_vol as f64 / matched.max(1) as f64,
         honest: honest_vol as f64 / matched.max(1) as f64,
         matched,
@@ -200,7 +311,7 @@ fn run_one(s: &Scenario, clustered: bool, min_owners: u32, rounds: u64) -> Share
         operator_reward: reward(true),
         honest_reward: reward(false),
         worst_gap,
-    }
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -209,6 +320,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Scenario { name: "20 small providers vs a 50-node farm", honest: 20, operator: 50 },
         Scenario { name: "5 small providers vs a 5-node farm", honest: 5, operator: 5 },
     ];
+    match &args.engine {
+        Some(bin) => println!("matching: a real {} process over NATS JetStream (one message per round), anti-whale window 1 s of wall clock", bin.display()),
+        None => println!("matching: the in-process matching core (the engine's book), anti-whale window 10,000 commands"),
+    }
     println!("anti-whale cap 25 % of a rolling window (min volume 20), {} rounds per row; each round every node offers 1 lot (the operator's at 99, the others at 100), a studio IOC takes half of them", args.rounds);
     println!();
     println!("| scenario | owner = | whale_min_owners | operator's share | the others' share | matched / offered | operator's reward | the others' reward | rolled over | worst node gap to formula |");
@@ -216,7 +331,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for s in &scenarios {
         for (clustered, label) in [(false, "account"), (true, "cluster")] {
             for min_owners in [0u32, 4] {
-                let r = run_one(s, clustered, min_owners, args.rounds);
+                let r = run_one(s, clustered, min_owners, args.rounds, args.engine.as_deref())?;
                 println!(
                     "| {} | {label} | {min_owners} | {:.1} % | {:.1} % | {} / {} | {:.1} % | {:.1} % | {:.1} % | {:.5} % |",
                     s.name,
