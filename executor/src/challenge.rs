@@ -93,7 +93,7 @@ pub struct ClassSpec {
 ///   (max 4,004 ms) and on one intra-op thread (max 2,425 ms), with room left for the two HTTP
 ///   round trips (the registration's response, the ~17 KB commitment).
 /// * `gpu` — 4,096 items ([`MAX_ITEMS`]), bound **DERIVED, NOT MEASURED** (no GPU was at hand):
-///   /work/shared/design/onnx-runtime.md measured MiniLM-L6 on one H100 with ORT's CUDA EP at
+///   the design notes (`shared/design/onnx-runtime.md`, outside this repository) measured MiniLM-L6 on one H100 with ORT's CUDA EP at
 ///   15,960–47,170 sequences/s (seq 128; the challenge's texts are shorter). At the slowest of
 ///   those, 4,096 items take 257 ms; ×8 for a smaller GPU or a less tuned setup (≈ 2,000
 ///   sequences/s) is 2,048 ms; plus about 1,000 ms for the round trips and the ~270 KB
