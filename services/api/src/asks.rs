@@ -55,6 +55,42 @@ pub struct CreateAsk {
     pub price: i64,
     /// Units (= lots) offered, 1..=the market's max order quantity.
     pub qty: i64,
+    /// Never take: an ask that would cross a resting bid is rejected by the engine and closes
+    /// with `close_reason: "post_only_would_cross"` (default false).
+    #[serde(default)]
+    pub post_only: bool,
+    /// Self-trade prevention when this ask meets a bid of your own account: `cancel_newest`
+    /// (the incoming order's remainder is cancelled), `cancel_oldest` (the resting order is),
+    /// `cancel_both`. Default: the market's mode.
+    #[serde(default)]
+    pub stp: Option<Stp>,
+}
+
+/// A self-trade-prevention mode (the engine's `StpMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stp {
+    CancelNewest,
+    CancelOldest,
+    CancelBoth,
+}
+
+impl Stp {
+    fn engine(self) -> matching_core::StpMode {
+        match self {
+            Stp::CancelNewest => matching_core::StpMode::CancelNewest,
+            Stp::CancelOldest => matching_core::StpMode::CancelOldest,
+            Stp::CancelBoth => matching_core::StpMode::CancelBoth,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Stp::CancelNewest => "cancel_newest",
+            Stp::CancelOldest => "cancel_oldest",
+            Stp::CancelBoth => "cancel_both",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,6 +111,14 @@ pub struct AskOut {
     pub qty: i64,
     /// `open`, `cancel_requested` or `closed`.
     pub status: String,
+    pub post_only: bool,
+    /// The ask's own self-trade-prevention mode; absent: the market's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stp: Option<String>,
+    /// Why a closed ask closed: `filled`, `cancelled`, `expired`, `self_trade`, or the engine's
+    /// rejection of its place (e.g. `post_only_would_cross`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -99,6 +143,9 @@ pub struct AskRow {
     pub status: AskStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub post_only: bool,
+    pub stp: Option<String>,
+    pub close_reason: Option<String>,
 }
 
 impl From<AskRow> for AskOut {
@@ -111,6 +158,9 @@ impl From<AskRow> for AskOut {
             price: r.price,
             qty: r.qty,
             status: r.status.as_str().into(),
+            post_only: r.post_only,
+            stp: r.stp,
+            close_reason: r.close_reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -305,6 +355,9 @@ pub async fn create_ask(
                 status: AskStatus::Open,
                 created_at: now,
                 updated_at: now,
+                post_only: req.post_only,
+                stp: req.stp.map(|m| m.as_str().to_owned()),
+                close_reason: None,
             };
             let row: AskRow = diesel::insert_into(asks::table)
                 .values(&row)
@@ -322,12 +375,12 @@ pub async fn create_ask(
                     price: Some(req.price as u64),
                     qty: req.qty as u64,
                     tif: TimeInForce::Gtc,
-                    post_only: false,
+                    post_only: req.post_only,
                     budget: None,
-                    stp: None,
+                    stp: req.stp.map(Stp::engine),
                 }),
             )?;
-            tracing::info!(ask = %row.id, node = %row.node_id, user = %principal.user_id, market = %row.market, price = row.price, qty = row.qty, engine_order_id, "ask placed");
+            tracing::info!(ask = %row.id, node = %row.node_id, user = %principal.user_id, market = %row.market, price = row.price, qty = row.qty, post_only = row.post_only, stp = ?row.stp, engine_order_id, "ask placed");
             Ok((StatusCode::CREATED, AskOut::from(row)))
         })
     })

@@ -15,7 +15,13 @@
 //! Statuses: `validating` is the state while the input is checked. Files are checked in full at
 //! upload, so a job is created directly as `queued` (escrow reserved, order in the outbox). The
 //! settlement worker moves it on (`running`, `verifying`, `completed`, `failed`, `expired`,
-//! `cancelled`).
+//! `cancelled`, `rejected`).
+//!
+//! Time in force (`time_in_force`): `gtc` rests until the deadline (a GTD order); `ioc` and
+//! `fok` are the engine's. The engine cancels an IOC remainder (`cancelled`, reason `unfilled`)
+//! and the worker releases it like a cancel; it rejects an unfillable FOK (`fok_unfillable`) and
+//! the worker releases the whole reservation and records the reason on the job
+//! (`jobs.reject_reason`), which the finisher ends `rejected`.
 //!
 //! Cancel: allowed while `queued` or `running`; sets `cancel_requested_at` and queues an engine
 //! Cancel in the same transaction. The worker releases the unfilled reservation when the
@@ -40,7 +46,7 @@ use crate::files::Page;
 use crate::idempotency::{self, IdempotencyKey};
 use crate::schema::{files, jobs};
 use gridbook_db::rows::JobRow;
-use gridbook_db::status::JobStatus;
+use gridbook_db::status::{JobStatus, JobTimeInForce};
 use crate::state::AppState;
 
 /// The latest deadline a job may have, from now.
@@ -59,7 +65,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(create))
             .route(web::get().to(list)),
     )
-    .service(web::resource("/jobs/{id}").route(web::get().to(get)))
+    .service(
+        web::resource("/jobs/{id}")
+            .route(web::get().to(get))
+            .route(web::patch().to(amend)),
+    )
     .service(web::resource("/jobs/{id}/cancel").route(web::post().to(cancel)))
     .service(web::resource("/jobs/{id}/output").route(web::get().to(output)))
     .service(web::resource("/jobs/{id}/errors").route(web::get().to(errors)))
@@ -86,6 +96,32 @@ pub struct CreateJob {
     /// market's; its sha256 is pinned in the job.
     #[serde(default)]
     pub model_id: Option<Uuid>,
+    /// How long the bid may wait on the book: `gtc` (default: until the deadline), `ioc` (what
+    /// the book fills at once runs, the rest is released at once; the job completes with the
+    /// filled part), `fok` (every unit at once, or the job ends `rejected` with
+    /// `reject_reason: "fok_unfillable"` and everything released).
+    #[serde(default)]
+    pub time_in_force: TimeInForce,
+}
+
+/// A job's time in force (see [`CreateJob::time_in_force`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeInForce {
+    #[default]
+    Gtc,
+    Ioc,
+    Fok,
+}
+
+impl From<TimeInForce> for JobTimeInForce {
+    fn from(t: TimeInForce) -> Self {
+        match t {
+            TimeInForce::Gtc => JobTimeInForce::Gtc,
+            TimeInForce::Ioc => JobTimeInForce::Ioc,
+            TimeInForce::Fok => JobTimeInForce::Fok,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -115,8 +151,14 @@ pub struct JobOut {
     pub id: Uuid,
     pub market: String,
     /// `validating`, `queued`, `running`, `verifying`, `completed`, `failed`, `expired`,
-    /// `cancelled`.
+    /// `cancelled`, `rejected` (the market refused the bid: `reject_reason`; or an IOC job of
+    /// which nothing filled).
     pub status: String,
+    /// `gtc`, `ioc` or `fok`.
+    pub time_in_force: String,
+    /// Why the market rejected the job's bid (e.g. `fok_unfillable`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_reason: Option<String>,
     pub input_file: Uuid,
     pub request_counts: RequestCounts,
     /// 0..1: finished (completed + failed) items over all items.
@@ -152,6 +194,8 @@ fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
         id: r.id,
         market: r.market,
         status: r.status.as_str().into(),
+        time_in_force: r.time_in_force.as_str().into(),
+        reject_reason: r.reject_reason,
         input_file: r.input_file,
         request_counts: RequestCounts {
             total: r.items,
@@ -304,21 +348,30 @@ pub fn check_request(
     Ok(market)
 }
 
-/// The engine command that places a job's bid.
+/// The engine command that places a job's bid: `gtc` is a GTD order at the job's deadline (the
+/// one builder the settlement worker's re-bids of failed units use too: a re-bid of units that
+/// did fill waits until the deadline whatever the job's time in force), `ioc`/`fok` the engine's.
 pub fn place_bid(
     engine_order_id: u64,
     engine_account: u64,
     req: &CreateJob,
     units: u64,
 ) -> CommandKind {
-    // The one builder of a job's bid (the settlement worker's re-bids of failed units use it).
-    orders::place_bid_command(
+    let mut cmd = orders::place_bid_command(
         engine_order_id,
         engine_account,
         req.limit_price as u64,
         units,
         req.deadline.timestamp_millis().max(0) as u64,
-    )
+    );
+    if let CommandKind::Place(p) = &mut cmd {
+        match req.time_in_force {
+            TimeInForce::Gtc => {}
+            TimeInForce::Ioc => p.tif = matching_core::TimeInForce::Ioc,
+            TimeInForce::Fok => p.tif = matching_core::TimeInForce::Fok,
+        }
+    }
+    cmd
 }
 
 /// The escrow figures of an order the moment its reservation is created: everything reserved is
@@ -456,6 +509,8 @@ pub fn create_in_tx(
         metadata: req.metadata.clone().map(serde_json::Value::Object),
         model_id: model.as_ref().map(|m| m.id),
         model_sha256: model.map(|m| m.sha256),
+        time_in_force: req.time_in_force.into(),
+        reject_reason: None,
     };
     let row: JobRow = diesel::insert_into(jobs::table)
         .values(&row)
@@ -557,6 +612,160 @@ pub async fn get(
     })
     .await?;
     Ok(HttpResponse::Ok().json(out))
+}
+
+/// What a studio may change on a waiting job: its limit price, upwards only.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmendJob {
+    /// The new limit, minor units per unit: above the current one (equal: nothing changes) and
+    /// within the market's min/max price.
+    pub limit_price: i64,
+}
+
+/// Raise a waiting job's limit price. In ONE transaction: the escrow order's reservation grows
+/// by `open units × (unit_reserve(new) − unit_reserve(old))`, a further hold from the studio's
+/// available balance (`escrow::raise_limit`), the job's `limit_price`, and the engine `Amend`
+/// (price change) in the outbox.
+///
+/// Why the database changes before the engine does: a reservation above what the engine's
+/// order can take is always safe (a fill at ≤ the old limit releases the larger improvement; a
+/// cancel or expiry releases the open units at the new reserve), while a fill at the new price
+/// against the old reservation would be refused. So the raise is committed first and the
+/// engine's `amended` event finds the new limit. A price change loses time priority on the book
+/// (the engine re-matches the order as a taker at the new price and rests the rest at the back
+/// of its new level). If the engine refuses the amend (the order closed meanwhile, the book is
+/// full), the extra hold comes back with the order's next fill, cancel or expiry.
+///
+/// Refused: lowering (400 `limit_price`), outside the market's bounds (400), a job that is not
+/// waiting on the book — finished, cancel requested, IOC/FOK, no open unit, or with re-bids of
+/// failed units open (409 `not_amendable`), and a raise the balance does not cover (409
+/// `insufficient_funds` naming `limit_price`; nothing changes).
+#[utoipa::path(patch, path = "/v1/jobs/{id}", tag = "jobs",
+    request_body = AmendJob,
+    responses((status = 200, body = JobOut),
+        (status = 400, description = "`limit_price` lower than the current one or outside the market's bounds", body = crate::error::ErrorResponse),
+        (status = 404, body = crate::error::ErrorResponse),
+        (status = 409, description = "`not_amendable` or `insufficient_funds`", body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn amend(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+    body: web::Json<AmendJob>,
+) -> ApiResult<HttpResponse> {
+    principal.require_role(&[Role::Studio])?;
+    principal.require_scope(Scope::Jobs)?;
+    let id = id.into_inner();
+    let new_limit = body.into_inner().limit_price;
+    let markets = state.markets.clone();
+    let out = crate::db::run(&state.db, move |c| {
+        c.transaction(|c| {
+            let row = load_job(c, principal.user_id, id, true)?;
+            let market = markets.get(&row.market).ok_or_else(|| {
+                ApiError::internal(format!("job {id} names unknown market {}", row.market))
+            })?;
+            let (min, max) = (market.config.min_price, market.config.max_price);
+            if new_limit < 1 || (new_limit as u64) < min || (new_limit as u64) > max {
+                return Err(ApiError::invalid(
+                    "limit_price",
+                    format!("limit_price must be {min}..={max} minor units per unit in {}", row.market),
+                ));
+            }
+            if new_limit < row.limit_price {
+                return Err(ApiError::invalid(
+                    "limit_price",
+                    format!(
+                        "limit_price can only be raised (current {}); to pay less, cancel the job",
+                        row.limit_price
+                    ),
+                ));
+            }
+            if new_limit == row.limit_price {
+                let esc = escrow_of(c, row.order_id)?;
+                return Ok(job_out(row, esc));
+            }
+            let not_amendable = |why: String| {
+                ApiError::conflict("not_amendable", why).with_field("limit_price")
+            };
+            if !matches!(row.status, JobStatus::Queued | JobStatus::Running)
+                || row.cancel_requested_at.is_some()
+            {
+                return Err(not_amendable(format!(
+                    "the job is {}{}; only a queued or running job's waiting units can be repriced",
+                    row.status,
+                    if row.cancel_requested_at.is_some() { " (cancel requested)" } else { "" }
+                )));
+            }
+            if row.time_in_force != JobTimeInForce::Gtc {
+                return Err(not_amendable(format!(
+                    "the job is {}: its bid never waits on the book",
+                    row.time_in_force
+                )));
+            }
+            // One engine order per open reservation: the engine's `amended` event states the
+            // order's remaining lots, which the worker holds against the escrow's open units.
+            for rebid in orders::rebids_of_job(c, row.id)? {
+                if orders::rebid_units_left(c, rebid)?.unwrap_or(0) > 0 {
+                    return Err(not_amendable(
+                        "failed units of the job are being offered again; raise the limit once they are taken".into(),
+                    ));
+                }
+            }
+            let (before, after) = escrow::raise_limit(c, row.order_id, new_limit).map_err(|e| {
+                if is_insufficient(&e) {
+                    ApiError::conflict(
+                        "insufficient_funds",
+                        format!(
+                            "raising the limit to {new_limit} holds {} more minor units per waiting unit; your available balance is lower",
+                            e_extra(row.limit_price, new_limit, row.fee_bps)
+                        ),
+                    )
+                    .with_field("limit_price")
+                } else {
+                    e.into()
+                }
+            })?;
+            if before.quantity_open == 0 {
+                return Err(not_amendable("the job has no unit waiting on the book".into()));
+            }
+            let now = Utc::now();
+            let row: JobRow = diesel::update(jobs::table.find(id))
+                .set((jobs::limit_price.eq(new_limit), jobs::updated_at.eq(now)))
+                .returning(JobRow::as_returning())
+                .get_result(c)?;
+            let cmd = CommandKind::Amend(matching_core::Amend {
+                id: OrderId(u64::try_from(row.engine_order_id).map_err(ApiError::internal)?),
+                account: matching_core::AccountId(principal.engine_account),
+                price: Some(new_limit as u64),
+                qty: None,
+            });
+            gridbook_ledger::events::enqueue_outbox(
+                c,
+                &gridbook_wire::subjects::market_cmd(&row.market),
+                &serde_json::to_value(cmd).map_err(ApiError::internal)?,
+            )?;
+            tracing::info!(
+                job = %row.id, user = %principal.user_id, engine_order_id = row.engine_order_id,
+                old_limit = before.terms.limit_price, new_limit, open_units = before.quantity_open,
+                extra_hold = before.quantity_open * (after.unit_reserve - before.unit_reserve),
+                "job limit raised"
+            );
+            let esc = escrow_of(c, row.order_id)?;
+            Ok(job_out(row, esc))
+        })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// The per-unit difference a raise holds (for the error message; per open unit).
+fn e_extra(old: i64, new: i64, fee_bps: i32) -> String {
+    let u = |p| gridbook_ledger::settlement::unit_reserve(p, fee_bps.max(0) as u32).ok();
+    match (u(old), u(new)) {
+        (Some(a), Some(b)) => (b - a).to_string(),
+        _ => "more".into(),
+    }
 }
 
 /// Cancel a job that is queued or running (see the module doc for what happens to running
@@ -766,7 +975,7 @@ pub async fn image(
 /// The OpenAPI paths of this module (merged by `openapi::document`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, list, get, cancel, output, errors, image),
+    paths(create, list, get, amend, cancel, output, errors, image),
     tags((name = "jobs", description = "batch jobs: escrowed bids on a market, progress, cancel, output"))
 )]
 pub struct ApiDoc;

@@ -15,7 +15,7 @@ use crate::output::{self, i, s};
 use crate::{Ctx, Exit, PageArgs};
 
 /// The statuses a job does not leave.
-pub const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
+pub const TERMINAL: [&str; 5] = ["completed", "failed", "expired", "cancelled", "rejected"];
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
@@ -31,6 +31,15 @@ pub enum JobsCommand {
     },
     /// Your jobs, newest first.
     List(PageArgs),
+    /// Raise a waiting job's limit price (a further hold of the difference for its open units;
+    /// refused when your balance does not cover it).
+    Amend {
+        /// The job.
+        id: String,
+        /// The new limit per unit (credits), above the current one.
+        #[arg(long)]
+        limit: i64,
+    },
     /// Cancel a queued or running job (running assignments finish and are paid).
     Cancel {
         /// The job.
@@ -56,6 +65,10 @@ pub struct SubmitArgs {
     /// A private model of yours (`POST /v1/models`) to run instead of the market's.
     #[arg(long)]
     model_id: Option<String>,
+    /// Time in force: gtc waits until the deadline; ioc runs what the book fills now and
+    /// releases the rest; fok fills every unit now or is rejected with everything released.
+    #[arg(long, value_enum, default_value_t = Tif::Gtc)]
+    tif: Tif,
     /// The Idempotency-Key to submit under [default: a new one]; resending the same command
     /// with the same key never creates a second job.
     #[arg(long)]
@@ -63,6 +76,24 @@ pub struct SubmitArgs {
     /// Upload and estimate, but do not submit.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// A job's time in force (`time_in_force` in `POST /v1/jobs`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tif {
+    Gtc,
+    Ioc,
+    Fok,
+}
+
+impl Tif {
+    fn as_str(self) -> &'static str {
+        match self {
+            Tif::Gtc => "gtc",
+            Tif::Ioc => "ioc",
+            Tif::Fok => "fok",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +151,36 @@ pub async fn run(ctx: &Ctx, cmd: JobsCommand) -> anyhow::Result<()> {
                     "cancel requested for job {} (status {}): unfilled units go back to your balance",
                     s(&job["id"]),
                     s(&job["status"])
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Amend { id, limit } => {
+            if limit < 1 {
+                return Err(refuse(
+                    "invalid_request",
+                    "limit_price",
+                    format!("--limit must be a positive price per unit (got {limit})"),
+                ));
+            }
+            let job = ctx
+                .client
+                .send_json(
+                    Method::PATCH,
+                    &format!("/v1/jobs/{}", job_path(&id)?),
+                    Some(&json!({"limit_price": limit})),
+                    None,
+                )
+                .await?;
+            if ctx.json {
+                output::print_json(&job);
+            } else {
+                println!(
+                    "job {} limit {} ({}); open reservation {}",
+                    s(&job["id"]),
+                    i(&job["limit_price"]),
+                    s(&job["status"]),
+                    i(&job["escrow"]["open"])
                 );
             }
             Ok(())
@@ -286,6 +347,7 @@ async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<()> {
         "input_file": file["id"],
         "limit_price": a.limit,
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "time_in_force": a.tif.as_str(),
     });
     if let Some(mid) = model_id {
         req["model_id"] = json!(mid);
@@ -406,12 +468,16 @@ fn show_job(j: &Value) {
         j["progress"].as_f64().unwrap_or(0.0) * 100.0
     );
     println!(
-        "  units     {} of {} lines at limit {} (fee {})",
+        "  units     {} of {} lines at limit {} (fee {}, {})",
         i(&j["units"]),
         i(&j["items_per_unit"]),
         i(&j["limit_price"]),
-        output::bps(i(&j["fee_bps"]))
+        output::bps(i(&j["fee_bps"])),
+        j["time_in_force"].as_str().unwrap_or("gtc")
     );
+    if let Some(r) = j["reject_reason"].as_str() {
+        println!("  rejected  {r}: nothing ran, the reservation was released");
+    }
     println!(
         "  deadline  {} ({})",
         output::time(&j["deadline"]),

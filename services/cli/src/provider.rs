@@ -37,6 +37,35 @@ pub struct PlaceArgs {
     /// The node that runs the work [default: your only node].
     #[arg(long)]
     node: Option<String>,
+    /// Never take: an ask that would cross a bid is rejected and closes
+    /// (`close_reason: post_only_would_cross`).
+    #[arg(long)]
+    post_only: bool,
+    /// Self-trade prevention against your own bids [default: the market's].
+    #[arg(long, value_enum, value_name = "MODE")]
+    stp: Option<Stp>,
+}
+
+/// A self-trade-prevention mode (`stp` in `POST /v1/asks`); the names are the engine's.
+#[allow(clippy::enum_variant_names)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stp {
+    #[value(name = "cancel_newest", alias = "cancel-newest")]
+    CancelNewest,
+    #[value(name = "cancel_oldest", alias = "cancel-oldest")]
+    CancelOldest,
+    #[value(name = "cancel_both", alias = "cancel-both")]
+    CancelBoth,
+}
+
+impl Stp {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stp::CancelNewest => "cancel_newest",
+            Stp::CancelOldest => "cancel_oldest",
+            Stp::CancelBoth => "cancel_both",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -78,12 +107,14 @@ fn show_ask(ctx: &Ctx, what: &str, a: &Value) {
         output::print_json(a);
     } else {
         println!(
-            "{what} ask {}: {} units at {} on {} ({})",
+            "{what} ask {}: {} units at {} on {} ({}{}{})",
             s(&a["id"]),
             s(&a["qty"]),
             s(&a["price"]),
             s(&a["market"]),
-            s(&a["status"])
+            s(&a["status"]),
+            if a["post_only"] == true { ", post-only" } else { "" },
+            a["close_reason"].as_str().map(|r| format!(", {r}")).unwrap_or_default()
         );
     }
 }
@@ -128,7 +159,11 @@ pub async fn asks(ctx: &Ctx, cmd: AsksCommand) -> anyhow::Result<()> {
                 .trim()
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--node {node:?} is not a node id (field node_id)"))?;
-            let body = json!({"node_id": node, "market": a.market, "price": a.price, "qty": a.qty});
+            let mut body = json!({"node_id": node, "market": a.market, "price": a.price, "qty": a.qty,
+                                  "post_only": a.post_only});
+            if let Some(m) = a.stp {
+                body["stp"] = json!(m.as_str());
+            }
             let ask = c.post("/v1/asks", &body).await?;
             show_ask(ctx, "placed", &ask);
         }

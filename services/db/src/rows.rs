@@ -42,6 +42,10 @@ pub struct JobRow {
     /// The studio's private model the job runs (`models`), and its sha256 pinned at submission.
     pub model_id: Option<Uuid>,
     pub model_sha256: Option<String>,
+    /// How long the job's bid may wait (`gtc`: until the deadline; `ioc`; `fok`).
+    pub time_in_force: crate::status::JobTimeInForce,
+    /// The engine's reason when it rejected the job's own bid (e.g. `fok_unfillable`).
+    pub reject_reason: Option<String>,
 }
 
 /// One row of `models`: a studio's private model, sealed in the files store (object `object`)

@@ -26,6 +26,9 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        post_only -> Bool,
+        stp -> Nullable<Text>,
+        close_reason -> Nullable<Text>,
     }
 }
 
@@ -261,6 +264,8 @@ diesel::table! {
         metadata -> Nullable<Jsonb>,
         model_id -> Nullable<Uuid>,
         model_sha256 -> Nullable<Text>,
+        time_in_force -> Text,
+        reject_reason -> Nullable<Text>,
     }
 }
 

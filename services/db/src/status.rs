@@ -83,16 +83,32 @@ text_enum! {
         Failed = "failed",
         Expired = "expired",
         Cancelled = "cancelled",
+        /// The engine refused the job's bid (`jobs.reject_reason`, e.g. `fok_unfillable`), or an
+        /// IOC job of which nothing filled: nothing ran, everything reserved was released.
+        Rejected = "rejected",
+    }
+}
+
+text_enum! {
+    /// `jobs.time_in_force`: how long the job's bid may wait on the book.
+    JobTimeInForce {
+        /// Until the job's deadline (the engine's GTD at the deadline).
+        Gtc = "gtc",
+        /// Immediate or cancel: what fills at once runs, the rest is released.
+        Ioc = "ioc",
+        /// Fill or kill: every unit at once, or the job is rejected (`fok_unfillable`).
+        Fok = "fok",
     }
 }
 
 impl JobStatus {
     /// A job in one of these states never changes again.
-    pub const TERMINAL: [JobStatus; 4] = [
+    pub const TERMINAL: [JobStatus; 5] = [
         JobStatus::Completed,
         JobStatus::Failed,
         JobStatus::Expired,
         JobStatus::Cancelled,
+        JobStatus::Rejected,
     ];
 
     pub fn is_terminal(self) -> bool {

@@ -229,6 +229,29 @@ pub fn reserve_bid(conn: &mut PgConnection, bid: &Bid) -> Result<OrderState> {
     })
 }
 
+/// Raises the limit of bid `order_id` to `new_limit` (see [`settlement::raise_limit`]): the
+/// further hold from the studio's available balance and the order's new `limit_price` /
+/// `unit_reserve`, under the order's row lock, in the caller's transaction. Not enough credits →
+/// `ExceedsCredits` and nothing changes. Returns the order before and after.
+pub fn raise_limit(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    new_limit: i64,
+) -> Result<(OrderState, OrderState)> {
+    store::with_retry(conn, |c| {
+        let order = load_order(c, order_id, true)?;
+        let (next, transfers) = settlement::raise_limit(&order, new_limit)?;
+        store::create_transfers(c, &transfers)?;
+        diesel::update(escrow_orders::table.find(order_id))
+            .set((
+                escrow_orders::limit_price.eq(next.terms.limit_price),
+                escrow_orders::unit_reserve.eq(next.unit_reserve),
+            ))
+            .execute(c)?;
+        Ok((order, next))
+    })
+}
+
 /// A fill of `qty` units at `trade_price` for `provider`: creates the assignment (id = fill id)
 /// with its holds and releases the price improvement. Idempotent by fill id.
 pub fn on_fill(

@@ -386,6 +386,43 @@ pub fn reoffer(
     Ok((next_order, next, transfers))
 }
 
+/// Raising a bid's limit to `new_limit` while `quantity_open` units wait: the open units'
+/// reservation grows by `open × (unit_reserve(new) − unit_reserve(old))`, one further transfer
+/// studio → escrow (id derived from the order and the new limit: the same raise is one transfer).
+/// Assignments already held keep their holds (they were filled at ≤ the old limit); later fills,
+/// releases and re-offers use the new `unit_reserve`, so every open unit stays covered at the
+/// limit and the improvement of a fill below it goes back in full. No transfer when nothing is
+/// open (the limit is recorded all the same).
+pub fn raise_limit(order: &OrderState, new_limit: Amount) -> Result<(OrderState, Vec<NewTransfer>)> {
+    let t = &order.terms;
+    if new_limit <= t.limit_price {
+        return Err(LedgerError::Invalid(format!(
+            "a raise must be above the current limit {} (got {new_limit})",
+            t.limit_price
+        )));
+    }
+    let unit = unit_reserve(new_limit, t.fee_bps)?;
+    let extra = cost(order.quantity_open, unit - order.unit_reserve)?;
+    let o = t.order_id.to_string();
+    let mut transfers = Vec::new();
+    if extra > 0 {
+        transfers.push(
+            NewTransfer::posted(
+                tid(&["order", &o, "raise", &new_limit.to_string()]),
+                t.studio_account,
+                t.escrow_account,
+                extra,
+                "escrow_reserve_raise",
+            )
+            .with_reference(t.order_id),
+        );
+    }
+    let mut next = order.clone();
+    next.terms.limit_price = new_limit;
+    next.unit_reserve = unit;
+    Ok((next, transfers))
+}
+
 /// Cancellation or expiry of `qty` unfilled units (`release_id`: the cancel/expiry event).
 pub fn release_unfilled(
     order: &OrderState,
@@ -508,5 +545,103 @@ mod tests {
         let mut full = order.clone();
         full.quantity_open = 3;
         assert!(reoffer(&full, &cheat).is_err());
+    }
+
+    #[test]
+    fn a_raise_holds_the_difference_for_the_open_units_and_no_credit_is_made_or_lost() {
+        let (mut l, order, studio, provider) = setup(10_000);
+        let now = chrono::Utc::now();
+        let escrow = order.terms.escrow_account;
+        // One unit fills at 90 under the old limit (100, unit reserve 103).
+        let (order, first, t) = fill(&order, Uuid::now_v7(), provider, 1, 90).unwrap();
+        l.execute(&t, now).unwrap();
+        // Lowering or keeping the limit is not a raise.
+        assert!(raise_limit(&order, 100).is_err());
+        assert!(raise_limit(&order, 99).is_err());
+        // Raise to 120 (unit reserve 123): 2 open units × 20 more.
+        let before = posted(&l, studio);
+        let (order, t) = raise_limit(&order, 120).unwrap();
+        l.execute(&t, now).unwrap();
+        assert_eq!((order.terms.limit_price, order.unit_reserve), (120, 123));
+        assert_eq!(posted(&l, studio), before - 2 * 20);
+        assert_eq!(
+            posted(&l, escrow),
+            2 * 123 + 90 + 3,
+            "the open units covered at the new limit, plus the first fill's pending holds"
+        );
+        // A fill at 115 (above the old limit) is allowed now; its improvement is 123 − 115 − 3.
+        let (order, second, t) = fill(&order, Uuid::now_v7(), provider, 1, 115).unwrap();
+        l.execute(&t, now).unwrap();
+        assert!(fill(&order, Uuid::now_v7(), provider, 1, 121).is_err(), "never above the limit");
+        // The last unit is released unfilled at the new reserve.
+        let (order, t) = release_unfilled(&order, Uuid::now_v7(), 1).unwrap();
+        l.execute(&t, now).unwrap();
+        assert_eq!(order.quantity_open, 0);
+        for (a, n) in [(&first, 1), (&second, 1)] {
+            let (_, t) = complete(&order, a, n).unwrap();
+            l.execute(&t, now).unwrap();
+        }
+        // The studio paid exactly the two trades and their fees: 90 + ⌈2.25⌉ + 115 + ⌈2.875⌉.
+        assert_eq!(posted(&l, studio), 10_000 - (90 + 3) - (115 + 3));
+        assert_eq!(posted(&l, provider), 90 + 115);
+        assert_eq!(posted(&l, escrow), 0);
+        l.check().unwrap();
+    }
+
+    #[test]
+    fn a_raise_the_studio_cannot_cover_is_refused_by_the_ledger() {
+        let (mut l, order, _studio, _) = setup(3 * 103 + 10);
+        let now = chrono::Utc::now();
+        let (_, t) = raise_limit(&order, 110).unwrap();
+        assert!(l.execute(&t, now).is_err(), "3 × 10 more than the 10 available");
+        let (_, t) = raise_limit(&order, 103).unwrap(); // unit reserve 106: 3 × 3 = 9 more
+        l.execute(&t, now).unwrap();
+        l.check().unwrap();
+    }
+
+    proptest::proptest! {
+        /// reserve → fills → raises → fills → release: money is neither created nor destroyed,
+        /// the escrow ends empty, and the studio pays exactly Σ trade + fee.
+        #[test]
+        fn raises_between_fills_conserve_money(
+            steps in proptest::collection::vec((0u8..3, 1i64..3, 1i64..60), 1..12),
+        ) {
+            let (mut l, mut order, studio, provider) = setup(1_000_000);
+            let now = chrono::Utc::now();
+            let mut paid = 0i64;
+            let mut held = Vec::new();
+            for (kind, qty, x) in steps {
+                match kind {
+                    0 if order.quantity_open > 0 => {
+                        let qty = qty.min(order.quantity_open);
+                        let price = 1 + (x - 1) % order.terms.limit_price;
+                        let (next, a, t) = fill(&order, Uuid::now_v7(), provider, qty, price).unwrap();
+                        l.execute(&t, now).unwrap();
+                        paid += qty * price + fee(qty * price, 250).unwrap();
+                        held.push(a);
+                        order = next;
+                    }
+                    1 => {
+                        let (next, t) = raise_limit(&order, order.terms.limit_price + x).unwrap();
+                        l.execute(&t, now).unwrap();
+                        order = next;
+                    }
+                    _ => {}
+                }
+                l.check().unwrap();
+            }
+            if order.quantity_open > 0 {
+                let (next, t) = release_unfilled(&order, Uuid::now_v7(), order.quantity_open).unwrap();
+                l.execute(&t, now).unwrap();
+                order = next;
+            }
+            for a in &held {
+                let (_, t) = complete(&order, a, a.quantity).unwrap();
+                l.execute(&t, now).unwrap();
+            }
+            l.check().unwrap();
+            proptest::prop_assert_eq!(posted(&l, order.terms.escrow_account), 0);
+            proptest::prop_assert_eq!(posted(&l, studio), 1_000_000 - paid as i128);
+        }
     }
 }

@@ -66,11 +66,13 @@ pub enum Effect {
         release_id: Uuid,
         qty: i64,
     },
-    /// A rejected place: release everything engine order `bid` still holds open.
+    /// A rejected place: release everything engine order `bid` still holds open. `reason` is
+    /// the engine's, recorded on the job whose own bid it was (`jobs.reject_reason`).
     ReleaseAllOpen {
         order_id: Uuid,
         bid: u64,
         release_id: Uuid,
+        reason: RejectReason,
     },
     /// An amend of our bid to `remaining` lots at `price`: release what it gave up.
     ReleaseDownTo {
@@ -189,11 +191,35 @@ fn refuse(reason: DeadLetterReason, why: String, remedy: Remedy) -> Option<Effec
 }
 
 /// What an event does to a provider's ask as the marketplace shows it (`asks` table): its open
-/// quantity after a fill, or closed (filled, cancelled, expired, or its place rejected).
+/// quantity after a fill, or closed with the reason the provider reads (`asks.close_reason`):
+/// `filled`, `cancelled`, `expired`, `self_trade`, or the engine's rejection of its place in
+/// snake_case (e.g. `post_only_would_cross`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AskChange {
     Left(u64),
-    Closed,
+    Closed(&'static str),
+}
+
+/// The snake_case name of an engine rejection (its serde spelling).
+pub fn reject_reason_str(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::OutOfSequence => "out_of_sequence",
+        RejectReason::InvalidQuantity => "invalid_quantity",
+        RejectReason::QuantityOutOfRange => "quantity_out_of_range",
+        RejectReason::PriceOutOfRange => "price_out_of_range",
+        RejectReason::InvalidTimeInForce => "invalid_time_in_force",
+        RejectReason::InvalidExpiry => "invalid_expiry",
+        RejectReason::MissingBudget => "missing_budget",
+        RejectReason::BudgetNotAllowed => "budget_not_allowed",
+        RejectReason::DuplicateOrderId => "duplicate_order_id",
+        RejectReason::UnknownOrder => "unknown_order",
+        RejectReason::NotOwner => "not_owner",
+        RejectReason::PostOnlyWouldCross => "post_only_would_cross",
+        RejectReason::FokUnfillable => "fok_unfillable",
+        RejectReason::BookFull => "book_full",
+        RejectReason::TooManyLevels => "too_many_levels",
+        RejectReason::NothingToAmend => "nothing_to_amend",
+    }
 }
 
 /// The change `ev` makes to one of our asks, with the ask's id (`asks.id` = `order_id`).
@@ -216,20 +242,28 @@ pub fn ask_change(ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> Option<(Uu
             Some((
                 o.order_id,
                 if left == 0 {
-                    AskChange::Closed
+                    AskChange::Closed("filled")
                 } else {
                     AskChange::Left(left)
                 },
             ))
         }
-        EventKind::Cancelled { id, .. } | EventKind::Expired { id, .. } => {
-            Some((ask(id.0)?.order_id, AskChange::Closed))
-        }
+        EventKind::Cancelled { id, reason, .. } => Some((
+            ask(id.0)?.order_id,
+            AskChange::Closed(match reason {
+                matching_core::CancelReason::SelfTrade => "self_trade",
+                _ => "cancelled",
+            }),
+        )),
+        EventKind::Expired { id, .. } => Some((ask(id.0)?.order_id, AskChange::Closed("expired"))),
         EventKind::Rejected {
             id: Some(id),
             reason,
             ..
-        } if !rejects_existing_order(reason) => Some((ask(id.0)?.order_id, AskChange::Closed)),
+        } if !rejects_existing_order(reason) => Some((
+            ask(id.0)?.order_id,
+            AskChange::Closed(reject_reason_str(reason)),
+        )),
         _ => None,
     }
 }
@@ -383,6 +417,7 @@ pub fn decide(market: &str, ev: &Event, orders: &BTreeMap<u64, MarketOrder>) -> 
                 order_id: b.order_id,
                 bid: id.0,
                 release_id: release_id(market, ev.seq),
+                reason,
             })
         }
         EventKind::Amended { id, price, qty, .. } => {
@@ -486,7 +521,7 @@ mod tests {
         );
         assert_eq!(
             ask_change(&ev(2, fill(1, 2, Side::Ask)), &o),
-            Some((Uuid::from_u128(2), AskChange::Closed))
+            Some((Uuid::from_u128(2), AskChange::Closed("filled")))
         );
         let cancel = EventKind::Cancelled {
             id: OrderId(2),
@@ -495,7 +530,7 @@ mod tests {
         };
         assert_eq!(
             ask_change(&ev(3, cancel), &o),
-            Some((Uuid::from_u128(2), AskChange::Closed))
+            Some((Uuid::from_u128(2), AskChange::Closed("cancelled")))
         );
         let bid_cancel = EventKind::Cancelled {
             id: OrderId(1),
@@ -524,6 +559,18 @@ mod tests {
             orders: 1,
         };
         assert_eq!(decide("M", &ev(1, delta), &o), None);
+    }
+
+    #[test]
+    fn reject_reasons_are_spelled_as_the_engine_serializes_them() {
+        use RejectReason::*;
+        for r in [
+            OutOfSequence, InvalidQuantity, QuantityOutOfRange, PriceOutOfRange, InvalidTimeInForce,
+            InvalidExpiry, MissingBudget, BudgetNotAllowed, DuplicateOrderId, UnknownOrder, NotOwner,
+            BookFull, TooManyLevels, PostOnlyWouldCross, FokUnfillable, NothingToAmend,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), reject_reason_str(r), "{r:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::error::{Result, SettlementError};
 use crate::decide::AskChange;
 use crate::schema::{asks, files, job_assignments, jobs, nodes};
 use gridbook_db::rows::JobRow;
-use gridbook_db::status::{AskStatus, AssignmentStatus, ChallengeTiming, JobStatus, NodeStatus};
+use gridbook_db::status::{AskStatus, AssignmentStatus, ChallengeTiming, JobStatus, JobTimeInForce, NodeStatus};
 
 /// The longest a node may take for one assignment (from the fill) unless the job's deadline is
 /// sooner; afterwards the assignment is voided and the studio refunded for it.
@@ -41,6 +41,10 @@ pub struct JobWork {
     pub cancel_requested: bool,
     /// The studio's private model, pinned at submission.
     pub model: Option<gridbook_wire::node::ModelRef>,
+    /// How long the job's bid could wait (`ioc`: only what filled at once is wanted).
+    pub time_in_force: JobTimeInForce,
+    /// The engine's reason when it rejected the job's own bid.
+    pub reject_reason: Option<String>,
 }
 
 /// The lines units `[unit_start, unit_start + units)` cover. `None` when the range lies outside
@@ -78,12 +82,25 @@ pub fn verified_units(units: u64, item_count: u64, ok: u64) -> u64 {
 }
 
 /// The terminal state of a job with nothing open and nothing running.
+///
+/// `rejected`: the engine rejected the job's own bid (FOK unfillable, …), so nothing ran.
+/// An IOC job asks only for what the book fills at once: it is `completed` when every item of the
+/// units that filled (`filled_items`) completed, `rejected` when nothing filled.
 pub fn final_status(
     items: u64,
     completed: u64,
     cancel_requested: bool,
     deadline_passed: bool,
+    order: OrderKind,
 ) -> JobStatus {
+    match order {
+        OrderKind::Rejected if completed == 0 => return JobStatus::Rejected,
+        OrderKind::Ioc { filled_items: 0 } if completed == 0 => return JobStatus::Rejected,
+        OrderKind::Ioc { filled_items } if completed >= filled_items.min(items) => {
+            return JobStatus::Completed;
+        }
+        _ => {}
+    }
     if completed >= items {
         JobStatus::Completed
     } else if cancel_requested {
@@ -93,6 +110,41 @@ pub fn final_status(
     } else {
         JobStatus::Failed
     }
+}
+
+/// What kind of bid a job's was, as [`final_status`] needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderKind {
+    /// GTC (until the deadline), or FOK that filled: every item is wanted.
+    Resting,
+    /// The engine rejected the job's own bid.
+    Rejected,
+    /// IOC: only the items of the units that filled at once are wanted.
+    Ioc { filled_items: u64 },
+}
+
+/// Records the engine's reason on the job whose own bid (`jobs.engine_order_id`) engine order
+/// `bid` is (a re-bid's rejection is not the job's: it leaves the job as it is). Once.
+pub fn record_reject_reason(
+    conn: &mut PgConnection,
+    bid: u64,
+    reason: matching_core::RejectReason,
+) -> Result<()> {
+    let Ok(bid) = i64::try_from(bid) else {
+        return Ok(());
+    };
+    let text = crate::decide::reject_reason_str(reason);
+    let n = diesel::update(
+        jobs::table
+            .filter(jobs::engine_order_id.eq(bid))
+            .filter(jobs::reject_reason.is_null()),
+    )
+    .set((jobs::reject_reason.eq(text), jobs::updated_at.eq(Utc::now())))
+    .execute(conn)?;
+    if n > 0 {
+        tracing::info!(engine_order_id = bid, reason = text, "job's bid rejected by the engine");
+    }
+    Ok(())
 }
 
 /// How long after a job's deadline (when the engine expires its bid) units still open in its
@@ -129,6 +181,8 @@ fn job_from_row((r, input_sha256): (JobRow, String)) -> JobWork {
         status: r.status,
         cancel_requested: r.cancel_requested_at.is_some(),
         model: r.model_id.zip(r.model_sha256).map(|(id, sha256)| gridbook_wire::node::ModelRef { id, sha256 }),
+        time_in_force: r.time_in_force,
+        reject_reason: r.reject_reason,
     }
 }
 
@@ -354,9 +408,13 @@ pub fn update_ask(conn: &mut PgConnection, ask: Uuid, change: AskChange) -> Resu
                 .set((asks::qty.eq(left), asks::updated_at.eq(Utc::now())))
                 .execute(conn)?;
         }
-        AskChange::Closed => {
+        AskChange::Closed(reason) => {
             diesel::update(asks::table.find(ask).filter(asks::status.ne(AskStatus::Closed)))
-                .set((asks::status.eq(AskStatus::Closed), asks::updated_at.eq(Utc::now())))
+                .set((
+                    asks::status.eq(AskStatus::Closed),
+                    asks::close_reason.eq(reason),
+                    asks::updated_at.eq(Utc::now()),
+                ))
                 .execute(conn)?;
         }
     }
@@ -573,6 +631,8 @@ mod tests {
             status: JobStatus::Queued,
             cancel_requested: false,
             model: None,
+            time_in_force: JobTimeInForce::Gtc,
+            reject_reason: None,
         }
     }
 
@@ -615,9 +675,16 @@ mod tests {
 
     #[test]
     fn final_status_prefers_completed_then_cancelled_then_expired() {
-        assert_eq!(final_status(10, 10, true, true), JobStatus::Completed);
-        assert_eq!(final_status(10, 9, true, true), JobStatus::Cancelled);
-        assert_eq!(final_status(10, 0, false, true), JobStatus::Expired);
-        assert_eq!(final_status(10, 3, false, false), JobStatus::Failed);
+        let r = OrderKind::Resting;
+        assert_eq!(final_status(10, 10, true, true, r), JobStatus::Completed);
+        assert_eq!(final_status(10, 9, true, true, r), JobStatus::Cancelled);
+        assert_eq!(final_status(10, 0, false, true, r), JobStatus::Expired);
+        assert_eq!(final_status(10, 3, false, false, r), JobStatus::Failed);
+        assert_eq!(final_status(10, 0, false, false, OrderKind::Rejected), JobStatus::Rejected);
+        let ioc = |filled_items| OrderKind::Ioc { filled_items };
+        assert_eq!(final_status(10, 4, false, false, ioc(4)), JobStatus::Completed);
+        assert_eq!(final_status(10, 3, false, false, ioc(4)), JobStatus::Failed);
+        assert_eq!(final_status(10, 0, false, false, ioc(0)), JobStatus::Rejected);
+        assert_eq!(final_status(10, 10, false, false, ioc(10)), JobStatus::Completed);
     }
 }

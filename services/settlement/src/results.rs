@@ -20,7 +20,7 @@ use async_nats::jetstream::{
 };
 use diesel::Connection;
 use futures::StreamExt;
-use gridbook_db::status::{AssignmentStatus, FailedCheck, JobStatus};
+use gridbook_db::status::{AssignmentStatus, FailedCheck, JobStatus, JobTimeInForce};
 use gridbook_ledger::escrow;
 use gridbook_wire::node::{CancelMsg, Outcome, ResultMsg};
 use gridbook_wire::{catalog, streams, subjects};
@@ -974,6 +974,10 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
     // Why each item has no output (default: never run — the bid was cancelled or expired).
     let not_run = if job.cancel_requested {
         ("not_run", "the job was cancelled before this item was assigned".to_owned())
+    } else if let Some(why) = &job.reject_reason {
+        ("not_run", format!("the market rejected the job's bid ({why}); you were refunded"))
+    } else if job.time_in_force == JobTimeInForce::Ioc {
+        ("not_run", "the job is immediate-or-cancel and the book had no unit for this item at once; you were refunded".to_owned())
     } else {
         ("not_run", "no provider took this item before the job's bid closed".to_owned())
     };
@@ -1035,7 +1039,25 @@ pub async fn finish_job(db: &mut Db, store: &ObjectStore, job: &JobWork) -> Resu
     }
     let (counts_c, _) = db.with(move |c| jobs::counts(c, job_id)).await?;
     let deadline_passed = jobs::ms_to_time(job.deadline_ms) <= chrono::Utc::now();
-    let status = jobs::final_status(job.items, counts_c, job.cancel_requested, deadline_passed);
+    let order = if job.reject_reason.is_some() {
+        jobs::OrderKind::Rejected
+    } else if job.time_in_force == JobTimeInForce::Ioc {
+        // Every item some assignment covered (a failed one's units were re-offered as a re-bid,
+        // whose assignment covers the same items).
+        let mut filled = vec![false; job.items as usize];
+        for a in &assignments {
+            let end = (a.item_start + a.item_count).min(job.items);
+            for f in filled.iter_mut().take(end as usize).skip(a.item_start as usize) {
+                *f = true;
+            }
+        }
+        jobs::OrderKind::Ioc {
+            filled_items: filled.iter().filter(|f| **f).count() as u64,
+        }
+    } else {
+        jobs::OrderKind::Resting
+    };
+    let status = jobs::final_status(job.items, counts_c, job.cancel_requested, deadline_passed, order);
     let (out_bytes, err_bytes) = (out.len() as u64, errors.len() as u64);
     let out_sha = if out_lines > 0 {
         Some(put_object(store, out).await?)

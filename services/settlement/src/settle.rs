@@ -313,6 +313,7 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64, canaries: &crate::can
             order_id,
             bid,
             release_id,
+            reason,
         } => {
             let order = escrow::get_order(c, *order_id)?;
             let open = bid_open(c, &order, *bid)?;
@@ -320,6 +321,7 @@ fn apply(c: &mut PgConnection, effect: &Effect, time: u64, canaries: &crate::can
                 escrow::release_unfilled(c, *order_id, *release_id, open)?;
                 orders::take_units(c, *bid, open as u64)?;
             }
+            crate::jobs::record_reject_reason(c, *bid, *reason)?;
             Ok(false)
         }
         Effect::ReleaseDownTo {

@@ -119,6 +119,7 @@ pub const ROUTES: &[Route] = &[
         ),
     ),
     r("GET", "/v1/jobs/{job}", Any, Obj::Job, None),
+    r("PATCH", "/v1/jobs/{job}", STUDIO, Obj::Job, Some(r#"{"limit_price":11}"#)),
     r("POST", "/v1/jobs/{job}/cancel", STUDIO, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/output", Any, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/errors", Any, Obj::Job, None),

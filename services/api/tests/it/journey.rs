@@ -202,9 +202,9 @@ pub(crate) async fn publish_result_as_node(stack: &Stack, token: String, node: &
         .unwrap();
 }
 
-/// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
-pub(crate) async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
-    let file = json_of(
+/// Uploads `text` as a batch file for `market`; returns the file.
+pub(crate) async fn upload(app: &TestApp, studio: &TestUser, market: &str, text: &str) -> Value {
+    json_of(
         app.http
             .post(app.url(&format!("/v1/files?purpose=batch&market={market}")))
             .header("Authorization", studio.bearer())
@@ -214,7 +214,12 @@ pub(crate) async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, t
             .await
             .unwrap(),
     )
-    .await;
+    .await
+}
+
+/// Uploads `text` for `market` and submits a job at `limit` per unit; returns the job id.
+pub(crate) async fn submit_job(app: &TestApp, studio: &TestUser, market: &str, text: &str, limit: u64, lines: u64) -> String {
+    let file = upload(app, studio, market, text).await;
     assert_eq!(file["lines"], lines);
     let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let job = json_of(
@@ -242,7 +247,7 @@ pub(crate) async fn wait_for_job(app: &TestApp, studio: &TestUser, job_id: &str)
         if seen.last() != Some(&status) {
             seen.push(status.clone());
         }
-        if ["completed", "failed", "expired", "cancelled"].contains(&status.as_str()) {
+        if ["completed", "failed", "expired", "cancelled", "rejected"].contains(&status.as_str()) {
             return (j, seen);
         }
         assert!(started.elapsed() < Duration::from_secs(300), "job stuck in {status}: {j}");

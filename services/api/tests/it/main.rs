@@ -25,3 +25,4 @@ mod private_models;
 mod clusters;
 mod crosscheck;
 mod token;
+mod orders;

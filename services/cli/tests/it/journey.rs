@@ -179,6 +179,26 @@ async fn submit_with_an_estimate_watch_to_completion_and_download() {
     assert!(out.expect_ok().contains(&ask_id), "{out:?}");
     let cancelled = pv.run(&["--json", "asks", "cancel", &ask_id]).await.json();
     assert_ne!(cancelled["status"], "open", "{cancelled}");
+    // A post-only ask with its own self-trade-prevention mode; an unknown mode is refused
+    // before any request.
+    let po = pv
+        .run(&[
+            "--json", "asks", "place", "--market", MARKET, "--price", "500", "--qty", "1",
+            "--post-only", "--stp", "cancel_oldest",
+        ])
+        .await
+        .json();
+    assert_eq!(
+        (po["post_only"].as_bool(), po["stp"].as_str()),
+        (Some(true), Some("cancel_oldest")),
+        "{po}"
+    );
+    let out = pv
+        .run(&[
+            "asks", "place", "--market", MARKET, "--price", "500", "--qty", "1", "--stp", "never",
+        ])
+        .await;
+    assert!(out.expect_err().contains("--stp"), "{out:?}");
 
     let _ = agent.stop(Duration::from_secs(60)).await;
 }

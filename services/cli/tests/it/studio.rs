@@ -503,3 +503,45 @@ async fn json_output_parses_for_scripts() {
         .await;
     assert!(out.expect_err().contains("you have no node"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_with_a_time_in_force_and_raise_a_jobs_limit() {
+    let app = TestApp::spawn().await;
+    let studio = app.signup("studio").await;
+    app.credit(&studio, 10_000).await;
+    let gb = Gridbook::new("tif", &app.address).with_key(&studio.key);
+    let f = gb.file("in.jsonl", &corpus(10));
+    let f = f.to_str().unwrap();
+    let submit = |tif: &'static str| {
+        let gb = &gb;
+        async move {
+            gb.run(&[
+                "--json", "jobs", "submit", f, "--market", MARKET, "--limit", "100", "--deadline",
+                "1h", "--tif", tif,
+            ])
+            .await
+        }
+    };
+    let fok = submit("fok").await.json();
+    assert_eq!(fok["job"]["time_in_force"], "fok", "{fok}");
+    let out = submit("gtd").await;
+    assert!(out.expect_err().contains("--tif"), "{out:?}");
+    let gtc = submit("gtc").await.json();
+    let id = gtc["job"]["id"].as_str().unwrap_or_else(|| panic!("{gtc}")).to_owned();
+
+    // Lower: the API's error naming the field; higher: the new limit and the larger reservation.
+    let out = gb.run(&["jobs", "amend", &id, "--limit", "90"]).await;
+    let err = out.expect_err();
+    assert!(err.contains("limit_price can only be raised"), "{out:?}");
+    assert!(err.contains("(field limit_price)"), "{out:?}");
+    let j = gb.run(&["--json", "jobs", "amend", &id, "--limit", "120"]).await.json();
+    assert_eq!(j["limit_price"], 120, "{j}");
+    let open = j["escrow"]["open"].as_i64().unwrap();
+    let bps = j["fee_bps"].as_i64().unwrap();
+    assert_eq!(open, 120 + (120 * bps + 9_999) / 10_000, "1 unit at the new limit: {j}");
+    let out = gb.run(&["jobs", "amend", &id, "--limit", "1000000000"]).await;
+    assert!(out.expect_err().contains("limit_price"), "{out:?}");
+    // An FOK job's bid never waits: nothing to raise.
+    let out = gb.run(&["jobs", "amend", fok["job"]["id"].as_str().unwrap(), "--limit", "150"]).await;
+    assert!(out.expect_err().contains("not_amendable") || out.expect_err().contains("never waits"), "{out:?}");
+}

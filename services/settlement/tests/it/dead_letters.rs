@@ -281,6 +281,8 @@ pub async fn job(
         metadata: None,
         model_id: None,
         model_sha256: None,
+        time_in_force: gridbook_db::status::JobTimeInForce::Gtc,
+        reject_reason: None,
     };
     diesel::insert_into(gridbook_db::schema::jobs::table)
         .values(&row)
