@@ -60,12 +60,25 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 /// All of Gridbook's migrations (the workspace's `migrations/` folder).
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
-/// Runs pending migrations (called at start-up). Returns the versions applied.
+/// The advisory lock that serialises migrations: the API and the settlement worker both
+/// migrate at start-up, and two processes migrating one fresh database at once collide
+/// (`duplicate key … pg_type_typname_nsp_index`).
+const MIGRATION_LOCK: i64 = 0x6772_6964_6d69_6772; // "gridmigr"
+
+/// Runs pending migrations (called at start-up), one process at a time. Returns the versions
+/// applied.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
-    let applied = conn
+    use diesel::RunQueryDsl;
+    use diesel::sql_types::BigInt;
+    diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(conn)?;
+    let applied: Result<Vec<String>> = conn
         .run_pending_migrations(MIGRATIONS)
-        .map_err(|e| DbError::Migration(e.to_string()))?;
-    Ok(applied.into_iter().map(|v| v.to_string()).collect())
+        .map(|done| done.into_iter().map(|v| v.to_string()).collect())
+        .map_err(|e| DbError::Migration(e.to_string()));
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(conn);
+    let applied = applied?;
+    unlocked?;
+    Ok(applied)
 }
 
 /// Connects to PostgreSQL.

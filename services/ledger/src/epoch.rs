@@ -145,10 +145,11 @@ pub struct NodeInput {
     pub uptime_bps: u32,
 }
 
-/// `work × quality × uptime` with quality and uptime as fractions (`/ 10^8`), rounded down.
+/// `work × quality_bps × uptime_bps`, exact (at most 9.2 × 10²⁶: no rounding, so a node with
+/// little work still weighs; `split` scales the weights of one split down together when their
+/// sum would not leave room for the products).
 pub fn weight(n: &NodeInput) -> i128 {
     n.work.max(0) as i128 * n.quality_bps.min(10_000) as i128 * n.uptime_bps.min(10_000) as i128
-        / 100_000_000
 }
 
 /// Splits `pool` among `nodes` (one amount per node, in order). Each cluster's share is
@@ -159,6 +160,12 @@ pub fn weight(n: &NodeInput) -> i128 {
 pub fn split(pool: Amount, nodes: &[NodeInput], cap_bps: u32) -> Result<Vec<Amount>> {
     let pool = pool.max(0) as i128;
     let cap = pool * cap_bps.min(10_000) as i128 / 10_000;
+    // Weights shifted right together until their sum fits in 62 bits, so `amount × weight`
+    // (amount < 2^63) never overflows; the shift is the same for every node, so the shares are
+    // the formula's to the rounding of the low bits.
+    let total: i128 = nodes.iter().map(weight).try_fold(0i128, |a, w| a.checked_add(w)).ok_or(LedgerError::Overflow)?;
+    let shift = (128 - total.leading_zeros()).saturating_sub(62);
+    let weight = |n: &NodeInput| weight(n) >> shift;
     let mut cluster_w: BTreeMap<u64, i128> = BTreeMap::new();
     for n in nodes {
         let w = weight(n);
@@ -305,6 +312,8 @@ mod tests {
 
     #[test]
     fn work_quality_and_uptime_all_count_and_the_cap_redistributes() {
+        // Little work still weighs (1 credit at a new node's score, heard one minute in 60).
+        assert_eq!(split(1_000, &[node(5, 5, 80, 5_313, 166)], 10_000).unwrap(), vec![1_000]);
         // Two clusters, equal work: the one with half the uptime gets a third.
         let a = node(1, 1, 1_000, 10_000, 10_000);
         let b = node(2, 2, 1_000, 10_000, 5_000);
