@@ -217,6 +217,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             node_access: node_access.clone(),
             models_kek,
+            aggregates: Default::default(),
         };
         if let Some(issuer) = &node_access.issuer {
             let (state, issuer) = (state.clone(), Arc::new(issuer.clone()));

@@ -168,7 +168,7 @@ pub struct MarketInfo {
 /// The supply side of a compute market as a studio may judge it: the nodes with an open ask
 /// now, their reliability scores and uptime, and the market's verification outcomes of the
 /// last 24 hours. No node or provider is named.
-#[derive(Serialize, ToSchema, Default)]
+#[derive(Serialize, ToSchema, Default, Clone)]
 pub struct ProviderAggregate {
     /// Distinct nodes with an open ask.
     pub nodes_offering: i64,
@@ -203,6 +203,27 @@ struct AggregateRow {
     verified_24h_passed: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     verified_24h_failed: i64,
+}
+
+/// How long one market's aggregate is served from memory: the route is public, and the query
+/// scans a day of uptime minutes of every offering node.
+pub const AGGREGATE_TTL: Duration = Duration::from_secs(30);
+
+/// Per API process: market → (read at, aggregate). One entry per configured market.
+pub type AggregateCache = std::sync::Mutex<std::collections::HashMap<String, (Instant, ProviderAggregate)>>;
+
+/// `market`'s aggregate, at most [`AGGREGATE_TTL`] old (one entry per configured market).
+async fn cached_aggregate(state: &AppState, market: &str) -> ApiResult<ProviderAggregate> {
+    let fresh = |(at, a): &(Instant, ProviderAggregate)| (at.elapsed() < AGGREGATE_TTL).then(|| a.clone());
+    if let Some(a) = state.aggregates.lock().ok().and_then(|m| m.get(market).and_then(fresh)) {
+        return Ok(a);
+    }
+    let symbol = market.to_owned();
+    let a = crate::db::run(&state.db, move |c| provider_aggregate(c, &symbol)).await?;
+    if let Ok(mut m) = state.aggregates.lock() {
+        m.insert(market.to_owned(), (Instant::now(), a.clone()));
+    }
+    Ok(a)
 }
 
 /// One query: the nodes offering in `market` and its last day's verification outcomes.
@@ -303,8 +324,7 @@ pub async fn get_market(
     let m = market(&state, &path)?;
     let mut out = info(m, &feeds);
     if m.kind.work().is_some() {
-        let symbol = m.config.market.0.clone();
-        out.providers = Some(crate::db::run(&state.db, move |c| provider_aggregate(c, &symbol)).await?);
+        out.providers = Some(cached_aggregate(&state, &m.config.market.0).await?);
     }
     Ok(HttpResponse::Ok().json(out))
 }

@@ -19,4 +19,6 @@ pub struct AppState {
     pub node_access: Arc<crate::node_access::NodeAccess>,
     /// The key-encryption key of private models (`models_kek_file`); `None`: models are off.
     pub models_kek: Option<Arc<gridbook_sealed::Kek>>,
+    /// Each compute market's provider aggregate, with when it was read (`markets`).
+    pub aggregates: Arc<crate::markets::AggregateCache>,
 }
