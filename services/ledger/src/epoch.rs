@@ -86,7 +86,11 @@ impl Rule {
 
     /// Epoch `epoch`'s window `[start, end)`.
     pub fn window(&self, epoch: i64) -> (DateTime<Utc>, DateTime<Utc>) {
-        let at = |s: i64| Utc.timestamp_opt(s, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let at = |s: i64| {
+            Utc.timestamp_opt(s, 0)
+                .single()
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        };
         (
             at(epoch.saturating_mul(self.epoch_secs)),
             at(epoch.saturating_add(1).saturating_mul(self.epoch_secs)),
@@ -109,7 +113,10 @@ fn bps_of(amount: Amount, bps: u32) -> Amount {
 /// (`available`, which verification payments may have reduced): `(buyback, rewards)`, each
 /// its share of `fees`, scaled down together when `available` does not cover both.
 pub fn allocate(fees: Amount, available: Amount, rule: &Rule) -> (Amount, Amount) {
-    let (b, r) = (bps_of(fees, rule.buyback_share_bps), bps_of(fees, rule.rewards_share_bps));
+    let (b, r) = (
+        bps_of(fees, rule.buyback_share_bps),
+        bps_of(fees, rule.rewards_share_bps),
+    );
     let available = available.max(0);
     if b + r <= available {
         return (b, r);
@@ -163,7 +170,11 @@ pub fn split(pool: Amount, nodes: &[NodeInput], cap_bps: u32) -> Result<Vec<Amou
     // Weights shifted right together until their sum fits in 62 bits, so `amount × weight`
     // (amount < 2^63) never overflows; the shift is the same for every node, so the shares are
     // the formula's to the rounding of the low bits.
-    let total: i128 = nodes.iter().map(weight).try_fold(0i128, |a, w| a.checked_add(w)).ok_or(LedgerError::Overflow)?;
+    let total: i128 = nodes
+        .iter()
+        .map(weight)
+        .try_fold(0i128, |a, w| a.checked_add(w))
+        .ok_or(LedgerError::Overflow)?;
     let shift = (128 - total.leading_zeros()).saturating_sub(62);
     let weight = |n: &NodeInput| weight(n) >> shift;
     let mut cluster_w: BTreeMap<u64, i128> = BTreeMap::new();
@@ -281,7 +292,13 @@ mod tests {
     use uuid::Uuid;
 
     fn node(i: u128, cluster: u64, work: i64, q: u32, u: u32) -> NodeInput {
-        NodeInput { node: Uuid::from_u128(i), cluster, work, quality_bps: q, uptime_bps: u }
+        NodeInput {
+            node: Uuid::from_u128(i),
+            cluster,
+            work,
+            quality_bps: q,
+            uptime_bps: u,
+        }
     }
 
     #[test]
@@ -293,14 +310,39 @@ mod tests {
         assert_eq!(allocate(0, 100, &rule), (0, 0));
         assert_eq!(emission(1_000_000_000_000_000, &rule), 200_000_000_000);
         assert_eq!(buyback_limit(1_000, &rule), 1_020);
-        assert!(Rule { buyback_share_bps: 6_000, rewards_share_bps: 5_000, ..rule.clone() }.validate().is_err());
-        assert!(Rule { cluster_cap_bps: 0, ..rule.clone() }.validate().is_err());
-        assert!(Rule { epoch_secs: 0, ..rule }.validate().is_err());
+        assert!(
+            Rule {
+                buyback_share_bps: 6_000,
+                rewards_share_bps: 5_000,
+                ..rule.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Rule {
+                cluster_cap_bps: 0,
+                ..rule.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Rule {
+                epoch_secs: 0,
+                ..rule
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
     fn epochs_are_fixed_windows() {
-        let rule = Rule { epoch_secs: 600, ..Rule::default() };
+        let rule = Rule {
+            epoch_secs: 600,
+            ..Rule::default()
+        };
         let t = Utc.timestamp_opt(1_800_000_123, 0).unwrap();
         let e = rule.epoch_of(t);
         let (s, end) = rule.window(e);
@@ -313,18 +355,29 @@ mod tests {
     #[test]
     fn work_quality_and_uptime_all_count_and_the_cap_redistributes() {
         // Little work still weighs (1 credit at a new node's score, heard one minute in 60).
-        assert_eq!(split(1_000, &[node(5, 5, 80, 5_313, 166)], 10_000).unwrap(), vec![1_000]);
+        assert_eq!(
+            split(1_000, &[node(5, 5, 80, 5_313, 166)], 10_000).unwrap(),
+            vec![1_000]
+        );
         // Two clusters, equal work: the one with half the uptime gets a third.
         let a = node(1, 1, 1_000, 10_000, 10_000);
         let b = node(2, 2, 1_000, 10_000, 5_000);
-        assert_eq!(split(9_000, &[a.clone(), b.clone()], 10_000).unwrap(), vec![6_000, 3_000]);
+        assert_eq!(
+            split(9_000, &[a.clone(), b.clone()], 10_000).unwrap(),
+            vec![6_000, 3_000]
+        );
         // A cheat (quality 0) and a node with no work get nothing.
         let cheat = node(3, 3, 5_000, 0, 10_000);
         let idle = node(4, 4, 0, 10_000, 10_000);
-        assert_eq!(split(900, &[a.clone(), cheat, idle], 10_000).unwrap(), vec![900, 0, 0]);
+        assert_eq!(
+            split(900, &[a.clone(), cheat, idle], 10_000).unwrap(),
+            vec![900, 0, 0]
+        );
         // A farm of 100 nodes in one cluster against 4 small providers: the farm gets the cap
         // (25 %), the rest share 75 % equally.
-        let mut nodes: Vec<NodeInput> = (0..100).map(|i| node(100 + i, 9, 1_000, 10_000, 10_000)).collect();
+        let mut nodes: Vec<NodeInput> = (0..100)
+            .map(|i| node(100 + i, 9, 1_000, 10_000, 10_000))
+            .collect();
         for i in 0..4u64 {
             nodes.push(node(i as u128 + 10, 10 + i, 1_000, 10_000, 10_000));
         }

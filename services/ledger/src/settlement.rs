@@ -362,8 +362,12 @@ pub fn reoffer(
     ];
     if let Some(h) = asg.fee_hold {
         transfers.push(
-            NewTransfer::void(tid(&["assignment", &a, "reoffer_void_fee"]), h, "escrow_reoffer_void")
-                .with_reference(asg.id),
+            NewTransfer::void(
+                tid(&["assignment", &a, "reoffer_void_fee"]),
+                h,
+                "escrow_reoffer_void",
+            )
+            .with_reference(asg.id),
         );
     }
     if improvement > 0 {
@@ -393,7 +397,10 @@ pub fn reoffer(
 /// releases and re-offers use the new `unit_reserve`, so every open unit stays covered at the
 /// limit and the improvement of a fill below it goes back in full. No transfer when nothing is
 /// open (the limit is recorded all the same).
-pub fn raise_limit(order: &OrderState, new_limit: Amount) -> Result<(OrderState, Vec<NewTransfer>)> {
+pub fn raise_limit(
+    order: &OrderState,
+    new_limit: Amount,
+) -> Result<(OrderState, Vec<NewTransfer>)> {
     let t = &order.terms;
     if new_limit <= t.limit_price {
         return Err(LedgerError::Invalid(format!(
@@ -484,8 +491,17 @@ mod tests {
         }
         l.open(op, "USD", AccountFlags::NONE);
         let now = chrono::Utc::now();
-        l.execute(&[NewTransfer::posted(TransferId::new(), op, studio, funds, "deposit")], now)
-            .unwrap();
+        l.execute(
+            &[NewTransfer::posted(
+                TransferId::new(),
+                op,
+                studio,
+                funds,
+                "deposit",
+            )],
+            now,
+        )
+        .unwrap();
         let (order, t) = reserve(terms).unwrap();
         l.execute(&t, now).unwrap();
         (l, order, studio, provider)
@@ -510,8 +526,16 @@ mod tests {
         l.execute(&t, now).unwrap();
         assert_eq!(order.quantity_open, 3);
         assert_eq!(voided.status, AssignmentStatus::Voided);
-        assert_eq!(posted(&l, studio), 10_000 - 3 * 103, "back to the whole reservation");
-        assert_eq!(posted(&l, escrow), 3 * 103, "every open unit covered at the limit");
+        assert_eq!(
+            posted(&l, studio),
+            10_000 - 3 * 103,
+            "back to the whole reservation"
+        );
+        assert_eq!(
+            posted(&l, escrow),
+            3 * 103,
+            "every open unit covered at the limit"
+        );
         assert_eq!(posted(&l, provider), 0);
         assert!(reoffer(&order, &voided).is_err(), "once");
         // An honest node fills all 3 at 90 and is verified: the studio pays 3·90 + ⌈6.75⌉.
@@ -534,10 +558,22 @@ mod tests {
         let (order, cheat, t) = fill(&order, Uuid::now_v7(), provider, 2, 60).unwrap();
         l.execute(&t, now).unwrap();
         let spent = posted(&l, studio) as i64;
-        l.execute(&[NewTransfer::posted(TransferId::new(), studio, provider, spent, "elsewhere")], now)
-            .unwrap();
+        l.execute(
+            &[NewTransfer::posted(
+                TransferId::new(),
+                studio,
+                provider,
+                spent,
+                "elsewhere",
+            )],
+            now,
+        )
+        .unwrap();
         let (_, _, t) = reoffer(&order, &cheat).unwrap();
-        assert!(l.clone().execute(&t, now).is_err(), "no credits for the improvement");
+        assert!(
+            l.clone().execute(&t, now).is_err(),
+            "no credits for the improvement"
+        );
         let (_, t) = void(&order, &cheat).unwrap();
         l.execute(&t, now).unwrap();
         l.check().unwrap();
@@ -572,7 +608,10 @@ mod tests {
         // A fill at 115 (above the old limit) is allowed now; its improvement is 123 − 115 − 3.
         let (order, second, t) = fill(&order, Uuid::now_v7(), provider, 1, 115).unwrap();
         l.execute(&t, now).unwrap();
-        assert!(fill(&order, Uuid::now_v7(), provider, 1, 121).is_err(), "never above the limit");
+        assert!(
+            fill(&order, Uuid::now_v7(), provider, 1, 121).is_err(),
+            "never above the limit"
+        );
         // The last unit is released unfilled at the new reserve.
         let (order, t) = release_unfilled(&order, Uuid::now_v7(), 1).unwrap();
         l.execute(&t, now).unwrap();
@@ -593,7 +632,10 @@ mod tests {
         let (mut l, order, _studio, _) = setup(3 * 103 + 10);
         let now = chrono::Utc::now();
         let (_, t) = raise_limit(&order, 110).unwrap();
-        assert!(l.execute(&t, now).is_err(), "3 × 10 more than the 10 available");
+        assert!(
+            l.execute(&t, now).is_err(),
+            "3 × 10 more than the 10 available"
+        );
         let (_, t) = raise_limit(&order, 103).unwrap(); // unit reserve 106: 3 × 3 = 9 more
         l.execute(&t, now).unwrap();
         l.check().unwrap();

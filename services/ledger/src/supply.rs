@@ -36,7 +36,10 @@ pub fn genesis(conn: &mut PgConnection) -> Result<()> {
         AccountCode::BuybackTreasury,
         AccountCode::Burned,
     ];
-    let news: Vec<NewAccount> = codes.into_iter().map(|c| NewAccount::system(LEDGER, c)).collect();
+    let news: Vec<NewAccount> = codes
+        .into_iter()
+        .map(|c| NewAccount::system(LEDGER, c))
+        .collect();
     store::create_accounts(conn, &news)?;
     if store::get_transfer(conn, genesis_id())?.is_none() {
         store::create_transfer(

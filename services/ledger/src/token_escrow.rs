@@ -174,16 +174,27 @@ pub fn sell_fill(
     let units = cost(qty, t.units_per_lot)?;
     let open = s.quantity_open - qty;
     let mut transfers = vec![
-        NewTransfer::post(tid(&["token-fill", &f, "post_hold"]), hold, Some(units), "token_sell_post")
-            .with_reference(fill_id),
+        NewTransfer::post(
+            tid(&["token-fill", &f, "post_hold"]),
+            hold,
+            Some(units),
+            "token_sell_post",
+        )
+        .with_reference(fill_id),
     ];
     let next_hold = tid(&["token-fill", &f, "hold"]);
     let re = rehold(s, next_hold, open, fill_id)?;
     let has_rehold = re.is_some();
     transfers.extend(re);
     transfers.push(
-        NewTransfer::posted(delivery_id(fill_id), t.escrow_account, buyer, units, "token_deliver")
-            .with_reference(fill_id),
+        NewTransfer::posted(
+            delivery_id(fill_id),
+            t.escrow_account,
+            buyer,
+            units,
+            "token_deliver",
+        )
+        .with_reference(fill_id),
     );
     let mut next = s.clone();
     next.quantity_open = open;
@@ -280,13 +291,25 @@ pub fn buy_fill(
         )));
     }
     let mut transfers = vec![
-        NewTransfer::posted(payment_id(fill_id), t.escrow_account, seller, gross, "token_pay_seller")
-            .with_reference(fill_id),
+        NewTransfer::posted(
+            payment_id(fill_id),
+            t.escrow_account,
+            seller,
+            gross,
+            "token_pay_seller",
+        )
+        .with_reference(fill_id),
     ];
     if fee > 0 {
         transfers.push(
-            NewTransfer::posted(tid(&["token-fill", &f, "fee"]), t.escrow_account, t.fee_account, fee, "token_fee")
-                .with_reference(fill_id),
+            NewTransfer::posted(
+                tid(&["token-fill", &f, "fee"]),
+                t.escrow_account,
+                t.fee_account,
+                fee,
+                "token_fee",
+            )
+            .with_reference(fill_id),
         );
     }
     if improvement > 0 {
@@ -303,7 +326,15 @@ pub fn buy_fill(
     }
     let mut next = order.clone();
     next.quantity_open -= qty;
-    Ok((next, BuyFill { gross, fee, improvement }, transfers))
+    Ok((
+        next,
+        BuyFill {
+            gross,
+            fee,
+            improvement,
+        },
+        transfers,
+    ))
 }
 
 // -------------------------------------------------------------------------------- db edge
@@ -418,7 +449,11 @@ pub fn reserve_sell(conn: &mut PgConnection, sell: &Sell) -> Result<SellState> {
             };
         }
         let (state, transfers) = sell_reserve(terms)?;
-        let mut escrow = NewAccount::new(state.terms.escrow_account, &seller.ledger, AccountCode::Escrow);
+        let mut escrow = NewAccount::new(
+            state.terms.escrow_account,
+            &seller.ledger,
+            AccountCode::Escrow,
+        );
         escrow.reference = Some(sell.order_id);
         store::create_account(c, &escrow)?;
         store::create_transfers(c, &transfers)?;
@@ -444,7 +479,11 @@ pub fn on_sell_fill(
             let same = t.debit_account == s.terms.escrow_account
                 && t.credit_account == buyer
                 && cost(qty, s.terms.units_per_lot).ok() == Some(t.amount);
-            return if same { Ok(s) } else { Err(LedgerError::ExistsWithDifferentContent(t.id)) };
+            return if same {
+                Ok(s)
+            } else {
+                Err(LedgerError::ExistsWithDifferentContent(t.id))
+            };
         }
         let (next, transfers) = sell_fill(&s, fill_id, buyer, qty)?;
         store::create_transfers(c, &transfers)?;
@@ -496,12 +535,19 @@ pub fn on_buy_fill(
         let order = crate::escrow::get_order(c, order_id)?;
         if let Some(t) = store::get_transfer(c, payment_id(fill_id))? {
             let gross = cost(qty, price)?;
-            if t.debit_account != order.terms.escrow_account || t.credit_account != seller || t.amount != gross {
+            if t.debit_account != order.terms.escrow_account
+                || t.credit_account != seller
+                || t.amount != gross
+            {
                 return Err(LedgerError::ExistsWithDifferentContent(t.id));
             }
             let fee = fee(gross, order.terms.fee_bps)?;
             let improvement = cost(qty, order.unit_reserve)? - gross - fee;
-            return Ok(BuyFill { gross, fee, improvement });
+            return Ok(BuyFill {
+                gross,
+                fee,
+                improvement,
+            });
         }
         let (next, fill, transfers) = buy_fill(&order, fill_id, seller, qty, price)?;
         store::create_transfers(c, &transfers)?;
@@ -544,7 +590,8 @@ mod tests {
 
     fn world(tokens: i64, credits: i64, buyers: usize) -> World {
         let mut mem = MemLedger::default();
-        let (supply, operator, seller, seller_credits, fee) = (acct(1), acct(2), acct(3), acct(4), acct(5));
+        let (supply, operator, seller, seller_credits, fee) =
+            (acct(1), acct(2), acct(3), acct(4), acct(5));
         mem.open(supply, "GRID", AccountFlags::NONE);
         mem.open(operator, "USD", AccountFlags::NONE);
         mem.open(seller, "GRID", AccountFlags::CREDIT_NORMAL);
@@ -565,7 +612,15 @@ mod tests {
             let t = NewTransfer::posted(TransferId::new(), supply, seller, tokens, "mint");
             mem.execute(&[t], now()).unwrap();
         }
-        World { mem, supply, operator, seller, seller_credits, buyers: list, fee }
+        World {
+            mem,
+            supply,
+            operator,
+            seller,
+            seller_credits,
+            buyers: list,
+            fee,
+        }
     }
 
     fn posted(mem: &MemLedger, a: AccountId) -> i128 {
@@ -588,11 +643,15 @@ mod tests {
     fn a_sell_holds_delivers_part_and_releases_the_rest() {
         let mut w = world(10 * UNIT, 0, 1);
         let t = sell_terms(&w, 6);
-        w.mem.open(t.escrow_account, "GRID", AccountFlags::CREDIT_NORMAL);
+        w.mem
+            .open(t.escrow_account, "GRID", AccountFlags::CREDIT_NORMAL);
         let (s, tr) = sell_reserve(t).unwrap();
         w.mem.execute(&tr, now()).unwrap();
         assert_eq!(w.mem.accounts[&w.seller].balances.debits_pending, 6 * UNIT);
-        assert_eq!(w.mem.accounts[&w.seller].balances.available(), 4 * UNIT as i128);
+        assert_eq!(
+            w.mem.accounts[&w.seller].balances.available(),
+            4 * UNIT as i128
+        );
         let buyer = w.buyers[0].1;
         let (s, tr) = sell_fill(&s, Uuid::from_u128(1), buyer, 2).unwrap();
         w.mem.execute(&tr, now()).unwrap();
@@ -602,7 +661,10 @@ mod tests {
         let (s, tr) = sell_release(&s, Uuid::from_u128(2), 4).unwrap();
         w.mem.execute(&tr, now()).unwrap();
         assert_eq!((s.quantity_open, s.hold), (0, None));
-        assert_eq!(w.mem.accounts[&w.seller].balances.available(), 8 * UNIT as i128);
+        assert_eq!(
+            w.mem.accounts[&w.seller].balances.available(),
+            8 * UNIT as i128
+        );
         assert_eq!(w.mem.accounts[&w.seller].balances.debits_pending, 0);
         // Nothing more to fill or release.
         assert!(sell_fill(&s, Uuid::from_u128(3), buyer, 1).is_err());
@@ -614,7 +676,8 @@ mod tests {
     fn a_sell_beyond_the_sellers_tokens_is_refused_and_a_self_delivery_too() {
         let mut w = world(UNIT, 0, 1);
         let t = sell_terms(&w, 2);
-        w.mem.open(t.escrow_account, "GRID", AccountFlags::CREDIT_NORMAL);
+        w.mem
+            .open(t.escrow_account, "GRID", AccountFlags::CREDIT_NORMAL);
         let (s, tr) = sell_reserve(t.clone()).unwrap();
         let before = w.mem.accounts.clone();
         assert!(matches!(
@@ -622,7 +685,10 @@ mod tests {
             LedgerError::ExceedsCredits(a) if *a == w.seller
         ));
         assert_eq!(w.mem.accounts, before, "a refused hold moves nothing");
-        assert!(matches!(sell_fill(&s, Uuid::from_u128(1), w.seller, 1), Err(LedgerError::SameAccount(_))));
+        assert!(matches!(
+            sell_fill(&s, Uuid::from_u128(1), w.seller, 1),
+            Err(LedgerError::SameAccount(_))
+        ));
     }
 
     #[test]
@@ -640,20 +706,37 @@ mod tests {
             limit_price: 100,
             fee_bps: 250,
         };
-        w.mem.open(terms.escrow_account, "USD", AccountFlags::CREDIT_NORMAL);
+        w.mem
+            .open(terms.escrow_account, "USD", AccountFlags::CREDIT_NORMAL);
         let (o, tr) = reserve(terms).unwrap();
         w.mem.execute(&tr, now()).unwrap();
         // 5 × (100 + ⌈2.5⌉) = 515 reserved.
         assert_eq!(posted(&w.mem, buyer), 10_000 - 515);
         let (o, f, tr) = buy_fill(&o, Uuid::from_u128(8), w.seller_credits, 3, 90).unwrap();
         w.mem.execute(&tr, now()).unwrap();
-        assert_eq!(f, BuyFill { gross: 270, fee: 7, improvement: 3 * 103 - 270 - 7 });
+        assert_eq!(
+            f,
+            BuyFill {
+                gross: 270,
+                fee: 7,
+                improvement: 3 * 103 - 270 - 7
+            }
+        );
         assert_eq!(posted(&w.mem, w.seller_credits), 270);
         assert_eq!(posted(&w.mem, w.fee), 7);
         assert_eq!(o.quantity_open, 2);
-        assert!(matches!(buy_fill(&o, Uuid::from_u128(9), w.seller_credits, 1, 101), Err(LedgerError::PriceAboveLimit)));
-        assert!(matches!(buy_fill(&o, Uuid::from_u128(9), buyer, 1, 90), Err(LedgerError::SameAccount(_))));
-        assert!(matches!(buy_fill(&o, Uuid::from_u128(9), w.seller_credits, 3, 90), Err(LedgerError::InsufficientOpenQuantity { .. })));
+        assert!(matches!(
+            buy_fill(&o, Uuid::from_u128(9), w.seller_credits, 1, 101),
+            Err(LedgerError::PriceAboveLimit)
+        ));
+        assert!(matches!(
+            buy_fill(&o, Uuid::from_u128(9), buyer, 1, 90),
+            Err(LedgerError::SameAccount(_))
+        ));
+        assert!(matches!(
+            buy_fill(&o, Uuid::from_u128(9), w.seller_credits, 3, 90),
+            Err(LedgerError::InsufficientOpenQuantity { .. })
+        ));
         w.mem.check().unwrap();
     }
 

@@ -1,6 +1,6 @@
+use gridbook_db::testing::TestDb;
 use gridbook_ledger::escrow::{self, Bid};
 use gridbook_ledger::settlement::AssignmentStatus;
-use gridbook_db::testing::TestDb;
 use gridbook_ledger::*;
 
 use crate::{assert_healthy, funded};

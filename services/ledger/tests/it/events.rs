@@ -1,5 +1,5 @@
-use gridbook_ledger::events;
 use gridbook_db::testing::TestDb;
+use gridbook_ledger::events;
 
 #[test]
 fn processed_events_and_outbox() {

@@ -2,10 +2,10 @@
 //! gets its own fresh database from a migrated template (`TestDb`).
 
 mod bank;
-mod supply;
 mod escrow;
 mod events;
 mod rules;
+mod supply;
 mod transfers;
 
 use gridbook_ledger::{AccountCode, AccountId, NewAccount, NewTransfer, TransferId, store};

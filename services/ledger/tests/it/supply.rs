@@ -11,11 +11,18 @@ use crate::assert_healthy;
 fn genesis_mints_the_cap_once_and_the_database_refuses_more_or_an_unburn() {
     let db = TestDb::new();
     let c = &mut db.conn();
-    assert_eq!(supply::supply(c).unwrap().minted, 0, "nothing exists before genesis");
+    assert_eq!(
+        supply::supply(c).unwrap().minted,
+        0,
+        "nothing exists before genesis"
+    );
     supply::genesis(c).unwrap();
     supply::genesis(c).unwrap();
     let s = supply::supply(c).unwrap();
-    assert_eq!((s.minted, s.reserve, s.burned, s.circulating), (MAX_SUPPLY, MAX_SUPPLY, 0, 0));
+    assert_eq!(
+        (s.minted, s.reserve, s.burned, s.circulating),
+        (MAX_SUPPLY, MAX_SUPPLY, 0, 0)
+    );
 
     // Any further mint out of the token supply account, by any code path, is refused by the
     // database's constraint — even one base unit.
@@ -26,8 +33,12 @@ fn genesis_mints_the_cap_once_and_the_database_refuses_more_or_an_unburn() {
     assert!(e.to_string().contains("grid_supply_bounded"), "{e}");
 
     // No other GRID account may be one that can go negative (a mint by another name).
-    let e = store::create_account(c, &NewAccount::system(token::LEDGER, AccountCode::Operator)).unwrap_err();
-    assert!(e.to_string().contains("grid_only_supply_may_go_negative"), "{e}");
+    let e = store::create_account(c, &NewAccount::system(token::LEDGER, AccountCode::Operator))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("grid_only_supply_may_go_negative"),
+        "{e}"
+    );
 
     // Tokens reach a holder only out of the reserve; burned ones can never be debited.
     let holder = token::ensure_user_account(c, uuid::Uuid::now_v7()).unwrap();
