@@ -4,8 +4,9 @@
 //! - Always (light: the engine's own tests use only this): [`free_port`], [`Proc`] (a child
 //!   process killed with SIGKILL and reaped on drop), [`binary`] (a workspace binary next to the
 //!   test executable), [`TempDir`], a private nats-server with JetStream ([`Nats`]), the real
-//!   `matching-engine` binary ([`Engine`], [`EngineConfig`]) and the `settlement-worker` binary
-//!   ([`spawn_worker`], [`WorkerConfig`]).
+//!   `matching-engine` binary ([`Engine`], [`EngineConfig`]), the `settlement-worker` binary
+//!   ([`spawn_worker`], [`WorkerConfig`]) and a private PostgreSQL server ([`Postgres`], for
+//!   tests that crash the database).
 //! - Feature `agent`: the executor agent in this process ([`Agent`]).
 //! - Feature `api`: the API in this process with a fresh PostgreSQL database ([`TestApp`],
 //!   [`TestUser`], [`TestDb`]), the settlement worker in this process ([`InProcessWorker`]) and
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 
 mod engine;
 mod nats;
+mod postgres;
 mod worker;
 
 #[cfg(feature = "agent")]
@@ -35,6 +37,7 @@ mod stack;
 
 pub use engine::{Engine, EngineConfig, Market, Markets};
 pub use nats::{KeyDir, Nats, NatsAccess, NatsOptions, Service};
+pub use postgres::Postgres;
 pub use worker::{WorkerConfig, spawn_worker};
 
 #[cfg(feature = "agent")]

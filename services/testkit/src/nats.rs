@@ -175,4 +175,29 @@ impl Nats {
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
     }
+
+    /// SIGKILL the server and start it again on the same port, configuration and store (what
+    /// JetStream had acknowledged is recovered from `js/`); clients reconnect by themselves.
+    /// Waits until it accepts a connection again.
+    pub async fn kill9_and_restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        let bin = std::env::var("GRIDBOOK_NATS_SERVER_BIN").context("GRIDBOOK_NATS_SERVER_BIN is not set")?;
+        let log = self.proc.log().to_owned();
+        self.proc = Proc::spawn("nats-server", Command::new(&bin).arg("-c").arg(self.dir.join("nats.conf")), &log)?;
+        let start = Instant::now();
+        let access = self.access();
+        while let Err(e) = access.try_connect(Service::Api).await {
+            if let Some(status) = self.proc.exited() {
+                anyhow::bail!("nats-server on {} exited after a restart ({status}); see {}", self.url, log.display());
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "nats-server on {} did not come back: {e}; see {}",
+                self.url,
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
 }

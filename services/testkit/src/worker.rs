@@ -24,6 +24,8 @@ pub struct WorkerConfig {
     pub max_reoffers: Option<u32>,
     /// The binary; default: [`binary`]`("settlement-worker")`.
     pub bin: Option<PathBuf>,
+    /// Further `GRIDBOOK_*` variables (`("GRIDBOOK_CLOSE_EPOCHS", "false")`, …).
+    pub env: Vec<(String, String)>,
 }
 
 /// Starts `settlement-worker run` with `RUST_LOG=warn`, its output appended to `log` (so the
@@ -50,6 +52,7 @@ pub fn spawn_worker(config: &WorkerConfig, log: &Path) -> Proc {
             command.env(k, v);
         }
     }
+    command.envs(config.env.iter().map(|(k, v)| (k, v)));
     Proc::spawn("settlement-worker", &mut command, log).unwrap_or_else(|e| panic!("{e:#}"))
 }
 

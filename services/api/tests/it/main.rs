@@ -26,3 +26,4 @@ mod clusters;
 mod crosscheck;
 mod token;
 mod orders;
+mod chaos;

@@ -28,6 +28,7 @@ pub fn spawn_worker(db_url: &str, market: &str, log: &std::path::Path) -> Proc {
             ack_wait_secs: Some(2),
             max_reoffers: None,
             bin: Some(env!("CARGO_BIN_EXE_settlement-worker").into()),
+            ..WorkerConfig::default()
         },
         log,
     )
