@@ -288,6 +288,14 @@ impl Default for Settings {
 /// Runs migrations, ensures the streams, then settles and publishes until the future is
 /// dropped. A failing loop is logged and restarted after a second.
 pub async fn run(settings: Settings) -> Result<()> {
+    // Bad configuration stops the worker at start with its message, not each task in a
+    // restart loop later (a malformed `verification_secret` used to surface only when the
+    // first result was verified, once a second, forever).
+    if settings.verification_secret.is_some() {
+        settings.sample_policy()?;
+    }
+    settings.canary_policy()?;
+    settings.epoch_policy()?;
     let mut db = db::Db::new(&settings.database_url);
     let applied = db.with(|c| Ok(gridbook_db::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
