@@ -67,6 +67,60 @@ fn next_level(level: &[Hash]) -> Vec<Hash> {
         .collect()
 }
 
+/// The Merkle root of [`merkle_root`], built one leaf at a time in `O(log n)` memory.
+///
+/// The carry-up tree of [`merkle_root`] is the RFC 6962 tree: the left child of the root covers
+/// the largest power of two below the leaf count. The builder keeps one perfect subtree per set
+/// bit of the count so far (a binary counter: pushing a leaf merges equal-sized subtrees), and
+/// [`root`](Self::root) folds them right to left, which is where the odd nodes are carried up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MerkleBuilder {
+    /// Perfect subtrees, largest first: `(root, log2 of its leaf count)`.
+    stack: Vec<(Hash, u32)>,
+    leaves: u64,
+}
+
+impl MerkleBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one leaf (already leaf-hashed, see [`leaf_hash`]).
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (leaf, 0u32);
+        while let Some(&(top, height)) = self.stack.last() {
+            if height != node.1 {
+                break;
+            }
+            self.stack.pop();
+            node = (node_hash(&top, &node.0), height + 1);
+        }
+        self.stack.push(node);
+        self.leaves += 1;
+    }
+
+    /// Leaves pushed so far.
+    pub fn len(&self) -> u64 {
+        self.leaves
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves == 0
+    }
+
+    /// The root over the leaves pushed so far (equal to [`merkle_root`] of them).
+    pub fn root(&self) -> Hash {
+        let mut it = self.stack.iter().rev();
+        let Some(&(mut acc, _)) = it.next() else {
+            return sha256(b"");
+        };
+        for (left, _) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
 /// One step of an inclusion proof: the sibling hash and whether it is on the left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProofStep {

@@ -63,6 +63,9 @@ pub enum ExecutorError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    #[error("cannot resume from {path}: {message}; run with --no-resume to start over")]
+    Resume { path: PathBuf, message: String },
+
     #[error("the run was cancelled")]
     Cancelled,
 

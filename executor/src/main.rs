@@ -77,6 +77,14 @@ enum Cmd {
         /// Batch envelope: `{"id","custom_id","response":{"status_code","body"},"error"}`).
         #[arg(long, default_value = "gridbook", value_parser = ["gridbook", "openai-batch"])]
         format: String,
+        /// Start over even when a progress file says an earlier run of this output was
+        /// interrupted (by default the run resumes after the last chunk it wrote).
+        #[arg(long)]
+        no_resume: bool,
+        /// Items per streamed chunk at most (0 = the workload's bound: 1024 embeddings or
+        /// terrain renders, 8 SD renders). Memory grows with it; output is written per chunk.
+        #[arg(long, default_value_t = 0)]
+        chunk_items: usize,
     },
     /// Measure throughput per workload (and the Python onnxruntime baseline for embeddings).
     Bench {
@@ -195,6 +203,8 @@ fn real_main() -> anyhow::Result<()> {
             render_batch,
             sd_model_dir,
             format,
+            no_resume,
+            chunk_items,
         } => {
             let format = if format == "openai-batch" {
                 local::OutputFormat::OpenAiBatch
@@ -217,7 +227,12 @@ fn real_main() -> anyhow::Result<()> {
                 },
             };
             let mut w = registry::Loaded::load(workload, &rt, &opts)?;
-            run_local(&mut w, &input, &output, format)
+            let opts = local::RunOptions {
+                format,
+                resume: !no_resume,
+                chunk_items,
+            };
+            run_local(&mut w, &input, &output, &opts)
         }
         Cmd::Bench {
             sentences,
@@ -502,7 +517,7 @@ fn run_local<W: Workload>(
     w: &mut W,
     input: &std::path::Path,
     output: &std::path::Path,
-    format: local::OutputFormat,
+    opts: &local::RunOptions,
 ) -> anyhow::Result<()> {
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -512,18 +527,21 @@ fn run_local<W: Workload>(
         .progress_chars("=> "),
     );
     pb.set_message(w.id());
-    let report = local::run_file(w, input, output, format, &|n| pb.inc(n), &|total| {
+    let report = local::run_file_with(w, input, output, opts, &|n| pb.inc(n), &|total| {
         pb.set_length(total)
     })
     .with_context(|| format!("running {} on {}", w.id(), input.display()))?;
     pb.finish_and_clear();
+    if let Some(lines) = report.resumed_lines {
+        println!("resumed after input line {lines} (the interrupted run's last complete chunk)");
+    }
     println!(
         "{}: {} ok, {} failed in {:.2} s; merkle root {}",
         report.manifest.workload,
         report.succeeded,
         report.failed,
         report.elapsed.as_secs_f64(),
-        report.commitment.merkle_root
+        report.merkle_root
     );
     println!("output: {}", report.paths.output.display());
     println!("errors: {}", report.paths.errors.display());

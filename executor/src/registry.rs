@@ -361,6 +361,14 @@ impl Workload for Loaded {
             Loaded::Sd(w) => w.manifest(),
         }
     }
+
+    fn stream_chunk_items(&self) -> usize {
+        match self {
+            Loaded::Embed(w) => w.stream_chunk_items(),
+            Loaded::Terrain(w) => w.stream_chunk_items(),
+            Loaded::Sd(w) => w.stream_chunk_items(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -448,6 +448,11 @@ pub struct SdWorkload {
 impl Workload for SdWorkload {
     type Input = SdInput;
 
+    /// A 512x512 PNG is a few hundred KB: a chunk of 8 keeps a render stream's memory small.
+    fn stream_chunk_items(&self) -> usize {
+        8
+    }
+
     fn id(&self) -> &'static str {
         WORKLOAD_ID
     }

@@ -79,6 +79,12 @@ pub trait Workload {
 
     /// How this workload produces outputs (model hashes, runtime, device ...).
     fn manifest(&self) -> Manifest;
+
+    /// Items a streamed run ([`crate::local::run_stream`]) hands this workload per chunk at most:
+    /// a chunk's inputs, their intermediate tensors and outputs are in memory together.
+    fn stream_chunk_items(&self) -> usize {
+        crate::local::DEFAULT_CHUNK_ITEMS
+    }
 }
 
 /// Outputs of a batch, in input order, with their commitment and manifest.

@@ -9,6 +9,7 @@ mod calibrate;
 mod challenge_timing;
 mod engine;
 mod ledger;
+mod rss;
 mod sybil;
 mod verification;
 mod ws;
@@ -36,6 +37,8 @@ enum Scenario {
     Engine(engine::Args),
     /// Escrow ledger on PostgreSQL: single and batched transfers, hot and spread accounts.
     Ledger(ledger::Args),
+    /// Executor memory on a bulk file: peak RSS and time to first output byte of `executor run`.
+    Rss(rss::Args),
     /// Identity clusters and the anti-whale cap: matched-volume shares of Sybil operators.
     Sybil(sybil::Args),
     /// Verification sampling: detection of cheaters under the old and the new sample rule.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::VerificationOverhead(args) => calibrate::overhead(args),
         Scenario::Engine(args) => engine::run(args),
         Scenario::Ledger(args) => ledger::run(args),
+        Scenario::Rss(args) => rss::run(args),
         Scenario::Sybil(args) => sybil::run(args),
         Scenario::Verification(args) => verification::run(args),
         Scenario::Ws(args) => ws::run(args),

@@ -368,6 +368,31 @@ impl ApiClient {
         serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
     }
 
+    /// Uploads the assignment's output from a file, streamed (the file is never read into
+    /// memory); returns the name the market stored it under.
+    pub async fn output_file(&self, grant: &Grant, path: &std::path::Path) -> Result<Uploaded, ApiError> {
+        let what = "PUT /v1/assignments/{id}/output";
+        let io = |e: std::io::Error| ApiError::Transport {
+            what: what.into(),
+            message: format!("reading the output file {}: {e}", path.display()),
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        let body = self
+            .send_raw(
+                what,
+                self.http
+                    .put(self.url(&grant.output_url))
+                    .bearer_auth(&grant.token)
+                    .header("Content-Type", "application/x-ndjson")
+                    .header("Content-Length", len)
+                    .timeout(Self::DATA_TIMEOUT)
+                    .body(reqwest::Body::from(file)),
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Decode { what: what.into(), message: e.to_string() })
+    }
+
     /// The assignment's private model, sealed (at most `max` bytes).
     pub async fn model(&self, grant: &Grant, max: u64) -> Result<Vec<u8>, ApiError> {
         let what = "GET /v1/assignments/{id}/model";

@@ -5,7 +5,7 @@
 //! * [`api`] — the marketplace HTTP API client (register, challenge, asks, book).
 //! * [`pricing`] — pure ask pricing policies (`fixed`, `follow`).
 //! * [`workloads`] — the models a node serves, and running an assignment's lines through the
-//!   local-mode code path ([`crate::local::run_reader`]), so outputs equal local mode's.
+//!   local-mode streaming path ([`crate::local::run_to_writer`], output spooled to a file and uploaded streamed), so outputs equal local mode's.
 //! * [`node`] — the NATS side: heartbeats, the assignment consumer, cancellations, results.
 //!
 //! Start-up ([`bootstrap`]): register when no node id is known (stored in the state file), answer

@@ -585,6 +585,9 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         served,
         Duration::from_secs(5),
     ));
+    // The output is spooled to a file chunk by chunk and uploaded from it, streamed: the node
+    // holds one chunk of the run, not the assignment's whole output.
+    let spool = Spool(std::env::temp_dir().join(format!("gridbook-output-{}.jsonl", a.assignment_id)));
     let run = {
         let workloads = ctx.workloads.clone();
         let control = running.control.clone();
@@ -593,12 +596,17 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         // Error lines are numbered in the served input (its positions, canaries included).
         let offset = 0;
         let model = work.model.as_ref().map(|m| m.sha256.clone());
+        let path = spool.0.clone();
+        let assignment_id = a.assignment_id;
         tokio::task::spawn_blocking(move || {
-            workloads.run(&market, model.as_deref(), &items, offset, &|n| progress.add(n), &control)
+            let on_error = |e: &crate::local::LineError| {
+                tracing::info!(assignment_id = %assignment_id, line = e.line, custom_id = ?e.custom_id, field = ?e.field, message = %e.message, "item failed");
+            };
+            workloads.run_to_file(&market, model.as_deref(), &items, offset, &path, &on_error, &|n| progress.add(n), &control)
         })
         .await
     };
-    let run = match run {
+    let (run, run_manifest) = match run {
         Ok(Ok(r)) => r,
         Ok(Err(ExecutorError::Cancelled)) => {
             return if running.by_shutdown.load(Ordering::SeqCst) {
@@ -618,16 +626,13 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
             End::Nothing("cancelled by the market")
         };
     }
-    for e in &run.errors {
-        tracing::info!(assignment_id = %a.assignment_id, line = e.line, custom_id = ?e.custom_id, field = ?e.field, message = %e.message, "item failed");
-    }
     let items_ok = run.succeeded as u64;
-    let manifest = serde_json::to_value(&run.manifest).unwrap_or(serde_json::Value::Null);
-    match deliver(ctx, a.assignment_id, run.output).await {
+    let manifest = serde_json::to_value(&run_manifest).unwrap_or(serde_json::Value::Null);
+    match deliver(ctx, a.assignment_id, &spool.0, &run.output_sha256).await {
         Ok(sha) => report(
             Outcome::Completed {
                 output_sha256: sha,
-                merkle_root: run.commitment.merkle_root,
+                merkle_root: run.merkle_root,
                 items_ok,
                 items_failed: served.saturating_sub(items_ok),
             },
@@ -635,6 +640,15 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         ),
         // The work is done but cannot be delivered: fail it (the market re-offers the units).
         Err(e) => failed(e),
+    }
+}
+
+/// An assignment's spooled output file, removed when the assignment's run is over.
+struct Spool(std::path::PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -698,18 +712,17 @@ async fn fetch_input(ctx: &Ctx, assignment: Uuid, max: u64) -> Result<Vec<u8>, S
     api.input(&grant, max).await.map_err(|e| e.to_string())
 }
 
-/// Uploads the output through a grant for the assignment; returns its sha256 (checked against
-/// the name the market stored it under).
-async fn deliver(ctx: &Ctx, assignment: Uuid, bytes: Vec<u8>) -> Result<String, String> {
-    let sha = hex::encode(crate::commitment::sha256(&bytes));
+/// Uploads the output file (streamed) through a grant for the assignment; returns its sha256
+/// (`sha`, hashed as it was written), checked against the name the market stored it under.
+async fn deliver(ctx: &Ctx, assignment: Uuid, path: &std::path::Path, sha: &str) -> Result<String, String> {
     let api = ctx.credentials.api();
     let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
     let grant = api.grant(&credential, assignment).await.map_err(|e| e.to_string())?;
-    let stored = api.output(&grant, bytes).await.map_err(|e| e.to_string())?;
+    let stored = api.output_file(&grant, path).await.map_err(|e| e.to_string())?;
     if stored.sha256 != sha {
         return Err(format!("the market stored the output as {}, its sha256 is {sha}", stored.sha256));
     }
-    Ok(sha)
+    Ok(sha.to_owned())
 }
 
 async fn publish_result(ctx: &Ctx, result: &ResultMsg) -> Result<(), AgentError> {

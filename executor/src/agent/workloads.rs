@@ -1,5 +1,5 @@
 //! The workloads a node serves, loaded once at start-up ([`crate::registry::Loaded`]), and
-//! running an assignment's lines through the local-mode code path ([`crate::local::run_reader`]):
+//! running an assignment's lines through the local-mode code path ([`crate::local::run_stream`], in memory or to a spool file):
 //! the output lines are the bytes local mode writes for the same lines (renders carry the PNG
 //! inline as `image_png_b64` instead of a file path, so the output object is self-contained).
 //!
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{ExecutorError, Result};
-use crate::local::{Artifacts, JsonlRun, run_reader};
+use crate::local::{Artifacts, JsonlRun, LineError, StreamedRun, run_reader, run_to_writer};
 use crate::models::ModelsDir;
 use crate::registry::{Loaded, Options, WorkloadKind};
 use crate::runtime::{RunControl, Runtime, RuntimeConfig};
@@ -78,8 +78,8 @@ impl Workloads {
         };
         let mut loaded = BTreeMap::new();
         for kind in kinds {
-            if !loaded.contains_key(&kind) {
-                loaded.insert(kind, Mutex::new(Loaded::load(kind, rt, &opts)?));
+            if let std::collections::btree_map::Entry::Vacant(slot) = loaded.entry(kind) {
+                slot.insert(Mutex::new(Loaded::load(kind, rt, &opts)?));
             }
         }
         Ok(Self {
@@ -181,18 +181,9 @@ impl Workloads {
         Ok(())
     }
 
-    /// Runs JSONL items (already the assignment's lines) for `market`, on the private model
-    /// `model` (its sha256; loaded with [`Self::load_private`]) or the market's. `line_offset`
-    /// numbers error lines within the job's file. Cancelling `control` returns `Cancelled`.
-    pub fn run(
-        &self,
-        market: &str,
-        model: Option<&str>,
-        jsonl: &[u8],
-        line_offset: usize,
-        progress: &dyn Fn(u64),
-        control: &Arc<RunControl>,
-    ) -> Result<JsonlRun> {
+    /// Runs `f` on `market`'s workload: the private model `model` (its sha256; loaded with
+    /// [`Self::load_private`]) or the market's.
+    fn with_workload<R>(&self, market: &str, model: Option<&str>, f: impl FnOnce(&mut Loaded) -> Result<R>) -> Result<R> {
         let private;
         let w = match model {
             Some(sha) => {
@@ -206,16 +197,57 @@ impl Workloads {
             })?,
         };
         let mut w = lock(w);
-        control.check()?;
-        run_reader(
-            &mut *w,
-            std::io::Cursor::new(jsonl),
-            line_offset,
-            Artifacts::Inline,
-            progress,
-            &|_| {},
-            Some(control),
-        )
+        f(&mut w)
+    }
+
+    /// Runs JSONL items (already the assignment's lines) for `market`, on the private model
+    /// `model` or the market's, in memory. `line_offset` numbers error lines within the job's
+    /// file. Cancelling `control` returns `Cancelled`.
+    pub fn run(
+        &self,
+        market: &str,
+        model: Option<&str>,
+        jsonl: &[u8],
+        line_offset: usize,
+        progress: &dyn Fn(u64),
+        control: &Arc<RunControl>,
+    ) -> Result<JsonlRun> {
+        self.with_workload(market, model, |w| {
+            control.check()?;
+            run_reader(w, std::io::Cursor::new(jsonl), line_offset, Artifacts::Inline, progress, Some(control))
+        })
+    }
+
+    /// [`Self::run`] streamed: the output lines are written to the file `output` chunk by
+    /// chunk (the same bytes [`Self::run`] returns), errors go to `on_error` as they come, so
+    /// memory holds one chunk of the run, not its whole output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_to_file(
+        &self,
+        market: &str,
+        model: Option<&str>,
+        jsonl: &[u8],
+        line_offset: usize,
+        output: &Path,
+        on_error: &dyn Fn(&LineError),
+        progress: &dyn Fn(u64),
+        control: &Arc<RunControl>,
+    ) -> Result<(StreamedRun, crate::commitment::Manifest)> {
+        self.with_workload(market, model, |w| {
+            control.check()?;
+            let f = std::fs::File::create(output).map_err(|e| ExecutorError::io(output, e))?;
+            let run = run_to_writer(
+                w,
+                std::io::Cursor::new(jsonl),
+                line_offset,
+                Artifacts::Inline,
+                std::io::BufWriter::with_capacity(1 << 16, f),
+                on_error,
+                progress,
+                Some(control),
+            )?;
+            Ok((run, w.manifest()))
+        })
     }
 }
 

@@ -73,3 +73,33 @@ fn embedding_bytes_are_little_endian_f32() {
         [0, 0, 128, 63, 0, 0, 32, 192]
     );
 }
+
+proptest::proptest! {
+    /// The streamed runs' incremental root ([`MerkleBuilder`], one leaf at a time) equals the
+    /// batch root ([`merkle_root`], which `Commitment::build` uses) after every leaf.
+    #[test]
+    fn incremental_root_equals_the_batch_root(n in 0usize..300, salt in proptest::prelude::any::<u64>()) {
+        let leaves: Vec<Hash> = (0..n)
+            .map(|i| leaf_hash(&format!("id{i}-{salt}"), &sha256(&(i as u64 ^ salt).to_le_bytes())))
+            .collect();
+        let mut b = MerkleBuilder::new();
+        proptest::prop_assert_eq!(b.root(), merkle_root(&[]));
+        for (i, l) in leaves.iter().enumerate() {
+            b.push(*l);
+            proptest::prop_assert_eq!(b.root(), merkle_root(&leaves[..=i]));
+        }
+        proptest::prop_assert_eq!(b.len(), n as u64);
+    }
+}
+
+#[test]
+fn incremental_root_equals_commitment_build_at_powers_of_two_and_around() {
+    for n in [0usize, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 1023, 1024, 1025] {
+        let items: Vec<(String, Hash)> = (0..n).map(|i| (format!("c{i}"), sha256(&[i as u8, (i >> 8) as u8]))).collect();
+        let mut b = MerkleBuilder::new();
+        for (id, h) in &items {
+            b.push(leaf_hash(id, h));
+        }
+        assert_eq!(hex::encode(b.root()), Commitment::build(&items).merkle_root, "n = {n}");
+    }
+}

@@ -165,6 +165,7 @@ fn a_byte_order_mark_is_accepted_and_the_openai_batch_envelope_is_written() {
     )
     .unwrap();
     assert_eq!(err["custom_id"], "b");
+    assert_eq!(err["id"], "batch_req_000002", "numbered by request (its line among the non-blank ones)");
     assert_eq!(err["response"], serde_json::Value::Null);
     assert_eq!(err["error"]["code"], "invalid_request");
     assert_eq!(err["error"]["message"], "line 2: input: expected a string");

@@ -11,4 +11,5 @@ mod local;
 mod private;
 mod runtime;
 mod sd;
+mod stream;
 mod terrain;
