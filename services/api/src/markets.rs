@@ -551,6 +551,7 @@ async fn client_loop(
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(list_markets, get_market, get_book, get_trades, get_candles, market_ws),
+    components(schemas(crate::feed::WsSnapshot)),
     tags((name = "markets", description = "public market data: catalogue, book, trades, candles, the live WebSocket feed"))
 )]
 pub struct ApiDoc;

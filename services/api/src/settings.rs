@@ -29,7 +29,7 @@ pub struct Settings {
     pub http: Http,
     /// Per-account log-in back-off (see [`Login`]).
     pub login: Login,
-    /// Directory of the trader web UI (`web/dist`), served at `/` when it exists.
+    /// Directory of the built web app (`web/build`, made by `npm run build` in `web/`; `cargo xtask run` builds it), served at `/` when it exists.
     pub web_dir: Option<PathBuf>,
     /// `GRIDBOOK_MODELS_KEK_FILE`: the key-encryption key of private models (64 hex digits,
     /// mode 0600; the settlement worker reads the same file). Unset: private models are off
