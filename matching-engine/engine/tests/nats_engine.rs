@@ -20,6 +20,7 @@ use matching_core::{
     AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook, OrderId, Place,
     Side, TimeInForce,
 };
+use gridbook_testkit::replay::{clean_replay, published_frames, read_subject};
 use gridbook_testkit::{Engine, EngineConfig, Market};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -160,70 +161,6 @@ async fn publish_all(js: &jetstream::Context, market: &str, cmds: &[(String, Vec
     }
 }
 
-/// Every message of `subject` in `stream`, in order, read with an ephemeral consumer.
-async fn read_subject(js: &jetstream::Context, stream: &str, subject: &str) -> Vec<jetstream::Message> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let info = stream.get_info().await.unwrap();
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subject.into(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let last = info.state.last_sequence;
-    let mut out = vec![];
-    let mut messages = consumer.messages().await.unwrap();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-        let Ok(Some(msg)) = next else { break };
-        let msg = msg.unwrap();
-        let seq = msg.info().unwrap().stream_sequence;
-        out.push(msg);
-        if seq >= last {
-            break;
-        }
-    }
-    out
-}
-
-/// What a clean, single-process replay of the stored commands produces (the engine's rules:
-/// seq = stream sequence, time = stream time in ms, never decreasing; undecodable messages and
-/// re-used place ids are dropped).
-fn clean_replay(market: &str, commands: &[jetstream::Message]) -> Vec<Event> {
-    let mut book = OrderBook::new(market_config(market)).unwrap();
-    let mut seen = HashSet::new();
-    let (mut last_time, mut out) = (0u64, vec![]);
-    let mut seq = 0;
-    for msg in commands {
-        let info = msg.info().unwrap();
-        let kinds = if msg.payload.first() == Some(&b'[') {
-            match serde_json::from_slice::<Vec<CommandKind>>(&msg.payload) {
-                Ok(k) => k,
-                Err(_) => continue,
-            }
-        } else {
-            match serde_json::from_slice::<CommandKind>(&msg.payload) {
-                Ok(k) => vec![k],
-                Err(_) => continue,
-            }
-        };
-        last_time = last_time.max(info.published.timestamp_millis() as u64);
-        for kind in kinds {
-            if let CommandKind::Place(p) = &kind
-                && !seen.insert(p.id.0)
-            {
-                continue;
-            }
-            seq += 1;
-            book.apply(&Command { seq, time: last_time, kind }, &mut out);
-        }
-    }
-    out
-}
-
 async fn wait_until_caught_up(js: &jetstream::Context, market: &str, last_cmd: u64, within: Duration) -> EventFrame {
     let stream = js.get_stream(streams::EVENTS).await.unwrap();
     let deadline = Instant::now() + within;
@@ -246,23 +183,6 @@ async fn wait_for_streams(js: &jetstream::Context) {
         assert!(Instant::now() < deadline, "engine did not create its streams");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Every frame the engine published for `market`, checked gapless and duplicate-free (two
-/// writers or a lost publish would break the sequence).
-async fn published_frames(js: &jetstream::Context, market: &str) -> Vec<EventFrame> {
-    let frames: Vec<EventFrame> = read_subject(js, streams::EVENTS, &subjects::market_evt(market))
-        .await
-        .iter()
-        .flat_map(|m| serde_json::from_slice::<Vec<EventFrame>>(&m.payload).unwrap())
-        .collect();
-    let mut expected_first = 1;
-    for f in &frames {
-        assert_eq!(f.first, expected_first, "event frames have a gap or a duplicate at cmd {}", f.cmd);
-        assert_eq!(f.events.len() as u64, f.last - f.first + 1);
-        expected_first = f.last + 1;
-    }
-    frames
 }
 
 async fn last_command_seq(js: &jetstream::Context, market: &str) -> u64 {
@@ -321,7 +241,7 @@ async fn kill_9_under_load_loses_nothing_and_duplicates_nothing() {
     let frames = published_frames(&js, &market).await;
     let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
     let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
-    let replayed = clean_replay(&market, &commands);
+    let replayed = clean_replay(market_config(&market), &commands);
     assert!(kills >= 4, "the engine was killed {kills} times");
     assert_eq!(published.len(), replayed.len(), "event count differs from a clean replay");
     assert!(published == replayed, "published events differ from a clean replay");
@@ -448,7 +368,7 @@ async fn a_second_engine_waits_for_the_lease_and_takes_over_when_the_first_dies(
     let frames = published_frames(&js, &market).await;
     let published: Vec<Event> = frames.iter().flat_map(|f| f.events.iter().copied()).collect();
     let commands = read_subject(&js, streams::COMMANDS, &subjects::market_cmd(&market)).await;
-    assert!(published == clean_replay(&market, &commands), "events differ from a clean replay");
+    assert!(published == clean_replay(market_config(&market), &commands), "events differ from a clean replay");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,7 @@ use anyhow::Context as _;
 mod engine;
 mod nats;
 mod postgres;
+pub mod replay;
 mod worker;
 
 #[cfg(feature = "agent")]
