@@ -27,3 +27,4 @@ mod crosscheck;
 mod token;
 mod orders;
 mod chaos;
+mod bulk;
