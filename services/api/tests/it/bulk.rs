@@ -13,7 +13,7 @@
 //! invariant audit is clean. The time from submission to completion is printed with what it
 //! was spent on (first assignment, each assignment's run and verification, the reference run).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use executor::agent::config::AgentSettings;
@@ -103,16 +103,6 @@ struct Asg {
     /// Seconds from the assignment's creation to its verification record.
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
     verified_s: Option<f64>,
-}
-
-#[derive(diesel::QueryableByName)]
-struct Sum {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    code: String,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    posted: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pending: i64,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -245,13 +235,7 @@ async fn a_ten_thousand_line_embedding_job_splits_over_three_providers_by_the_bo
     }
     let violations = gridbook_ledger::store::check_invariants(c).unwrap();
     assert!(violations.is_empty(), "{violations:?}");
-    let sums: Vec<Sum> = diesel::sql_query(
-        "SELECT code, sum(credits_posted - debits_posted)::bigint AS posted, sum(debits_pending + credits_pending)::bigint AS pending
-         FROM ledger_accounts WHERE ledger = 'USD' GROUP BY code",
-    )
-    .load(c)
-    .unwrap();
-    let by_code: BTreeMap<String, (i64, i64)> = sums.into_iter().map(|s| (s.code, (s.posted, s.pending))).collect();
+    let by_code = crate::chaos::credits_by_code(c);
     let posted = |code: &str| by_code.get(code).map_or(0, |v| v.0);
     assert!(by_code.values().all(|v| v.1 == 0), "holds left pending after the job: {by_code:?}");
     let moved: Vec<&String> = by_code.iter().filter(|(_, v)| v.0 != 0).map(|(k, _)| k).collect();

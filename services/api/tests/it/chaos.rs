@@ -215,14 +215,25 @@ fn assignments_of(db_url: &str) -> String {
     rows.into_iter().map(|r| r.line).collect::<Vec<_>>().join("; ")
 }
 
-#[derive(diesel::QueryableByName)]
-struct Sum {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    code: String,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    posted: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pending: i64,
+/// The credits ledger (`USD`) summed per account code: (posted balance, pending debits +
+/// credits). The money checks of the whole-stack tests read it.
+pub(crate) fn credits_by_code(c: &mut diesel::PgConnection) -> BTreeMap<String, (i64, i64)> {
+    #[derive(diesel::QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        code: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        posted: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        pending: i64,
+    }
+    let sums: Vec<Sum> = diesel::sql_query(
+        "SELECT code, sum(credits_posted - debits_posted)::bigint AS posted, sum(debits_pending + credits_pending)::bigint AS pending
+         FROM ledger_accounts WHERE ledger = 'USD' GROUP BY code",
+    )
+    .load(c)
+    .unwrap();
+    sums.into_iter().map(|s| (s.code, (s.posted, s.pending))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -416,13 +427,7 @@ async fn chaos_rounds_during_a_job_lose_nothing_and_create_no_money() {
     let c = &mut gridbook_db::connect(&db_url).unwrap();
     let violations = gridbook_ledger::store::check_invariants(c).unwrap();
     assert!(violations.is_empty(), "{violations:?}");
-    let sums: Vec<Sum> = diesel::sql_query(
-        "SELECT code, sum(credits_posted - debits_posted)::bigint AS posted, sum(debits_pending + credits_pending)::bigint AS pending
-         FROM ledger_accounts WHERE ledger = 'USD' GROUP BY code",
-    )
-    .load(c)
-    .unwrap();
-    let by_code: BTreeMap<String, (i64, i64)> = sums.into_iter().map(|s| (s.code, (s.posted, s.pending))).collect();
+    let by_code = credits_by_code(c);
     eprintln!("USD (credits) by account code (posted, pending): {by_code:?}");
     let posted = |code: &str| by_code.get(code).map_or(0, |v| v.0);
     assert_eq!(posted("operator"), -CREDIT, "money entered other than by the deposit: {by_code:?}");
