@@ -35,6 +35,17 @@ impl ApiError {
         }
     }
 
+    /// Worth trying again: the request did not reach the market or its answer was lost
+    /// (transport), or the market was busy or failing for a moment (408, 429, 5xx). A 4xx
+    /// that judges the request itself (401, 403, 404, 409 `assignment_closed`, 413, …) is final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Transport { .. } => true,
+            ApiError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            ApiError::Decode { .. } => false,
+        }
+    }
+
     /// The ask no longer rests in the book (unknown, or `409 ask_not_open`: filled, cancelled,
     /// expired). Any other 409 (e.g. `probation_cap`) leaves it open.
     pub fn ask_gone(&self) -> bool {

@@ -565,7 +565,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     {
         return failed(e);
     }
-    let input = match fetch_input(ctx, a.assignment_id, ctx.max_input_bytes).await {
+    let input = match with_retries("input", a.assignment_id, work.deadline_ms, &|| running.control.is_cancelled(), || fetch_input(ctx, a.assignment_id, ctx.max_input_bytes)).await {
         Ok(b) => b,
         Err(e) => return failed(e),
     };
@@ -628,7 +628,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     }
     let items_ok = run.succeeded as u64;
     let manifest = serde_json::to_value(&run_manifest).unwrap_or(serde_json::Value::Null);
-    match deliver(ctx, a.assignment_id, &spool.0, &run.output_sha256).await {
+    match with_retries("output", a.assignment_id, work.deadline_ms, &|| running.control.is_cancelled(), || deliver(ctx, a.assignment_id, &spool.0, &run.output_sha256)).await {
         Ok(sha) => report(
             Outcome::Completed {
                 output_sha256: sha,
@@ -704,23 +704,89 @@ fn open_model(mut sealed: Vec<u8>, key: &ModelKey, m: &ModelRef) -> Result<Vec<u
     Ok(sealed)
 }
 
+/// Tries of one data transfer (input, output) before the assignment is reported failed.
+const TRANSFER_TRIES: u32 = 5;
+/// The wait before the second try; it doubles with each further one (1, 2, 4, 8 s).
+const TRANSFER_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A failed try of a transfer: whether another try may succeed, and what went wrong.
+struct TryError {
+    transient: bool,
+    message: String,
+}
+
+impl From<super::api::ApiError> for TryError {
+    fn from(e: super::api::ApiError) -> Self {
+        TryError { transient: e.is_transient(), message: e.to_string() }
+    }
+}
+
+impl From<AgentError> for TryError {
+    fn from(e: AgentError) -> Self {
+        // Getting a credential fails for a moment when the API does; a retired node's does not.
+        let transient = match &e {
+            AgentError::Api(api) => api.is_transient(),
+            AgentError::Nats(_) => true,
+            AgentError::Executor(_) | AgentError::Config(_) | AgentError::ChallengeFailed(_) => false,
+        };
+        TryError { transient, message: e.to_string() }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or [`TRANSFER_TRIES`] tries failed for a
+/// moment (the market restarting, a busy store, a dropped connection): a node that did the
+/// work does not lose it, and the units are not re-offered, for a blip. Stops trying once the
+/// assignment's deadline passed or it was cancelled. Each try takes a fresh grant.
+async fn with_retries<T, F, Fut>(
+    what: &str,
+    assignment_id: Uuid,
+    deadline_ms: u64,
+    cancelled: &(dyn Fn() -> bool + Sync),
+    mut attempt: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TryError>>,
+{
+    let mut backoff = TRANSFER_FIRST_BACKOFF;
+    for try_no in 1..=TRANSFER_TRIES {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let past_deadline = deadline_ms != 0 && now_ms() + backoff.as_millis() as u64 > deadline_ms;
+                if !e.transient || try_no == TRANSFER_TRIES || past_deadline || cancelled() {
+                    return Err(if try_no > 1 { format!("{} (after {try_no} tries)", e.message) } else { e.message });
+                }
+                tracing::warn!(%assignment_id, what, try_no, retry_in_ms = backoff.as_millis() as u64,
+                    error = %e.message, "transfer failed for a moment; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+    }
+    unreachable!("the last try returns")
+}
+
 /// The assignment's input lines, through a grant for it.
-async fn fetch_input(ctx: &Ctx, assignment: Uuid, max: u64) -> Result<Vec<u8>, String> {
+async fn fetch_input(ctx: &Ctx, assignment: Uuid, max: u64) -> Result<Vec<u8>, TryError> {
     let api = ctx.credentials.api();
-    let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
-    let grant = api.grant(&credential, assignment).await.map_err(|e| e.to_string())?;
-    api.input(&grant, max).await.map_err(|e| e.to_string())
+    let credential = ctx.credentials.get().await?;
+    let grant = api.grant(&credential, assignment).await?;
+    Ok(api.input(&grant, max).await?)
 }
 
 /// Uploads the output file (streamed) through a grant for the assignment; returns its sha256
 /// (`sha`, hashed as it was written), checked against the name the market stored it under.
-async fn deliver(ctx: &Ctx, assignment: Uuid, path: &std::path::Path, sha: &str) -> Result<String, String> {
+async fn deliver(ctx: &Ctx, assignment: Uuid, path: &std::path::Path, sha: &str) -> Result<String, TryError> {
     let api = ctx.credentials.api();
-    let credential = ctx.credentials.get().await.map_err(|e| e.to_string())?;
-    let grant = api.grant(&credential, assignment).await.map_err(|e| e.to_string())?;
-    let stored = api.output_file(&grant, path).await.map_err(|e| e.to_string())?;
+    let credential = ctx.credentials.get().await?;
+    let grant = api.grant(&credential, assignment).await?;
+    let stored = api.output_file(&grant, path).await?;
     if stored.sha256 != sha {
-        return Err(format!("the market stored the output as {}, its sha256 is {sha}", stored.sha256));
+        return Err(TryError {
+            transient: false,
+            message: format!("the market stored the output as {}, its sha256 is {sha}", stored.sha256),
+        });
     }
     Ok(sha.to_owned())
 }
@@ -743,4 +809,57 @@ async fn publish_result(ctx: &Ctx, result: &ResultMsg) -> Result<(), AgentError>
         .await
         .map_err(AgentError::nats)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn transient(m: &str) -> TryError {
+        TryError { transient: true, message: m.into() }
+    }
+
+    /// Runs `with_retries` over a script of outcomes (one per try) and returns its result and
+    /// how many tries it made. Tokio's clock is paused: the back-off sleeps advance it at once.
+    async fn run(script: Vec<Result<u32, TryError>>, deadline_ms: u64, cancelled: bool) -> (Result<u32, String>, u32) {
+        let tries = AtomicU32::new(0);
+        let script = Mutex::new(VecDeque::from(script));
+        let r = with_retries("output", Uuid::nil(), deadline_ms, &|| cancelled, || {
+            tries.fetch_add(1, Ordering::SeqCst);
+            let next = script.lock().unwrap().pop_front().expect("a try beyond the script");
+            async move { next }
+        })
+        .await;
+        (r, tries.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_that_fails_for_a_moment_is_tried_again_and_a_final_refusal_is_not() {
+        // Two blips, then the upload goes through: the third try's value.
+        let (r, n) = run(vec![Err(transient("503 busy")), Err(transient("connection reset")), Ok(7)], 0, false).await;
+        assert_eq!((r, n), (Ok(7), 3));
+        // A refusal that judges the request (409 assignment_closed): one try, its message.
+        let final_err = TryError { transient: false, message: "409 assignment_closed".into() };
+        let (r, n) = run(vec![Err(final_err)], 0, false).await;
+        assert_eq!((r, n), (Err("409 assignment_closed".into()), 1));
+        // Failing for a moment every time: TRANSFER_TRIES tries, then the last error, counted.
+        let script = (0..TRANSFER_TRIES).map(|_| Err(transient("503 busy"))).collect();
+        let (r, n) = run(script, 0, false).await;
+        assert_eq!(n, TRANSFER_TRIES);
+        assert_eq!(r, Err(format!("503 busy (after {TRANSFER_TRIES} tries)")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_past_the_deadline_or_after_a_cancel() {
+        // The deadline falls before the first back-off ends: the first error stands.
+        let (r, n) = run(vec![Err(transient("503 busy"))], now_ms() + 10, false).await;
+        assert_eq!((r, n), (Err("503 busy".into()), 1));
+        // Cancelled by the market: nothing more is tried.
+        let (r, n) = run(vec![Err(transient("503 busy"))], 0, true).await;
+        assert_eq!((r, n), (Err("503 busy".into()), 1));
+        // A deadline far away leaves room for the retries.
+        let (r, n) = run(vec![Err(transient("503 busy")), Ok(1)], now_ms() + 3_600_000, false).await;
+        assert_eq!((r, n), (Ok(1), 2));
+    }
 }

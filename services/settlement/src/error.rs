@@ -16,6 +16,10 @@ pub enum SettlementError {
     TaskFailed,
     #[error("NATS: {0}")]
     Nats(String),
+    /// The object store answered that the object does not exist (not a time-out or a dropped
+    /// connection, which are `Nats`).
+    #[error("NATS: {0}")]
+    ObjectMissing(String),
     #[error("event cannot settle: {0}")]
     Refused(String),
     /// The event (or result) cannot settle for a reason the dead letter names.
@@ -44,7 +48,8 @@ impl SettlementError {
             SettlementError::Db(_)
             | SettlementError::Connection(_)
             | SettlementError::TaskFailed
-            | SettlementError::Nats(_) => true,
+            | SettlementError::Nats(_)
+            | SettlementError::ObjectMissing(_) => true,
             SettlementError::Encode(_)
             | SettlementError::Refused(_)
             | SettlementError::Unsettleable { .. } => false,

@@ -62,10 +62,14 @@ pub async fn files_bucket(js: &Context) -> Result<ObjectStore> {
 
 /// Reads object `name` whole (at most [`MAX_OBJECT_BYTES`]).
 pub async fn read_object(store: &ObjectStore, name: &str) -> Result<Vec<u8>> {
-    let mut obj = store
-        .get(name)
-        .await
-        .map_err(|e| SettlementError::Nats(format!("object {name}: {e}")))?;
+    let mut obj = store.get(name).await.map_err(|e| {
+        let why = format!("object {name}: {e}");
+        if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound {
+            SettlementError::ObjectMissing(why)
+        } else {
+            SettlementError::Nats(why)
+        }
+    })?;
     let size = obj.info().size;
     if size > MAX_OBJECT_BYTES {
         return Err(SettlementError::Refused(format!(
@@ -656,11 +660,14 @@ async fn verify_completed(
     let output = match read_object(store, output_sha256).await {
         Ok(o) => o,
         Err(SettlementError::Refused(why)) => return Ok(fail(FailedCheck::OutputFormat, why)),
-        Err(e) => {
-            // A missing object is the node's fault only once it had time to upload: the node
-            // publishes the result after the upload, so a missing object is a lie.
-            return Ok(fail(FailedCheck::WrongOutput, format!("output object {output_sha256}: {e}")));
+        Err(SettlementError::ObjectMissing(why)) => {
+            // The node publishes its result after the upload, so a missing object is a lie.
+            return Ok(fail(FailedCheck::WrongOutput, why));
         }
+        // The store timed out or the connection dropped: the market could not read the output,
+        // which says nothing about the node's work. Retry the result later (an honest node is
+        // never failed, unpaid or suspended for the market's own blip).
+        Err(e) => return Err(e),
     };
     // Who may re-run the sample: another provider's node, unless the job's model is private (its
     // weights are not handed to a second node) or none is eligible.

@@ -103,6 +103,11 @@ struct Asg {
     /// Seconds from the assignment's creation to its verification record.
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
     verified_s: Option<f64>,
+    /// The verification's failed check and detail (why it failed), when it failed.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    failed_check: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    detail: Option<String>,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -212,7 +217,8 @@ async fn a_ten_thousand_line_embedding_job_splits_over_three_providers_by_the_bo
         "SELECT a.id, a.node_id, a.status, a.units, a.price, a.item_count,
                 extract(epoch FROM a.created_at - j.created_at)::float8 AS after_s,
                 extract(epoch FROM a.updated_at - a.created_at)::float8 AS took_s,
-                extract(epoch FROM v.created_at - a.created_at)::float8 AS verified_s
+                extract(epoch FROM v.created_at - a.created_at)::float8 AS verified_s,
+                v.failed_check, CASE WHEN v.outcome = 'passed' THEN NULL ELSE v.detail END AS detail
          FROM job_assignments a JOIN jobs j ON j.id = a.job_id
          LEFT JOIN assignment_verifications v ON v.assignment_id = a.id WHERE a.job_id = $1 ORDER BY a.created_at",
     )
