@@ -1,8 +1,10 @@
 // The real stack for the browser test (and `npm run openapi`): a private nats-server with
 // JetStream, the matching engine serving dev.toml's markets, the settlement worker and the API
-// (serving the built app from web/build). Debug binaries from $CARGO_TARGET_DIR (or target/).
+// (serving the built app from web/build); `agent()` adds a provider's executor agent (real ONNX
+// Runtime and model). Debug binaries from $CARGO_TARGET_DIR (or target/).
 //
-// Needs GRIDBOOK_NATS_SERVER_BIN and GRIDBOOK_DATABASE_URL (`eval "$(cargo xtask env)"`).
+// Needs GRIDBOOK_NATS_SERVER_BIN and GRIDBOOK_DATABASE_URL (`eval "$(cargo xtask env)"`); the
+// agent also ORT_DYLIB_PATH and GRIDBOOK_MODELS_DIR (the same command sets them).
 
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -101,7 +103,23 @@ export async function startStack({ webDir } = {}) {
     }, 60_000);
     // After the API has migrated the database (both would otherwise migrate at once).
     start('settlement-worker', bin('settlement-worker'), ['run'], { ...common, GRIDBOOK_OUTBOX_INTERVAL_MS: '100', RUST_LOG: 'warn' });
-    return { api, natsPort, dbUrl, dir, stop };
+    /** Starts `executor agent` for the provider whose API key is `key`, with a fixed ask of
+     *  `qty` units at `price` on `market` (it registers, passes the hardware challenge, asks). */
+    const agent = ({ name, key, market, price, qty }) => {
+      need('ORT_DYLIB_PATH');
+      need('GRIDBOOK_MODELS_DIR');
+      const keyFile = path.join(dir, `${name}.key`);
+      fs.writeFileSync(keyFile, key, { mode: 0o600 });
+      const config = path.join(dir, `${name}.toml`);
+      fs.writeFileSync(config, `api_url = "${api}"\nnats_url = "${natsUrl}"\nstate_file = "${path.join(dir, name + '.state.json')}"\n` +
+        `name = "${name}"\ngpu_model = "cpu"\nvram_mb = 0\nregion = "local"\nheartbeat_secs = 5\nmax_concurrent = 1\ngrace_secs = 5\npricing_poll_secs = 5\n\n` +
+        `[markets.${market}]\nkind = "fixed"\nprice = ${price}\nqty = ${qty}\n`);
+      return start(name, bin('executor'),
+      // The flags, not the config file: $GRIDBOOK_NATS_URL (from `cargo xtask env`) names the
+      // tests' shared nats-server and would override the file.
+      ['--threads', '1', 'agent', '--api', api, '--nats', natsUrl, '--key-file', keyFile, '--node-config', config], { RUST_LOG: 'info' });
+    };
+    return { api, natsPort, dbUrl, dir, stop, agent };
   } catch (e) {
     await stop();
     throw e;

@@ -6,13 +6,16 @@
 // page (the book moves on orders, a fill on the tape and in the candles, a forced gap shows a
 // resync); ladder frame times at 1,000 book updates/s (p50/p99 printed); a studio signs up,
 // is credited, uploads JSONL, sees the estimate, submits and sees the job (and its bid on the
-// book); a provider registers a node, places, amends and cancels an ask (the hardware challenge
-// is marked passed in PostgreSQL: running the real challenge needs the ONNX model and is
-// covered by services/api's provider tests); the protocol page; a 390 px screenshot; labels on
+// book); a second provider's real executor agent (ONNX Runtime, MiniLM) asks at the job's limit,
+// the job runs, is verified and completes, and the studio sees it completed with its
+// verification and downloads the output (every custom_id once, a 384-dimension embedding
+// each); a provider registers a node in the browser, places, amends and cancels an ask (that
+// node's hardware challenge is marked passed in PostgreSQL: the agent above runs the real one);
+// the protocol page; a 390 px screenshot; labels on
 // every form control (axe-core); no console errors, page errors or failed requests.
 //
 // Needs: `eval "$(cargo xtask env)"`, the debug binaries (`cargo build -p matching-engine
-// -p gridbook-settlement -p gridbook-api --bins`), `npm ci && npm run build` in web/, psql,
+// -p gridbook-settlement -p gridbook-api -p executor --bins`), `npm ci && npm run build` in web/, psql,
 // /usr/bin/chromium. Screenshots: web/artifacts/*.png (git-ignored).
 
 import { execFileSync } from 'node:child_process';
@@ -201,6 +204,21 @@ async function main() {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('Email').waitFor();
 
+    // A provider with a real executor agent asks 1 unit at 495: only the studio's bid is that
+    // high (the raw bids rest at 490 and lower), so the job's one unit fills on its node.
+    const agentEmail = `web-agent-${run}@example.com`;
+    const signup = await fetch(`${api}/v1/accounts`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ email: agentEmail, password: PASSWORD, role: 'provider' }) });
+    assert.equal(signup.status, 201, await signup.clone().text());
+    const agentLogin = await fetch(`${api}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ email: agentEmail, password: PASSWORD }) });
+    assert.equal(agentLogin.status, 200, await agentLogin.clone().text());
+    const made = await fetch(`${api}/v1/keys`, { method: 'POST', headers: { 'content-type': 'application/json', cookie: agentLogin.headers.get('set-cookie').split(';')[0] },
+      body: JSON.stringify({ name: 'web test agent' }) });
+    assert.equal(made.status, 201, await made.clone().text());
+    const agentStarted = Date.now();
+    stack.agent({ name: `web-agent-${run}`, key: (await made.json()).key, market: MARKET, price: 495, qty: 1 });
+
     // Provider: sign up, register a node, (challenge marked passed), place, amend, cancel.
     await page.goto(`${api}/#/provider`);
     await page.getByLabel('Email').fill(`web-provider-${run}@example.com`);
@@ -227,6 +245,32 @@ async function main() {
     await page.locator('#ask-list').getByRole('button', { name: 'Cancel' }).click();
     await until('the ask closed', async () => /closed/.test(await page.locator('#ask-list').innerText()), 15_000);
     await until('the ask off the book', async () => !/ask\s+535/.test(await page.locator('[data-testid="book"]').innerText()), 15_000);
+
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('Email').waitFor();
+
+    // The studio again: its job ran on the agent's node, was verified and completed; the job
+    // page shows the verification, and the output downloads with every custom_id once.
+    await page.goto(`${api}/#/studio`);
+    await page.getByLabel('Email').fill(studioEmail);
+    await page.getByLabel('Password (12+ characters)').fill(PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await until('the job completed in the list', async () =>
+      /completed/.test(await page.locator('[data-testid="jobs"] tbody tr').first().innerText()), 180_000);
+    console.log(`studio job completed in the browser ${((Date.now() - agentStarted) / 1000).toFixed(1)} s after the provider's agent started (registration, hardware challenge, ask, run, verification)`);
+    assert.match(await page.locator('[data-testid="jobs"] tbody tr').first().innerText(), /100 %/);
+    await page.locator('[data-testid="jobs"] tbody tr a').first().click();
+    await until('the verification on the job page', async () => /passed/.test(await page.locator('section').innerText()), 15_000);
+    const download = page.getByRole('link', { name: 'Download output' });
+    await download.waitFor();
+    const [file] = await Promise.all([page.waitForEvent('download'), download.click()]);
+    const got = fs.readFileSync(await file.path(), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(got.map((o) => o.custom_id).sort(), Array.from({ length: 20 }, (_, i) => `r${i}`).sort(), 'the output holds every custom_id once');
+    for (const o of got) assert.equal(o.embedding?.length, 384, `${o.custom_id}: a 384-dimension embedding`);
+    await page.screenshot({ path: path.join(shots, 'job-completed.png'), fullPage: true });
+    await page.goto(`${api}/#/studio`);
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('Email').waitFor();
 
     // Protocol.
     await page.goto(`${api}/#/protocol`);

@@ -733,8 +733,9 @@ impl Project {
         run(Command::new("npm").args(["run", "build"]).current_dir(&web)).map_err(|e| format!("building the web app (web/): {e}"))
     }
 
-    /// `web/test/ui.test.mjs`: the real engine, settlement worker and API (debug builds, a
-    /// fresh database) serving `web/build`, driven with chromium through playwright-core.
+    /// `web/test/ui.test.mjs`: the real engine, settlement worker, API and an executor agent
+    /// (debug builds, a fresh database) serving `web/build`, driven with chromium through
+    /// playwright-core.
     fn run_web_tests(&self) -> Result<()> {
         println!("\nxtask: web app build and browser test (node web/test/ui.test.mjs, chromium via playwright-core)");
         self.build_web()?;
@@ -743,8 +744,8 @@ impl Project {
         // set); building them again with `-p` would resolve other features and recompile.
         let target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| self.root.join("target"));
         let debug = target.join("debug");
-        if !["matching-engine", "gridbook-api", "settlement-worker"].iter().all(|b| debug.join(b).exists()) {
-            run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api", "-p", "gridbook-settlement", "--bins"]))?;
+        if !["matching-engine", "gridbook-api", "settlement-worker", "executor"].iter().all(|b| debug.join(b).exists()) {
+            run(self.cargo().args(["build", "--locked", "-p", "matching-engine", "-p", "gridbook-api", "-p", "gridbook-settlement", "-p", "executor", "--bins"]))?;
         }
         let mut cmd = Command::new("node");
         cmd.arg("test/ui.test.mjs").current_dir(&web).envs(self.env_vars());
