@@ -259,8 +259,12 @@ async function main() {
       /completed/.test(await page.locator('[data-testid="jobs"] tbody tr').first().innerText()), 180_000);
     console.log(`studio job completed in the browser ${((Date.now() - agentStarted) / 1000).toFixed(1)} s after the provider's agent started (registration, hardware challenge, ask, run, verification)`);
     assert.match(await page.locator('[data-testid="jobs"] tbody tr').first().innerText(), /100 %/);
+    // Succeeded 20, failed 0, running 0, queued 0 (the list's count columns, in order).
+    assert.deepEqual((await page.locator('[data-testid="jobs"] tbody tr').first().locator('td').allTextContents()).slice(4, 9), ['20', '20', '0', '0', '0']);
     await page.locator('[data-testid="jobs"] tbody tr a').first().click();
     await until('the verification on the job page', async () => /passed/.test(await page.locator('section').innerText()), 15_000);
+    // The assignment: on the agent's node (a CPU node in region local), 1 unit, lines 1–20, at 495.
+    assert.deepEqual((await page.locator('[data-testid="assignments"] tbody tr td').allTextContents()).slice(2), ['local', 'cpu', '1', '1–20', '495', 'completed']);
     const download = page.getByRole('link', { name: 'Download output' });
     await download.waitFor();
     const [file] = await Promise.all([page.waitForEvent('download'), download.click()]);

@@ -70,6 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(get))
             .route(web::patch().to(amend)),
     )
+    .service(web::resource("/jobs/{id}/assignments").route(web::get().to(assignments)))
     .service(web::resource("/jobs/{id}/cancel").route(web::post().to(cancel)))
     .service(web::resource("/jobs/{id}/output").route(web::get().to(output)))
     .service(web::resource("/jobs/{id}/errors").route(web::get().to(errors)))
@@ -128,7 +129,13 @@ impl From<TimeInForce> for JobTimeInForce {
 pub struct RequestCounts {
     pub total: i32,
     pub completed: i32,
+    /// Failed items, expired and cancelled ones included (their units were never run).
     pub failed: i32,
+    /// Items on assignments a node is running or the market is verifying.
+    pub running: i32,
+    /// Items waiting for a provider (their units on the book, or re-offered after a failure);
+    /// 0 once the job has finished.
+    pub queued: i32,
 }
 
 /// Money of the job's escrow order, minor units.
@@ -188,8 +195,28 @@ pub struct JobList {
     pub next_before: Option<Uuid>,
 }
 
-fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
+/// Items on each job's running or verifying assignments (absent: none).
+fn running_items(conn: &mut PgConnection, ids: &[Uuid]) -> ApiResult<std::collections::HashMap<Uuid, i32>> {
+    use gridbook_db::schema::job_assignments as a;
+    use gridbook_db::status::AssignmentStatus;
+    let rows: Vec<(Uuid, Option<i64>)> = a::table
+        .filter(a::job_id.eq_any(ids))
+        .filter(a::status.eq_any([AssignmentStatus::Assigned, AssignmentStatus::Verifying]))
+        .group_by(a::job_id)
+        .select((a::job_id, diesel::dsl::sum(a::item_count)))
+        .load(conn)?;
+    Ok(rows.into_iter().map(|(id, n)| (id, i32::try_from(n.unwrap_or(0)).unwrap_or(i32::MAX))).collect())
+}
+
+/// [`job_out`] with the job's running items read from its assignments.
+fn job_out_in(conn: &mut PgConnection, r: JobRow, escrow: Option<EscrowOut>) -> ApiResult<JobOut> {
+    let running = running_items(conn, &[r.id])?.get(&r.id).copied().unwrap_or(0);
+    Ok(job_out(r, escrow, running))
+}
+
+fn job_out(r: JobRow, escrow: Option<EscrowOut>, running: i32) -> JobOut {
     let done = r.items_completed + r.items_failed;
+    let finished = r.finished_at.is_some();
     JobOut {
         id: r.id,
         market: r.market,
@@ -201,6 +228,8 @@ fn job_out(r: JobRow, escrow: Option<EscrowOut>) -> JobOut {
             total: r.items,
             completed: r.items_completed,
             failed: r.items_failed,
+            running,
+            queued: if finished { 0 } else { (r.items - done - running).max(0) },
         },
         progress: if r.items > 0 {
             (f64::from(done) / f64::from(r.items)).clamp(0.0, 1.0)
@@ -552,7 +581,7 @@ pub async fn create(
         idempotency::run(c, request, |c| {
             let (row, esc) = create_in_tx(c, &principal, &market, &req)?;
             tracing::info!(job = %row.id, user = %principal.user_id, market = %row.market, units = row.units, limit_price = row.limit_price, engine_order_id = row.engine_order_id, "job queued");
-            Ok((StatusCode::CREATED, job_out(row, Some(esc))))
+            Ok((StatusCode::CREATED, job_out(row, Some(esc), 0)))
         })
     })
     .await?;
@@ -584,12 +613,15 @@ pub async fn list(
     let limit = page.limit()?;
     let before = page.before;
     let owner = principal.user_id;
-    let (rows, next_before) = crate::db::run(&state.db, move |c| {
-        Ok(crate::files::owned_page!(c, jobs, JobRow, owner, limit, before)?)
+    let (rows, next_before, running) = crate::db::run(&state.db, move |c| {
+        let (rows, next): (Vec<JobRow>, _) = crate::files::owned_page!(c, jobs, JobRow, owner, limit, before)?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let running = running_items(c, &ids)?;
+        Ok((rows, next, running))
     })
     .await?;
     Ok(HttpResponse::Ok().json(JobList {
-        data: rows.into_iter().map(|r| job_out(r, None)).collect(),
+        data: rows.into_iter().map(|r| { let n = running.get(&r.id).copied().unwrap_or(0); job_out(r, None, n) }).collect(),
         next_before,
     }))
 }
@@ -608,10 +640,85 @@ pub async fn get(
     let out = crate::db::run(&state.db, move |c| {
         let row = load_job(c, owner, id, false)?;
         let esc = escrow_of(c, row.order_id)?;
-        Ok(job_out(row, esc))
+        job_out_in(c, row, esc)
     })
     .await?;
     Ok(HttpResponse::Ok().json(out))
+}
+
+/// One assignment of a job: which node runs (or ran) which of its units, at what price, and how
+/// it ended. A node is named by its id, region and GPU model, never by its owner.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobAssignmentOut {
+    pub id: Uuid,
+    pub node_id: Uuid,
+    /// As the node's provider registered it.
+    pub node_region: String,
+    pub node_gpu_model: String,
+    /// The job's units `unit_start .. unit_start + units`.
+    pub unit_start: i64,
+    pub units: i64,
+    /// The input lines `item_start .. item_start + item_count` (0-based).
+    pub item_start: i32,
+    pub item_count: i32,
+    /// The trade price, minor units per unit.
+    pub price: i64,
+    /// `assigned` (the node runs it), `verifying`, `completed` (verified and paid) or `failed`
+    /// (its units re-offered or refunded: `GET /v1/jobs/{id}/verifications` says why).
+    pub status: String,
+    pub deadline: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobAssignmentList {
+    /// Oldest first; at most [`MAX_JOB_ASSIGNMENTS`].
+    pub data: Vec<JobAssignmentOut>,
+    /// More assignments exist than were returned.
+    pub truncated: bool,
+}
+
+/// Most assignments `GET /v1/jobs/{id}/assignments` returns (a job has at most the market's
+/// `max_qty` units; re-offers after failures add a few more).
+pub const MAX_JOB_ASSIGNMENTS: i64 = 1_000;
+
+/// The assignments of one of the caller's jobs: its units as the book split them over
+/// providers' nodes, with prices and outcomes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/assignments", tag = "jobs",
+    responses((status = 200, body = JobAssignmentList), (status = 404, body = crate::error::ErrorResponse)),
+    security(("api_key" = []), ("session" = [])))]
+pub async fn assignments(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    use gridbook_db::schema::{job_assignments as a, nodes};
+    principal.require_scope(Scope::Read)?;
+    let (owner, id) = (principal.user_id, id.into_inner());
+    let (rows, truncated) = crate::db::run(&state.db, move |c| {
+        load_job(c, owner, id, false)?;
+        type Row = (Uuid, Uuid, String, String, i64, i64, i32, i32, i64, String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+        let mut rows: Vec<Row> = a::table
+            .inner_join(nodes::table)
+            .filter(a::job_id.eq(id))
+            .order((a::created_at.asc(), a::id.asc()))
+            .limit(MAX_JOB_ASSIGNMENTS + 1)
+            .select((a::id, a::node_id, nodes::region, nodes::gpu_model, a::unit_start, a::units, a::item_start, a::item_count,
+                a::price, a::status, a::deadline, a::created_at, a::updated_at))
+            .load(c)?;
+        let truncated = rows.len() as i64 > MAX_JOB_ASSIGNMENTS;
+        rows.truncate(MAX_JOB_ASSIGNMENTS as usize);
+        Ok((rows, truncated))
+    })
+    .await?;
+    let data = rows
+        .into_iter()
+        .map(|(id, node_id, node_region, node_gpu_model, unit_start, units, item_start, item_count, price, status, deadline, created_at, updated_at)| {
+            JobAssignmentOut { id, node_id, node_region, node_gpu_model, unit_start, units, item_start, item_count, price, status, deadline, created_at, updated_at }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(JobAssignmentList { data, truncated }))
 }
 
 /// What a studio may change on a waiting job: its limit price, upwards only.
@@ -683,7 +790,7 @@ pub async fn amend(
             }
             if new_limit == row.limit_price {
                 let esc = escrow_of(c, row.order_id)?;
-                return Ok(job_out(row, esc));
+                return job_out_in(c, row, esc);
             }
             let not_amendable = |why: String| {
                 ApiError::conflict("not_amendable", why).with_field("limit_price")
@@ -752,7 +859,7 @@ pub async fn amend(
                 "job limit raised"
             );
             let esc = escrow_of(c, row.order_id)?;
-            Ok(job_out(row, esc))
+            job_out_in(c, row, esc)
         })
     })
     .await?;
@@ -787,7 +894,7 @@ pub async fn cancel(
             let row = load_job(c, principal.user_id, id, true)?;
             if row.cancel_requested_at.is_some() {
                 let esc = escrow_of(c, row.order_id)?;
-                return Ok(job_out(row, esc));
+                return job_out_in(c, row, esc);
             }
             if !matches!(
                 row.status,
@@ -827,7 +934,7 @@ pub async fn cancel(
             }
             tracing::info!(job = %row.id, user = %principal.user_id, engine_order_id = row.engine_order_id, "job cancel requested");
             let esc = escrow_of(c, row.order_id)?;
-            Ok(job_out(row, esc))
+            job_out_in(c, row, esc)
         })
     })
     .await?;
@@ -975,7 +1082,7 @@ pub async fn image(
 /// The OpenAPI paths of this module (merged by `openapi::document`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create, list, get, amend, cancel, output, errors, image),
+    paths(create, list, get, assignments, amend, cancel, output, errors, image),
     tags((name = "jobs", description = "batch jobs: escrowed bids on a market, progress, cancel, output"))
 )]
 pub struct ApiDoc;

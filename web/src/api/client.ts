@@ -77,6 +77,7 @@ export const api = {
   job: (id: string) => call<S['JobOut']>('GET', `/v1/jobs/${id}`),
   cancelJob: (id: string) => call<S['JobOut']>('POST', `/v1/jobs/${id}/cancel`),
   verifications: (id: string) => call<S['VerificationList']>('GET', `/v1/jobs/${id}/verifications`),
+  jobAssignments: (id: string) => call<S['JobAssignmentList']>('GET', `/v1/jobs/${id}/assignments`),
   nodes: () => call<S['NodeList']>('GET', '/v1/nodes'),
   registerNode: (b: S['RegisterNode']) => call<S['NodeOut']>('POST', '/v1/nodes', b),
   asks: () => call<S['AskList']>('GET', '/v1/asks?limit=50'),

@@ -31,7 +31,7 @@ function jobRow(j: S['JobOut']): (Node | string)[] {
     h('a', { href: `#/jobs/${j.id}`, text: j.id.slice(0, 8) }), j.market, j.status,
     h('span', {}, h('progress', { max: 100, value: pct, 'aria-label': `job ${j.id.slice(0, 8)} progress` }), ` ${pct} %`),
     fmt(j.request_counts.total), fmt(j.request_counts.completed), fmt(j.request_counts.failed),
-    fmt(j.units), fmt(j.limit_price), new Date(j.deadline).toLocaleString('en-GB'),
+    fmt(j.request_counts.running), fmt(j.request_counts.queued), fmt(j.units), fmt(j.limit_price), new Date(j.deadline).toLocaleString('en-GB'),
   ];
 }
 
@@ -92,7 +92,7 @@ export function studioPage(): Page {
       const [b, j] = await Promise.all([api.balance(), api.jobs()]);
       balance.replaceChildren(balancePanel(b));
       jobs.replaceChildren(jobs.firstChild!, j.data.length
-        ? table(['Job', 'Market', 'Status', 'Progress', 'Requests', 'Succeeded', 'Failed', 'Units', 'Limit', 'Deadline'], j.data.map(jobRow))
+        ? table(['Job', 'Market', 'Status', 'Progress', 'Requests', 'Succeeded', 'Failed', 'Running', 'Queued', 'Units', 'Limit', 'Deadline'], j.data.map(jobRow))
         : h('p', { class: 'muted', text: 'No jobs yet.' }));
     };
     el.replaceChildren(el.firstChild!, h('p', {}, `Signed in as ${me.email} (${me.role}) `, signOutButton(() => void render())),
@@ -111,7 +111,7 @@ export function jobPage(id: string): Page {
   let timer = 0;
   let first: { t: number; p: number } | undefined;
   const refresh = async () => {
-    const [j, v] = await Promise.all([api.job(id), api.verifications(id).catch(() => ({ data: [] }) as S['VerificationList'])]);
+    const [j, v, a] = await Promise.all([api.job(id), api.verifications(id).catch(() => ({ data: [] }) as S['VerificationList']), api.jobAssignments(id)]);
     const pct = Math.round(j.progress * 100);
     // ETA from the progress seen since this page opened (the API reports progress, not a rate).
     const now = Date.now();
@@ -123,6 +123,7 @@ export function jobPage(id: string): Page {
         h('div', { class: 'panel' }, table(['', ''], [
           ['status', j.status], ['market', j.market], ['progress', h('span', {}, h('progress', { max: 100, value: pct, 'aria-label': 'progress' }), ` ${pct} %`)],
           ['ETA', eta], ['requests', fmt(j.request_counts.total)], ['succeeded', fmt(j.request_counts.completed)], ['failed', fmt(j.request_counts.failed)],
+          ['running', fmt(j.request_counts.running)], ['queued', fmt(j.request_counts.queued)],
           ['units', fmt(j.units)], ['limit (credits per unit)', fmt(j.limit_price)], ['deadline', j.deadline],
         ])),
         j.escrow ? h('div', { class: 'panel' }, h('h2', { text: 'Escrow (minor units)' }), table(['', ''], [
@@ -132,6 +133,10 @@ export function jobPage(id: string): Page {
         j.output_file ? h('a', { href: `/v1/jobs/${id}/output`, download: `${id}-output.jsonl`, text: 'Download output' }) : h('span', { class: 'muted', text: 'No output yet. ' }),
         ' ',
         j.error_file ? h('a', { href: `/v1/jobs/${id}/errors`, download: `${id}-errors.jsonl`, text: 'Download errors' }) : null),
+      h('div', { class: 'panel', 'data-testid': 'assignments' }, h('h2', { text: 'Assignments (how the book split the job over providers\' nodes)' }), a.data.length
+        ? table(['Assignment', 'Node', 'Region', 'GPU', 'Units', 'Lines', 'Price', 'Status'], a.data.map((x) => [x.id.slice(0, 8), x.node_id.slice(0, 8), x.node_region, x.node_gpu_model,
+          fmt(x.units), `${x.item_start + 1}–${x.item_start + x.item_count}`, fmt(x.price), x.status]))
+        : h('p', { class: 'muted', text: 'None yet: the job waits in the book for a provider.' })),
       h('div', { class: 'panel' }, h('h2', { text: 'Verifications' }), v.data.length
         ? table(['Assignment', 'Outcome', 'Detail'], v.data.map((x) => [String(x.assignment_id).slice(0, 8), String(x.outcome), String(x.detail ?? '')]))
         : h('p', { class: 'muted', text: 'None yet.' })));

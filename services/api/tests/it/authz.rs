@@ -125,6 +125,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/jobs/{job}/errors", Any, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/images/tile-0", Any, Obj::Job, None),
     r("GET", "/v1/jobs/{job}/verifications", Any, Obj::Job, None),
+    r("GET", "/v1/jobs/{job}/assignments", Any, Obj::Job, None),
     // nodes, asks, assignments, earnings
     r("GET", "/v1/nodes", PROVIDER, Obj::None, None),
     r("GET", "/v1/cluster", PROVIDER, Obj::None, None),

@@ -60,6 +60,26 @@ async fn a_studio_job_runs_on_a_provider_node_is_verified_paid_and_downloaded() 
     assert_eq!(job["status"], "completed", "statuses {seen:?}: {job}");
     assert_eq!(job["request_counts"]["completed"], 1_500, "{job}");
     assert_eq!(job["request_counts"]["failed"], 0, "{job}");
+    assert_eq!((job["request_counts"]["running"].as_i64(), job["request_counts"]["queued"].as_i64()), (Some(0), Some(0)), "{job}");
+
+    // The studio's view of how the book split the job: every assignment on the provider's
+    // node, completed at its ask's price, covering the units and lines exactly once.
+    let asg = json_of(app.get_as(&studio, &format!("/v1/jobs/{job_id}/assignments")).await).await;
+    assert_eq!(asg["truncated"], false, "{asg}");
+    let asg = asg["data"].as_array().unwrap_or_else(|| panic!("{asg}")).clone();
+    assert!(asg.iter().all(|a| a["node_id"] == nodes[0]["id"] && a["status"] == "completed" && a["price"] == 40), "{asg:?}");
+    let mut lines_covered: Vec<(i64, i64)> = asg.iter().map(|a| (a["item_start"].as_i64().unwrap(), a["item_count"].as_i64().unwrap())).collect();
+    lines_covered.sort();
+    let mut next = 0;
+    for (start, count) in &lines_covered {
+        assert_eq!(*start, next, "lines covered {lines_covered:?}");
+        next += count;
+    }
+    assert_eq!(next, 1_500, "lines covered {lines_covered:?}");
+    assert_eq!(asg.iter().map(|a| a["units"].as_i64().unwrap()).sum::<i64>(), 2, "{asg:?}");
+    // Nobody else sees them.
+    let other = app.signup("studio").await;
+    assert_eq!(app.get_as(&other, &format!("/v1/jobs/{job_id}/assignments")).await.status(), 404);
 
     // The output file: one line per input, keyed by custom_id, 384-dim unit vectors.
     let out = app.get_as(&studio, &format!("/v1/jobs/{job_id}/output")).await;

@@ -284,7 +284,7 @@ async fn job_reserves_escrow_and_queues_the_place_command() {
     assert_eq!(job["units"], 3);
     assert_eq!(
         job["request_counts"],
-        json!({"total": 2500, "completed": 0, "failed": 0})
+        json!({"total": 2500, "completed": 0, "failed": 0, "running": 0, "queued": 2500})
     );
     assert_eq!(job["progress"], 0.0);
     assert_eq!(job["metadata"], json!({"project": "docs"}));
