@@ -587,7 +587,10 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     ));
     // The output is spooled to a file chunk by chunk and uploaded from it, streamed: the node
     // holds one chunk of the run, not the assignment's whole output.
-    let spool = Spool(std::env::temp_dir().join(format!("gridbook-output-{}.jsonl", a.assignment_id)));
+    let spool = match Spool::create(a.assignment_id) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
     let run = {
         let workloads = ctx.workloads.clone();
         let control = running.control.clone();
@@ -596,7 +599,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
         // Error lines are numbered in the served input (its positions, canaries included).
         let offset = 0;
         let model = work.model.as_ref().map(|m| m.sha256.clone());
-        let path = spool.0.clone();
+        let path = spool.path().to_path_buf();
         let assignment_id = a.assignment_id;
         tokio::task::spawn_blocking(move || {
             let on_error = |e: &crate::local::LineError| {
@@ -628,7 +631,7 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
     }
     let items_ok = run.succeeded as u64;
     let manifest = serde_json::to_value(&run_manifest).unwrap_or(serde_json::Value::Null);
-    match with_retries("output", a.assignment_id, work.deadline_ms, &|| running.control.is_cancelled(), || deliver(ctx, a.assignment_id, &spool.0, &run.output_sha256)).await {
+    match with_retries("output", a.assignment_id, work.deadline_ms, &|| running.control.is_cancelled(), || deliver(ctx, a.assignment_id, spool.path(), &run.output_sha256)).await {
         Ok(sha) => report(
             Outcome::Completed {
                 output_sha256: sha,
@@ -644,11 +647,28 @@ async fn execute(ctx: &Arc<Ctx>, a: &AssignmentMsg, running: &Arc<Running>) -> E
 }
 
 /// An assignment's spooled output file, removed when the assignment's run is over.
-struct Spool(std::path::PathBuf);
+///
+/// Created exclusively (`O_EXCL`, mode 0600) under a name with a random part: assignment ids
+/// are derived from the market and the fill's sequence number, so two agents on one machine
+/// (two deployments, or the tests' several stacks in one process) can run assignments with the
+/// same id, and a fixed `gridbook-output-{id}.jsonl` let one run truncate the other's output
+/// while it was being uploaded (stop 25's CI failure: the market stored a different sha256 than
+/// the node hashed). An unpredictable name also leaves no path in the shared temp folder for
+/// another local user to plant a link at.
+struct Spool(tempfile::TempPath);
 
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl Spool {
+    fn create(assignment: Uuid) -> Result<Self, String> {
+        tempfile::Builder::new()
+            .prefix(&format!("gridbook-output-{assignment}-"))
+            .suffix(".jsonl")
+            .tempfile()
+            .map(|f| Spool(f.into_temp_path()))
+            .map_err(|e| format!("creating the output spool file in {}: {e}", std::env::temp_dir().display()))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
     }
 }
 
@@ -832,6 +852,29 @@ mod tests {
         })
         .await;
         (r, tries.load(Ordering::SeqCst))
+    }
+
+    /// Two runs of one assignment id (two agents on one machine: ids repeat across
+    /// deployments) spool to two files: writing one never touches the other, and each file is
+    /// removed when its run ends. With the old fixed name, the second run's create truncated
+    /// the first run's output while it was uploaded.
+    #[test]
+    fn two_runs_of_the_same_assignment_id_spool_to_separate_private_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let id = Uuid::from_u128(42);
+        let a = Spool::create(id).unwrap();
+        std::fs::write(a.path(), b"first node's output\n").unwrap();
+        let b = Spool::create(id).unwrap();
+        assert_ne!(a.path(), b.path());
+        std::fs::write(b.path(), b"second\n").unwrap();
+        assert_eq!(std::fs::read(a.path()).unwrap(), b"first node's output\n");
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the spool is readable by the node's user only");
+        let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
+        drop(a);
+        assert!(!pa.exists() && pb.exists());
+        drop(b);
+        assert!(!pb.exists());
     }
 
     #[tokio::test(start_paused = true)]
