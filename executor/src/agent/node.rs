@@ -194,7 +194,7 @@ pub async fn run_node(
     })
     .name(format!("node-{node}"))
     .custom_inbox_prefix(subjects::node_inbox_prefix(&node.to_string()))
-    .connect(&settings.nats_url)
+    .connect(gridbook_wire::connect::servers(&settings.nats_url).map_err(AgentError::Config)?)
     .await
     .map_err(|e| AgentError::Nats(format!("connect {}: {e}", settings.nats_url)))?;
     let js = jetstream::new(client.clone());

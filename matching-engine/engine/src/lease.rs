@@ -20,14 +20,25 @@ use tracing::info;
 
 pub const BUCKET: &str = "gridbook_engine_leases";
 
-pub async fn bucket(js: &jetstream::Context, ttl: Duration) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config { bucket: BUCKET.into(), history: 1, max_age: ttl, ..Default::default() })
-            .await
-            .context("creating the lease bucket"),
-    }
+/// The lease bucket, created with `replicas` copies when missing.
+pub async fn bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> anyhow::Result<kv::Store> {
+    gridbook_wire::streams::patiently("the lease bucket", || async {
+        match js.get_key_value(BUCKET).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => {
+                js.create_key_value(kv::Config {
+                    bucket: BUCKET.into(),
+                    history: 1,
+                    max_age: ttl,
+                    num_replicas: replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    })
+    .await
+    .map_err(anyhow::Error::msg)
 }
 
 pub struct Lease {

@@ -17,7 +17,7 @@ use crate::{
 pub async fn connect(settings: &EngineSettings) -> anyhow::Result<Nats> {
     let client = gridbook_wire::connect::service_options(&settings.engine_id, settings.nats_nkey_file.as_deref())
         .map_err(anyhow::Error::msg)?
-        .connect(&settings.nats_url)
+        .connect(gridbook_wire::connect::servers(&settings.nats_url).map_err(anyhow::Error::msg)?)
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
     let js = jetstream::ContextBuilder::new()
@@ -27,22 +27,33 @@ pub async fn connect(settings: &EngineSettings) -> anyhow::Result<Nats> {
         .build(client.clone());
     let max_age = Duration::from_secs(settings.retention_hours * 3600);
     for (name, subject) in [(streams::COMMANDS, subjects::ALL_MARKET_CMDS), (streams::EVENTS, subjects::ALL_MARKET_EVTS)] {
-        js.create_or_update_stream(streams::config(name, subject, max_age))
+        streams::patiently(&format!("ensuring stream {name}"), || {
+            js.create_or_update_stream(streams::config(name, subject, max_age, settings.nats_replicas))
+        })
         .await
-        .with_context(|| format!("ensuring stream {name}"))?;
+        .map_err(anyhow::Error::msg)?;
     }
-    let snapshots = match js.get_object_store(streams::SNAPSHOTS_BUCKET).await {
-        Ok(s) => s,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: streams::SNAPSHOTS_BUCKET.into(),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .context("creating the snapshot bucket")?,
-    };
-    let leases = crate::lease::bucket(&js, Duration::from_secs(settings.lease_secs)).await?;
+    let snapshots = streams::patiently("the snapshot bucket", || async {
+        match js.get_object_store(streams::SNAPSHOTS_BUCKET).await {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                js.create_object_store(object_store::Config {
+                    bucket: streams::SNAPSHOTS_BUCKET.into(),
+                    storage: stream::StorageType::File,
+                    num_replicas: settings.nats_replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let leases = crate::lease::bucket(&js, Duration::from_secs(settings.lease_secs), settings.nats_replicas).await?;
+    // Buckets made before (on a single server, or with another setting) are brought to it.
+    for name in [streams::object_store_stream(streams::SNAPSHOTS_BUCKET), streams::kv_stream(crate::lease::BUCKET)] {
+        streams::ensure_replicas(&js, &name, settings.nats_replicas).await.map_err(anyhow::Error::msg)?;
+    }
     Ok(Nats { client, js, snapshots, leases })
 }
 

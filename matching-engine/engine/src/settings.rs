@@ -11,6 +11,9 @@ pub struct EngineSettings {
     /// `GRIDBOOK_NATS_NKEY_FILE`: the engine's nkey seed (`engine.nk`, see `gridbook-natsauth`);
     /// unset: connect without credentials (a server without authentication).
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// `GRIDBOOK_NATS_REPLICAS`: copies of every stream and bucket the engine creates (1 on a
+    /// single server, 3 on a three-node cluster; `gridbook_wire::streams::DEFAULT_REPLICAS`).
+    pub nats_replicas: usize,
     /// Names this process in logs.
     pub engine_id: String,
     /// The markets this process is the single writer of. Assign each market to exactly one
@@ -33,6 +36,7 @@ impl Default for EngineSettings {
         EngineSettings {
             nats_url: "nats://127.0.0.1:44222".into(),
             nats_nkey_file: None,
+            nats_replicas: gridbook_wire::streams::DEFAULT_REPLICAS,
             engine_id: "engine-1".into(),
             markets: vec![],
             snapshot_every: 50_000,

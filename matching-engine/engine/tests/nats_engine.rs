@@ -6,19 +6,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, DeliverPolicy, pull},
-    message::PublishMessage as Publish,
-};
+use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use futures::StreamExt;
 use gridbook_wire::{
     market::{EventFrame, L2Snapshot, MarketStats},
     streams, subjects,
 };
 use matching_core::{
-    AccountId, Amend, Cancel, Command, CommandKind, Event, EventKind, MarketConfig, OrderBook, OrderId, Place,
-    Side, TimeInForce,
+    AccountId, Amend, Cancel, CommandKind, Event, EventKind, MarketConfig, OrderId, Place, Side, TimeInForce,
 };
 use gridbook_testkit::replay::{clean_replay, published_frames, read_subject};
 use gridbook_testkit::{Engine, EngineConfig, Market};

@@ -198,7 +198,7 @@ impl Application {
         }
         let nats = gridbook_wire::connect::service_options("gridbook-api", settings.nats_auth.nkey_file.as_deref())
             .map_err(anyhow::Error::msg)?
-            .connect(&settings.nats_url)
+            .connect(gridbook_wire::connect::servers(&settings.nats_url).map_err(anyhow::Error::msg)?)
             .await?;
         let js = async_nats::jetstream::new(nats.clone());
         let node_access = Arc::new(crate::node_access::NodeAccess::build(&settings).await?);
@@ -229,7 +229,7 @@ impl Application {
         }
         crate::files::ensure_bucket(&state).await?;
         // Nodes cannot create streams: the ones they use exist before any node connects.
-        gridbook_wire::streams::ensure_node_streams(&state.js).await.map_err(anyhow::Error::msg)?;
+        gridbook_wire::streams::ensure_node_streams(&state.js, settings.nats_replicas).await.map_err(anyhow::Error::msg)?;
         let feeds = web::Data::new(crate::feed::Feeds::start(state.nats.clone(), &state.markets));
         let web_dir = settings.web_dir.clone().filter(|d| d.is_dir());
 

@@ -55,11 +55,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Creates the `gridbook_files` object store bucket if it is missing (idempotent).
 pub async fn ensure_bucket(state: &AppState) -> anyhow::Result<()> {
-    use gridbook_wire::streams::{FILES_BUCKET, ensure_files_bucket};
-    ensure_files_bucket(&state.js)
+    gridbook_wire::streams::set_up_files_bucket(&state.js, state.settings.nats_replicas)
         .await
         .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("creating bucket {FILES_BUCKET}: {e}"))
+        .map_err(anyhow::Error::msg)
 }
 
 /// The files bucket (503 when NATS is unreachable).

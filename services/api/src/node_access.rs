@@ -108,7 +108,7 @@ impl NodeAccess {
             Some(f) => Some(
                 gridbook_wire::connect::service_options("gridbook-api-sys", Some(f))
                     .map_err(anyhow::Error::msg)?
-                    .connect(&settings.nats_url)
+                    .connect(gridbook_wire::connect::servers(&settings.nats_url).map_err(anyhow::Error::msg)?)
                     .await?,
             ),
             None => None,
@@ -198,6 +198,7 @@ pub async fn ensure_node_consumer(state: &AppState, node: Uuid) -> ApiResult<()>
             streams::ASSIGNMENTS,
             subjects::ALL_NODE_ASSIGNS,
             streams::DEFAULT_MAX_AGE,
+            state.settings.nats_replicas,
         ))
         .await
         .map_err(ApiError::internal)?;
@@ -933,7 +934,7 @@ pub async fn model(state: web::Data<AppState>, req: HttpRequest, id: web::Path<U
     let id = id.into_inner();
     let (node, open) = granted(&state, &req, id).await?;
     let row = assignment_model(&state, id, &open).await?;
-    let store = streams::ensure_files_bucket(&state.js).await.map_err(ApiError::internal)?;
+    let store = streams::ensure_files_bucket(&state.js, state.settings.nats_replicas).await.map_err(ApiError::internal)?;
     let object = store.get(&row.object).await.map_err(ApiError::internal)?;
     tracing::info!(node = %node, assignment = %id, model = %row.id, "sealed model sent");
     Ok(HttpResponse::Ok()
@@ -984,7 +985,7 @@ pub async fn input(
 ) -> ApiResult<HttpResponse> {
     let id = id.into_inner();
     let (node, open) = granted(&state, &req, id).await?;
-    let store = streams::ensure_files_bucket(&state.js)
+    let store = streams::ensure_files_bucket(&state.js, state.settings.nats_replicas)
         .await
         .map_err(ApiError::internal)?;
     let object = store
@@ -1099,7 +1100,7 @@ pub async fn output(
     }
     let sha = hex::encode(sha256(&buf));
     let bytes = buf.len() as u64;
-    let store = streams::ensure_files_bucket(&state.js)
+    let store = streams::ensure_files_bucket(&state.js, state.settings.nats_replicas)
         .await
         .map_err(ApiError::internal)?;
     if store.info(&sha).await.is_err() {

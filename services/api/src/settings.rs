@@ -12,7 +12,12 @@ pub struct Settings {
     pub bind: String,
     /// `GRIDBOOK_DATABASE_URL`. Never logged.
     pub database_url: String,
+    /// `GRIDBOOK_NATS_URL`: one server, or a cluster's servers separated by commas (the client
+    /// reconnects to another when one goes).
     pub nats_url: String,
+    /// `GRIDBOOK_NATS_REPLICAS`: copies of the streams and the files bucket the API creates (1
+    /// on a single server, 3 on a three-node cluster; the same value in every service).
+    pub nats_replicas: usize,
     /// NATS authentication: this API's nkey, the auth callout for provider nodes, node
     /// credentials and assignment grants (`GRIDBOOK_NATS_AUTH__*`; see `node_access`).
     pub nats_auth: crate::node_access::NatsAuthSettings,
@@ -118,6 +123,7 @@ impl Default for Settings {
             bind: "127.0.0.1:8080".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_replicas: gridbook_wire::streams::DEFAULT_REPLICAS,
             nats_auth: Default::default(),
             markets_file: "matching-engine/engine/config/dev.toml".into(),
             db_pool_size: 16,

@@ -31,6 +31,18 @@
 //! - `token`: a token market (`GRID-CREDITS`): fills settled delivery-versus-payment, holds
 //!   released on cancel; the protocol's buyback order (`place_protocol_buy`), `vwap`.
 //! - `db`: diesel on tokio's blocking pool.
+//! - `lease`: which of several workers runs the single-writer duties (a PostgreSQL advisory
+//!   lock on a dedicated connection).
+//!
+//! Several workers may run against one database and one NATS: the duties that need one writer
+//! at a time — the event consumer (a market's events settle in stream order: a fill takes the
+//! bid's next units, a cancel releases what is left, so two workers on one durable consumer
+//! could settle them out of order), the outbox publisher (commands reach the engine in outbox
+//! order), the job finisher and the epoch closer — run only on the instance holding the
+//! [`lease`]; the result verifier (CPU heavy: sampled re-runs) and the heartbeat recorder run on
+//! every instance (a result settles once: `jobs::resolve_assignment` and
+//! `crosscheck::dispatch`/`close_task` move a row only from the state they expect, in the
+//! settling transaction).
 //!
 //! Orders that are not in `market_orders` (load-test traffic, other clients of the engine) have
 //! no escrow: their events are skipped with a debug log and not recorded as processed — unless
@@ -43,6 +55,7 @@ pub mod dead_letter;
 pub mod decide;
 pub mod error;
 pub mod jobs;
+pub mod lease;
 pub mod protocol;
 pub mod redo;
 pub mod reliability;
@@ -60,8 +73,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-use tracing::{error, info};
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
 
 pub use error::{Result, SettlementError};
 
@@ -76,6 +89,9 @@ pub struct Settings {
     /// `GRIDBOOK_NATS_NKEY_FILE`: the worker's nkey seed (`settlement.nk`, see
     /// `gridbook-natsauth`); unset: connect without credentials.
     pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// `GRIDBOOK_NATS_REPLICAS`: copies of the streams and buckets the worker creates (1 on a
+    /// single server, 3 on a three-node cluster).
+    pub nats_replicas: usize,
     /// Durable consumer name on `GRIDBOOK_EVENTS`.
     pub consumer: String,
     /// Subjects the consumer takes (one market in tests).
@@ -151,6 +167,15 @@ pub struct Settings {
     pub buyback_slippage_bps: u32,
     /// `GRIDBOOK_UPTIME_RETENTION_DAYS`: heartbeat minutes kept.
     pub uptime_retention_days: i64,
+    /// `GRIDBOOK_LEASE_POLL_MS`: how often this worker tries the single-writer lease (standby)
+    /// or checks it still holds it (holder), `lease::MIN_POLL_MS..=lease::MAX_POLL_MS`. A
+    /// standby takes over within about one poll once the holder's database session ends (at
+    /// once on its death, within 5 × poll if it stalls); the holder stops its duties within
+    /// 2 × poll of losing it.
+    pub lease_poll_ms: u64,
+    /// `GRIDBOOK_INSTANCE_ID`: this worker's name in the lease's logs and in
+    /// `pg_stat_activity.application_name`; unset: `<host>-<pid>`.
+    pub instance_id: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -167,11 +192,27 @@ impl std::fmt::Debug for Settings {
             .field("verification_task_secs", &self.verification_task_secs)
             .field("canary_rate", &self.canary_rate)
             .field("canary_rate_by_market", &self.canary_rate_by_market)
+            .field("lease_poll_ms", &self.lease_poll_ms)
+            .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
 }
 
 impl Settings {
+    /// The single-writer lease of this worker (`lease_poll_ms`, `instance_id`). `Err` for a poll
+    /// interval out of bounds or an empty instance id.
+    pub fn lease(&self) -> Result<lease::Lease> {
+        let poll = lease::validate_poll_ms(self.lease_poll_ms)?;
+        let instance = match &self.instance_id {
+            Some(id) if id.trim().is_empty() => {
+                return Err(SettlementError::Refused("instance_id is empty; leave it unset for <host>-<pid>".into()));
+            }
+            Some(id) => id.trim().to_owned(),
+            None => lease::default_instance(),
+        };
+        Ok(lease::Lease { database_url: self.database_url.clone(), key: lease::SETTLEMENT_LEASE, poll, instance })
+    }
+
     /// How failed work is redone (`max_reoffers`).
     pub fn redo_policy(&self) -> redo::RedoPolicy {
         redo::RedoPolicy {
@@ -251,6 +292,7 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_nkey_file: None,
+            nats_replicas: gridbook_wire::streams::DEFAULT_REPLICAS,
             consumer: "settlement".into(),
             filter_subject: gridbook_wire::subjects::ALL_MARKET_EVTS.into(),
             fetch_batch: 64,
@@ -281,6 +323,8 @@ impl Default for Settings {
             reward_cluster_cap_bps: rule.cluster_cap_bps,
             buyback_slippage_bps: rule.buyback_slippage_bps,
             uptime_retention_days: 30,
+            lease_poll_ms: 1_000,
+            instance_id: None,
         }
     }
 }
@@ -296,6 +340,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     settings.canary_policy()?;
     settings.epoch_policy()?;
+    settings.lease()?;
     let mut db = db::Db::new(&settings.database_url);
     let applied = db.with(|c| Ok(gridbook_db::run_migrations(c)?)).await?;
     info!(applied = applied.len(), "migrations up to date");
@@ -303,55 +348,33 @@ pub async fn run(settings: Settings) -> Result<()> {
     db.with(|c| Ok(gridbook_ledger::supply::genesis(c)?)).await?;
     let client = gridbook_wire::connect::service_options("settlement-worker", settings.nats_nkey_file.as_deref())
         .map_err(SettlementError::Refused)?
-        .connect(&settings.nats_url)
+        .connect(gridbook_wire::connect::servers(&settings.nats_url).map_err(SettlementError::Refused)?)
         .await
         .map_err(SettlementError::nats)?;
     let js = async_nats::jetstream::new(client.clone());
-    worker::ensure_streams(&js).await?;
-    let wake = Arc::new(Notify::new());
+    worker::ensure_streams(&js, settings.nats_replicas).await?;
+    let lease = settings.lease()?;
+    let instance = lease.instance.clone();
     let settings = Arc::new(settings);
+    let (held_tx, held) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
-        tasks.spawn(async move {
-            loop {
-                if let Err(e) = worker::run_consumer(&s, &js, &wake).await {
-                    error!(error = %e, "event consumer failed; restarting");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
-    {
-        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
-        tasks.spawn(async move {
-            loop {
-                if let Err(e) = worker::run_outbox(&s, &js, &wake).await {
-                    error!(error = %e, "outbox publisher failed; restarting");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
+    tasks.spawn(lease.run(held_tx));
+    // Set by the verifier when it resolved an assignment (the finisher looks at once); on a
+    // standby nobody listens, and the holder's finisher looks every second anyway.
     let finished = Arc::new(Notify::new());
+    {
+        let (s, js, client, finished) = (settings.clone(), js.clone(), client.clone(), finished.clone());
+        tasks.spawn(while_held(held.clone(), instance.clone(), move |duties| {
+            single_writer_duties(duties, &s, &js, &client, &finished)
+        }));
+    }
+    // On every instance: results (verification scales with the instances) and heartbeats.
     {
         let (s, js, finished) = (settings.clone(), js.clone(), finished.clone());
         tasks.spawn(async move {
             loop {
                 if let Err(e) = results::run_verifier(&s, &js, &finished).await {
                     error!(error = %e, "result verifier failed; restarting");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
-    {
-        let (s, js, finished, nats) =
-            (settings.clone(), js.clone(), finished.clone(), client.clone());
-        tasks.spawn(async move {
-            loop {
-                if let Err(e) = results::run_finisher(&s, &js, &nats, &finished).await {
-                    error!(error = %e, "job finisher failed; restarting");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -368,9 +391,82 @@ pub async fn run(settings: Settings) -> Result<()> {
             }
         });
     }
+    info!(nats = %settings.nats_url, consumer = %settings.consumer, instance = %instance, "settlement worker running");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Runs the tasks `start` spawns while `held` is `true`, and aborts them (waiting until they
+/// are gone) as soon as it turns `false`: a worker that lost the lease writes nothing more
+/// from them (a database call already on the blocking pool still finishes; every duty is
+/// idempotent, see `lease`).
+async fn while_held(
+    mut held: watch::Receiver<bool>,
+    instance: String,
+    start: impl Fn(&mut tokio::task::JoinSet<()>),
+) {
+    loop {
+        if held.wait_for(|h| *h).await.is_err() {
+            return;
+        }
+        let mut duties = tokio::task::JoinSet::new();
+        start(&mut duties);
+        info!(instance = %instance, duties = duties.len(), "single-writer duties started");
+        // A dropped sender (the lease task ended) counts as lost.
+        let _ = held.wait_for(|h| !*h).await;
+        duties.abort_all();
+        while duties.join_next().await.is_some() {}
+        warn!(instance = %instance, "single-writer duties stopped");
+    }
+}
+
+/// The duties of the lease holder: the event consumer, the outbox publisher, the job finisher
+/// and the epoch closer, each restarted a second after it fails.
+fn single_writer_duties(
+    duties: &mut tokio::task::JoinSet<()>,
+    settings: &Arc<Settings>,
+    js: &async_nats::jetstream::Context,
+    client: &async_nats::Client,
+    finished: &Arc<Notify>,
+) {
+    // Set by the consumer after a commit that queued outbox rows (the publisher looks at once).
+    let wake = Arc::new(Notify::new());
+    {
+        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
+        duties.spawn(async move {
+            loop {
+                if let Err(e) = worker::run_consumer(&s, &js, &wake).await {
+                    error!(error = %e, "event consumer failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let (s, js, wake) = (settings.clone(), js.clone(), wake.clone());
+        duties.spawn(async move {
+            loop {
+                if let Err(e) = worker::run_outbox(&s, &js, &wake).await {
+                    error!(error = %e, "outbox publisher failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    {
+        let (s, js, finished, nats) = (settings.clone(), js.clone(), finished.clone(), client.clone());
+        duties.spawn(async move {
+            loop {
+                if let Err(e) = results::run_finisher(&s, &js, &nats, &finished).await {
+                    error!(error = %e, "job finisher failed; restarting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
     {
         let s = settings.clone();
-        tasks.spawn(async move {
+        duties.spawn(async move {
             loop {
                 if let Err(e) = protocol::run_epochs(&s).await {
                     error!(error = %e, "epoch closer failed; restarting");
@@ -379,7 +475,4 @@ pub async fn run(settings: Settings) -> Result<()> {
             }
         });
     }
-    info!(nats = %settings.nats_url, consumer = %settings.consumer, "settlement worker running");
-    while tasks.join_next().await.is_some() {}
-    Ok(())
 }

@@ -47,15 +47,15 @@ pub type SharedVerifier = Arc<Mutex<verify::Verifier>>;
 pub const MAX_OBJECT_BYTES: usize = 512 << 20;
 
 /// Creates `GRIDBOOK_RESULTS` and the files bucket when missing.
-pub async fn ensure(js: &Context) -> Result<ObjectStore> {
-    streams::ensure_node_streams(js).await.map_err(SettlementError::Nats)?;
-    files_bucket(js).await
+pub async fn ensure(js: &Context, replicas: usize) -> Result<ObjectStore> {
+    streams::ensure_node_streams(js, replicas).await.map_err(SettlementError::Nats)?;
+    streams::set_up_files_bucket(js, replicas).await.map_err(SettlementError::Nats)
 }
 
 /// The `gridbook_files` object store (`gridbook_wire::streams::ensure_files_bucket`: created
 /// when missing).
-pub async fn files_bucket(js: &Context) -> Result<ObjectStore> {
-    streams::ensure_files_bucket(js)
+pub async fn files_bucket(js: &Context, replicas: usize) -> Result<ObjectStore> {
+    streams::ensure_files_bucket(js, replicas)
         .await
         .map_err(SettlementError::nats)
 }
@@ -101,7 +101,7 @@ pub async fn put_object(store: &ObjectStore, bytes: Vec<u8>) -> Result<String> {
 /// Consumes results until the subscription fails (the caller restarts it). Every second it also
 /// decides the verification tasks whose node did not answer in time (`crate::crosscheck`).
 pub async fn run_verifier(settings: &Settings, js: &Context, finished: &Notify) -> Result<()> {
-    let store = ensure(js).await?;
+    let store = ensure(js, settings.nats_replicas).await?;
     let stream = js
         .get_stream(streams::RESULTS)
         .await
@@ -840,7 +840,7 @@ pub async fn run_finisher(
     nats: &async_nats::Client,
     wake: &Notify,
 ) -> Result<()> {
-    let store = files_bucket(js).await?;
+    let store = files_bucket(js, settings.nats_replicas).await?;
     let mut db = Db::new(&settings.database_url);
     loop {
         void_overdue(&mut db, nats, settings.redo_policy()).await?;

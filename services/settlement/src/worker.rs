@@ -30,11 +30,13 @@ const MESSAGE_RETRIES: u32 = 8;
 /// engine's default configuration only when missing and never updated here (so a differently
 /// configured engine is not overridden). `GRIDBOOK_ASSIGNMENTS` belongs to this worker and is
 /// created or updated.
-pub async fn ensure_streams(js: &Context) -> Result<()> {
-    js.get_or_create_stream(streams::config(streams::EVENTS, subjects::ALL_MARKET_EVTS, streams::DEFAULT_MAX_AGE))
+pub async fn ensure_streams(js: &Context, replicas: usize) -> Result<()> {
+    streams::patiently(streams::EVENTS, || {
+        js.get_or_create_stream(streams::config(streams::EVENTS, subjects::ALL_MARKET_EVTS, streams::DEFAULT_MAX_AGE, replicas))
+    })
     .await
-    .map_err(SettlementError::nats)?;
-    streams::ensure_node_streams(js).await.map_err(SettlementError::Nats)?;
+    .map_err(SettlementError::Nats)?;
+    streams::ensure_node_streams(js, replicas).await.map_err(SettlementError::Nats)?;
     Ok(())
 }
 
@@ -58,6 +60,7 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
         )
         .await
         .map_err(SettlementError::nats)?;
+    await_earlier_deliveries(&consumer).await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(settings.fetch_batch)
@@ -72,6 +75,24 @@ pub async fn run_consumer(settings: &Settings, js: &Context, wake: &Notify) -> R
         handle(&mut db, &canaries, msg, settings.max_deliver, wake).await?;
     }
     Err(SettlementError::Nats("event subscription ended".into()))
+}
+
+/// Waits, before this process pulls, until messages delivered earlier and not acked are due
+/// for redelivery. They were delivered to a consumer that is gone — a worker killed mid-batch,
+/// the previous lease holder, or this process's last subscription — and JetStream gives them
+/// out again only after the consumer's `ack_wait`; a pull before then would get (and settle) a
+/// market's later events first. Once they are due, JetStream redelivers them ahead of anything
+/// new, in stream order. Nothing pending (the usual start): no wait.
+pub async fn await_earlier_deliveries(consumer: &PullConsumer) -> Result<()> {
+    let info = consumer.get_info().await.map_err(SettlementError::nats)?;
+    if info.num_ack_pending == 0 {
+        return Ok(());
+    }
+    let wait = info.config.ack_wait + Duration::from_secs(1);
+    info!(consumer = %info.name, pending = info.num_ack_pending, wait_ms = wait.as_millis() as u64,
+        "messages delivered to an earlier consumer are not acked: waiting for their redelivery so each market's events settle in order");
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 async fn handle(

@@ -238,6 +238,7 @@ impl Engine {
                 .args(["run", "--config"])
                 .arg(&self.config)
                 .env("GRIDBOOK_NATS_URL", &self.nats.url)
+                .env("GRIDBOOK_NATS_REPLICAS", self.nats.replicas.to_string())
                 .env("RUST_LOG", "warn");
             if let Some(f) = self.nats.nkey_file(crate::Service::Engine) {
                 command.env("GRIDBOOK_NATS_NKEY_FILE", f);

@@ -3,7 +3,8 @@
 //!
 //! - Always (light: the engine's own tests use only this): [`free_port`], [`Proc`] (a child
 //!   process killed with SIGKILL and reaped on drop), [`binary`] (a workspace binary next to the
-//!   test executable), [`TempDir`], a private nats-server with JetStream ([`Nats`]), the real
+//!   test executable), [`TempDir`], a private nats-server with JetStream ([`Nats`]) or a
+//!   three-node cluster of them ([`NatsCluster`]), the real
 //!   `matching-engine` binary ([`Engine`], [`EngineConfig`]), the `settlement-worker` binary
 //!   ([`spawn_worker`], [`WorkerConfig`]) and a private PostgreSQL server ([`Postgres`], for
 //!   tests that crash the database).
@@ -37,8 +38,8 @@ mod app;
 mod stack;
 
 pub use engine::{Engine, EngineConfig, Market, Markets};
-pub use nats::{KeyDir, Nats, NatsAccess, NatsOptions, Service};
-pub use postgres::Postgres;
+pub use nats::{CLUSTER_SIZE, KeyDir, Nats, NatsAccess, NatsCluster, NatsOptions, Service};
+pub use postgres::{PgPair, Postgres, STANDBY_NAME};
 pub use worker::{WorkerConfig, spawn_worker};
 
 #[cfg(feature = "agent")]

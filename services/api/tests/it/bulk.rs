@@ -104,9 +104,12 @@ struct Asg {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
     verified_s: Option<f64>,
     /// The verification's failed check and detail (why it failed), when it failed.
+    /// (Read through `Debug`: the assertion messages print every assignment.)
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    #[allow(dead_code, reason = "printed through Debug in the assertion messages")]
     failed_check: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    #[allow(dead_code, reason = "printed through Debug in the assertion messages")]
     detail: Option<String>,
 }
 

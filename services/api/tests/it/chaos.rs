@@ -143,25 +143,25 @@ impl Parts {
 
 /// The shared test services' variables (`cargo xtask env`) would override the config files
 /// (`GRIDBOOK_*` variables win over `--config`): this stack's processes must not see them.
-fn without_shared_services(c: &mut Command) {
+pub(crate) fn without_shared_services(c: &mut Command) {
     for var in ["GRIDBOOK_DATABASE_URL", "GRIDBOOK_NATS_URL", "GRIDBOOK_NATS_KEYS", "GRIDBOOK_API_URL"] {
         c.env_remove(var);
     }
 }
 
-struct User {
-    key: String,
-    id: uuid::Uuid,
+pub(crate) struct User {
+    pub(crate) key: String,
+    pub(crate) id: uuid::Uuid,
 }
 
-async fn json_of(r: reqwest::Response) -> Value {
+pub(crate) async fn json_of(r: reqwest::Response) -> Value {
     let status = r.status();
     let body = r.text().await.unwrap();
     assert!(status.is_success(), "HTTP {status}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-async fn signup(api: &str, role: &str) -> User {
+pub(crate) async fn signup(api: &str, role: &str) -> User {
     let email = gridbook_testkit::unique_email(role);
     let http = reqwest::Client::new();
     let user = json_of(
@@ -179,7 +179,7 @@ async fn signup(api: &str, role: &str) -> User {
 }
 
 /// A GET that rides out the API's restarts: retried until it answers 2xx, for up to 60 s.
-async fn get(api: &str, user: &User, path: &str) -> reqwest::Response {
+pub(crate) async fn get(api: &str, user: &User, path: &str) -> reqwest::Response {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let started = Instant::now();
     loop {

@@ -27,4 +27,6 @@ mod crosscheck;
 mod token;
 mod orders;
 mod chaos;
+mod ha_nats;
 mod bulk;
+mod ha_services;

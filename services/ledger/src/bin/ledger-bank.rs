@@ -5,9 +5,24 @@
 //! original result, recorded in `bank_journal` in the same transaction as the ledger effect.
 //! Mismatches go to `bank_failures`; the test asserts it is empty.
 //!
+//!
+//! For the failover test (`--reconnect-secs N`, `--acked FILE`): a worker whose connection
+//! breaks (the primary died) reconnects through the same URL (a multi-host URL with
+//! `target_session_attrs=read-write` reaches the promoted standby) for up to N seconds and
+//! continues exactly as a restarted process would: the operation in flight has an unknown
+//! outcome, which the journal resolves (its row commits in the same transaction as the ledger
+//! effect: present = committed, absent = not, so it runs again with the same ids). Every
+//! outcome the database acknowledged is appended to FILE as one JSON line
+//! `{"w", "seq", "at_us", "server", "outcome"}` (`at_us`: microseconds since the Unix epoch,
+//! when the commit returned; `server`: the port of the server the session reached), so the test can check each acknowledged one against the new primary.
+//! Without `--reconnect-secs` a database error ends the worker, as before.
+//!
 //! Usage: ledger-bank --database-url URL [--workers 4] [--ops 400] [--seed 7] [--accounts 8]
+//!        [--reconnect-secs 0] [--acked FILE]
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -25,6 +40,8 @@ struct Args {
     ops: u64,
     seed: u64,
     accounts: u32,
+    reconnect_secs: u64,
+    acked: Option<Mutex<std::fs::File>>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -34,6 +51,8 @@ fn args() -> anyhow::Result<Args> {
         ops: 400,
         seed: 7,
         accounts: 8,
+        reconnect_secs: 0,
+        acked: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -44,6 +63,15 @@ fn args() -> anyhow::Result<Args> {
             "--ops" => a.ops = v.parse()?,
             "--seed" => a.seed = v.parse()?,
             "--accounts" => a.accounts = v.parse()?,
+            "--reconnect-secs" => a.reconnect_secs = v.parse()?,
+            "--acked" => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&v)
+                    .with_context(|| format!("opening --acked file {v}"))?;
+                a.acked = Some(Mutex::new(f));
+            }
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -331,6 +359,32 @@ fn fail(conn: &mut PgConnection, detail: String) {
         .execute(conn);
 }
 
+/// The port of the server this connection reached (with a multi-host URL: which host).
+fn server_port(conn: &mut PgConnection) -> anyhow::Result<i32> {
+    #[derive(QueryableByName)]
+    struct Port {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        port: i32,
+    }
+    let p: Port = diesel::sql_query("SELECT inet_server_port() AS port").get_result(conn)?;
+    Ok(p.port)
+}
+
+/// Appends an acknowledged outcome to `--acked` (one `write` of one line, so lines of several
+/// workers never interleave and a line written survives the process's `kill -9`).
+fn acked(a: &Args, server: i32, w: u32, seq: u64, outcome: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(file) = &a.acked else { return Ok(()) };
+    let at_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros();
+    let line = serde_json::json!({ "w": w, "seq": seq, "at_us": at_us as u64, "server": server, "outcome": outcome });
+    let mut f = file
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the --acked file's lock is poisoned"))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .context("writing the --acked file")
+}
+
 /// Re-sends a committed operation and checks the result is the original one.
 fn recheck(
     conn: &mut PgConnection,
@@ -361,16 +415,50 @@ fn recheck(
     Ok(true)
 }
 
+/// One worker: sessions until its ops are done. A session that fails on the database is
+/// retried on a new connection while `--reconnect-secs` allows (counted from the first failure
+/// since the last acknowledged commit).
 fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> {
+    let (mut done, mut rechecked) = (0, 0);
+    let mut outage: Option<Instant> = None;
+    loop {
+        match session(a, start, w, &mut done, &mut rechecked, &mut outage) {
+            Ok(()) => return Ok((done, rechecked)),
+            Err(e) if a.reconnect_secs > 0 => {
+                let since = *outage.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(a.reconnect_secs) {
+                    return Err(e.context(format!(
+                        "worker {w}: no database for {} s (--reconnect-secs)",
+                        a.reconnect_secs
+                    )));
+                }
+                eprintln!("worker {w}: {e:#}; reconnecting");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// From a fresh connection: the journal says where this worker stands (an operation whose
+/// commit was in flight when the last connection broke is there exactly when it committed),
+/// the last committed operations are re-sent and checked, and the rest runs.
+fn session(
+    a: &Args,
+    start: DateTime<Utc>,
+    w: u32,
+    done: &mut u64,
+    rechecked: &mut u64,
+    outage: &mut Option<Instant>,
+) -> anyhow::Result<()> {
     let mut conn = gridbook_db::connect(&a.url)?;
+    let server = if a.acked.is_some() { server_port(&mut conn)? } else { 0 };
     let last: Vec<JournalRow> = journal(&mut conn, w, 0, i64::MAX)?;
     let next = last.last().map(|r| r.seq + 1).unwrap_or(0);
-    let mut rechecked = 0;
     // After a restart: re-send the last committed operations.
     for row in last.iter().rev().take(10) {
-        rechecked += recheck(&mut conn, a, start, w, row)? as u64;
+        *rechecked += recheck(&mut conn, a, start, w, row)? as u64;
     }
-    let mut done = 0;
     for seq in next as u64..a.ops {
         let outcome = match op(a, start, w, seq) {
             Op::Sweep => {
@@ -386,18 +474,20 @@ fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> 
                         .bind::<diesel::sql_types::BigInt, _>(seq as i64)
                         .bind::<diesel::sql_types::Jsonb, _>(&v)
                         .execute(c)?;
-                    Ok(ts)
+                    Ok(v)
                 });
                 match r {
-                    Ok(_) => {
-                        done += 1;
+                    Ok(v) => {
+                        acked(a, server, w, seq, &v)?;
+                        *outage = None;
+                        *done += 1;
                         // Now and then re-send an earlier committed operation.
                         if seq % 7 == 0 && seq > 20 {
                             for row in journal(&mut conn, w, seq as i64 - 20, seq as i64)?
                                 .iter()
                                 .take(1)
                             {
-                                rechecked += recheck(&mut conn, a, start, w, row)? as u64;
+                                *rechecked += recheck(&mut conn, a, start, w, row)? as u64;
                             }
                         }
                         continue;
@@ -414,12 +504,14 @@ fn worker(a: &Args, start: DateTime<Utc>, w: u32) -> anyhow::Result<(u64, u64)> 
             .bind::<diesel::sql_types::BigInt, _>(seq as i64)
             .bind::<diesel::sql_types::Jsonb, _>(&outcome)
             .execute(&mut conn)?;
-        done += 1;
+        acked(a, server, w, seq, &outcome)?;
+        *outage = None;
+        *done += 1;
         if seq % 50 == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    Ok((done, rechecked))
+    Ok(())
 }
 
 /// The end of the run: every hold whose expiry has passed is expired, and every hold still
@@ -496,6 +588,8 @@ fn main() -> anyhow::Result<()> {
         done += d;
         rechecked += c;
     }
+    // A connection of its own: the first one may have died with a primary meanwhile.
+    let mut conn = gridbook_db::connect(&a.url)?;
     let (expired, closed) = close_out(&mut conn, &a)?;
     println!(
         "{{\"ops\": {done}, \"retries_checked\": {rechecked}, \"expired_at_close\": {expired}, \"closed_out\": {closed}}}"

@@ -4,6 +4,7 @@
 mod bank;
 mod escrow;
 mod events;
+mod failover;
 mod rules;
 mod supply;
 mod transfers;

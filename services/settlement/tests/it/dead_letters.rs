@@ -212,7 +212,7 @@ pub async fn job(
     let input: String = (0..items)
         .map(|i| format!("{{\"custom_id\":\"i{i}\",\"input\":\"line {i}\"}}\n"))
         .collect();
-    let store = results::files_bucket(js).await.unwrap();
+    let store = results::files_bucket(js, 1).await.unwrap();
     let sha = results::put_object(&store, input.clone().into_bytes())
         .await
         .unwrap();
@@ -309,7 +309,7 @@ async fn error_lines(
         .select(files::sha256)
         .first(c)
         .unwrap();
-    let store = results::files_bucket(js).await.unwrap();
+    let store = results::files_bucket(js, 1).await.unwrap();
     let text = String::from_utf8(results::read_object(&store, &sha).await.unwrap()).unwrap();
     text.lines()
         .map(|l| {
@@ -377,7 +377,7 @@ async fn a_raw_ask_on_nats_that_fills_a_job_bid_is_dead_lettered_its_units_relea
         &log,
     );
     // The result stream exists before the test publishes on it (the worker creates it too).
-    results::ensure(&js).await.unwrap();
+    results::ensure(&js, 1).await.unwrap();
 
     escrow::ensure_system_accounts(c, LEDGER).unwrap();
     let studio = funded(c, AccountCode::Studio, 1_000_000);

@@ -11,6 +11,7 @@ mod dead_letters;
 mod e2e;
 mod epochs;
 mod flow;
+mod lease;
 mod probation;
 mod redo;
 mod settle;
@@ -62,7 +63,7 @@ pub async fn jetstream() -> Context {
         .await
         .expect("connect to NATS");
     let js = jetstream::new(client);
-    gridbook_settlement::worker::ensure_streams(&js)
+    gridbook_settlement::worker::ensure_streams(&js, gridbook_wire::streams::DEFAULT_REPLICAS)
         .await
         .expect("ensure streams");
     js
