@@ -77,12 +77,12 @@ fn main() -> ExitCode {
         ["services", "status"] => Project::new().map(|p| p.status()),
         ["env"] => Project::new().map(|p| {
             for (k, v) in p.env_vars() {
-                println!("export {k}={v}");
+                println!("export {k}={}", shell_quote(&v));
             }
         }),
         ["env", "--run"] => Project::new().map(|p| {
             for (k, v) in p.run_env_vars() {
-                println!("export {k}={v}");
+                println!("export {k}={}", shell_quote(&v));
             }
         }),
         _ => {
@@ -97,6 +97,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `v` as one word for a POSIX shell (`eval "$(cargo xtask env)"`): single-quoted, a `'` inside
+/// written `'\''`. A two-host database URL has `&` and `?`, which unquoted would background the
+/// export and glob.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
 }
 
 const USAGE: &str = "usage: cargo xtask <command>
