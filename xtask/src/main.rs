@@ -107,8 +107,10 @@ fn shell_quote(v: &str) -> String {
 }
 
 const USAGE: &str = "usage: cargo xtask <command>
-  run                      set up, start PostgreSQL + NATS, run the marketplace with a demo studio,
-                           demo providers and a demo job (Ctrl-C stops everything it started)
+  run [--cluster]          set up, start PostgreSQL + NATS, run the marketplace with a demo studio,
+                           demo providers and a demo job (Ctrl-C stops everything it started);
+                           --cluster: three routed nats-servers (GRIDBOOK_RUN_NATS_PORT + 0/100/200)
+                           and every stream, bucket and object store with 3 replicas
   soak [--minutes N]       `run`'s start-up, then N minutes (default 10) of steady mixed load;
                            prints RSS/CPU per process over time and the throughput, then stops
   test [-- cargo args]     set up, start the services, run every test, stop what it started
@@ -178,8 +180,13 @@ fn step(n: usize, what: &str) {
     println!("xtask: [{n}/{RUN_STEPS}] {what}");
 }
 
-fn cmd_run(_args: &[&str]) -> Result<()> {
-    let project = Project::new()?;
+fn cmd_run(args: &[&str]) -> Result<()> {
+    let mut project = Project::new()?;
+    match args {
+        [] => {}
+        ["--cluster"] => project.run_cluster = true,
+        other => return Err(format!("run takes no argument but --cluster, not {other:?}")),
+    }
     let interrupted = install_interrupt_flag();
     println!(
         "xtask: cargo xtask run: set up, build (release), start the market, seed a demo studio and \
@@ -194,8 +201,12 @@ fn cmd_run(_args: &[&str]) -> Result<()> {
     let result = project
         .ensure_run_database()
         .and_then(|()| {
-            step(4, &format!("the run's own nats-server (JetStream in .gridbook/run/nats) on 127.0.0.1:{}", project.run_nats_port));
-            started.run_nats = project.start_nats(&project.run_nats())?;
+            if project.run_cluster {
+                step(4, &format!("the run's own NATS cluster of {RUN_CLUSTER_SIZE} servers (JetStream, 3 replicas) on {}", project.run_nats_url()));
+            } else {
+                step(4, &format!("the run's own nats-server (JetStream in .gridbook/run/nats) on 127.0.0.1:{}", project.run_nats_port));
+            }
+            started.run_nats = project.start_run_nats()?;
             Ok(())
         })
         .and_then(|()| project.run_marketplace(&interrupted));
@@ -219,6 +230,9 @@ struct Project {
     nats_port: u16,
     /// `run`'s own nats-server (`GRIDBOOK_RUN_NATS_PORT`, default `GRIDBOOK_NATS_PORT` + 1).
     run_nats_port: u16,
+    /// `run --cluster`: three nats-servers routed into one cluster instead of one (also true
+    /// while such a cluster of `run`'s is up, so `env --run` and `services stop` see it).
+    run_cluster: bool,
     started_at: Instant,
 }
 
@@ -227,7 +241,12 @@ struct Nats {
     /// `nats.conf`, `pid`, `log` and the JetStream `store/`.
     dir: PathBuf,
     port: u16,
+    /// A member of `run --cluster`'s cluster: its route port and the other members' ones.
+    cluster: Option<(u16, Vec<u16>)>,
 }
+
+/// Servers in `run --cluster`'s NATS cluster: JetStream needs a majority, so 3 survive one loss.
+const RUN_CLUSTER_SIZE: u16 = 3;
 
 impl Project {
     fn new() -> Result<Self> {
@@ -244,18 +263,57 @@ impl Project {
             pg_port: port_from_env("GRIDBOOK_PG_PORT", DEFAULT_PG_PORT)?,
             nats_port,
             run_nats_port: port_from_env("GRIDBOOK_RUN_NATS_PORT", nats_port.wrapping_add(1))?,
+            run_cluster: false,
             started_at: Instant::now(),
         })
+        .map(|mut p| {
+            p.run_cluster = p.nats_pid(&p.run_cluster_nodes()[0]).is_some();
+            p
+        })
+    }
+
+    /// `run --cluster`'s servers: client ports `GRIDBOOK_RUN_NATS_PORT` + 100 × i, route ports
+    /// those + 50, stores in `.gridbook/run/nats-cluster/n<i>` (apart from the single server's:
+    /// a store does not move between the two).
+    fn run_cluster_nodes(&self) -> Vec<Nats> {
+        let client = |i: u16| self.run_nats_port.wrapping_add(100 * i);
+        let route = |i: u16| client(i).wrapping_add(50);
+        (0..RUN_CLUSTER_SIZE)
+            .map(|i| Nats {
+                dir: self.state.join(format!("run/nats-cluster/n{i}")),
+                port: client(i),
+                cluster: Some((route(i), (0..RUN_CLUSTER_SIZE).filter(|&j| j != i).map(route).collect())),
+            })
+            .collect()
+    }
+
+    /// `run`'s nats-server, or its three with `--cluster`.
+    fn run_nats_nodes(&self) -> Vec<Nats> {
+        if self.run_cluster { self.run_cluster_nodes() } else { vec![self.run_nats()] }
+    }
+
+    /// `GRIDBOOK_NATS_URL` for what `run` runs: one URL, or the cluster's, comma-separated.
+    fn run_nats_url(&self) -> String {
+        self.run_nats_nodes().iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts `run`'s nats-server(s); `true` when it started any.
+    fn start_run_nats(&self) -> Result<bool> {
+        let mut any = false;
+        for n in self.run_nats_nodes() {
+            any |= self.start_nats(&n)?;
+        }
+        Ok(any)
     }
 
     /// The services' nats-server (tests and `cargo xtask services`).
     fn nats(&self) -> Nats {
-        Nats { dir: self.state.join("nats"), port: self.nats_port }
+        Nats { dir: self.state.join("nats"), port: self.nats_port, cluster: None }
     }
 
     /// `run`'s own nats-server: its JetStream store holds only what the demo market did.
     fn run_nats(&self) -> Nats {
-        Nats { dir: self.state.join("run/nats"), port: self.run_nats_port }
+        Nats { dir: self.state.join("run/nats"), port: self.run_nats_port, cluster: None }
     }
 
     /// What `run` writes besides the database: node configurations, key files, logs.
@@ -269,9 +327,12 @@ impl Project {
         for (k, v) in &mut vars {
             match *k {
                 "GRIDBOOK_DATABASE_URL" => *v = self.pg_url(RUN_DATABASE),
-                "GRIDBOOK_NATS_URL" => *v = format!("nats://127.0.0.1:{}", self.run_nats_port),
+                "GRIDBOOK_NATS_URL" => *v = self.run_nats_url(),
                 _ => {}
             }
+        }
+        if self.run_cluster {
+            vars.push(("GRIDBOOK_NATS_REPLICAS", RUN_CLUSTER_SIZE.to_string()));
         }
         vars
     }
@@ -706,6 +767,11 @@ impl Project {
             let var = if nats.port == self.nats_port { "GRIDBOOK_NATS_PORT" } else { "GRIDBOOK_RUN_NATS_PORT" };
             return Err(format!("port {} is taken by a process this project did not start; set {var}", nats.port));
         }
+        if let Some((route, _)) = &nats.cluster
+            && port_open(*route)
+        {
+            return Err(format!("route port {route} is taken by a process this project did not start; set GRIDBOOK_RUN_NATS_PORT"));
+        }
         let dir = nats.dir.clone();
         fs::create_dir_all(dir.join("store")).map_err(|e| e.to_string())?;
         // Authentication (gridbook-natsauth): the services' nkeys and the callout issuer, made
@@ -713,8 +779,18 @@ impl Project {
         let auth = self.nats_keys()?.server_config().map_err(|e| e.to_string())?;
         // sync_interval: always — JetStream fsyncs before it acknowledges a write, so an
         // acknowledged order command survives a power loss (see ARCHITECTURE.md, durability).
+        // A cluster member names itself and routes to the others (JetStream then replicates
+        // streams with num_replicas > 1 across them, Raft per stream).
+        let cluster = match &nats.cluster {
+            Some((listen, routes)) => format!(
+                "server_name: n{}\ncluster {{\n  name: gridbook-run\n  listen: 127.0.0.1:{listen}\n  routes: [{}]\n}}\n",
+                (nats.port - self.run_nats_port) / 100,
+                routes.iter().map(|r| format!("nats-route://127.0.0.1:{r}")).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  \
+            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\n{cluster}jetstream {{\n  store_dir: \"{store}\"\n  \
              sync_interval: always\n  max_memory_store: 1GB\n  max_file_store: 20GB\n}}\n{auth}",
             port = nats.port,
             store = dir.join("store").display()
@@ -757,7 +833,9 @@ impl Project {
 
     fn stop(&self, started: &Started) {
         if started.run_nats {
-            self.stop_nats(&self.run_nats());
+            for n in self.run_nats_nodes() {
+                self.stop_nats(&n);
+            }
         }
         if started.nats {
             self.stop_nats(&self.nats());
@@ -774,7 +852,9 @@ impl Project {
     fn status(&self) {
         let pg = self.pg_running(&self.pg_dir().join("data"));
         println!("postgres 127.0.0.1:{}: {}", self.pg_port, if pg { "running" } else { "stopped" });
-        for (what, nats) in [("nats    ", self.nats()), ("run nats", self.run_nats())] {
+        let mut all = vec![("nats    ", self.nats())];
+        all.extend(self.run_nats_nodes().into_iter().map(|n| ("run nats", n)));
+        for (what, nats) in all {
             let up = self.nats_pid(&nats).is_some();
             println!("{what} 127.0.0.1:{}: {}", nats.port, if up { "running" } else { "stopped" });
         }
@@ -1117,7 +1197,7 @@ impl Project {
         step(8, &format!("starting {} demo providers (CPU executor agents) and submitting the demo jobs", demo::NODES.len()));
         let nodes_dir = run_dir.join("nodes");
         fs::create_dir_all(&nodes_dir).map_err(|e| format!("creating {}: {e}", nodes_dir.display()))?;
-        let nats_url = format!("nats://127.0.0.1:{}", self.run_nats_port);
+        let nats_url = self.run_nats_url();
         for &(name, embed_price, terrain_price) in demo::NODES {
             let config = nodes_dir.join(format!("{name}.toml"));
             let text = demo::node_config(&api, &nats_url, &nodes_dir.join(format!("{name}.state.json")), name, embed_price, terrain_price);
