@@ -149,6 +149,89 @@ pub(crate) fn without_shared_services(c: &mut Command) {
     }
 }
 
+/// The settings of an API process of the whole-stack tests (chaos, HA): on `db_url` and the
+/// NATS server(s) `nats_url` with the market's `keys`, `replicas` copies of what it creates,
+/// rate limits out of the way. Written to `path` as an operator's TOML config.
+pub(crate) fn api_config(
+    path: &std::path::Path,
+    port: u16,
+    db_url: &str,
+    nats_url: &str,
+    replicas: usize,
+    keys: &gridbook_testkit::KeyDir,
+    db_pool_size: u32,
+) {
+    let mut settings = gridbook_api::Settings {
+        bind: format!("127.0.0.1:{port}"),
+        database_url: db_url.to_owned(),
+        nats_url: nats_url.to_owned(),
+        nats_replicas: replicas,
+        markets_file: gridbook_testkit::dev_markets_file(),
+        secure_cookies: false,
+        db_pool_size,
+        models_kek_file: Some(gridbook_testkit::test_kek_file()),
+        ..gridbook_api::Settings::default()
+    };
+    settings.nats_auth.nkey_file = Some(keys.seed_file(Service::Api));
+    settings.nats_auth.issuer_file = Some(keys.issuer_file());
+    settings.nats_auth.sys_nkey_file = Some(keys.seed_file(Service::Sys));
+    settings.rate_limit.per_second = 10_000;
+    settings.rate_limit.burst = 10_000;
+    std::fs::write(path, toml::to_string(&settings).unwrap()).unwrap();
+}
+
+/// A private PostgreSQL in `dir/pg` with an empty database `gridbook`, and that database's URL.
+pub(crate) fn private_database(dir: &Path) -> (Postgres, String) {
+    let pg = Postgres::start(&dir.join("pg")).unwrap();
+    {
+        let mut c = gridbook_db::connect(&pg.url("postgres")).unwrap();
+        diesel::sql_query("CREATE DATABASE gridbook").execute(&mut c).unwrap();
+    }
+    let url = pg.url("gridbook");
+    (pg, url)
+}
+
+/// A studio signed up through `api` and credited `credit` in the database at `db_url`.
+pub(crate) async fn funded_studio(api: &str, db_url: &str, credit: i64) -> User {
+    let studio = signup(api, "studio").await;
+    let mut c = gridbook_db::connect(db_url).unwrap();
+    gridbook_api::money::credit_user(&mut c, studio.id, credit, "test-deposit").unwrap();
+    studio
+}
+
+/// Uploads `lines` and submits them as a job on `MARKET` at up to 100 a unit, due in an hour;
+/// the job's id.
+pub(crate) async fn submit_job(api: &str, studio: &User, lines: String) -> String {
+    let file = upload(api, studio, lines).await;
+    let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let job = json_of(
+        reqwest::Client::new()
+            .post(format!("{api}/v1/jobs"))
+            .bearer_auth(&studio.key)
+            .json(&json!({"market": MARKET, "input_file": file["id"], "limit_price": 100, "deadline": deadline}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// Uploads `body` as a batch file of `MARKET` through the API at `api`; the file object.
+pub(crate) async fn upload(api: &str, user: &User, body: String) -> Value {
+    json_of(
+        reqwest::Client::new()
+            .post(format!("{api}/v1/files?purpose=batch&market={MARKET}"))
+            .bearer_auth(&user.key)
+            .header("Content-Type", "application/jsonl")
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
 pub(crate) struct User {
     pub(crate) key: String,
     pub(crate) id: uuid::Uuid,
@@ -247,35 +330,15 @@ async fn chaos_rounds_during_a_job_lose_nothing_and_create_no_money() {
 
     let tmp = TempDir::new("chaos");
     let dir = tmp.path().to_owned();
-    let pg = Postgres::start(&dir.join("pg")).unwrap();
-    {
-        let mut c = gridbook_db::connect(&pg.url("postgres")).unwrap();
-        diesel::sql_query("CREATE DATABASE gridbook").execute(&mut c).unwrap();
-    }
-    let db_url = pg.url("gridbook");
+    let (pg, db_url) = private_database(&dir);
     let nats = Nats::start_with("chaos", NatsOptions { dir: Some(dir.join("nats")), sync_always: true }).await;
     let mut engine = Engine::start(&nats.access(), EngineConfig { dir: Some(dir.join("engine")), lease_secs: Some(3), ..EngineConfig::dev() });
     engine.wait_serving(&nats.client).await;
 
     // The API as a process, configured by file as an operator would.
     let port = gridbook_testkit::free_port();
-    let mut settings = gridbook_api::Settings {
-        bind: format!("127.0.0.1:{port}"),
-        database_url: db_url.clone(),
-        nats_url: nats.url.clone(),
-        markets_file: gridbook_testkit::dev_markets_file(),
-        secure_cookies: false,
-        db_pool_size: 8,
-        models_kek_file: Some(gridbook_testkit::test_kek_file()),
-        ..gridbook_api::Settings::default()
-    };
-    settings.nats_auth.nkey_file = Some(nats.keys.seed_file(Service::Api));
-    settings.nats_auth.issuer_file = Some(nats.keys.issuer_file());
-    settings.nats_auth.sys_nkey_file = Some(nats.keys.seed_file(Service::Sys));
-    settings.rate_limit.per_second = 10_000;
-    settings.rate_limit.burst = 10_000;
     let api_config = dir.join("api.toml");
-    std::fs::write(&api_config, toml::to_string(&settings).unwrap()).unwrap();
+    self::api_config(&api_config, port, &db_url, &nats.url, 1, &nats.keys, 8);
     let api_url = format!("http://127.0.0.1:{port}");
     let api = Parts::spawn_api(&dir, &api_config);
 
@@ -345,32 +408,8 @@ async fn chaos_rounds_during_a_job_lose_nothing_and_create_no_money() {
     }
 
     // The studio: funded, a file of 4,000 lines (4 units), a job at up to 100 a unit.
-    let studio = signup(&api_url, "studio").await;
-    {
-        let mut c = gridbook_db::connect(&db_url).unwrap();
-        gridbook_api::money::credit_user(&mut c, studio.id, CREDIT, "chaos-deposit").unwrap();
-    }
-    let file = json_of(
-        http.post(format!("{api_url}/v1/files?purpose=batch&market={MARKET}"))
-            .bearer_auth(&studio.key)
-            .header("Content-Type", "application/jsonl")
-            .body(corpus())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let job = json_of(
-        http.post(format!("{api_url}/v1/jobs"))
-            .bearer_auth(&studio.key)
-            .json(&json!({"market": MARKET, "input_file": file["id"], "limit_price": 100, "deadline": deadline}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let job_id = job["id"].as_str().unwrap().to_owned();
+    let studio = funded_studio(&api_url, &db_url, CREDIT).await;
+    let job_id = submit_job(&api_url, &studio, corpus()).await;
 
     // The rounds: every part once, in an order and at moments drawn from the seed.
     let mut victims = vec![Victim::Engine, Victim::Worker, Victim::Agent, Victim::Api, Victim::Nats, Victim::Postgres];

@@ -17,12 +17,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gridbook_db::diesel::{self, RunQueryDsl};
-use gridbook_testkit::{replay, Engine, EngineConfig, NatsCluster, NatsOptions, Postgres, Proc, Service, TempDir, WorkerConfig};
+use gridbook_testkit::{replay, Engine, EngineConfig, NatsCluster, NatsOptions, Proc, Service, TempDir, WorkerConfig};
 use gridbook_wire::{streams, subjects};
 use matching_core::EventKind;
 use serde_json::{Value, json};
 
-use crate::chaos::{User, credits_by_code, get, json_of, signup, without_shared_services};
+use crate::chaos::{credits_by_code, funded_studio, get, json_of, private_database, signup, submit_job, without_shared_services};
 
 const MARKET: &str = "EMBED-MINILM-L6";
 const LINES: usize = 4_000;
@@ -144,12 +144,7 @@ struct Count {
 async fn killing_nats_servers_of_a_three_node_cluster_during_a_job_loses_nothing() {
     let tmp = TempDir::new("ha-nats");
     let dir = tmp.path().to_owned();
-    let pg = Postgres::start(&dir.join("pg")).unwrap();
-    {
-        let mut c = gridbook_db::connect(&pg.url("postgres")).unwrap();
-        diesel::sql_query("CREATE DATABASE gridbook").execute(&mut c).unwrap();
-    }
-    let db_url = pg.url("gridbook");
+    let (pg, db_url) = private_database(&dir);
     let mut cluster = NatsCluster::start("ha", NatsOptions { dir: Some(dir.join("nats")), sync_always: true }).await;
     let access = cluster.access();
     assert_eq!(access.replicas, 3);
@@ -158,24 +153,8 @@ async fn killing_nats_servers_of_a_three_node_cluster_during_a_job_loses_nothing
     engine.wait_serving(&cluster.client).await;
 
     let port = gridbook_testkit::free_port();
-    let mut settings = gridbook_api::Settings {
-        bind: format!("127.0.0.1:{port}"),
-        database_url: db_url.clone(),
-        nats_url: cluster.url(),
-        nats_replicas: access.replicas,
-        markets_file: gridbook_testkit::dev_markets_file(),
-        secure_cookies: false,
-        db_pool_size: 8,
-        models_kek_file: Some(gridbook_testkit::test_kek_file()),
-        ..gridbook_api::Settings::default()
-    };
-    settings.nats_auth.nkey_file = Some(cluster.keys.seed_file(Service::Api));
-    settings.nats_auth.issuer_file = Some(cluster.keys.issuer_file());
-    settings.nats_auth.sys_nkey_file = Some(cluster.keys.seed_file(Service::Sys));
-    settings.rate_limit.per_second = 10_000;
-    settings.rate_limit.burst = 10_000;
     let api_config = dir.join("api.toml");
-    std::fs::write(&api_config, toml::to_string(&settings).unwrap()).unwrap();
+    crate::chaos::api_config(&api_config, port, &db_url, &cluster.url(), access.replicas, &cluster.keys, 8);
     let api_url = format!("http://127.0.0.1:{port}");
     let mut api = spawn_api(&dir, &api_config);
 
@@ -234,32 +213,8 @@ async fn killing_nats_servers_of_a_three_node_cluster_during_a_job_loses_nothing
     }
 
     // The studio's job: 4,000 lines, 4 units, one assignment at a time.
-    let studio: User = signup(&api_url, "studio").await;
-    {
-        let mut c = gridbook_db::connect(&db_url).unwrap();
-        gridbook_api::money::credit_user(&mut c, studio.id, CREDIT, "ha-deposit").unwrap();
-    }
-    let file = json_of(
-        http.post(format!("{api_url}/v1/files?purpose=batch&market={MARKET}"))
-            .bearer_auth(&studio.key)
-            .header("Content-Type", "application/jsonl")
-            .body(corpus())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let job = json_of(
-        http.post(format!("{api_url}/v1/jobs"))
-            .bearer_auth(&studio.key)
-            .json(&json!({"market": MARKET, "input_file": file["id"], "limit_price": 100, "deadline": deadline}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let job_id = job["id"].as_str().unwrap().to_owned();
+    let studio = funded_studio(&api_url, &db_url, CREDIT).await;
+    let job_id = submit_job(&api_url, &studio, corpus()).await;
 
     // Every stream and bucket has three replicas (the files bucket, the snapshots, the leases
     // included), now that the job's first messages exist.

@@ -27,12 +27,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gridbook_db::diesel::{self, RunQueryDsl};
-use gridbook_testkit::{replay, Engine, EngineConfig, Nats, NatsOptions, Postgres, Proc, Service, TempDir, WorkerConfig};
+use gridbook_testkit::{replay, Engine, EngineConfig, Nats, NatsOptions, Proc, Service, TempDir, WorkerConfig};
 use gridbook_wire::{streams, subjects};
 use matching_core::EventKind;
 use serde_json::{Value, json};
 
-use crate::chaos::{credits_by_code, get, json_of, signup, without_shared_services};
+use crate::chaos::{api_config, credits_by_code, get, json_of, private_database, signup, upload, without_shared_services};
 
 const MARKET: &str = "EMBED-MINILM-L6";
 const LINES: usize = 4_000;
@@ -122,12 +122,7 @@ fn corpus() -> String {
 async fn two_apis_and_two_workers_survive_kill9_of_one_api_and_the_lease_holder() {
     let tmp = TempDir::new("ha-services");
     let dir = tmp.path().to_owned();
-    let pg = Postgres::start(&dir.join("pg")).unwrap();
-    {
-        let mut c = gridbook_db::connect(&pg.url("postgres")).unwrap();
-        diesel::sql_query("CREATE DATABASE gridbook").execute(&mut c).unwrap();
-    }
-    let db_url = pg.url("gridbook");
+    let (pg, db_url) = private_database(&dir);
     let nats = Nats::start_with("ha-services", NatsOptions { dir: Some(dir.join("nats")), sync_always: true }).await;
     let mut engine = Engine::start(&nats.access(), EngineConfig { dir: Some(dir.join("engine")), lease_secs: Some(3), ..EngineConfig::dev() });
     engine.wait_serving(&nats.client).await;
@@ -137,23 +132,8 @@ async fn two_apis_and_two_workers_survive_kill9_of_one_api_and_the_lease_holder(
     let mut apis = vec![];
     for name in ["a", "b"] {
         let port = gridbook_testkit::free_port();
-        let mut settings = gridbook_api::Settings {
-            bind: format!("127.0.0.1:{port}"),
-            database_url: db_url.clone(),
-            nats_url: nats.url.clone(),
-            markets_file: gridbook_testkit::dev_markets_file(),
-            secure_cookies: false,
-            db_pool_size: 6,
-            models_kek_file: Some(gridbook_testkit::test_kek_file()),
-            ..gridbook_api::Settings::default()
-        };
-        settings.nats_auth.nkey_file = Some(nats.keys.seed_file(Service::Api));
-        settings.nats_auth.issuer_file = Some(nats.keys.issuer_file());
-        settings.nats_auth.sys_nkey_file = Some(nats.keys.seed_file(Service::Sys));
-        settings.rate_limit.per_second = 10_000;
-        settings.rate_limit.burst = 10_000;
         let config = dir.join(format!("api-{name}.toml"));
-        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        api_config(&config, port, &db_url, &nats.url, 1, &nats.keys, 6);
         urls.push(format!("http://127.0.0.1:{port}"));
         apis.push(spawn_api(&dir, &config, &format!("api-{name}.log")));
     }
@@ -269,16 +249,7 @@ async fn two_apis_and_two_workers_survive_kill9_of_one_api_and_the_lease_holder(
     // The studio, through API A: funded, 4,000 lines (4 units), a job under an Idempotency-Key.
     let studio = signup(&api_a, "studio").await;
     gridbook_api::money::credit_user(c, studio.id, CREDIT, "ha-deposit").unwrap();
-    let file = json_of(
-        http.post(format!("{api_a}/v1/files?purpose=batch&market={MARKET}"))
-            .bearer_auth(&studio.key)
-            .header("Content-Type", "application/jsonl")
-            .body(corpus())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let file = upload(&api_a, &studio, corpus()).await;
     let deadline = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let submission = json!({"market": MARKET, "input_file": file["id"], "limit_price": 100, "deadline": deadline});
     let idem_key = format!("ha-{}", uuid::Uuid::new_v4());
