@@ -6,6 +6,12 @@
 //!
 //! Run with the services up (`cargo xtask services start`):
 //! `cargo build --release -p matching-engine && cargo run --release -p loadtest -- engine`
+//!
+//! `--compare-cluster` (issue 14) measures the same runs twice in one invocation, on a private
+//! single nats-server and on a private three-server cluster (both `sync_interval: always`,
+//! streams with 1 and 3 replicas), and prints the cluster's throughput as a share of the single
+//! server's. On one machine the three servers share its cores and disk, so the figure is a
+//! floor for a cluster on three machines, not a forecast.
 
 use std::{
     path::PathBuf,
@@ -53,6 +59,10 @@ pub struct Args {
     nats_pid_file: PathBuf,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Instead of the shared server: each run on a private single server, then on a private
+    /// three-server cluster (3 replicas), with the ratio.
+    #[arg(long)]
+    compare_cluster: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -60,11 +70,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
+    if args.compare_cluster {
+        return compare_cluster(&args).await;
+    }
     let url = args
         .nats_url
         .clone()
         .or_else(|| std::env::var("GRIDBOOK_NATS_URL").ok())
         .unwrap_or_else(|| "nats://127.0.0.1:44222".into());
+    let access = gridbook_testkit::NatsAccess::with_env_keys(&url);
+    let nats_pids: Vec<u32> = std::fs::read_to_string(&args.nats_pid_file).ok().and_then(|s| s.trim().parse().ok()).into_iter().collect();
     println!(
         "loadtest engine: {} commands per market, {} per message, rate {}, in-flight {} messages per market, {} traders per market",
         args.commands,
@@ -78,21 +93,55 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         "markets", "commands", "cmds/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "engine CPU", "nats CPU"
     );
     for &n in &args.markets {
-        let r = one_run(&args, &url, n).await?;
-        println!(
-            "{:>7} {:>12} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0}% {:>9.0}%",
-            n,
-            r.commands,
-            r.commands as f64 / r.seconds,
-            r.latency.value_at_quantile(0.50) as f64 / 1000.0,
-            r.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            r.latency.value_at_quantile(0.999) as f64 / 1000.0,
-            r.latency.max() as f64 / 1000.0,
-            r.engine_cpu * 100.0,
-            r.nats_cpu * 100.0,
-        );
+        let r = one_run(&args, &access, &nats_pids, n).await?;
+        print_row(&n.to_string(), &r);
     }
     println!("(CPU: share of one core over the run; the machine's cores are shared by the generator, the engine and nats-server)");
+    Ok(())
+}
+
+fn print_row(label: &str, r: &RunResult) {
+    println!(
+        "{:>7} {:>12} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.0}% {:>9.0}%",
+        label,
+        r.commands,
+        r.commands as f64 / r.seconds,
+        r.latency.value_at_quantile(0.50) as f64 / 1000.0,
+        r.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        r.latency.value_at_quantile(0.999) as f64 / 1000.0,
+        r.latency.max() as f64 / 1000.0,
+        r.engine_cpu * 100.0,
+        r.nats_cpu * 100.0,
+    );
+}
+
+/// `--compare-cluster`: every market count on a private single server and on a private
+/// three-server cluster, in this one process, then the cluster's commands/s over the single's.
+async fn compare_cluster(args: &Args) -> anyhow::Result<()> {
+    use gridbook_testkit::{CLUSTER_SIZE, Nats, NatsCluster, NatsOptions};
+    let options = || NatsOptions { sync_always: true, dir: None };
+    let single = Nats::try_start("loadtest-single", options()).await?;
+    let cluster = NatsCluster::try_start("loadtest-cluster", options()).await?;
+    let single_pids: Vec<u32> = single.pid().into_iter().collect();
+    let cluster_pids: Vec<u32> = (0..CLUSTER_SIZE).filter_map(|i| cluster.pid(i)).collect();
+    println!(
+        "{:>7} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "markets", "commands", "cmds/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "engine CPU", "nats CPU"
+    );
+    for &n in &args.markets {
+        let one = one_run(args, &single.access(), &single_pids, n).await?;
+        print_row(&format!("{n} R1"), &one);
+        let three = one_run(args, &cluster.access(), &cluster_pids, n).await?;
+        print_row(&format!("{n} R3"), &three);
+        let rate = |r: &RunResult| r.commands as f64 / r.seconds;
+        println!(
+            "{n} market(s): the {CLUSTER_SIZE}-server cluster (3 replicas) does {:.0} commands/s, {:.2}x the single server's {:.0}",
+            rate(&three),
+            rate(&three) / rate(&one),
+            rate(&one)
+        );
+    }
+    println!("(R1: one private nats-server; R3: three on this machine, sharing its cores and disk; nats CPU summed over the servers; both sync_interval: always)");
     Ok(())
 }
 
@@ -113,7 +162,7 @@ impl Drop for EngineProc {
     }
 }
 
-async fn one_run(args: &Args, url: &str, n_markets: usize) -> anyhow::Result<RunResult> {
+async fn one_run(args: &Args, access: &gridbook_testkit::NatsAccess, nats_pids: &[u32], n_markets: usize) -> anyhow::Result<RunResult> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000;
     let markets: Vec<String> = (0..n_markets).map(|i| format!("LOAD-{stamp}-{i}")).collect();
     let dir = std::env::temp_dir().join(format!("gridbook-loadtest-{stamp}"));
@@ -125,11 +174,15 @@ async fn one_run(args: &Args, url: &str, n_markets: usize) -> anyhow::Result<Run
         ));
     }
     std::fs::write(dir.join("engine.toml"), config)?;
-    // The server's keys from GRIDBOOK_NATS_KEYS (cargo xtask env): the engine and this generator
-    // connect as market services, as under `cargo xtask run`.
-    let access = gridbook_testkit::NatsAccess::with_env_keys(url);
+    // The engine and this generator connect as market services with the server's keys, as
+    // under `cargo xtask run`.
     let mut command = Proc::new(&args.engine_bin);
-    command.args(["run", "--config"]).arg(dir.join("engine.toml")).env("GRIDBOOK_NATS_URL", url).env("RUST_LOG", "warn");
+    command
+        .args(["run", "--config"])
+        .arg(dir.join("engine.toml"))
+        .env("GRIDBOOK_NATS_URL", &access.url)
+        .env("GRIDBOOK_NATS_REPLICAS", access.replicas.to_string())
+        .env("RUST_LOG", "warn");
     if let Some(f) = access.nkey_file(gridbook_testkit::Service::Engine) {
         command.env("GRIDBOOK_NATS_NKEY_FILE", f);
     }
@@ -168,8 +221,8 @@ async fn one_run(args: &Args, url: &str, n_markets: usize) -> anyhow::Result<Run
     }
 
     let engine_pid = engine.0.id();
-    let nats_pid: Option<u32> = std::fs::read_to_string(&args.nats_pid_file).ok().and_then(|s| s.trim().parse().ok());
-    let cpu0 = (cpu_ticks(engine_pid), nats_pid.map(cpu_ticks));
+    let nats_ticks = || (!nats_pids.is_empty()).then(|| nats_pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>());
+    let cpu0 = (cpu_ticks(engine_pid), nats_ticks());
     let start = Instant::now();
     let per_market_rate = args.rate as f64 / n_markets as f64;
     let mut publishers = vec![];
@@ -191,7 +244,7 @@ async fn one_run(args: &Args, url: &str, n_markets: usize) -> anyhow::Result<Run
     }
     let last_at = received.lock().unwrap().iter().map(|(_, t)| *t).max().unwrap_or(start);
     let seconds = (last_at - start).as_secs_f64();
-    let cpu1 = (cpu_ticks(engine_pid), nats_pid.map(cpu_ticks));
+    let cpu1 = (cpu_ticks(engine_pid), nats_ticks());
     for s in subs {
         s.abort();
     }
