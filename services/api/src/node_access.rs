@@ -443,9 +443,12 @@ pub fn revoke_credentials(c: &mut PgConnection, node: Uuid) -> QueryResult<usize
     gridbook_db::nodes::revoke_credentials(c, node)
 }
 
-/// Closes the live NATS connections of `node` (every server that answers `CONNZ`); returns how
-/// many were kicked. Without a system connection nothing is kicked and the node's connections
-/// end when their grant expires (`jwt_ttl_secs`).
+/// Closes the live NATS connections of `node` on every server of the cluster; returns how many
+/// were kicked. `$SYS.REQ.SERVER.PING.CONNZ` is answered by each server for its own
+/// connections, so the replies are gathered (the first within 5 s, then until 500 ms pass with
+/// none, at most 64) and each connection is kicked on the server that holds it — a node on
+/// another server than the API's system connection is kicked too. Without a system connection
+/// nothing is kicked and the node's connections end when their grant expires (`jwt_ttl_secs`).
 pub async fn kick_node(state: &AppState, node: Uuid) -> usize {
     let Some(sys) = &state.node_access.sys else {
         tracing::warn!(node = %node, "no NATS system connection: live connections end at their grant's expiry");
@@ -453,46 +456,66 @@ pub async fn kick_node(state: &AppState, node: Uuid) -> usize {
     };
     let user = format!("node-{node}");
     let q = serde_json::json!({"user": user, "auth": true, "limit": 4096});
-    let reply = match tokio::time::timeout(
-        Duration::from_secs(5),
-        sys.request("$SYS.REQ.SERVER.PING.CONNZ", q.to_string().into()),
-    )
-    .await
-    {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
+    let replies = match gather(sys, "$SYS.REQ.SERVER.PING.CONNZ", q.to_string().into()).await {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => {
+            tracing::warn!(node = %node, "CONNZ: no server answered");
+            return 0;
+        }
+        Err(e) => {
             tracing::warn!(node = %node, error = %e, "CONNZ failed");
             return 0;
         }
-        Err(_) => {
-            tracing::warn!(node = %node, "CONNZ timed out");
-            return 0;
-        }
     };
-    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
-    let server = v["server"]["id"].as_str().unwrap_or_default().to_owned();
     let mut kicked = 0;
-    for conn in v["data"]["connections"].as_array().into_iter().flatten() {
-        // The server filters by user; check again in case it ignored the filter.
-        if conn["authorized_user"].as_str() != Some(user.as_str()) {
-            continue;
-        }
-        let Some(cid) = conn["cid"].as_u64() else {
-            continue;
-        };
-        let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            sys.request(subject, serde_json::json!({"cid": cid}).to_string().into()),
-        )
-        .await
-        {
-            Ok(Ok(_)) => kicked += 1,
-            _ => tracing::warn!(node = %node, cid, "KICK failed"),
+    for reply in &replies {
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+        let server = v["server"]["id"].as_str().unwrap_or_default().to_owned();
+        for conn in v["data"]["connections"].as_array().into_iter().flatten() {
+            // The server filters by user; check again in case it ignored the filter.
+            if conn["authorized_user"].as_str() != Some(user.as_str()) {
+                continue;
+            }
+            let Some(cid) = conn["cid"].as_u64() else {
+                continue;
+            };
+            let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                sys.request(subject, serde_json::json!({"cid": cid}).to_string().into()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => kicked += 1,
+                _ => tracing::warn!(node = %node, cid, %server, "KICK failed"),
+            }
         }
     }
-    tracing::info!(node = %node, kicked, "node's NATS connections kicked");
+    tracing::info!(node = %node, kicked, servers = replies.len(), "node's NATS connections kicked");
     kicked
+}
+
+/// Publishes `payload` to `subject` with a private inbox as the reply and collects the answers
+/// of every server: the first within 5 s, then more until 500 ms pass without one (at most 64).
+async fn gather(
+    sys: &async_nats::Client,
+    subject: &str,
+    payload: bytes::Bytes,
+) -> Result<Vec<async_nats::Message>, String> {
+    let inbox = sys.new_inbox();
+    let mut sub = sys.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+    sys.publish_with_reply(subject.to_owned(), inbox, payload).await.map_err(|e| e.to_string())?;
+    sys.flush().await.map_err(|e| e.to_string())?;
+    let mut replies = Vec::new();
+    while replies.len() < 64 {
+        let wait = if replies.is_empty() { Duration::from_secs(5) } else { Duration::from_millis(500) };
+        match tokio::time::timeout(wait, sub.next()).await {
+            Ok(Some(m)) => replies.push(m),
+            _ => break,
+        }
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(replies)
 }
 
 /// Delete one of the caller's nodes: its credentials are revoked, its live NATS connections

@@ -331,5 +331,52 @@ async fn killing_nats_servers_of_a_three_node_cluster_during_a_job_loses_nothing
         commands.len(),
         orders.len()
     );
+
+    // A provider's node deleted on a cluster is cut off wherever it is connected: the API asks
+    // every server for the node's connections and kicks each on its own server (the agent's
+    // server is the client's random pick among three, often not the API's).
+    let nodes = json_of(get(&api_url, &provider, "/v1/nodes").await).await;
+    let node_id = nodes["data"][0]["id"].as_str().expect("the provider's node").to_owned();
+    let sys = cluster.access().try_connect(Service::Sys).await.unwrap();
+    let before = node_connections(&sys, &node_id).await;
+    assert_eq!(before.0, 3, "every server answers CONNZ: {before:?}");
+    assert!(before.1 >= 1, "the agent is connected before the delete: {before:?}");
+    let r = http.delete(format!("{api_url}/v1/nodes/{node_id}")).bearer_auth(&provider.key).send().await.unwrap();
+    assert!(r.status().is_success(), "DELETE /v1/nodes/{node_id}: {}", r.status());
+    let started = Instant::now();
+    loop {
+        let now = node_connections(&sys, &node_id).await;
+        if now.1 == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the deleted node is still connected: {now:?} (before {before:?})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("deleted node cut off on every server ({} connection(s) on n{}) in {} ms", before.1, before.2, started.elapsed().as_millis());
     drop((agent, worker, api, engine, cluster, pg));
+}
+
+/// (servers that answered, connections of `node-<node>` over all of them, the index `n<i>` of
+/// the last server holding one), from every server's CONNZ through the system account.
+async fn node_connections(sys: &async_nats::Client, node: &str) -> (usize, usize, usize) {
+    use futures::StreamExt;
+    let user = format!("node-{node}");
+    let inbox = sys.new_inbox();
+    let mut sub = sys.subscribe(inbox.clone()).await.unwrap();
+    let q = json!({"user": user, "auth": true});
+    sys.publish_with_reply("$SYS.REQ.SERVER.PING.CONNZ", inbox, q.to_string().into()).await.unwrap();
+    let (mut servers, mut conns, mut on) = (0, 0, usize::MAX);
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+        servers += 1;
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        let here = v["data"]["connections"].as_array().into_iter().flatten().filter(|c| c["authorized_user"] == user.as_str()).count();
+        if here > 0 {
+            conns += here;
+            on = v["server"]["name"].as_str().and_then(|n| n.strip_prefix('n')).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+        }
+        if servers == 3 {
+            break;
+        }
+    }
+    (servers, conns, on)
 }
