@@ -339,19 +339,7 @@ impl Project {
 
     /// Creates [`RUN_DATABASE`] when the cluster lacks it (the services migrate it at start-up).
     fn ensure_run_database(&self) -> Result<()> {
-        let psql = |sql: &str| -> Result<String> {
-            let out = self
-                .pg("psql")?
-                .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
-                .arg("-p")
-                .arg(self.pg_port.to_string())
-                .output()
-                .map_err(|e| format!("psql: {e}"))?;
-            if !out.status.success() {
-                return Err(format!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        };
+        let psql = |sql: &str| self.pg_psql(self.pg_port, sql);
         if psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{RUN_DATABASE}'"))? != "1" {
             println!("xtask:   creating database {RUN_DATABASE}");
             psql(&format!("CREATE DATABASE {RUN_DATABASE}"))?;
@@ -557,23 +545,27 @@ impl Project {
                 .args(["-A", "trust", "-U", "postgres", "--no-sync"])
                 .stdout(Stdio::null()))?;
         }
+        println!("xtask: starting PostgreSQL on 127.0.0.1:{}", self.pg_port);
+        self.pg_ctl_start(&data, &dir, self.pg_port)?;
+        self.pg_sync_off_without_standby()?;
+        Ok(true)
+    }
+
+    /// `pg_ctl start` of the cluster in `data` on 127.0.0.1:`port`, its socket and `log` in
+    /// `dir` (the primary's and the standby's one start).
+    fn pg_ctl_start(&self, data: &Path, dir: &Path, port: u16) -> Result<()> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 \
-             -c shared_buffers=256MB",
-            self.pg_port,
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB",
             dir.display()
         );
-        println!("xtask: starting PostgreSQL on 127.0.0.1:{}", self.pg_port);
         run(self
             .pg("pg_ctl")?
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .args(["-o", &opts, "-l"])
             .arg(dir.join("log"))
             .args(["-w", "-t", "60", "start"])
-            .stdout(Stdio::null()))?;
-        self.pg_sync_off_without_standby()?;
-        Ok(true)
+            .stdout(Stdio::null()))
     }
 
     fn pg_running(&self, data: &Path) -> bool {
@@ -694,19 +686,8 @@ impl Project {
                 text.push_str(&format!("\n# xtask: the standby (once promoted it commits alone)\nsynchronous_standby_names = ''\ncluster_name = '{NAME}'\n"));
                 fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
             }
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=256MB",
-                dir.display()
-            );
             println!("xtask: starting the PostgreSQL standby on 127.0.0.1:{port}");
-            run(self
-                .pg("pg_ctl")?
-                .arg("-D")
-                .arg(&data)
-                .args(["-o", &opts, "-l"])
-                .arg(dir.join("log"))
-                .args(["-w", "-t", "60", "start"])
-                .stdout(Stdio::null()))?;
+            self.pg_ctl_start(&data, &dir, port)?;
         }
         if self.pg_psql(port, "SELECT pg_is_in_recovery()")? != "t" {
             return Err(format!("the server on {port} is not a standby (promoted?); see `cargo xtask services promote`"));
